@@ -1,0 +1,1 @@
+"""fedloom: federated learning and federated analytics."""

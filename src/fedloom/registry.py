@@ -1,0 +1,82 @@
+"""Closed registries: things that can be rebuilt from a name plus JSON config.
+
+A registry maps short names (``"fedavg"``, ``"mlp"``) to factories that fedloom itself or
+the user registered *in this process*. Looking a name up never imports anything: a dotted
+path such as ``os.system`` or ``builtins.eval`` is not a module reference here, only an
+unknown name, and is refused before any lookup happens.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
+
+from fedloom.errors import DuplicateNameError, UnknownNameError
+
+T = TypeVar("T")
+
+NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+
+
+def check_name(kind: str, name: object) -> str:
+    """Return ``name`` if it is a well-formed registry name, else raise UnknownNameError."""
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise UnknownNameError(
+            f"{kind} name {name!r} is not a registered name: names are lower-case words "
+            "([a-z][a-z0-9_-]*), never dotted import paths"
+        )
+    return name
+
+
+class Registry(Generic[T]):
+    """A closed name → entry mapping; see the module docstring."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        """Decorator that registers its argument under ``name``.
+
+        Raises:
+            UnknownNameError: ``name`` is not a well-formed registry name.
+            DuplicateNameError: ``name`` is already registered.
+        """
+        check_name(self.kind, name)
+
+        def decorator(entry: T) -> T:
+            self.add(name, entry)
+            return entry
+
+        return decorator
+
+    def add(self, name: str, entry: T) -> None:
+        check_name(self.kind, name)
+        if name in self._entries:
+            raise DuplicateNameError(f"{self.kind} {name!r} is already registered")
+        self._entries[name] = entry
+
+    def get(self, name: object) -> T:
+        """The entry registered under ``name``.
+
+        Raises:
+            UnknownNameError: malformed or unregistered name; nothing is imported.
+        """
+        checked = check_name(self.kind, name)
+        try:
+            return self._entries[checked]
+        except KeyError:
+            known = ", ".join(sorted(self._entries)) or "none"
+            raise UnknownNameError(
+                f"unknown {self.kind} {checked!r}; registered: {known}"
+            ) from None
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
