@@ -1,1 +1,138 @@
-"""fedloom: federated learning and federated analytics."""
+"""fedloom: federated learning and federated analytics.
+
+The public API is what this module exports (``__all__``); everything else is internal.
+"""
+
+from fedloom.algorithms.aggregation import WeightedMean, fedavg
+from fedloom.algorithms.analytics import AnalyticsRequest
+from fedloom.algorithms.ml import MODELS, ModelSpec, TrainingConfig, build_model
+from fedloom.datasources import (
+    ArraySource,
+    Datasource,
+    TableSource,
+    datasource_from_config,
+    dirichlet_partition,
+    iid_partition,
+)
+from fedloom.errors import (
+    AbortReason,
+    AccessDeniedError,
+    AggregationError,
+    ConfigError,
+    DataError,
+    DatasetNotFoundError,
+    EmptyDatasetError,
+    ErrorReport,
+    ExitCode,
+    FedloomError,
+    MissingColumnError,
+    PodResponseError,
+    PrivacyThresholdError,
+    ProtocolError,
+    RegistryError,
+    SchemaMismatchError,
+    StoreError,
+    TaskAbortedError,
+    TransportError,
+    UnknownNameError,
+    UpdateRejectedError,
+    UpdateRejectionReason,
+    WireError,
+)
+from fedloom.local import LocalFederation, run_local
+from fedloom.modeller import Modeller, TaskResult
+from fedloom.pod import Pod, PodPolicy
+from fedloom.protocols import (
+    PROTOCOLS,
+    RESULT_ALGORITHMS,
+    Analytics,
+    AnalyticsResult,
+    FedAvg,
+    FedAvgResult,
+    Protocol,
+    ResultsOnly,
+    RoundMetrics,
+    load_protocol,
+    register_protocol,
+)
+from fedloom.store import (
+    ExperimentStore,
+    MemoryExperimentStore,
+    MemoryPodStore,
+    PodStore,
+    SqliteExperimentStore,
+    SqlitePodStore,
+)
+from fedloom.transport import Mailbox, MemoryHub
+from fedloom.wire import Message, MessageType, decode, encode
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MODELS",
+    "PROTOCOLS",
+    "RESULT_ALGORITHMS",
+    "AbortReason",
+    "AccessDeniedError",
+    "AggregationError",
+    "Analytics",
+    "AnalyticsRequest",
+    "AnalyticsResult",
+    "ArraySource",
+    "ConfigError",
+    "DataError",
+    "Datasource",
+    "DatasetNotFoundError",
+    "EmptyDatasetError",
+    "ErrorReport",
+    "ExitCode",
+    "ExperimentStore",
+    "FedAvg",
+    "FedAvgResult",
+    "FedloomError",
+    "LocalFederation",
+    "Mailbox",
+    "MemoryExperimentStore",
+    "MemoryHub",
+    "MemoryPodStore",
+    "Message",
+    "MessageType",
+    "MissingColumnError",
+    "ModelSpec",
+    "Modeller",
+    "Pod",
+    "PodPolicy",
+    "PodResponseError",
+    "PodStore",
+    "PrivacyThresholdError",
+    "Protocol",
+    "ProtocolError",
+    "RegistryError",
+    "ResultsOnly",
+    "RoundMetrics",
+    "SchemaMismatchError",
+    "SqliteExperimentStore",
+    "SqlitePodStore",
+    "StoreError",
+    "TableSource",
+    "TaskAbortedError",
+    "TaskResult",
+    "TrainingConfig",
+    "TransportError",
+    "UnknownNameError",
+    "UpdateRejectedError",
+    "UpdateRejectionReason",
+    "WeightedMean",
+    "WireError",
+    "__version__",
+    "build_model",
+    "datasource_from_config",
+    "decode",
+    "dirichlet_partition",
+    "encode",
+    "fedavg",
+    "iid_partition",
+    "load_protocol",
+    "register_protocol",
+    "run_local",
+]

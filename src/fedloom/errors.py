@@ -98,6 +98,7 @@ class UpdateRejectionReason(str, Enum):
     UNKNOWN_KEYS = "UNKNOWN_KEYS"
     MISSING_KEYS = "MISSING_KEYS"
     BAD_WEIGHT = "BAD_WEIGHT"
+    MALFORMED = "MALFORMED"
 
 
 class UpdateRejectedError(FedloomError):
@@ -151,6 +152,10 @@ class UnknownRecipientError(TransportError):
 
 class ReceiveTimeoutError(TransportError, TimeoutError):
     """No matching message arrived within the time-out."""
+
+
+class AccessDeniedError(FedloomError):
+    """A pod's policy does not allow this modeller, protocol or algorithm."""
 
 
 class ProtocolError(FedloomError):
@@ -219,6 +224,10 @@ _ABORT_HELP: dict[AbortReason, str] = {
 
 def abort_reason_for(error: BaseException) -> AbortReason:
     """The abort reason that best describes ``error`` (WORKER_ERROR when none fits)."""
+    if isinstance(error, TaskAbortedError):
+        return error.reason
+    if isinstance(error, AccessDeniedError):
+        return AbortReason.NO_ACCESS
     if isinstance(error, PrivacyThresholdError):
         return AbortReason.PRIVACY_THRESHOLD
     if isinstance(error, DatasetNotFoundError | EmptyDatasetError):

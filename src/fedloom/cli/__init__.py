@@ -1,1 +1,5 @@
-"""fedloom.cli."""
+"""The ``fedloom`` command line (typer): thin wrappers that parse and call the library."""
+
+from fedloom.cli.app import app, main
+
+__all__ = ["app", "main"]

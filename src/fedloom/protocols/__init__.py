@@ -1,1 +1,40 @@
-"""fedloom.protocols."""
+"""Protocols: the conversations between a modeller and its pods, and their registry."""
+
+from fedloom.protocols.analytics import Analytics, AnalyticsResult
+from fedloom.protocols.base import (
+    DEFAULT_MIN_ROWS,
+    PROTOCOLS,
+    ModellerContext,
+    Protocol,
+    RoundCallback,
+    WorkerContext,
+    load_protocol,
+    register_protocol,
+)
+from fedloom.protocols.fedavg import FedAvg, FedAvgResult, RoundMetrics
+from fedloom.protocols.results_only import (
+    RESULT_ALGORITHMS,
+    PodResults,
+    ResultAlgorithm,
+    ResultsOnly,
+)
+
+__all__ = [
+    "DEFAULT_MIN_ROWS",
+    "PROTOCOLS",
+    "RESULT_ALGORITHMS",
+    "Analytics",
+    "AnalyticsResult",
+    "FedAvg",
+    "FedAvgResult",
+    "ModellerContext",
+    "PodResults",
+    "Protocol",
+    "ResultAlgorithm",
+    "ResultsOnly",
+    "RoundCallback",
+    "RoundMetrics",
+    "WorkerContext",
+    "load_protocol",
+    "register_protocol",
+]

@@ -1,1 +1,46 @@
-"""fedloom.store."""
+"""fedloom.store: what the modeller and the pods remember between runs.
+
+Two small contracts, each with an in-memory and an SQLite implementation:
+:class:`ExperimentStore` (modeller: experiments, rounds, metrics, safetensors checkpoints)
+and :class:`PodStore` (pod: task runs). :mod:`fedloom.testing.store_conformance` checks
+any implementation against the contract.
+"""
+
+from fedloom.store.base import (
+    EXPERIMENT_STATUSES,
+    MAX_ROUND_INDEX,
+    TASK_RUN_STATUSES,
+    CheckpointRef,
+    ExperimentRecord,
+    ExperimentStore,
+    ExperimentStoreStatistics,
+    PodStore,
+    PodStoreStatistics,
+    RoundRecord,
+    TaskRunRecord,
+)
+from fedloom.store.checkpoints import SUPPORTED_CHECKPOINT_DTYPES
+from fedloom.store.memory import MemoryExperimentStore, MemoryPodStore
+from fedloom.store.schema import DEFAULT_BUSY_TIMEOUT_S, SCHEMA_VERSION
+from fedloom.store.sqlite import SqliteExperimentStore, SqlitePodStore
+
+__all__ = [
+    "CheckpointRef",
+    "DEFAULT_BUSY_TIMEOUT_S",
+    "EXPERIMENT_STATUSES",
+    "ExperimentRecord",
+    "ExperimentStore",
+    "ExperimentStoreStatistics",
+    "MAX_ROUND_INDEX",
+    "MemoryExperimentStore",
+    "MemoryPodStore",
+    "PodStore",
+    "PodStoreStatistics",
+    "RoundRecord",
+    "SCHEMA_VERSION",
+    "SUPPORTED_CHECKPOINT_DTYPES",
+    "SqliteExperimentStore",
+    "SqlitePodStore",
+    "TASK_RUN_STATUSES",
+    "TaskRunRecord",
+]

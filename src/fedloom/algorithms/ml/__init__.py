@@ -1,1 +1,22 @@
-"""fedloom.algorithms.ml."""
+"""Machine-learning side of fedloom's algorithms: torch models, training, state transfer.
+
+Models are rebuilt from a registered name plus JSON config (:data:`MODELS`,
+:func:`build_model`); their state travels as named numpy arrays
+(:func:`state_to_arrays`, :func:`load_arrays`).
+"""
+
+from fedloom.algorithms.ml.models import MODELS, ModelFactory, ModelSpec, build_model
+from fedloom.algorithms.ml.torch_adapter import load_arrays, state_to_arrays
+from fedloom.algorithms.ml.training import TrainingConfig, evaluate, train_local
+
+__all__ = [
+    "MODELS",
+    "ModelFactory",
+    "ModelSpec",
+    "TrainingConfig",
+    "build_model",
+    "evaluate",
+    "load_arrays",
+    "state_to_arrays",
+    "train_local",
+]

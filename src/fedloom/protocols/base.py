@@ -1,0 +1,168 @@
+"""Protocol base class, run contexts and the closed protocol registry.
+
+A protocol is written once against :class:`ModellerMailbox` and :class:`WorkerMailbox`
+and runs unchanged in memory, over gRPC, or in simulation. It is a frozen dataclass whose
+fields are its JSON config: :meth:`Protocol.dump` gives ``{"protocol": name, "config":
+{...}}`` and :func:`load_protocol` rebuilds it on a pod from exactly that, through the
+closed :data:`PROTOCOLS` registry (never an import of a name the pod was sent).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Self, TypeVar
+
+from fedloom.datasources import Datasource
+from fedloom.errors import ConfigError, FedloomError
+from fedloom.registry import Registry
+from fedloom.store import ExperimentStore
+from fedloom.transport import ModellerMailbox, WorkerMailbox
+
+DEFAULT_MIN_ROWS = 10
+"""Pods refuse to release results computed over fewer rows than this (privacy threshold)."""
+
+
+@dataclass(frozen=True)
+class WorkerContext:
+    """What a protocol's worker side may use on the pod."""
+
+    pod: str
+    datasource: Datasource
+    min_rows: int = DEFAULT_MIN_ROWS
+
+
+RoundCallback = Callable[[Mapping[str, Any]], None]
+
+
+@dataclass
+class ModellerContext:
+    """What a protocol's modeller side may use: the experiment store and UI callbacks."""
+
+    store: ExperimentStore | None = None
+    experiment_id: str | None = None
+    on_round: RoundCallback | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def report_round(self, summary: Mapping[str, Any]) -> None:
+        if self.on_round is not None:
+            self.on_round(summary)
+
+
+class Protocol(ABC):
+    """Base of every protocol. Subclasses are frozen dataclasses registered by name."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def to_config(self) -> dict[str, Any]:
+        """The JSON-able config that :meth:`from_config` turns back into this protocol."""
+
+    @classmethod
+    @abstractmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Self:
+        """Rebuild from :meth:`to_config` output.
+
+        Raises:
+            ConfigError: a key is unknown or missing, or a value has the wrong type or range.
+        """
+
+    @abstractmethod
+    async def run_modeller(self, mailbox: ModellerMailbox, context: ModellerContext) -> Any:
+        """The modeller's side of the conversation; returns the task's result."""
+
+    @abstractmethod
+    async def run_worker(
+        self, mailbox: WorkerMailbox, context: WorkerContext
+    ) -> dict[str, Any] | None:
+        """The pod's side; returns when the modeller sends TASK_COMPLETE.
+
+        Returns a JSON-able record of what the pod released (kept in the pod's store).
+        """
+
+    def summarise(self, result: Any) -> dict[str, Any]:
+        """A JSON-able summary of :meth:`run_modeller`'s result for the experiment store."""
+        return {}
+
+    def dump(self) -> dict[str, Any]:
+        """``{"protocol": name, "config": {...}}``, guaranteed JSON-serialisable."""
+        spec = {"protocol": self.name, "config": self.to_config()}
+        try:
+            json.dumps(spec, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"protocol {self.name!r} config is not JSON: {exc}") from exc
+        return spec
+
+
+PROTOCOLS: Registry[type[Protocol]] = Registry("protocol")
+
+
+P = TypeVar("P", bound=type[Protocol])
+
+
+def register_protocol(cls: P) -> P:
+    """Class decorator: register a protocol under its ``name``."""
+    PROTOCOLS.add(cls.name, cls)
+    return cls
+
+
+def load_protocol(spec: object) -> Protocol:
+    """Rebuild a protocol from ``{"protocol": name, "config": {...}}``.
+
+    Raises:
+        UnknownNameError: the name is malformed (e.g. a dotted path) or not registered;
+            nothing is imported.
+        ConfigError: the spec or its config is malformed.
+    """
+    if not isinstance(spec, Mapping) or set(spec) != {"protocol", "config"}:
+        raise ConfigError('a task spec must be a map with exactly "protocol" and "config"')
+    cls = PROTOCOLS.get(spec["protocol"])
+    config = spec["config"]
+    if not isinstance(config, Mapping):
+        raise ConfigError(f"the config of protocol {spec['protocol']!r} must be a map")
+    try:
+        return cls.from_config(config)
+    except FedloomError:
+        raise
+    except (TypeError, ValueError, KeyError) as exc:
+        raise ConfigError(f"invalid config for protocol {spec['protocol']!r}: {exc}") from exc
+
+
+# --- strict config helpers shared by protocol configs -----------------------------------
+
+
+def check_keys(where: str, config: Mapping[str, Any], required: set[str], optional: set[str]) -> None:
+    """Unknown or missing keys → ConfigError naming them."""
+    keys = set(config)
+    unknown = keys - required - optional
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: "
+                          f"{sorted(required | optional)}")
+    missing = required - keys
+    if missing:
+        raise ConfigError(f"{where}: missing key(s) {sorted(missing)}")
+
+
+def positive_int(where: str, value: object, *, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{where} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def real_in(where: str, value: object, low: float, high: float, *, low_open: bool = False) -> float:
+    """A finite real in [low, high] (or (low, high] with ``low_open``)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ConfigError(f"{where} must be a finite number, got {value!r}")
+    if value > high or value < low or (low_open and value == low):
+        bracket = "(" if low_open else "["
+        raise ConfigError(f"{where} must be in {bracket}{low}, {high}], got {value!r}")
+    return float(value)
+
+
+def optional_timeout(where: str, value: object) -> float | None:
+    if value is None:
+        return None
+    return real_in(where, value, 0.0, 7 * 24 * 3600.0, low_open=True)

@@ -1,0 +1,305 @@
+"""Federated averaging of a PyTorch model (McMahan et al., 2017).
+
+Each round the modeller samples a fraction of the pods, sends them the global parameters,
+and each sampled pod first evaluates them on its local validation split, then trains for
+``training.epochs`` local epochs and returns its parameters with its number of training
+samples. The modeller folds the updates into a streaming weighted mean; an update that is
+malformed (NaN, wrong shape or dtype, unknown keys, weight ≤ 0) is left out with a typed
+reason and the round goes on without it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Self
+
+import numpy as np
+import torch
+
+from fedloom.algorithms.aggregation import WeightedMean
+from fedloom.algorithms.ml import (
+    ModelSpec,
+    TrainingConfig,
+    build_model,
+    evaluate,
+    load_arrays,
+    state_to_arrays,
+    train_local,
+)
+from fedloom.errors import (
+    AbortReason,
+    AggregationError,
+    DataError,
+    PodResponseError,
+    PrivacyThresholdError,
+    UpdateRejectedError,
+    UpdateRejectionReason,
+)
+from fedloom.protocols.base import (
+    ModellerContext,
+    Protocol,
+    WorkerContext,
+    check_keys,
+    optional_timeout,
+    positive_int,
+    real_in,
+    register_protocol,
+)
+from fedloom.transport import ModellerMailbox, WorkerMailbox
+from fedloom.wire import Message, MessageType
+
+logger = logging.getLogger(__name__)
+
+METRIC_NAMES = ("loss", "accuracy")
+
+
+@dataclass(frozen=True)
+class RoundMetrics:
+    """What one round produced, aggregated and per pod."""
+
+    round_index: int
+    pods: list[str]
+    aggregated: dict[str, float]
+    per_pod: dict[str, dict[str, float]]
+    rejected: dict[str, str]
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "round": self.round_index,
+            "pods": list(self.pods),
+            "aggregated": dict(self.aggregated),
+            "per_pod": {pod: dict(m) for pod, m in self.per_pod.items()},
+            "rejected": dict(self.rejected),
+            "seconds": self.seconds,
+        }
+
+
+@dataclass(frozen=True)
+class FedAvgResult:
+    """The final global parameters and the per-round history."""
+
+    model_spec: ModelSpec
+    parameters: dict[str, np.ndarray]
+    history: list[RoundMetrics]
+
+    def model(self) -> torch.nn.Module:
+        """A fresh torch module carrying the final global parameters."""
+        module = build_model(self.model_spec)
+        load_arrays(module, self.parameters)
+        return module
+
+
+def _stable_seed(*parts: object) -> int:
+    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+@register_protocol
+@dataclass(frozen=True)
+class FedAvg(Protocol):
+    """Federated averaging; see the module docstring.
+
+    Raises (at construction):
+        ConfigError: rounds < 1, fraction outside (0, 1], a bad training config, ...
+    """
+
+    name = "fedavg"
+
+    model: ModelSpec
+    rounds: int = 10
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    fraction: float = 1.0
+    min_pods: int = 1
+    seed: int = 0
+    validation_fraction: float = 0.2
+    round_timeout: float | None = None
+
+    def __post_init__(self) -> None:
+        positive_int("fedavg.rounds", self.rounds)
+        positive_int("fedavg.min_pods", self.min_pods)
+        positive_int("fedavg.seed", self.seed, minimum=0)
+        real_in("fedavg.fraction", self.fraction, 0.0, 1.0, low_open=True)
+        real_in("fedavg.validation_fraction", self.validation_fraction, 0.0, 0.9)
+        optional_timeout("fedavg.round_timeout", self.round_timeout)
+
+    def to_config(self) -> dict[str, Any]:
+        return {
+            "model": self.model.to_config(),
+            "rounds": self.rounds,
+            "training": self.training.to_config(),
+            "fraction": self.fraction,
+            "min_pods": self.min_pods,
+            "seed": self.seed,
+            "validation_fraction": self.validation_fraction,
+            "round_timeout": self.round_timeout,
+        }
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Self:
+        optional = {"rounds", "training", "fraction", "min_pods", "seed",
+                    "validation_fraction", "round_timeout"}
+        check_keys("fedavg", config, {"model"}, optional)
+        kwargs = {key: config[key] for key in optional - {"training"} if key in config}
+        training = TrainingConfig.from_config(config.get("training", {}))
+        return cls(model=ModelSpec.from_config(config["model"]), training=training, **kwargs)
+
+    # --- modeller side -------------------------------------------------------------
+
+    async def run_modeller(self, mailbox: ModellerMailbox, context: ModellerContext) -> FedAvgResult:
+        global_arrays = state_to_arrays(build_model(self.model, seed=self.seed))
+        rng = np.random.default_rng(self.seed)
+        history: list[RoundMetrics] = []
+        for round_index in range(self.rounds):
+            started = time.monotonic()
+            if len(mailbox.pods) < self.min_pods:
+                raise PodResponseError(
+                    f"fedavg round {round_index} needs at least {self.min_pods} pod(s), "
+                    f"{len(mailbox.pods)} left",
+                    {pod: report.reason.value for pod, report in mailbox.aborted.items()},
+                )
+            sampled = self._sample(mailbox.pods, rng)
+            await mailbox.broadcast(
+                MessageType.MODEL_PARAMETERS, {"round": round_index}, global_arrays, sampled
+            )
+            gathered = await mailbox.gather(MessageType.TRAINING_UPDATE, sampled, self.round_timeout)
+            for pod in gathered.missing:
+                await mailbox.drop(pod, AbortReason.MODELLER_TIMEOUT,
+                                   f"no update for round {round_index} within {self.round_timeout} s")
+            mean = WeightedMean(global_arrays)
+            per_pod: dict[str, dict[str, float]] = {}
+            for pod in sorted(gathered.replies):
+                reply = gathered.replies[pod]
+                try:
+                    metrics = _parse_update(reply, round_index)
+                    mean.add(pod, reply.tensors, metrics["num_samples"])
+                except UpdateRejectedError as exc:
+                    mean.rejected.setdefault(pod, exc)
+                    logger.warning("round %d: update of %s rejected: %s", round_index, pod, exc)
+                    continue
+                per_pod[pod] = metrics | {"seconds": gathered.seconds[pod]}
+            rejected = {pod: exc.reason.value for pod, exc in mean.rejected.items()}
+            if not per_pod:
+                raise AggregationError(
+                    f"round {round_index}: no usable update (rejected: {rejected or 'none'}, "
+                    f"aborted: {sorted(gathered.aborted) or 'none'}, missing: {gathered.missing or 'none'})"
+                )
+            global_arrays = mean.result()
+            summary = RoundMetrics(
+                round_index=round_index,
+                pods=sorted(per_pod),
+                aggregated=_weighted_metrics(per_pod),
+                per_pod=per_pod,
+                rejected=rejected,
+                seconds=time.monotonic() - started,
+            )
+            history.append(summary)
+            self._record(context, summary, global_arrays)
+            context.report_round(summary.to_dict())
+        return FedAvgResult(self.model, global_arrays, history)
+
+    def _sample(self, pods: list[str], rng: np.random.Generator) -> list[str]:
+        active = sorted(pods)
+        count = min(len(active), max(self.min_pods, math.ceil(self.fraction * len(active))))
+        chosen = rng.choice(len(active), size=count, replace=False)
+        return [active[i] for i in sorted(chosen)]
+
+    @staticmethod
+    def _record(context: ModellerContext, summary: RoundMetrics, arrays: Mapping[str, np.ndarray]) -> None:
+        if context.store is None or context.experiment_id is None:
+            return
+        context.store.record_round(
+            context.experiment_id, summary.round_index, summary.aggregated, summary.per_pod
+        )
+        context.store.save_checkpoint(context.experiment_id, summary.round_index, arrays)
+
+    # --- worker side ---------------------------------------------------------------
+
+    async def run_worker(self, mailbox: WorkerMailbox, context: WorkerContext) -> None:
+        x, y = context.datasource.arrays()
+        if y is None:
+            raise DataError("fedavg needs a labelled dataset (the datasource has no label column)")
+        if len(x) < context.min_rows:
+            raise PrivacyThresholdError(
+                f"the dataset has {len(x)} rows; this pod trains on no fewer than {context.min_rows}"
+            )
+        order = np.random.default_rng(_stable_seed(self.seed, context.pod)).permutation(len(x))
+        n_val = int(len(x) * self.validation_fraction)
+        x_val, y_val = x[order[:n_val]], y[order[:n_val]]
+        x_train, y_train = x[order[n_val:]], y[order[n_val:]]
+        model = build_model(self.model)
+        loop = asyncio.get_running_loop()
+        while True:
+            message = await mailbox.receive({MessageType.MODEL_PARAMETERS, MessageType.TASK_COMPLETE})
+            if message.type is MessageType.TASK_COMPLETE:
+                return
+            round_index = _round_of(message)
+            load_arrays(model, message.tensors)
+            validation = evaluate(model, x_val, y_val) if n_val else {}
+
+            def on_batch(epoch: int, batch: int, loss: float, r: int = round_index) -> None:
+                if batch % 10 == 0:
+                    asyncio.run_coroutine_threadsafe(
+                        mailbox.progress(round=r, epoch=epoch, batch=batch, loss=loss), loop
+                    )
+
+            train = await asyncio.to_thread(
+                train_local, model, x_train, y_train, self.training,
+                seed=_stable_seed(self.seed, context.pod, round_index), on_batch=on_batch,
+            )
+            body = {
+                "round": round_index,
+                "num_samples": len(x_train),
+                "train": {k: float(v) for k, v in train.items()},
+                "validation": {k: float(v) for k, v in validation.items()},
+            }
+            await mailbox.send(MessageType.TRAINING_UPDATE, body, state_to_arrays(model))
+
+
+def _round_of(message: Message) -> int:
+    body = message.body
+    if not isinstance(body, dict) or not isinstance(body.get("round"), int):
+        raise DataError("MODEL_PARAMETERS without an integer round")
+    round_index: int = body["round"]
+    return round_index
+
+
+def _parse_update(message: Message, round_index: int) -> dict[str, float]:
+    """Flatten a TRAINING_UPDATE body to metrics; a lying body is a rejected update."""
+    body = message.body
+    if not isinstance(body, dict) or body.get("round") != round_index:
+        raise UpdateRejectedError(UpdateRejectionReason.MALFORMED,
+                                  f"the update is not for round {round_index}")
+    weight = body.get("num_samples")
+    if isinstance(weight, bool) or not isinstance(weight, int | float) or not weight > 0:
+        raise UpdateRejectedError(UpdateRejectionReason.BAD_WEIGHT,
+                                  f"num_samples must be > 0, got {weight!r}")
+    metrics: dict[str, float] = {"num_samples": float(weight)}
+    for phase in ("train", "validation"):
+        values = body.get(phase)
+        if not isinstance(values, dict):
+            continue
+        for name in (*METRIC_NAMES, "num_samples"):
+            value = values.get(name)
+            if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+                metrics[f"{phase}_{name}"] = float(value)
+    return metrics
+
+
+def _weighted_metrics(per_pod: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """Sample-weighted means of the pods' train and validation metrics."""
+    result: dict[str, float] = {"num_samples": sum(m["num_samples"] for m in per_pod.values())}
+    for phase, weight_key in (("train", "num_samples"), ("validation", "validation_num_samples")):
+        for name in METRIC_NAMES:
+            key = f"{phase}_{name}"
+            pairs = [(m[key], m.get(weight_key, 0.0)) for m in per_pod.values() if key in m]
+            total = sum(w for _, w in pairs)
+            if pairs and total > 0:
+                result[key] = sum(v * w for v, w in pairs) / total
+    return result

@@ -1,0 +1,145 @@
+"""Results-only protocol: every pod runs one registered algorithm and returns its results.
+
+The modeller sends an INSTRUCTION (optionally with input tensors, e.g. model parameters to
+evaluate), each pod runs the algorithm named in the task on its dataset and answers with
+RESULTS. Algorithms come from the closed :data:`RESULT_ALGORITHMS` registry.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Self
+
+import numpy as np
+
+from fedloom.algorithms.ml import ModelSpec, build_model, evaluate, load_arrays
+from fedloom.datasources import Datasource
+from fedloom.errors import ConfigError, DataError, PodResponseError, PrivacyThresholdError
+from fedloom.protocols.base import (
+    ModellerContext,
+    Protocol,
+    WorkerContext,
+    check_keys,
+    optional_timeout,
+    register_protocol,
+)
+from fedloom.registry import Registry
+from fedloom.transport import ModellerMailbox, WorkerMailbox
+from fedloom.wire import Body, MessageType
+
+ResultAlgorithm = Callable[
+    [Datasource, Mapping[str, Any], Mapping[str, np.ndarray], int],
+    tuple[dict[str, Any], dict[str, np.ndarray]],
+]
+"""(datasource, config, input tensors, min_rows) → (JSON-able results, result tensors)."""
+
+RESULT_ALGORITHMS: Registry[ResultAlgorithm] = Registry("results algorithm")
+
+
+@dataclass(frozen=True)
+class PodResults:
+    """One pod's answer."""
+
+    body: Body
+    tensors: dict[str, np.ndarray]
+    seconds: float
+
+
+@register_protocol
+@dataclass(frozen=True)
+class ResultsOnly(Protocol):
+    """Run ``algorithm`` with ``config`` on every pod and collect the results.
+
+    ``inputs`` travel with the instruction as tensors; they are not part of the JSON config.
+    """
+
+    name = "results_only"
+
+    algorithm: str
+    config: Mapping[str, Any] = field(default_factory=dict)
+    inputs: Mapping[str, np.ndarray] = field(default_factory=dict, compare=False)
+    timeout: float | None = None
+    require_all: bool = False
+
+    def __post_init__(self) -> None:
+        RESULT_ALGORITHMS.get(self.algorithm)
+        optional_timeout("results_only.timeout", self.timeout)
+        try:
+            json.dumps(self.config, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"results_only.config must be JSON: {exc}") from exc
+
+    def to_config(self) -> dict[str, Any]:
+        return {"algorithm": self.algorithm, "config": dict(self.config),
+                "timeout": self.timeout, "require_all": self.require_all}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Self:
+        check_keys("results_only", config, {"algorithm"}, {"config", "timeout", "require_all"})
+        algo_config = config.get("config", {})
+        if not isinstance(algo_config, Mapping):
+            raise ConfigError("results_only.config must be a map")
+        return cls(algorithm=config["algorithm"], config=algo_config,
+                   timeout=config.get("timeout"), require_all=bool(config.get("require_all")))
+
+    async def run_modeller(
+        self, mailbox: ModellerMailbox, context: ModellerContext
+    ) -> dict[str, PodResults]:
+        await mailbox.broadcast(MessageType.INSTRUCTION, {"step": "run"}, self.inputs)
+        gathered = await mailbox.gather(MessageType.RESULTS, timeout=self.timeout)
+        failed = {pod: report.reason.value for pod, report in gathered.aborted.items()}
+        failed |= {pod: "no answer in time" for pod in gathered.missing}
+        if failed and (self.require_all or not gathered.replies):
+            raise PodResponseError("results_only: pods did not return results", failed)
+        return {
+            pod: PodResults(reply.body, dict(reply.tensors), gathered.seconds[pod])
+            for pod, reply in sorted(gathered.replies.items())
+        }
+
+    async def run_worker(self, mailbox: WorkerMailbox, context: WorkerContext) -> None:
+        algorithm = RESULT_ALGORITHMS.get(self.algorithm)
+        while True:
+            message = await mailbox.receive({MessageType.INSTRUCTION, MessageType.TASK_COMPLETE})
+            if message.type is MessageType.TASK_COMPLETE:
+                return
+            body, tensors = algorithm(context.datasource, self.config, message.tensors,
+                                      context.min_rows)
+            await mailbox.send(MessageType.RESULTS, body, tensors)
+
+
+def _check_rows(datasource: Datasource, min_rows: int) -> int:
+    rows = len(datasource)
+    if rows < min_rows:
+        raise PrivacyThresholdError(
+            f"the dataset has {rows} rows; this pod releases nothing over fewer than {min_rows}"
+        )
+    return rows
+
+
+@RESULT_ALGORITHMS.register("dataset_summary")
+def dataset_summary(
+    datasource: Datasource, config: Mapping[str, Any], inputs: Mapping[str, np.ndarray],
+    min_rows: int,
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Number of rows and the column names and types (no values)."""
+    _check_rows(datasource, min_rows)
+    return dict(datasource.describe()), {}
+
+
+@RESULT_ALGORITHMS.register("model_evaluation")
+def model_evaluation(
+    datasource: Datasource, config: Mapping[str, Any], inputs: Mapping[str, np.ndarray],
+    min_rows: int,
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Loss and accuracy of a model (``config["model"]`` + parameters in ``inputs``)."""
+    _check_rows(datasource, min_rows)
+    if "model" not in config:
+        raise ConfigError('model_evaluation needs config["model"] = {"name": ..., "config": ...}')
+    model = build_model(ModelSpec.from_config(config["model"]))
+    load_arrays(model, inputs)
+    x, y = datasource.arrays()
+    if y is None:
+        raise DataError("model_evaluation needs a labelled dataset")
+    return {k: float(v) for k, v in evaluate(model, x, y).items()}, {}

@@ -1,0 +1,259 @@
+"""Store contracts, the records they return, and the checks every implementation shares.
+
+Two small contracts live here: :class:`ExperimentStore` (modeller side: experiments, rounds,
+metrics, checkpoints) and :class:`PodStore` (pod side: task runs). Each has an in-memory and
+an SQLite implementation, and :mod:`fedloom.testing.store_conformance` runs the same checks
+on all of them. Records are frozen dataclasses; every record a store returns is a fresh copy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Protocol, Self, runtime_checkable
+
+import numpy.typing as npt
+
+#: Status of an experiment that is still going.
+RUNNING = "running"
+#: Every status an experiment can have; ``finish_experiment`` takes the last two.
+EXPERIMENT_STATUSES: tuple[str, ...] = (RUNNING, "completed", "failed")
+#: Every status a pod's task run can have; all but ``"accepted"`` are final.
+TASK_RUN_STATUSES: tuple[str, ...] = ("accepted", "rejected", "completed", "aborted")
+#: The largest round index a store accepts (SQLite's INTEGER range).
+MAX_ROUND_INDEX = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    """The metrics of one finished round: the aggregate and each pod's own."""
+
+    round_index: int
+    aggregated: dict[str, float]
+    per_pod: dict[str, dict[str, float]]
+    recorded_at: float
+
+
+@dataclass(frozen=True)
+class CheckpointRef:
+    """Where one round's model arrays were saved, and the SHA-256 of what was saved."""
+
+    experiment_id: str
+    round_index: int
+    path: str
+    sha256: str
+    created_at: float
+
+
+@dataclass(frozen=True)
+class ExperimentRecord:
+    """One experiment with its rounds and checkpoints, both ordered by round index."""
+
+    experiment_id: str
+    name: str
+    task: dict[str, Any]
+    status: str
+    created_at: float
+    finished_at: float | None
+    result: dict[str, Any] | None
+    rounds: list[RoundRecord]
+    checkpoints: list[CheckpointRef]
+
+
+@dataclass(frozen=True)
+class TaskRunRecord:
+    """One task as a pod saw it: who asked, what was decided, and how it ended."""
+
+    task_id: str
+    modeller: str
+    protocol: str
+    status: str
+    reason: str | None
+    result: dict[str, Any] | None
+    started_at: float
+    finished_at: float | None
+
+
+@dataclass(frozen=True)
+class ExperimentStoreStatistics:
+    """Counts of what an experiment store holds."""
+
+    experiments: int
+    running: int
+    rounds: int
+    checkpoints: int
+
+
+@dataclass(frozen=True)
+class PodStoreStatistics:
+    """Counts of the task runs a pod store holds, in total and per status."""
+
+    task_runs: int
+    accepted: int
+    rejected: int
+    completed: int
+    aborted: int
+
+
+@runtime_checkable
+class ExperimentStore(Protocol):
+    """The modeller's record of experiments, so that an experiment can resume after a crash.
+
+    Safe to call from several threads. Every method of a closed store raises StoreError.
+    """
+
+    def create_experiment(self, name: str, task: Mapping[str, Any]) -> str:
+        """Start a new experiment (status ``"running"``) and return its id (uuid4 hex).
+
+        Raises:
+            ConfigError: ``name`` is not a str, or ``task`` is not JSON-able (the message
+                names the key); nothing is written.
+            StoreError: the store is closed or could not write.
+        """
+        ...
+
+    def record_round(
+        self,
+        experiment_id: str,
+        round_index: int,
+        aggregated: Mapping[str, float],
+        per_pod: Mapping[str, Mapping[str, float]],
+    ) -> None:
+        """Record the metrics of one round; a round is recorded once and never overwritten.
+
+        Raises:
+            ConfigError: ``round_index`` is not an int >= 0, or a metric is not a finite
+                real number (bool, NaN and infinity are refused); nothing is written.
+            NotFoundError: no experiment has this id.
+            StoreError: this round is already recorded, the experiment is finished, or the
+                store is closed or could not write.
+        """
+        ...
+
+    def save_checkpoint(
+        self, experiment_id: str, round_index: int, arrays: Mapping[str, npt.NDArray[Any]]
+    ) -> CheckpointRef:
+        """Save named arrays as the checkpoint of one round (once per round).
+
+        Raises:
+            ConfigError: an array name is not a str, a value is not a numpy array, a dtype
+                is not one safetensors stores, or ``round_index`` is invalid; nothing is written.
+            NotFoundError: no experiment has this id.
+            StoreError: this round already has a checkpoint, the experiment is finished, or
+                the store is closed or could not write.
+        """
+        ...
+
+    def load_checkpoint(
+        self, experiment_id: str, round_index: int | None = None
+    ) -> dict[str, npt.NDArray[Any]]:
+        """Load the arrays of one round's checkpoint (``None``: the highest round saved).
+
+        Raises:
+            ConfigError: ``round_index`` is neither None nor a valid round index.
+            NotFoundError: no experiment has this id, or it has no such checkpoint.
+            StoreError: the checkpoint file is missing, was modified or is corrupted, or
+                the store is closed.
+        """
+        ...
+
+    def finish_experiment(self, experiment_id: str, status: str, result: Mapping[str, Any]) -> None:
+        """Mark a running experiment ``"completed"`` or ``"failed"`` and keep its result.
+
+        Raises:
+            ConfigError: ``status`` is not ``"completed"`` or ``"failed"``, or ``result``
+                is not JSON-able (the message names the key); nothing is written.
+            NotFoundError: no experiment has this id.
+            StoreError: the experiment is already finished, or the store is closed or
+                could not write.
+        """
+        ...
+
+    def get_experiment(self, experiment_id: str) -> ExperimentRecord:
+        """Return a copy of one experiment with all its rounds and checkpoints.
+
+        Raises:
+            NotFoundError: no experiment has this id.
+            StoreError: the store is closed or could not read.
+        """
+        ...
+
+    def list_experiments(self) -> list[ExperimentRecord]:
+        """Return copies of every experiment, in the order they were created.
+
+        Raises:
+            StoreError: the store is closed or could not read.
+        """
+        ...
+
+    def close(self) -> None:
+        """Release the store; closing twice is allowed, any other call afterwards is not."""
+        ...
+
+
+@runtime_checkable
+class PodStore(Protocol):
+    """The pod's record of the tasks it was asked to run. Safe to call from several threads."""
+
+    def record_task_run(  # noqa: PLR0917 -- the contract's positional signature
+        self,
+        task_id: str,
+        modeller: str,
+        protocol: str,
+        status: str,
+        reason: str | None = None,
+        result: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Insert the run of ``task_id``, or update it with the given status/reason/result.
+
+        ``started_at`` is set by the first call and kept; ``finished_at`` is set when the
+        status is final (anything but ``"accepted"``) and cleared otherwise.
+
+        Raises:
+            ConfigError: an id is empty or not a str, ``status`` is not one of
+                :data:`TASK_RUN_STATUSES`, ``reason`` is not a str, or ``result`` is not
+                JSON-able (the message names the key); nothing is written.
+            StoreError: ``task_id`` was recorded for another modeller or protocol, or the
+                store is closed or could not write.
+        """
+        ...
+
+    def get_task_run(self, task_id: str) -> TaskRunRecord:
+        """Return a copy of the run of ``task_id``.
+
+        Raises:
+            NotFoundError: no run has this task id.
+            StoreError: the store is closed or could not read.
+        """
+        ...
+
+    def task_runs(self) -> list[TaskRunRecord]:
+        """Return copies of every run, ordered by ``started_at`` (ties: first recorded first).
+
+        Raises:
+            StoreError: the store is closed or could not read.
+        """
+        ...
+
+    def close(self) -> None:
+        """Release the store; closing twice is allowed, any other call afterwards is not."""
+        ...
+
+
+class ClosingContext:
+    """Mixin: ``with store:`` closes the store on the way out."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -1,0 +1,375 @@
+"""The ExperimentStore checks of :mod:`fedloom.testing.store_conformance`, and its helpers."""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from fedloom.errors import ConfigError, NotFoundError, StoreError
+from fedloom.store import ExperimentStore
+
+S = TypeVar("S")
+_UNKNOWN_ID = "0" * 32
+
+
+def run_check(check: Callable[[S], None], factory: Callable[[Path], S]) -> None:
+    name = check.__name__.lstrip("_")
+    with tempfile.TemporaryDirectory(prefix="fedloom-store-") as folder:
+        store = factory(Path(folder))
+        try:
+            check(store)
+        except AssertionError as exc:
+            raise AssertionError(f"store conformance check {name!r} failed: {exc}") from exc
+        except Exception as exc:
+            raise AssertionError(
+                f"store conformance check {name!r} raised {type(exc).__name__}: {exc}"
+            ) from exc
+        finally:
+            getattr(store, "close")()  # noqa: B009 -- the close of whatever the factory made
+
+
+def expect(condition: bool, message: str) -> None:
+    if not condition:
+        raise AssertionError(message)
+
+
+@contextmanager
+def raises(
+    error: type[Exception], what: str, *, mentions: str = "", unless: type[Exception] | None = None
+) -> Iterator[None]:
+    """The block must raise ``error`` (not ``unless``), whose message contains ``mentions``."""
+    try:
+        yield
+    except error as exc:
+        if unless is not None and isinstance(exc, unless):
+            raise AssertionError(
+                f"{what}: expected {error.__name__}, got {type(exc).__name__}"
+            ) from exc
+        expect(mentions in str(exc), f"{what}: message {str(exc)!r} should mention {mentions!r}")
+        return
+    except Exception as exc:
+        raise AssertionError(
+            f"{what}: expected {error.__name__}, got {type(exc).__name__}: {exc}"
+        ) from exc
+    raise AssertionError(f"{what}: expected {error.__name__}, nothing was raised")
+
+
+# --- ExperimentStore ---------------------------------------------------------------------
+
+_TASK = {"protocol": "fedavg", "config": {"lr": 0.05, "layers": [64, 32], "tag": "é✓"}, "n": None}
+_AGG = {"loss": 0.25, "accuracy": 0.9, "samples": 120}
+_PER_POD = {"pod-a": {"loss": 0.2, "samples": 60}, "pod-b": {"loss": 0.3, "samples": 60}}
+BAD_JSON: list[tuple[Any, str]] = [
+    ({"columns": {"a", "b"}}, "'columns'"),
+    ({"opt": {"lr": float("nan")}}, "'lr'"),
+    ({"opt": {"lr": float("inf")}}, "'lr'"),
+    ({"obj": object()}, "'obj'"),
+    ({"raw": b"bytes"}, "'raw'"),
+    ({"weights": np.zeros(2)}, "'weights'"),
+    ({"nested": [1, {2: "int key"}]}, "2"),
+]
+_BAD_METRICS: list[tuple[Any, Any, str]] = [
+    ({"loss": float("nan")}, {}, "loss"),
+    ({"loss": float("inf")}, {}, "loss"),
+    ({"loss": -float("inf")}, {}, "loss"),
+    ({"done": True}, {}, "done"),
+    ({"loss": "0.5"}, {}, "loss"),
+    ({"loss": None}, {}, "loss"),
+    ({1: 0.5}, {}, "1"),
+    ([("loss", 0.5)], {}, ""),
+    ({"loss": 0.5}, {"pod-a": {"acc": float("nan")}}, "acc"),
+    ({"loss": 0.5}, {"pod-a": 0.5}, "pod-a"),
+    ({"loss": 0.5}, {3: {"acc": 0.5}}, "3"),
+]
+_ARRAYS = {
+    "dense.weight": np.arange(12, dtype=np.float32).reshape(3, 4) / 7,
+    "dense.bias": np.array([1.5, -2.0, 0.0], dtype=np.float64),
+    "steps": np.array(7, dtype=np.int64),
+    "mask": np.array([True, False, True]),
+    "half": np.linspace(-1, 1, 5).astype(np.float16),
+    "big": np.array([2**64 - 1, 0], dtype=np.uint64),
+    "complex": np.array([1 + 2j], dtype=np.complex64),
+    "empty": np.zeros((0, 3), dtype=np.int8),
+    "strided": np.arange(20, dtype=np.int32).reshape(4, 5)[:, ::2],
+    "big_endian": np.arange(4, dtype=">i4"),
+}
+
+
+def _same_arrays(got: dict[str, Any], want: dict[str, Any], what: str) -> None:
+    expect(sorted(got) == sorted(want), f"{what}: names {sorted(got)} != {sorted(want)}")
+    for name, array in want.items():
+        value = got[name]
+        expect(isinstance(value, np.ndarray), f"{what}: {name!r} is not a numpy array")
+        expect(value.shape == array.shape, f"{what}: {name!r} has shape {value.shape}")
+        expect(value.dtype == array.dtype.newbyteorder("="), f"{what}: {name!r} dtype changed")
+        expect(np.array_equal(value, array), f"{what}: {name!r} values changed")
+
+
+def _is_experiment_store(store: ExperimentStore) -> None:
+    expect(isinstance(store, ExperimentStore), "does not implement the ExperimentStore methods")
+
+
+def _create_and_get(store: ExperimentStore) -> None:
+    first, second = store.create_experiment("mnist", _TASK), store.create_experiment("", {})
+    for experiment_id in (first, second):
+        expect(isinstance(experiment_id, str) and len(experiment_id) == 32, "id is not uuid hex")
+        int(experiment_id, 16)
+    expect(first != second, "two experiments got the same id")
+    record = store.get_experiment(first)
+    expect(record.experiment_id == first and record.name == "mnist", f"wrong record {record}")
+    expect(record.task == _TASK, f"task read back as {record.task}")
+    expect(record.status == "running" and record.finished_at is None, "new one is not running")
+    expect(record.result is None and record.rounds == [] and record.checkpoints == [], "not empty")
+    expect(isinstance(record.created_at, float), "created_at is not a float")
+    with raises(ConfigError, "a name that is not a str"):
+        store.create_experiment(7, {})  # type: ignore[arg-type]
+
+
+def _task_must_be_jsonable(store: ExperimentStore) -> None:
+    for task, key in [*BAD_JSON, ([1, 2], "")]:
+        with raises(ConfigError, f"task {task!r}", mentions=key):
+            store.create_experiment("bad", task)
+    expect(store.list_experiments() == [], "a refused task was written")
+    experiment_id = store.create_experiment("t", {"pair": (1, 2), "big": 2**70, "f": 1e-300})
+    task = store.get_experiment(experiment_id).task
+    expect(task == {"pair": [1, 2], "big": 2**70, "f": 1e-300}, f"task read back as {task}")
+
+
+def _rounds_in_order(store: ExperimentStore) -> None:
+    experiment_id = store.create_experiment("e", _TASK)
+    for index in (2, 0, 1):
+        store.record_round(experiment_id, index, {**_AGG, "round": index}, _PER_POD)
+    store.record_round(experiment_id, 3, {"loss": np.float64(0.5)}, {})
+    rounds = store.get_experiment(experiment_id).rounds
+    expect([r.round_index for r in rounds] == [0, 1, 2, 3], "rounds not ordered by index")
+    expect(rounds[1].aggregated == {**_AGG, "round": 1}, f"read back {rounds[1].aggregated}")
+    expect(rounds[1].per_pod == _PER_POD, f"per_pod read back {rounds[1].per_pod}")
+    expect(rounds[3].aggregated == {"loss": 0.5} and rounds[3].per_pod == {}, "round 3 wrong")
+    expect(all(isinstance(v, float) for v in rounds[0].aggregated.values()), "not floats")
+
+
+def _bad_rounds_refused(store: ExperimentStore) -> None:
+    experiment_id = store.create_experiment("e", _TASK)
+    store.record_round(experiment_id, 0, _AGG, _PER_POD)
+    before = store.get_experiment(experiment_id)
+    with raises(StoreError, "recording round 0 twice", unless=NotFoundError):
+        store.record_round(experiment_id, 0, {"loss": 9.0}, {})
+    for aggregated, per_pod, key in _BAD_METRICS:
+        with raises(ConfigError, f"metrics {aggregated!r} / {per_pod!r}", mentions=key):
+            store.record_round(experiment_id, 1, aggregated, per_pod)
+    for index in (-1, True, 1.5, "1", None):
+        with raises(ConfigError, f"round_index {index!r}"):
+            store.record_round(experiment_id, index, _AGG, {})  # type: ignore[arg-type]
+    expect(store.get_experiment(experiment_id) == before, "a refused round changed the record")
+
+
+def _unknown_experiment(store: ExperimentStore) -> None:
+    calls: list[tuple[str, Callable[[Any], object]]] = [
+        ("record_round", lambda i: store.record_round(i, 0, _AGG, {})),
+        ("save_checkpoint", lambda i: store.save_checkpoint(i, 0, {"w": np.zeros(2)})),
+        ("load_checkpoint", store.load_checkpoint),
+        ("finish_experiment", lambda i: store.finish_experiment(i, "completed", {})),
+        ("get_experiment", store.get_experiment),
+    ]
+    for name, call in calls:
+        for unknown in (_UNKNOWN_ID, "", 123):
+            with raises(NotFoundError, f"{name}({unknown!r})"):
+                call(unknown)
+
+
+def _finish(store: ExperimentStore) -> None:
+    experiment_id = store.create_experiment("e", _TASK)
+    store.record_round(experiment_id, 0, _AGG, {})
+    store.save_checkpoint(experiment_id, 0, {"w": np.ones(3)})
+    for status, result in [("running", {}), ("done", {}), ("", {}), (None, {}), ("failed", [1])]:
+        with raises(ConfigError, f"finish with {status!r}, {result!r}"):
+            store.finish_experiment(experiment_id, status, result)  # type: ignore[arg-type]
+    for result, key in BAD_JSON:
+        with raises(ConfigError, f"result {result!r}", mentions=key):
+            store.finish_experiment(experiment_id, "completed", result)
+    expect(store.get_experiment(experiment_id).status == "running", "refused finish was written")
+    store.finish_experiment(experiment_id, "completed", {"accuracy": 0.9, "notes": ["ok"]})
+    record = store.get_experiment(experiment_id)
+    expect(record.status == "completed", f"status is {record.status}")
+    expect(record.result == {"accuracy": 0.9, "notes": ["ok"]}, f"result is {record.result}")
+    expect(record.finished_at is not None and record.finished_at >= record.created_at, "when?")
+    after_finish: list[tuple[str, Callable[[], object]]] = [
+        ("finish twice", lambda: store.finish_experiment(experiment_id, "failed", {})),
+        ("record after finish", lambda: store.record_round(experiment_id, 1, _AGG, {})),
+        ("save after finish", lambda: store.save_checkpoint(experiment_id, 1, {"w": np.ones(1)})),
+    ]
+    for what, call in after_finish:
+        with raises(StoreError, what, unless=NotFoundError):
+            call()
+    expect(store.get_experiment(experiment_id) == record, "a refused call changed the record")
+    _same_arrays(store.load_checkpoint(experiment_id), {"w": np.ones(3)}, "load after finish")
+    failed = store.create_experiment("f", {})
+    store.finish_experiment(failed, "failed", {"error": "boom"})
+    expect(store.get_experiment(failed).status == "failed", "failed status not kept")
+
+
+def _records_are_copies(store: ExperimentStore) -> None:
+    task: dict[str, Any] = {"config": {"layers": [1, 2]}}
+    aggregated, per_pod = {"loss": 1.0}, {"pod-a": {"loss": 1.0}}
+    experiment_id = store.create_experiment("e", task)
+    store.record_round(experiment_id, 0, aggregated, per_pod)
+    task["config"]["layers"].append(3)
+    aggregated["loss"], per_pod["pod-a"]["loss"] = 5.0, 5.0
+    record = store.get_experiment(experiment_id)
+    expect(record.task == {"config": {"layers": [1, 2]}}, "store shares the caller's task")
+    expect(record.rounds[0].aggregated == {"loss": 1.0}, "store shares the caller's metrics")
+    expect(record.rounds[0].per_pod == {"pod-a": {"loss": 1.0}}, "store shares per_pod")
+    for listed in (record, store.list_experiments()[0]):
+        listed.task["config"]["layers"].clear()
+        listed.rounds[0].aggregated["loss"] = 7.0
+        listed.rounds[0].per_pod["pod-a"]["loss"] = 7.0
+        listed.rounds.clear()
+        listed.checkpoints.append(None)  # type: ignore[arg-type]
+    again = store.get_experiment(experiment_id)
+    expect(again.task == {"config": {"layers": [1, 2]}}, "a returned task is shared")
+    expect(again.rounds[0].aggregated == {"loss": 1.0}, "a returned round is shared")
+    expect(again.rounds[0].per_pod == {"pod-a": {"loss": 1.0}}, "returned per_pod is shared")
+    expect(again.checkpoints == [], "a returned checkpoint list is shared")
+
+
+def _checkpoints(store: ExperimentStore) -> None:
+    experiment_id = store.create_experiment("e", _TASK)
+    with raises(NotFoundError, "load with no checkpoint"):
+        store.load_checkpoint(experiment_id)
+    arrays = {name: array.copy() for name, array in _ARRAYS.items()}
+    ref3 = store.save_checkpoint(experiment_id, 3, arrays)
+    ref1 = store.save_checkpoint(experiment_id, 1, {"w": np.full(4, 1.0)})
+    ref0 = store.save_checkpoint(experiment_id, 0, {})
+    expect((ref3.experiment_id, ref3.round_index) == (experiment_id, 3), f"wrong ref {ref3}")
+    expect(len(ref3.sha256) == 64 and int(ref3.sha256, 16) >= 0, "sha256 is not 64 hex digits")
+    expect(bool(ref3.path) and ref3.path != ref1.path, "refs need distinct paths")
+    _same_arrays(store.load_checkpoint(experiment_id, 3), _ARRAYS, "load round 3")
+    _same_arrays(store.load_checkpoint(experiment_id), _ARRAYS, "latest = highest round")
+    _same_arrays(store.load_checkpoint(experiment_id, 0), {}, "an empty checkpoint")
+    refs = store.get_experiment(experiment_id).checkpoints
+    expect(refs == [ref0, ref1, ref3], f"checkpoints listed as {refs}")
+    with raises(NotFoundError, "load a round never saved"):
+        store.load_checkpoint(experiment_id, 2)
+    with raises(StoreError, "save round 1 twice", unless=NotFoundError):
+        store.save_checkpoint(experiment_id, 1, {"w": np.zeros(4)})
+    _same_arrays(store.load_checkpoint(experiment_id, 1), {"w": np.full(4, 1.0)}, "overwritten")
+    arrays["dense.bias"][0] = 99.0
+    loaded = store.load_checkpoint(experiment_id, 3)
+    if loaded["dense.bias"].flags.writeable:
+        loaded["dense.bias"][0] = 77.0
+    _same_arrays(store.load_checkpoint(experiment_id, 3), _ARRAYS, "arrays shared with caller")
+
+
+def _bad_checkpoints_refused(store: ExperimentStore) -> None:
+    experiment_id = store.create_experiment("e", _TASK)
+    bad: list[tuple[Any, str]] = [
+        ({1: np.zeros(2)}, "1"),
+        ({"names": np.array(["a", "b"])}, "names"),
+        ({"objects": np.array([object()])}, "objects"),
+        ({"wide": np.zeros(2, dtype=np.complex128)}, "wide"),
+        ({"listed": [1.0, 2.0]}, "listed"),
+        ([np.zeros(2)], ""),
+    ]
+    for arrays, key in bad:
+        with raises(ConfigError, f"checkpoint {arrays!r}", mentions=key):
+            store.save_checkpoint(experiment_id, 0, arrays)
+    for index in (-1, True, "0"):
+        with raises(ConfigError, f"checkpoint round_index {index!r}"):
+            store.save_checkpoint(experiment_id, index, {"w": np.zeros(1)})  # type: ignore[arg-type]
+        with raises(ConfigError, f"load round_index {index!r}"):
+            store.load_checkpoint(experiment_id, index)  # type: ignore[arg-type]
+    expect(store.get_experiment(experiment_id).checkpoints == [], "refused checkpoint written")
+    with raises(NotFoundError, "load after refused saves"):
+        store.load_checkpoint(experiment_id)
+
+
+def _list_experiments(store: ExperimentStore) -> None:
+    ids = [store.create_experiment(f"e{i}", {"i": i}) for i in range(4)]
+    store.record_round(ids[2], 0, _AGG, _PER_POD)
+    store.finish_experiment(ids[1], "failed", {"why": "test"})
+    listed = store.list_experiments()
+    expect([r.experiment_id for r in listed] == ids, "not listed in creation order")
+    expect(listed == [store.get_experiment(i) for i in ids], "listed records differ from get")
+
+
+def _experiment_statistics(store: ExperimentStore) -> None:
+    statistics = getattr(store, "statistics", None)
+    if statistics is None:
+        return
+    expect(statistics().experiments == 0, "a new store is not empty")
+    first, second = store.create_experiment("a", {}), store.create_experiment("b", {})
+    store.record_round(first, 0, _AGG, {})
+    store.record_round(first, 1, _AGG, {})
+    store.save_checkpoint(second, 0, {"w": np.zeros(1)})
+    store.finish_experiment(second, "completed", {})
+    counts = statistics()
+    got = (counts.experiments, counts.running, counts.rounds, counts.checkpoints)
+    expect(got == (2, 1, 2, 1), f"statistics are {counts}")
+
+
+def _experiment_threads(store: ExperimentStore) -> None:
+    experiment_id = store.create_experiment("e", _TASK)
+    errors: list[BaseException] = []
+
+    def work(worker: int) -> None:
+        try:
+            for step in range(20):
+                index = worker * 100 + step
+                store.record_round(experiment_id, index, {"loss": float(index)}, {})
+                if step % 5 == 0:
+                    store.save_checkpoint(experiment_id, index, {"w": np.full(3, index)})
+                    store.get_experiment(experiment_id)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(worker,)) for worker in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    expect(not errors, f"concurrent calls failed: {errors[:3]}")
+    record = store.get_experiment(experiment_id)
+    expect(len(record.rounds) == 120 and len(record.checkpoints) == 24, "writes were lost")
+    _same_arrays(store.load_checkpoint(experiment_id), {"w": np.full(3, 515)}, "latest")
+
+
+def _experiment_close(store: ExperimentStore) -> None:
+    experiment_id = store.create_experiment("e", _TASK)
+    store.close()
+    store.close()
+    calls: list[tuple[str, Callable[[], object]]] = [
+        ("create_experiment", lambda: store.create_experiment("e", {})),
+        ("record_round", lambda: store.record_round(experiment_id, 0, _AGG, {})),
+        ("save_checkpoint", lambda: store.save_checkpoint(experiment_id, 0, {})),
+        ("load_checkpoint", lambda: store.load_checkpoint(experiment_id)),
+        ("finish_experiment", lambda: store.finish_experiment(experiment_id, "failed", {})),
+        ("get_experiment", lambda: store.get_experiment(experiment_id)),
+        ("list_experiments", store.list_experiments),
+    ]
+    for name, call in calls:
+        with raises(StoreError, f"{name} on a closed store", unless=NotFoundError):
+            call()
+
+
+EXPERIMENT_CHECKS: list[Callable[[ExperimentStore], None]] = [
+    _is_experiment_store,
+    _create_and_get,
+    _task_must_be_jsonable,
+    _rounds_in_order,
+    _bad_rounds_refused,
+    _unknown_experiment,
+    _finish,
+    _records_are_copies,
+    _checkpoints,
+    _bad_checkpoints_refused,
+    _list_experiments,
+    _experiment_statistics,
+    _experiment_threads,
+    _experiment_close,
+]

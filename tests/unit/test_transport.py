@@ -1,0 +1,164 @@
+"""The in-memory transport: Mailbox conformance, routing, and the task mailboxes."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from fedloom.errors import (
+    AbortReason,
+    ConfigError,
+    ErrorReport,
+    MailboxClosedError,
+    ProtocolError,
+    TaskAbortedError,
+)
+from fedloom.testing import check_mailbox
+from fedloom.transport import MemoryHub, ModellerMailbox, TaskRouter, WorkerMailbox
+from fedloom.wire import Message, MessageType
+
+
+async def memory_pair() -> tuple[object, object]:
+    hub = MemoryHub()
+    return hub.connect("alice"), hub.connect("bob")
+
+
+def test_memory_mailbox_passes_the_conformance_suite() -> None:
+    asyncio.run(check_mailbox(memory_pair))  # type: ignore[arg-type]
+
+
+def test_conformance_suite_catches_a_broken_mailbox() -> None:
+    class ReordersMessages:
+        """A mailbox that delivers in reverse order: the suite must notice."""
+
+        def __init__(self, inner: object) -> None:
+            self._inner = inner
+            self._buffer: list[Message] = []
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self._inner, name)
+
+        async def receive(self, timeout: float | None = None) -> Message:
+            while True:
+                try:
+                    self._buffer.append(await self._inner.receive(timeout=0.05))  # type: ignore[attr-defined]
+                except Exception:
+                    break
+            if not self._buffer:
+                return await self._inner.receive(timeout)  # type: ignore[attr-defined,no-any-return]
+            return self._buffer.pop()
+
+    async def broken_pair() -> tuple[object, object]:
+        hub = MemoryHub()
+        return hub.connect("alice"), ReordersMessages(hub.connect("bob"))
+
+    with pytest.raises(AssertionError, match="keeps_order"):
+        asyncio.run(check_mailbox(broken_pair))  # type: ignore[arg-type]
+
+
+def test_hub_refuses_duplicate_and_empty_identities() -> None:
+    async def scenario() -> None:
+        hub = MemoryHub()
+        hub.connect("pod-a")
+        with pytest.raises(ConfigError, match="already connected"):
+            hub.connect("pod-a")
+        with pytest.raises(ConfigError):
+            hub.connect("")
+        await hub.close()
+        with pytest.raises(MailboxClosedError):
+            hub.connect("pod-b")
+
+    asyncio.run(scenario())
+
+
+def test_router_sends_each_task_to_its_channel_and_the_rest_to_the_inbox() -> None:
+    async def scenario() -> None:
+        hub = MemoryHub()
+        modeller, pod = hub.connect("modeller"), hub.connect("pod")
+        router = TaskRouter(pod)
+        router.start()
+        channel = router.open_channel("t1")
+        await modeller.send(Message(MessageType.INSTRUCTION, "", "pod", "t2", body=2))
+        await modeller.send(Message(MessageType.INSTRUCTION, "", "pod", "t1", body=1))
+        assert (await channel.get(timeout=5)).body == 1
+        assert (await router.inbox.get(timeout=5)).body == 2
+        await router.close()
+        with pytest.raises(MailboxClosedError):
+            await channel.get(timeout=5)
+
+    asyncio.run(scenario())
+
+
+def _task_pair(hub: MemoryHub, pods: list[str]) -> tuple[ModellerMailbox, dict[str, WorkerMailbox], list[TaskRouter]]:
+    modeller_router = TaskRouter(hub.connect("modeller"))
+    modeller_router.start()
+    modeller = ModellerMailbox(modeller_router, modeller_router.open_channel("task"), pods)
+    workers, routers = {}, [modeller_router]
+    for pod in pods:
+        router = TaskRouter(hub.connect(pod))
+        router.start()
+        routers.append(router)
+        workers[pod] = WorkerMailbox(router, router.open_channel("task"), "modeller")
+    return modeller, workers, routers
+
+
+def test_gather_collects_replies_aborts_and_missing_pods() -> None:
+    async def scenario() -> None:
+        hub = MemoryHub()
+        modeller, workers, routers = _task_pair(hub, ["a", "b", "c"])
+        progress: list[tuple[str, object]] = []
+        modeller._on_progress = lambda pod, kind, body: progress.append((pod, body.get("step")))
+        await workers["a"].progress(step=1)
+        await workers["a"].send(MessageType.RESULTS, {"value": 1}, {"w": np.ones(2)})
+        report = ErrorReport(AbortReason.PRIVACY_THRESHOLD, "too few rows", "PrivacyThresholdError", "")
+        await workers["b"].send(MessageType.TASK_ABORT, report.to_body())
+        gathered = await modeller.gather(MessageType.RESULTS, timeout=0.3)
+        assert set(gathered.replies) == {"a"}
+        assert np.array_equal(gathered.replies["a"].tensors["w"], np.ones(2))
+        assert gathered.aborted["b"].reason is AbortReason.PRIVACY_THRESHOLD
+        assert gathered.missing == ["c"]
+        assert modeller.pods == ["a", "c"], "an aborting pod leaves the task"
+        assert progress == [("a", 1)]
+        for router in routers:
+            await router.close()
+
+    asyncio.run(scenario())
+
+
+def test_gather_keeps_early_replies_to_a_later_step() -> None:
+    async def scenario() -> None:
+        hub = MemoryHub()
+        modeller, workers, routers = _task_pair(hub, ["a"])
+        await workers["a"].send(MessageType.RESULTS, "later")
+        await workers["a"].send(MessageType.TRAINING_UPDATE, "now")
+        first = await modeller.gather(MessageType.TRAINING_UPDATE, timeout=5)
+        second = await modeller.gather(MessageType.RESULTS, timeout=5)
+        assert first.replies["a"].body == "now" and second.replies["a"].body == "later"
+        for router in routers:
+            await router.close()
+
+    asyncio.run(scenario())
+
+
+def test_worker_receive_rejects_unexpected_types_and_reports_cancellation() -> None:
+    async def scenario() -> None:
+        hub = MemoryHub()
+        modeller, workers, routers = _task_pair(hub, ["a"])
+        await modeller.send("a", MessageType.RESULTS)
+        with pytest.raises(ProtocolError, match="expected TASK_START"):
+            await workers["a"].receive(MessageType.TASK_START, timeout=5)
+        await modeller.send("a", MessageType.TASK_CANCEL)
+        with pytest.raises(TaskAbortedError) as caught:
+            await workers["a"].receive(MessageType.TASK_START, timeout=5)
+        assert caught.value.reason is AbortReason.CANCELLED_BY_MODELLER
+        await modeller.drop("a", AbortReason.MODELLER_TIMEOUT, "too slow")
+        with pytest.raises(TaskAbortedError) as dropped:
+            await workers["a"].receive(MessageType.TASK_START, timeout=5)
+        assert dropped.value.reason is AbortReason.MODELLER_TIMEOUT
+        assert modeller.pods == []
+        for router in routers:
+            await router.close()
+
+    asyncio.run(scenario())
