@@ -69,9 +69,6 @@ from fedloom.wire import Message, MessageType, decode, encode
 __version__ = "0.1.0"
 
 __all__ = [
-    "MODELS",
-    "PROTOCOLS",
-    "RESULT_ALGORITHMS",
     "AbortReason",
     "AccessDeniedError",
     "AggregationError",
@@ -81,8 +78,8 @@ __all__ = [
     "ArraySource",
     "ConfigError",
     "DataError",
-    "Datasource",
     "DatasetNotFoundError",
+    "Datasource",
     "EmptyDatasetError",
     "ErrorReport",
     "ExitCode",
@@ -91,6 +88,7 @@ __all__ = [
     "FedAvgResult",
     "FedloomError",
     "LocalFederation",
+    "MODELS",
     "Mailbox",
     "MemoryExperimentStore",
     "MemoryHub",
@@ -100,6 +98,7 @@ __all__ = [
     "MissingColumnError",
     "ModelSpec",
     "Modeller",
+    "PROTOCOLS",
     "Pod",
     "PodPolicy",
     "PodResponseError",
@@ -107,6 +106,7 @@ __all__ = [
     "PrivacyThresholdError",
     "Protocol",
     "ProtocolError",
+    "RESULT_ALGORITHMS",
     "RegistryError",
     "ResultsOnly",
     "RoundMetrics",

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from fedloom.algorithms.analytics import AnalyticsRequest
@@ -56,7 +56,9 @@ class DemoReport:
     out: Path
 
 
-def split_digits(seed: int, alpha: float, data_dir: Path) -> tuple[dict[str, Path], np.ndarray, np.ndarray]:
+def split_digits(
+    seed: int, alpha: float, data_dir: Path
+) -> tuple[dict[str, Path], np.ndarray, np.ndarray]:
     """Write each pod's share of the digits as CSV; return the paths and the test set."""
     from sklearn.datasets import load_digits
 
@@ -66,8 +68,9 @@ def split_digits(seed: int, alpha: float, data_dir: Path) -> tuple[dict[str, Pat
     order = np.random.default_rng(seed).permutation(len(x))
     n_test = len(x) // 5
     test, train = order[:n_test], order[n_test:]
-    parts = dirichlet_partition(y[train], len(POD_NAMES), alpha=alpha, seed=seed,
-                                min_samples_per_client=50)
+    parts = dirichlet_partition(
+        y[train], len(POD_NAMES), alpha=alpha, seed=seed, min_samples_per_client=50
+    )
     data_dir.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
     for pod, part in zip(POD_NAMES, parts, strict=True):
@@ -90,8 +93,9 @@ def build_tasks(options: DemoOptions) -> tuple[Analytics, FedAvg]:
     fedavg = FedAvg(
         model=ModelSpec("mlp", {"in_features": 64, "hidden": [64], "out_features": 10}),
         rounds=options.rounds,
-        training=TrainingConfig(epochs=2, batch_size=32, optimizer="sgd",
-                                learning_rate=0.1, momentum=0.9),
+        training=TrainingConfig(
+            epochs=2, batch_size=32, optimizer="sgd", learning_rate=0.1, momentum=0.9
+        ),
         seed=options.seed,
         validation_fraction=0.2,
     )
@@ -110,8 +114,9 @@ async def run_demo(options: DemoOptions, console: Console | None = None) -> Demo
     modeller_store = SqliteExperimentStore(out / "experiments.sqlite")
     pod_stores = {pod: SqlitePodStore(out / "pods" / f"{pod}.sqlite") for pod in pods}
     try:
-        async with LocalFederation(pods, modeller_store=modeller_store,
-                                   pod_stores=pod_stores) as federation:
+        async with LocalFederation(
+            pods, modeller_store=modeller_store, pod_stores=pod_stores
+        ) as federation:
             console.rule("[bold]Federated analytics")
             analytics_run = await federation.run(analytics_task, name="digits-analytics")
             analytics: AnalyticsResult = analytics_run.result
@@ -123,14 +128,19 @@ async def run_demo(options: DemoOptions, console: Console | None = None) -> Demo
 
                 def on_progress(pod: str, kind: MessageType, body: Mapping[str, object]) -> None:
                     if kind is MessageType.PROGRESS and pod in bars:
-                        progress.update(bars[pod], description=f"{pod} round {body.get('round')} "
-                                        f"epoch {body.get('epoch')}", advance=1)
+                        progress.update(
+                            bars[pod],
+                            description=f"{pod} round {body.get('round')} "
+                            f"epoch {body.get('epoch')}",
+                            advance=1,
+                        )
 
                 def on_round(summary: Mapping[str, Any]) -> None:
                     progress.advance(rounds)
 
-                fedavg_run = await federation.run(fedavg_task, name="digits-fedavg",
-                                                  on_round=on_round, on_progress=on_progress)
+                fedavg_run = await federation.run(
+                    fedavg_task, name="digits-fedavg", on_round=on_round, on_progress=on_progress
+                )
         fedavg: FedAvgResult = fedavg_run.result
         final = evaluate(fedavg.model(), x_test, y_test)
         history = [r.to_dict() for r in fedavg.history]
@@ -147,8 +157,14 @@ async def run_demo(options: DemoOptions, console: Console | None = None) -> Demo
 
 
 def _progress(console: Console) -> Progress:
-    return Progress(TextColumn("{task.description:<28}"), BarColumn(), TextColumn("{task.completed}"),
-                    TimeElapsedColumn(), console=console, transient=True)
+    return Progress(
+        TextColumn("{task.description:<28}"),
+        BarColumn(),
+        TextColumn("{task.completed}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
 
 
 def _analytics_table(statistics: Mapping[str, Mapping[str, Any]]) -> Table:
@@ -157,8 +173,15 @@ def _analytics_table(statistics: Mapping[str, Mapping[str, Any]]) -> Table:
         table.add_column(heading, justify="right")
     for column, stats in statistics.items():
         median = stats.get("quantiles", {}).get("0.5", float("nan"))
-        table.add_row(column, f"{stats['count']:.0f}", f"{stats['mean']:.3f}", f"{stats['std']:.3f}",
-                      f"{stats['min']:.3f}", f"{stats['max']:.3f}", f"{median:.3f}")
+        table.add_row(
+            column,
+            f"{stats['count']:.0f}",
+            f"{stats['mean']:.3f}",
+            f"{stats['std']:.3f}",
+            f"{stats['min']:.3f}",
+            f"{stats['max']:.3f}",
+            f"{median:.3f}",
+        )
     return table
 
 
@@ -168,15 +191,21 @@ def _rounds_table(history: list[dict[str, Any]]) -> Table:
         table.add_column(heading, justify="right")
     for row in history:
         m = row["aggregated"]
-        table.add_row(str(row["round"]), str(len(row["pods"])),
-                      *(f"{m.get(k, float('nan')):.4f}" for k in
-                        ("train_loss", "train_accuracy", "validation_loss", "validation_accuracy")),
-                      f"{row['seconds']:.2f}")
+        table.add_row(
+            str(row["round"]),
+            str(len(row["pods"])),
+            *(
+                f"{m.get(k, float('nan')):.4f}"
+                for k in ("train_loss", "train_accuracy", "validation_loss", "validation_accuracy")
+            ),
+            f"{row['seconds']:.2f}",
+        )
     return table
 
 
-def _write_report(report: DemoReport, fedavg: FedAvgResult, final: Mapping[str, float],
-                  experiment_id: str | None) -> None:
+def _write_report(
+    report: DemoReport, fedavg: FedAvgResult, final: Mapping[str, float], experiment_id: str | None
+) -> None:
     from safetensors.numpy import save_file
 
     out = report.out

@@ -9,7 +9,7 @@ traceback or a repr of local state.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum, IntEnum
+from enum import IntEnum, StrEnum
 
 
 class FedloomError(Exception):
@@ -89,7 +89,7 @@ class PrivacyThresholdError(DataError):
 # --- aggregation -----------------------------------------------------------------------
 
 
-class UpdateRejectionReason(str, Enum):
+class UpdateRejectionReason(StrEnum):
     """Why one pod's update was left out of an aggregate."""
 
     NON_FINITE = "NON_FINITE"
@@ -185,7 +185,7 @@ class PodResponseError(FedloomError):
 # --- catalogues ------------------------------------------------------------------------
 
 
-class AbortReason(str, Enum):
+class AbortReason(StrEnum):
     """Closed set of reasons carried by JOB_REJECT and TASK_ABORT."""
 
     NO_ACCESS = "NO_ACCESS"
@@ -296,7 +296,9 @@ class ErrorReport:
         import traceback
 
         frames = traceback.extract_tb(error.__traceback__)[-8:]
-        summary = "".join(f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno} in {f.name}\n" for f in frames)
+        summary = "".join(
+            f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno} in {f.name}\n" for f in frames
+        )
         text = error.public_text if isinstance(error, FedloomError) else str(error)
         return cls(
             reason=reason or abort_reason_for(error),
@@ -319,7 +321,7 @@ class ErrorReport:
         if not isinstance(body, dict):
             raise ProtocolError("an error report body must be a map")
         try:
-            reason = AbortReason(body.get("reason"))
+            reason = AbortReason(str(body.get("reason")))
         except ValueError as exc:
             raise ProtocolError(f"unknown abort reason {body.get('reason')!r}") from exc
         fields = {}

@@ -62,7 +62,9 @@ class LocalFederation:
     @property
     def modeller(self) -> Modeller:
         if self._modeller is None:
-            raise ConfigError("the federation is not started: use `async with LocalFederation(...)`")
+            raise ConfigError(
+                "the federation is not started: use `async with LocalFederation(...)`"
+            )
         return self._modeller
 
     async def __aenter__(self) -> Self:

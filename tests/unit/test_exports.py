@@ -18,8 +18,10 @@ def test_every_exported_name_resolves() -> None:
 
 def test_no_public_name_is_left_unexported() -> None:
     public = {
-        name for name, value in vars(fedloom).items()
-        if not name.startswith("_") and not getattr(value, "__name__", "").startswith("fedloom.")
+        name
+        for name, value in vars(fedloom).items()
+        if not name.startswith("_")
+        and not getattr(value, "__name__", "").startswith("fedloom.")
         and not isinstance(value, type(fedloom))
     }
     assert public - set(fedloom.__all__) == set()
@@ -27,7 +29,8 @@ def test_no_public_name_is_left_unexported() -> None:
 
 def test_exported_classes_and_functions_are_documented() -> None:
     undocumented = [
-        name for name in fedloom.__all__
+        name
+        for name in fedloom.__all__
         if callable(getattr(fedloom, name)) and not (getattr(fedloom, name).__doc__ or "").strip()
     ]
     assert not undocumented

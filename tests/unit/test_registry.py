@@ -34,7 +34,7 @@ def test_a_malformed_or_dangerous_name_is_refused_without_importing(name: object
 
 
 def test_an_unknown_well_formed_name_lists_the_registered_ones() -> None:
-    with pytest.raises(UnknownNameError, match="registered: .*fedavg"):
+    with pytest.raises(UnknownNameError, match=r"registered: .*fedavg"):
         load_protocol({"protocol": "no_such_protocol", "config": {}})
 
 

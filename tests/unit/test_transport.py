@@ -91,7 +91,9 @@ def test_router_sends_each_task_to_its_channel_and_the_rest_to_the_inbox() -> No
     asyncio.run(scenario())
 
 
-def _task_pair(hub: MemoryHub, pods: list[str]) -> tuple[ModellerMailbox, dict[str, WorkerMailbox], list[TaskRouter]]:
+def _task_pair(
+    hub: MemoryHub, pods: list[str]
+) -> tuple[ModellerMailbox, dict[str, WorkerMailbox], list[TaskRouter]]:
     modeller_router = TaskRouter(hub.connect("modeller"))
     modeller_router.start()
     modeller = ModellerMailbox(modeller_router, modeller_router.open_channel("task"), pods)
@@ -112,7 +114,9 @@ def test_gather_collects_replies_aborts_and_missing_pods() -> None:
         modeller._on_progress = lambda pod, kind, body: progress.append((pod, body.get("step")))
         await workers["a"].progress(step=1)
         await workers["a"].send(MessageType.RESULTS, {"value": 1}, {"w": np.ones(2)})
-        report = ErrorReport(AbortReason.PRIVACY_THRESHOLD, "too few rows", "PrivacyThresholdError", "")
+        report = ErrorReport(
+            AbortReason.PRIVACY_THRESHOLD, "too few rows", "PrivacyThresholdError", ""
+        )
         await workers["b"].send(MessageType.TASK_ABORT, report.to_body())
         gathered = await modeller.gather(MessageType.RESULTS, timeout=0.3)
         assert set(gathered.replies) == {"a"}

@@ -72,6 +72,8 @@ def corpus(rng: random.Random) -> list[bytes]:
     frames = []
     for index in range(40):
         tensors = {f"t{i}": random_array(rng) for i in range(rng.randrange(5))}
+        if index % 4 == 0:
+            tensors["mask"] = np.ones(rng.randint(1, 90), dtype=np.bool_)
         message = Message(
             type=rng.choice(list(MessageType)),
             sender=f"pod-{index}",

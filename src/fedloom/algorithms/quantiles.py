@@ -163,8 +163,9 @@ class QuantileSketch:
         counts = np.concatenate([neg_counts[::-1], [self._zero], self._positive[1]])
         bucket = np.searchsorted(np.cumsum(counts), ranks, side="right")
         # The midpoint (in relative terms) of (gamma**(k-1), gamma**k]; never overflows.
-        lower = np.exp((keys[bucket] - 1) * self._log_gamma)
-        values = np.minimum(lower * (2 * self._gamma / (self._gamma + 1)), _MAX_FLOAT)
+        with np.errstate(over="ignore"):  # the top bucket may round past the float range
+            lower = np.exp((keys[bucket] - 1) * self._log_gamma)
+            values = np.minimum(lower * (2 * self._gamma / (self._gamma + 1)), _MAX_FLOAT)
         return np.asarray(signs[bucket] * values, dtype=np.float64)
 
     def to_arrays(self) -> dict[str, np.ndarray]:

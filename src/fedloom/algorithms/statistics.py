@@ -119,12 +119,14 @@ def column_partial(
         return ColumnPartial(0, 0.0, 0.0, 0.0, math.nan, math.nan, histogram, sketch)
     mean = float(np.mean(array))
     deviations = array - mean
-    # Corrected two-pass: the second term removes the rounding error left in `mean`.
-    m2 = float(np.dot(deviations, deviations)) - float(deviations.sum()) ** 2 / count
+    residual = float(deviations.sum())
+    # Corrected two-pass: `residual` removes the rounding error left in the first mean,
+    # both from m2 and from the mean itself (which merging relies on).
+    m2 = float(np.dot(deviations, deviations)) - residual**2 / count
     return ColumnPartial(
         count=count,
         sum=float(np.sum(array)),
-        mean=mean,
+        mean=mean + residual / count,
         m2=max(m2, 0.0),
         min=float(array.min()),
         max=float(array.max()),

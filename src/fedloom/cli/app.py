@@ -27,8 +27,10 @@ console = Console(stderr=True)
 def _root(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at INFO level.")] = False,
 ) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
 
 
 @app.command()
@@ -36,10 +38,13 @@ def demo(
     out: Annotated[Path, typer.Option(help="Folder for the report.")] = Path("fedloom-report"),
     rounds: Annotated[int, typer.Option(min=1, help="FedAvg rounds.")] = 12,
     seed: Annotated[int, typer.Option(min=0, help="Seed for the split and the model.")] = 0,
-    alpha: Annotated[float, typer.Option(help="Dirichlet concentration (smaller: less IID).")] = 0.5,
+    alpha: Annotated[
+        float, typer.Option(help="Dirichlet concentration (smaller: less IID).")
+    ] = 0.5,
 ) -> None:
     """Federated analytics and FedAvg on the digits dataset over 3 in-process pods."""
-    from fedloom.demo import DemoOptions, main as run_demo
+    from fedloom.demo import DemoOptions
+    from fedloom.demo import main as run_demo
 
     report = run_demo(DemoOptions(out=out, rounds=rounds, seed=seed, alpha=alpha))
     if report.final_accuracy < 0.9:

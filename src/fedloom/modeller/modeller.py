@@ -104,17 +104,24 @@ class Modeller:
             answers = await mailbox.gather(
                 {MessageType.JOB_ACCEPT, MessageType.JOB_REJECT}, timeout=self.accept_timeout
             )
-            accepted = sorted(p for p, m in answers.replies.items() if m.type is MessageType.JOB_ACCEPT)
+            accepted = sorted(
+                p for p, m in answers.replies.items() if m.type is MessageType.JOB_ACCEPT
+            )
             rejected = {
-                pod: report_of(m) for pod, m in answers.replies.items()
+                pod: report_of(m)
+                for pod, m in answers.replies.items()
                 if m.type is MessageType.JOB_REJECT
             }
             failed = {pod: report.reason.value for pod, report in rejected.items()}
             failed |= {pod: "no answer" for pod in answers.missing}
             mailbox.pods = accepted
             if not accepted or (require_all and failed):
-                await mailbox.broadcast(MessageType.TASK_ABORT, ErrorReport(
-                    AbortReason.NO_ACCESS, "not every pod accepted the task", "", "").to_body())
+                await mailbox.broadcast(
+                    MessageType.TASK_ABORT,
+                    ErrorReport(
+                        AbortReason.NO_ACCESS, "not every pod accepted the task", "", ""
+                    ).to_body(),
+                )
                 raise PodResponseError(f"task {protocol.name!r} could not start", failed)
             experiment_id = self._create_experiment(name or protocol.name, spec)
             await mailbox.broadcast(MessageType.TASK_START)

@@ -48,7 +48,11 @@ class PodPolicy:
     start_timeout: float = DEFAULT_START_TIMEOUT
 
     def __post_init__(self) -> None:
-        if isinstance(self.min_rows, bool) or not isinstance(self.min_rows, int) or self.min_rows < 1:
+        if (
+            isinstance(self.min_rows, bool)
+            or not isinstance(self.min_rows, int)
+            or self.min_rows < 1
+        ):
             raise ConfigError(f"PodPolicy.min_rows must be an integer >= 1, got {self.min_rows!r}")
         if not self.start_timeout > 0:
             raise ConfigError("PodPolicy.start_timeout must be > 0")
@@ -90,8 +94,12 @@ class Pod:
                 if message.type is MessageType.JOB_REQUEST:
                     await self._on_job_request(router, message)
                 elif message.type is not MessageType.TASK_COMPLETE:
-                    logger.info("%s: ignoring %s for unknown task %s", self.name,
-                                message.type.value, message.task_id)
+                    logger.info(
+                        "%s: ignoring %s for unknown task %s",
+                        self.name,
+                        message.type.value,
+                        message.task_id,
+                    )
         finally:
             for task in self._tasks.values():
                 task.cancel()
@@ -130,7 +138,9 @@ class Pod:
         except FedloomError as exc:
             report = ErrorReport.from_exception(exc)
             logger.info("%s: rejecting task %s: %s", self.name, request.task_id, report.message)
-            await router.send(reply.with_updates(type=MessageType.JOB_REJECT, body=report.to_body()))
+            await router.send(
+                reply.with_updates(type=MessageType.JOB_REJECT, body=report.to_body())
+            )
             task = request.body.get("task") if isinstance(request.body, dict) else None
             requested = task.get("protocol") if isinstance(task, dict) else None
             protocol = requested[:64] if isinstance(requested, str) else "?"
@@ -141,7 +151,8 @@ class Pod:
         self._record(request, accepted.protocol.name, "accepted")
         mailbox = WorkerMailbox(router, channel, request.sender)
         self._tasks[request.task_id] = asyncio.get_running_loop().create_task(
-            self._run_task(router, mailbox, request, accepted), name=f"{self.name}:{request.task_id}"
+            self._run_task(router, mailbox, request, accepted),
+            name=f"{self.name}:{request.task_id}",
         )
 
     async def _run_task(

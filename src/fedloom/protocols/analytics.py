@@ -68,8 +68,11 @@ class Analytics(Protocol):
         optional_timeout("analytics.timeout", self.timeout)
 
     def to_config(self) -> dict[str, Any]:
-        return {"request": self.request.to_config(), "timeout": self.timeout,
-                "require_all": self.require_all}
+        return {
+            "request": self.request.to_config(),
+            "timeout": self.timeout,
+            "require_all": self.require_all,
+        }
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Self:
@@ -87,14 +90,17 @@ class Analytics(Protocol):
 
     # --- modeller side -------------------------------------------------------------
 
-    async def run_modeller(self, mailbox: ModellerMailbox, context: ModellerContext) -> AnalyticsResult:
+    async def run_modeller(
+        self, mailbox: ModellerMailbox, context: ModellerContext
+    ) -> AnalyticsResult:
         started = time.monotonic()
         excluded: dict[str, str] = {}
         edges: dict[str, np.ndarray] = {}
         if self.request.columns_needing_edges():
             await mailbox.broadcast(MessageType.INSTRUCTION, {"step": "ranges"})
-            gathered = self._check(await mailbox.gather(MessageType.RESULTS, timeout=self.timeout),
-                                   excluded)
+            gathered = self._check(
+                await mailbox.gather(MessageType.RESULTS, timeout=self.timeout), excluded
+            )
             ranges = []
             for pod, reply in sorted(gathered.items()):
                 body = reply.body
@@ -105,11 +111,14 @@ class Analytics(Protocol):
             try:
                 edges = edges_from_ranges(ranges, self.request.histogram_bins)
             except ProtocolError as exc:
-                raise PodResponseError(f"analytics: unusable column ranges ({exc})", excluded) from exc
+                raise PodResponseError(
+                    f"analytics: unusable column ranges ({exc})", excluded
+                ) from exc
         tensors = {f"{EDGE_PREFIX}{column}": values for column, values in edges.items()}
         await mailbox.broadcast(MessageType.INSTRUCTION, {"step": "partials"}, tensors)
-        replies = self._check(await mailbox.gather(MessageType.RESULTS, timeout=self.timeout),
-                              excluded)
+        replies = self._check(
+            await mailbox.gather(MessageType.RESULTS, timeout=self.timeout), excluded
+        )
         partials: dict[str, dict[str, ColumnPartial]] = {}
         for pod, reply in sorted(replies.items()):
             try:
@@ -140,14 +149,18 @@ class Analytics(Protocol):
             step = message.body.get("step") if isinstance(message.body, dict) else None
             if step == "ranges":
                 ranges = column_ranges(frame, self.request, min_rows=context.min_rows)
-                await mailbox.send(MessageType.RESULTS,
-                                   {"ranges": {c: [lo, hi] for c, (lo, hi) in ranges.items()}})
+                await mailbox.send(
+                    MessageType.RESULTS, {"ranges": {c: [lo, hi] for c, (lo, hi) in ranges.items()}}
+                )
             elif step == "partials":
-                edges = {name.removeprefix(EDGE_PREFIX): values
-                         for name, values in message.tensors.items()
-                         if name.startswith(EDGE_PREFIX)}
-                partials = compute_partials(frame, self.request, edges=edges,
-                                            min_rows=context.min_rows)
+                edges = {
+                    name.removeprefix(EDGE_PREFIX): values
+                    for name, values in message.tensors.items()
+                    if name.startswith(EDGE_PREFIX)
+                }
+                partials = compute_partials(
+                    frame, self.request, edges=edges, min_rows=context.min_rows
+                )
                 body, tensors = partials_to_wire(partials)
                 await mailbox.send(MessageType.RESULTS, body, tensors)
             else:

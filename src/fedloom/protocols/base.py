@@ -134,13 +134,16 @@ def load_protocol(spec: object) -> Protocol:
 # --- strict config helpers shared by protocol configs -----------------------------------
 
 
-def check_keys(where: str, config: Mapping[str, Any], required: set[str], optional: set[str]) -> None:
+def check_keys(
+    where: str, config: Mapping[str, Any], required: set[str], optional: set[str]
+) -> None:
     """Unknown or missing keys → ConfigError naming them."""
     keys = set(config)
     unknown = keys - required - optional
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: "
-                          f"{sorted(required | optional)}")
+        raise ConfigError(
+            f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(required | optional)}"
+        )
     missing = required - keys
     if missing:
         raise ConfigError(f"{where}: missing key(s) {sorted(missing)}")

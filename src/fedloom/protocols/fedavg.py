@@ -52,7 +52,7 @@ from fedloom.protocols.base import (
     register_protocol,
 )
 from fedloom.transport import ModellerMailbox, WorkerMailbox
-from fedloom.wire import Message, MessageType
+from fedloom.wire import Body, Message, MessageType
 
 logger = logging.getLogger(__name__)
 
@@ -143,8 +143,15 @@ class FedAvg(Protocol):
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Self:
-        optional = {"rounds", "training", "fraction", "min_pods", "seed",
-                    "validation_fraction", "round_timeout"}
+        optional = {
+            "rounds",
+            "training",
+            "fraction",
+            "min_pods",
+            "seed",
+            "validation_fraction",
+            "round_timeout",
+        }
         check_keys("fedavg", config, {"model"}, optional)
         kwargs = {key: config[key] for key in optional - {"training"} if key in config}
         training = TrainingConfig.from_config(config.get("training", {}))
@@ -152,7 +159,9 @@ class FedAvg(Protocol):
 
     # --- modeller side -------------------------------------------------------------
 
-    async def run_modeller(self, mailbox: ModellerMailbox, context: ModellerContext) -> FedAvgResult:
+    async def run_modeller(
+        self, mailbox: ModellerMailbox, context: ModellerContext
+    ) -> FedAvgResult:
         global_arrays = state_to_arrays(build_model(self.model, seed=self.seed))
         rng = np.random.default_rng(self.seed)
         history: list[RoundMetrics] = []
@@ -168,10 +177,15 @@ class FedAvg(Protocol):
             await mailbox.broadcast(
                 MessageType.MODEL_PARAMETERS, {"round": round_index}, global_arrays, sampled
             )
-            gathered = await mailbox.gather(MessageType.TRAINING_UPDATE, sampled, self.round_timeout)
+            gathered = await mailbox.gather(
+                MessageType.TRAINING_UPDATE, sampled, self.round_timeout
+            )
             for pod in gathered.missing:
-                await mailbox.drop(pod, AbortReason.MODELLER_TIMEOUT,
-                                   f"no update for round {round_index} within {self.round_timeout} s")
+                await mailbox.drop(
+                    pod,
+                    AbortReason.MODELLER_TIMEOUT,
+                    f"no update for round {round_index} within {self.round_timeout} s",
+                )
             mean = WeightedMean(global_arrays)
             per_pod: dict[str, dict[str, float]] = {}
             for pod in sorted(gathered.replies):
@@ -188,7 +202,8 @@ class FedAvg(Protocol):
             if not per_pod:
                 raise AggregationError(
                     f"round {round_index}: no usable update (rejected: {rejected or 'none'}, "
-                    f"aborted: {sorted(gathered.aborted) or 'none'}, missing: {gathered.missing or 'none'})"
+                    f"aborted: {sorted(gathered.aborted) or 'none'}, "
+                    f"missing: {gathered.missing or 'none'})"
                 )
             global_arrays = mean.result()
             summary = RoundMetrics(
@@ -204,6 +219,11 @@ class FedAvg(Protocol):
             context.report_round(summary.to_dict())
         return FedAvgResult(self.model, global_arrays, history)
 
+    def summarise(self, result: Any) -> dict[str, Any]:
+        if not isinstance(result, FedAvgResult) or not result.history:
+            return {}
+        return {"rounds": len(result.history), "final": result.history[-1].to_dict()}
+
     def _sample(self, pods: list[str], rng: np.random.Generator) -> list[str]:
         active = sorted(pods)
         count = min(len(active), max(self.min_pods, math.ceil(self.fraction * len(active))))
@@ -211,7 +231,9 @@ class FedAvg(Protocol):
         return [active[i] for i in sorted(chosen)]
 
     @staticmethod
-    def _record(context: ModellerContext, summary: RoundMetrics, arrays: Mapping[str, np.ndarray]) -> None:
+    def _record(
+        context: ModellerContext, summary: RoundMetrics, arrays: Mapping[str, np.ndarray]
+    ) -> None:
         if context.store is None or context.experiment_id is None:
             return
         context.store.record_round(
@@ -221,13 +243,14 @@ class FedAvg(Protocol):
 
     # --- worker side ---------------------------------------------------------------
 
-    async def run_worker(self, mailbox: WorkerMailbox, context: WorkerContext) -> None:
+    async def run_worker(self, mailbox: WorkerMailbox, context: WorkerContext) -> dict[str, Any]:
         x, y = context.datasource.arrays()
         if y is None:
             raise DataError("fedavg needs a labelled dataset (the datasource has no label column)")
         if len(x) < context.min_rows:
             raise PrivacyThresholdError(
-                f"the dataset has {len(x)} rows; this pod trains on no fewer than {context.min_rows}"
+                f"the dataset has {len(x)} rows; "
+                f"this pod trains on no fewer than {context.min_rows}"
             )
         order = np.random.default_rng(_stable_seed(self.seed, context.pod)).permutation(len(x))
         n_val = int(len(x) * self.validation_fraction)
@@ -235,10 +258,13 @@ class FedAvg(Protocol):
         x_train, y_train = x[order[n_val:]], y[order[n_val:]]
         model = build_model(self.model)
         loop = asyncio.get_running_loop()
+        rounds: list[int] = []
         while True:
-            message = await mailbox.receive({MessageType.MODEL_PARAMETERS, MessageType.TASK_COMPLETE})
+            message = await mailbox.receive(
+                {MessageType.MODEL_PARAMETERS, MessageType.TASK_COMPLETE}
+            )
             if message.type is MessageType.TASK_COMPLETE:
-                return
+                return {"rounds": rounds, "train_samples": len(x_train)}
             round_index = _round_of(message)
             load_arrays(model, message.tensors)
             validation = evaluate(model, x_val, y_val) if n_val else {}
@@ -250,16 +276,22 @@ class FedAvg(Protocol):
                     )
 
             train = await asyncio.to_thread(
-                train_local, model, x_train, y_train, self.training,
-                seed=_stable_seed(self.seed, context.pod, round_index), on_batch=on_batch,
+                train_local,
+                model,
+                x_train,
+                y_train,
+                self.training,
+                seed=_stable_seed(self.seed, context.pod, round_index),
+                on_batch=on_batch,
             )
-            body = {
+            body: dict[str, Body] = {
                 "round": round_index,
                 "num_samples": len(x_train),
                 "train": {k: float(v) for k, v in train.items()},
                 "validation": {k: float(v) for k, v in validation.items()},
             }
             await mailbox.send(MessageType.TRAINING_UPDATE, body, state_to_arrays(model))
+            rounds.append(round_index)
 
 
 def _round_of(message: Message) -> int:
@@ -274,12 +306,14 @@ def _parse_update(message: Message, round_index: int) -> dict[str, float]:
     """Flatten a TRAINING_UPDATE body to metrics; a lying body is a rejected update."""
     body = message.body
     if not isinstance(body, dict) or body.get("round") != round_index:
-        raise UpdateRejectedError(UpdateRejectionReason.MALFORMED,
-                                  f"the update is not for round {round_index}")
+        raise UpdateRejectedError(
+            UpdateRejectionReason.MALFORMED, f"the update is not for round {round_index}"
+        )
     weight = body.get("num_samples")
     if isinstance(weight, bool) or not isinstance(weight, int | float) or not weight > 0:
-        raise UpdateRejectedError(UpdateRejectionReason.BAD_WEIGHT,
-                                  f"num_samples must be > 0, got {weight!r}")
+        raise UpdateRejectedError(
+            UpdateRejectionReason.BAD_WEIGHT, f"num_samples must be > 0, got {weight!r}"
+        )
     metrics: dict[str, float] = {"num_samples": float(weight)}
     for phase in ("train", "validation"):
         values = body.get(phase)
@@ -287,7 +321,11 @@ def _parse_update(message: Message, round_index: int) -> dict[str, float]:
             continue
         for name in (*METRIC_NAMES, "num_samples"):
             value = values.get(name)
-            if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+            if (
+                isinstance(value, int | float)
+                and not isinstance(value, bool)
+                and math.isfinite(value)
+            ):
                 metrics[f"{phase}_{name}"] = float(value)
     return metrics
 

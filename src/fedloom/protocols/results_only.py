@@ -72,8 +72,12 @@ class ResultsOnly(Protocol):
             raise ConfigError(f"results_only.config must be JSON: {exc}") from exc
 
     def to_config(self) -> dict[str, Any]:
-        return {"algorithm": self.algorithm, "config": dict(self.config),
-                "timeout": self.timeout, "require_all": self.require_all}
+        return {
+            "algorithm": self.algorithm,
+            "config": dict(self.config),
+            "timeout": self.timeout,
+            "require_all": self.require_all,
+        }
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Self:
@@ -81,8 +85,12 @@ class ResultsOnly(Protocol):
         algo_config = config.get("config", {})
         if not isinstance(algo_config, Mapping):
             raise ConfigError("results_only.config must be a map")
-        return cls(algorithm=config["algorithm"], config=algo_config,
-                   timeout=config.get("timeout"), require_all=bool(config.get("require_all")))
+        return cls(
+            algorithm=config["algorithm"],
+            config=algo_config,
+            timeout=config.get("timeout"),
+            require_all=bool(config.get("require_all")),
+        )
 
     async def run_modeller(
         self, mailbox: ModellerMailbox, context: ModellerContext
@@ -98,15 +106,18 @@ class ResultsOnly(Protocol):
             for pod, reply in sorted(gathered.replies.items())
         }
 
-    async def run_worker(self, mailbox: WorkerMailbox, context: WorkerContext) -> None:
+    async def run_worker(self, mailbox: WorkerMailbox, context: WorkerContext) -> dict[str, Any]:
         algorithm = RESULT_ALGORITHMS.get(self.algorithm)
+        runs = 0
         while True:
             message = await mailbox.receive({MessageType.INSTRUCTION, MessageType.TASK_COMPLETE})
             if message.type is MessageType.TASK_COMPLETE:
-                return
-            body, tensors = algorithm(context.datasource, self.config, message.tensors,
-                                      context.min_rows)
+                return {"algorithm": self.algorithm, "runs": runs}
+            body, tensors = algorithm(
+                context.datasource, self.config, message.tensors, context.min_rows
+            )
             await mailbox.send(MessageType.RESULTS, body, tensors)
+            runs += 1
 
 
 def _check_rows(datasource: Datasource, min_rows: int) -> int:
@@ -120,7 +131,9 @@ def _check_rows(datasource: Datasource, min_rows: int) -> int:
 
 @RESULT_ALGORITHMS.register("dataset_summary")
 def dataset_summary(
-    datasource: Datasource, config: Mapping[str, Any], inputs: Mapping[str, np.ndarray],
+    datasource: Datasource,
+    config: Mapping[str, Any],
+    inputs: Mapping[str, np.ndarray],
     min_rows: int,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Number of rows and the column names and types (no values)."""
@@ -130,7 +143,9 @@ def dataset_summary(
 
 @RESULT_ALGORITHMS.register("model_evaluation")
 def model_evaluation(
-    datasource: Datasource, config: Mapping[str, Any], inputs: Mapping[str, np.ndarray],
+    datasource: Datasource,
+    config: Mapping[str, Any],
+    inputs: Mapping[str, np.ndarray],
     min_rows: int,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Loss and accuracy of a model (``config["model"]`` + parameters in ``inputs``)."""

@@ -4,5 +4,6 @@ Nothing in fedloom imports this package; tests and third-party implementations d
 """
 
 from fedloom.testing.mailbox_conformance import MailboxPairFactory, check_mailbox
+from fedloom.testing.store_conformance import check_experiment_store, check_pod_store
 
-__all__ = ["MailboxPairFactory", "check_mailbox"]
+__all__ = ["MailboxPairFactory", "check_experiment_store", "check_mailbox", "check_pod_store"]

@@ -7,18 +7,24 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
 from fedloom.errors import ConfigError, NotFoundError, StoreError
 from fedloom.store import ExperimentStore
 
-S = TypeVar("S")
+
+class _Closable(Protocol):
+    def close(self) -> None: ...
+
+
+S = TypeVar("S", bound=_Closable)
 _UNKNOWN_ID = "0" * 32
 
 
 def run_check(check: Callable[[S], None], factory: Callable[[Path], S]) -> None:
+    """Run one check on a store made in a fresh temporary folder, then close the store."""
     name = check.__name__.lstrip("_")
     with tempfile.TemporaryDirectory(prefix="fedloom-store-") as folder:
         store = factory(Path(folder))
@@ -31,10 +37,11 @@ def run_check(check: Callable[[S], None], factory: Callable[[Path], S]) -> None:
                 f"store conformance check {name!r} raised {type(exc).__name__}: {exc}"
             ) from exc
         finally:
-            getattr(store, "close")()  # noqa: B009 -- the close of whatever the factory made
+            store.close()
 
 
 def expect(condition: bool, message: str) -> None:
+    """AssertionError(message) unless ``condition`` (kept under ``python -O``, unlike assert)."""
     if not condition:
         raise AssertionError(message)
 

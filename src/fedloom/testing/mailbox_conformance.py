@@ -27,8 +27,13 @@ MailboxPairFactory = Callable[[], Awaitable[tuple[Mailbox, Mailbox]]]
 
 def _message(recipient: str, index: int = 0, **tensors: np.ndarray) -> Message:
     return Message(
-        MessageType.PROGRESS, "someone-else", recipient, "task-1",
-        sequence=999, body={"index": index, "nested": [1, "two", None]}, tensors=tensors,
+        MessageType.PROGRESS,
+        "someone-else",
+        recipient,
+        "task-1",
+        sequence=999,
+        body={"index": index, "nested": [1, "two", None]},
+        tensors=tensors,
     )
 
 

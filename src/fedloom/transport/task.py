@@ -204,7 +204,6 @@ class ModellerMailbox:
         await self.send(pod, MessageType.TASK_ABORT, report.to_body())
 
 
-
 class WorkerMailbox:
     """The pod-side end of one task."""
 
@@ -249,8 +248,9 @@ class WorkerMailbox:
         while True:
             message = await self._channel.get(timeout)
             if message.sender != self.modeller:
-                logger.warning("dropping %s from %r: not this task's modeller", message.type,
-                               message.sender)
+                logger.warning(
+                    "dropping %s from %r: not this task's modeller", message.type, message.sender
+                )
                 continue
             if message.type in allowed:
                 return message
@@ -263,4 +263,3 @@ class WorkerMailbox:
                 raise TaskAbortedError(report.reason, report.message)
             names = ", ".join(sorted(t.value for t in allowed))
             raise ProtocolError(f"expected {names} from the modeller, got {message.type.value}")
-

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, TypeAlias
@@ -12,8 +12,13 @@ from typing import Any, TypeAlias
 import numpy as np
 import numpy.typing as npt
 
-Body: TypeAlias = bool | int | float | str | bytes | list["Body"] | dict[str, "Body"] | None
-"""A JSON-like value that msgpack can carry: the payload of a message besides its tensors."""
+Body: TypeAlias = (
+    bool | int | float | str | bytes | Sequence["Body"] | Mapping[str, "Body"] | None
+)
+"""A JSON-like value that msgpack can carry: the payload of a message besides its tensors.
+
+Decoded bodies hold ``list`` and ``dict``; the covariant ``Sequence``/``Mapping`` here
+let senders pass e.g. a ``dict[str, str]`` without a cast."""
 
 
 class MessageType(StrEnum):
