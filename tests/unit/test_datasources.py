@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -170,7 +171,7 @@ def test_non_numeric_feature_is_schema_mismatch(frame: pd.DataFrame) -> None:
 
 
 @pytest.mark.parametrize("labels", [["a", "b", "a", "b"], [0.5, 1.0, 0.0, 1.0], [0, 1, None, 1]])
-def test_bad_labels_are_schema_mismatch(frame: pd.DataFrame, labels: list[object]) -> None:
+def test_bad_labels_are_schema_mismatch(frame: pd.DataFrame, labels: list[Any]) -> None:
     frame = frame.assign(y=labels)
     with pytest.raises(SchemaMismatchError, match="'y'"):
         TableSource(frame, label_column="y", feature_columns=["age"]).arrays()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -43,14 +44,12 @@ def sketch_of_pods(pieces: list[np.ndarray], accuracy: float) -> QuantileSketch:
     return merged
 
 
-DISTRIBUTIONS = {
+DISTRIBUTIONS: dict[str, Callable[[np.random.Generator, int], np.ndarray]] = {
     "normal": lambda rng, n: rng.normal(5.0, 2.0, n),
     "negative_lognormal": lambda rng, n: -rng.lognormal(0.0, 3.0, n),
     "cauchy": lambda rng, n: rng.standard_cauchy(n) * 1e3,
     "pareto": lambda rng, n: rng.pareto(0.8, n),
-    "mixed_with_zeros": lambda rng, n: np.where(
-        rng.random(n) < 0.2, 0.0, rng.normal(0.0, 1e-3, n)
-    ),
+    "mixed_with_zeros": lambda rng, n: np.where(rng.random(n) < 0.2, 0.0, rng.normal(0.0, 1e-3, n)),
     "integers": lambda rng, n: rng.integers(-50, 50, n).astype(float),
     "huge_and_tiny": lambda rng, n: rng.choice([-1, 1], n) * 10.0 ** rng.uniform(-15, 300, n),
 }

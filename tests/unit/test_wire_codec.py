@@ -6,6 +6,7 @@ import math
 import struct
 import tracemalloc
 from collections.abc import Callable
+from types import MappingProxyType
 from typing import Any
 
 import msgpack
@@ -104,8 +105,9 @@ scalars = (
 )
 bodies = st.recursive(
     scalars,
-    lambda children: st.lists(children, max_size=5)
-    | st.dictionaries(st.text(max_size=10), children, max_size=5),
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=10), children, max_size=5)
+    ),
     max_leaves=30,
 )
 
@@ -184,6 +186,13 @@ def test_equality_is_strict_about_kinds() -> None:
 
 def test_tuples_encode_as_lists() -> None:
     assert decode(encode(sample_message(body={"shape": (2, 3)}))).body == {"shape": [2, 3]}
+
+
+def test_other_mappings_and_sequences_encode_as_dicts_and_lists() -> None:
+    body = MappingProxyType({"r": range(3), "t": ("x", MappingProxyType({"k": b"v"}))})
+    decoded = decode(encode(sample_message(body=body))).body
+    assert decoded == {"r": [0, 1, 2], "t": ["x", {"k": b"v"}]}
+    assert decode(encode(sample_message(body=body))) == sample_message(body=body)
 
 
 def test_str_enum_values_encode_as_str() -> None:

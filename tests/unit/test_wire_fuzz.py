@@ -34,7 +34,9 @@ INTERESTING_VALUES: list[Any] = [
 ]  # fmt: skip
 
 
-def build(raw_header: bytes, blob: bytes, header_len: int | None = None, blob_len: int | None = None) -> bytes:  # fmt: skip
+def build(
+    raw_header: bytes, blob: bytes, header_len: int | None = None, blob_len: int | None = None
+) -> bytes:
     prefix = PREFIX.pack(
         b"FLM",
         1,
@@ -194,9 +196,10 @@ def lying_prefix(rng: random.Random, frame: bytes) -> bytes:
 MSGPACK_TOKENS = [
     b"\xc0", b"\xc2", b"\xc3", b"\x00", b"\x7f", b"\xff", b"\xcc\xff", b"\xcf" + b"\xff" * 8,
     b"\xd3\x80" + b"\x00" * 7, b"\xcb" + struct.pack(">d", float("nan")), b"\xa1a", b"\xa4type",
-    b"\xd9\x05hello", b"\xc4\x02ab", b"\x91", b"\x92", b"\x9f", b"\xdc\xff\xff", b"\xdd\xff\xff\xff\xff",
-    b"\x81", b"\x8f", b"\xde\xff\xff", b"\xdf\xff\xff\xff\xff", b"\xd4\x05x", b"\xd6\xff\x00\x00\x00\x00",
-    b"\xc7\x00\xff", b"\xc7\x00\x01", b"\xc1", b"\xdb\xff\xff\xff\xff", b"\xc6\x7f\xff\xff\xff",
+    b"\xd9\x05hello", b"\xc4\x02ab", b"\x91", b"\x92", b"\x9f", b"\xdc\xff\xff",
+    b"\xdd\xff\xff\xff\xff", b"\x81", b"\x8f", b"\xde\xff\xff", b"\xdf\xff\xff\xff\xff",
+    b"\xd4\x05x", b"\xd6\xff\x00\x00\x00\x00", b"\xc7\x00\xff", b"\xc7\x00\x01", b"\xc1",
+    b"\xdb\xff\xff\xff\xff", b"\xc6\x7f\xff\xff\xff",
 ]  # fmt: skip
 
 

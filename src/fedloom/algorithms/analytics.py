@@ -77,6 +77,14 @@ def _number(value: object, what: str) -> float:
     return float(value)
 
 
+def _count(value: object, what: str, low: int, high: int | None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"{what} must be an int >= {low}, not {value!r}")
+    if high is not None and value > high:
+        raise ConfigError(f"{what} must be at most {high}, not {value}")
+    return value
+
+
 def _mapping(value: object, what: str) -> Mapping[object, object]:
     if not isinstance(value, Mapping):
         raise ConfigError(f"{what} must be a mapping, not {type(value).__name__}")
@@ -112,16 +120,14 @@ class AnalyticsRequest:
         fix = functools.partial(object.__setattr__, self)
         fix("statistics", _names(self.statistics, "statistics", STATISTIC_NAMES))
         fix("columns", _names(self.columns, "columns"))
-        per_column = {
-            str(_names([c], "per_column keys")[0]): _names(s, f"per_column[{c!r}]", STATISTIC_NAMES)
-            for c, s in _mapping(self.per_column, "per_column").items()
-        }
-        fix("per_column", per_column)
-        if self.statistics and per_column:
-            raise ConfigError("give either 'statistics' or 'per_column', not both")
-        if not self.statistics and not per_column:
-            raise ConfigError("empty request: name the statistics, or give per_column")
-        if per_column and self.columns:
+        per_column = _mapping(self.per_column, "per_column")
+        _names(list(per_column), "per_column keys")
+        fix("per_column", {
+            str(c): _names(s, f"per_column[{c!r}]", STATISTIC_NAMES) for c, s in per_column.items()
+        })  # fmt: skip
+        if bool(self.statistics) == bool(self.per_column):
+            raise ConfigError("give either 'statistics' or 'per_column' (one, not both)")
+        if self.per_column and self.columns:
             raise ConfigError("'columns' goes with 'statistics'; per_column names its own")
         if "histogram" in self.statistics and not self.columns:
             raise ConfigError("a histogram needs named columns: set 'columns' or per_column")
@@ -132,20 +138,13 @@ class AnalyticsRequest:
             self.quantiles
         ):
             raise ConfigError(f"quantiles must be distinct numbers in [0, 1]: {self.quantiles}")
-        wanted = {s for stats in self.column_statistics().values() for s in stats} | set(
-            self.statistics
-        )
-        if "quantiles" in wanted and not self.quantiles:
+        wanted = {s for stats in self.column_statistics().values() for s in stats}
+        if "quantiles" in wanted | set(self.statistics) and not self.quantiles:
             raise ConfigError("'quantiles' was requested but the quantiles list is empty")
-        bins = self.histogram_bins
-        if isinstance(bins, bool) or not isinstance(bins, int):
-            raise ConfigError(f"histogram_bins must be an int, not {bins!r}")
-        if not 1 <= bins <= MAX_HISTOGRAM_BINS:
-            raise ConfigError(f"histogram_bins must be in 1..{MAX_HISTOGRAM_BINS}, not {bins}")
+        _count(self.histogram_bins, "histogram_bins", 1, MAX_HISTOGRAM_BINS)
         ranges: dict[str, tuple[float, float]] = {}
-        histogram_columns = [c for c, s in self.column_statistics().items() if "histogram" in s]
         for column, pair in _mapping(self.histogram_range, "histogram_range").items():
-            if column not in histogram_columns:
+            if "histogram" not in self.column_statistics().get(str(column), ()):
                 raise ConfigError(f"histogram_range names {column!r}, which gets no histogram")
             if isinstance(pair, str) or not isinstance(pair, list | tuple) or len(pair) != 2:
                 raise ConfigError(f"histogram_range[{column!r}] must be [low, high]")
@@ -155,18 +154,15 @@ class AnalyticsRequest:
             ranges[str(column)] = (low, high)
         fix("histogram_range", ranges)
         if self.schema is not None:
-            schema = {str(c): t for c, t in _mapping(self.schema, "schema").items()}
-            for column, kind in schema.items():
-                if kind not in SCHEMA_TYPES:
-                    raise ConfigError(f"schema[{column!r}] must be one of {SCHEMA_TYPES}")
-            fix("schema", schema)
-        rows = self.min_rows
-        if rows is not None and (isinstance(rows, bool) or not isinstance(rows, int) or rows < 0):
-            raise ConfigError(f"min_rows must be a non-negative int or None, not {rows!r}")
-        accuracy = _number(self.sketch_accuracy, "sketch_accuracy")
-        if not 0 < accuracy < 1:
-            raise ConfigError(f"sketch_accuracy must be in (0, 1), not {accuracy}")
-        fix("sketch_accuracy", accuracy)
+            schema = _mapping(self.schema, "schema")
+            if not all(isinstance(c, str) and t in SCHEMA_TYPES for c, t in schema.items()):
+                raise ConfigError(f"schema must map column names to one of {SCHEMA_TYPES}")
+            fix("schema", dict(schema))
+        if self.min_rows is not None:
+            _count(self.min_rows, "min_rows", 0, None)
+        fix("sketch_accuracy", _number(self.sketch_accuracy, "sketch_accuracy"))
+        if not 0 < self.sketch_accuracy < 1:
+            raise ConfigError(f"sketch_accuracy must be in (0, 1), not {self.sketch_accuracy}")
 
     def column_statistics(self) -> dict[str, tuple[str, ...]]:
         """Named column -> its statistics; empty when every numeric column is meant."""
@@ -245,8 +241,7 @@ def _plan(
     frame: pd.DataFrame, request: AnalyticsRequest, min_rows: int
 ) -> dict[str, tuple[str, ...]]:
     """Column -> statistics for this pod, after every check that could refuse the task."""
-    if isinstance(min_rows, bool) or not isinstance(min_rows, int) or min_rows < 0:
-        raise ConfigError(f"min_rows must be a non-negative int, not {min_rows!r}")
+    _count(min_rows, "min_rows", 0, None)
     if not isinstance(frame, pd.DataFrame) or len(frame) == 0 or frame.shape[1] == 0:
         raise EmptyDatasetError("the dataset has no rows; no statistics can be computed")
     present = ", ".join(repr(str(c)) for c in list(frame.columns)[:20])
@@ -289,6 +284,7 @@ def _release(partial: ColumnPartial, stats: tuple[str, ...]) -> ColumnPartial:
         partial,
         sum=partial.sum if moments else nan,
         mean=partial.mean if moments else nan,
+        mean_low=partial.mean_low if moments else nan,
         m2=partial.m2 if wanted & {"var", "std"} else nan,
         min=partial.min if "min" in wanted else nan,
         max=partial.max if "max" in wanted else nan,
@@ -362,8 +358,7 @@ def edges_from_ranges(
         ConfigError: ``bins`` is not an int in 1..MAX_HISTOGRAM_BINS.
         ProtocolError: a range is not two finite numbers with ``low <= high``.
     """
-    if isinstance(bins, bool) or not isinstance(bins, int) or not 1 <= bins <= MAX_HISTOGRAM_BINS:
-        raise ConfigError(f"bins must be an int in 1..{MAX_HISTOGRAM_BINS}, not {bins!r}")
+    _count(bins, "bins", 1, MAX_HISTOGRAM_BINS)
     bounds: dict[str, tuple[float, float]] = {}
     for ranges in ranges_per_pod:
         if not isinstance(ranges, Mapping):

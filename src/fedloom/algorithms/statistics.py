@@ -3,8 +3,10 @@
 A :class:`ColumnPartial` is what one pod releases about one column. Partials merge
 pairwise with Chan, Golub and LeVeque's update for the mean and the sum of squared
 deviations (``m2``), which stays accurate where the textbook ``sum(x**2) - n * mean**2``
-loses every digit (large values with small spread). Merging is associative up to
-rounding, so the modeller may fold pods in any order.
+loses every digit (large values with small spread). The mean travels as a float64 plus its
+rounding error (``mean_low``), so merging does not lose the digits that a mean near 1e9
+cannot hold: the merged variance of ``1e9 + N(0, 1)`` data matches ``numpy.var`` to about
+1e-12. Merging is associative up to rounding; pods may be folded in any order.
 
 Conventions:
     * NaN values are dropped per column: ``count`` is the number of non-null values.
@@ -37,12 +39,14 @@ class ColumnPartial:
     Attributes:
         count: number of non-null values.
         sum: their sum.
-        mean: their mean (0.0 when ``count == 0``).
+        mean: their mean, rounded to float64 (0.0 when ``count == 0``).
         m2: sum of squared deviations from the local mean (computed in two passes).
         min: smallest value (NaN when ``count == 0``).
         max: largest value (NaN when ``count == 0``).
         histogram: int64 counts over edges shared by every pod, or ``None``.
         sketch: a quantile sketch of the values, or ``None``.
+        mean_low: the rounding error of ``mean``: the mean is ``mean + mean_low`` to about
+            twice float64 precision (0.0 is always valid, at the cost of that precision).
     """
 
     count: int
@@ -53,6 +57,14 @@ class ColumnPartial:
     max: float
     histogram: np.ndarray | None = None
     sketch: QuantileSketch | None = None
+    mean_low: float = 0.0
+
+
+def _two_sum(a: float, b: float) -> tuple[float, float]:
+    """``(s, e)`` with ``s = fl(a + b)`` and ``a + b == s + e`` exactly (Knuth)."""
+    s = a + b
+    b_virtual = s - a
+    return s, (a - (s - b_virtual)) + (b - b_virtual)
 
 
 def check_edges(edges: npt.ArrayLike, *, name: str = "histogram") -> np.ndarray:
@@ -117,21 +129,23 @@ def column_partial(
     count = len(array)
     if count == 0:
         return ColumnPartial(0, 0.0, 0.0, 0.0, math.nan, math.nan, histogram, sketch)
-    mean = float(np.mean(array))
-    deviations = array - mean
+    first = float(np.mean(array))
+    deviations = array - first
     residual = float(deviations.sum())
-    # Corrected two-pass: `residual` removes the rounding error left in the first mean,
-    # both from m2 and from the mean itself (which merging relies on).
+    # Corrected two-pass: `residual` is what rounding left out of `first`; it corrects
+    # m2 and is kept (as mean_low) for merging.
     m2 = float(np.dot(deviations, deviations)) - residual**2 / count
+    mean, mean_low = _two_sum(first, residual / count)
     return ColumnPartial(
         count=count,
         sum=float(np.sum(array)),
-        mean=mean + residual / count,
+        mean=mean,
         m2=max(m2, 0.0),
         min=float(array.min()),
         max=float(array.max()),
         histogram=histogram,
         sketch=sketch,
+        mean_low=mean_low,
     )
 
 
@@ -160,10 +174,13 @@ def merge_partials(a: ColumnPartial, b: ColumnPartial) -> ColumnPartial:
     sketch = a.sketch.merge(b.sketch) if a.sketch is not None and b.sketch is not None else None
     count = a.count + b.count
     if a.count == 0 or b.count == 0:
-        mean, m2 = (b.mean, b.m2) if a.count == 0 else (a.mean, a.m2)
+        mean, mean_low, m2 = (
+            (b.mean, b.mean_low, b.m2) if a.count == 0 else (a.mean, a.mean_low, a.m2)
+        )
     else:
-        delta = b.mean - a.mean
-        mean = a.mean + delta * (b.count / count)
+        delta = (b.mean - a.mean) + (b.mean_low - a.mean_low)
+        mean, low = _two_sum(a.mean, delta * (b.count / count))
+        mean, mean_low = _two_sum(mean, low + a.mean_low)
         m2 = a.m2 + b.m2 + delta * delta * (a.count * b.count / count)
     return ColumnPartial(
         count=count,
@@ -174,6 +191,7 @@ def merge_partials(a: ColumnPartial, b: ColumnPartial) -> ColumnPartial:
         max=float(np.fmax(a.max, b.max)),
         histogram=histogram,
         sketch=sketch,
+        mean_low=mean_low,
     )
 
 
@@ -210,7 +228,7 @@ def finalize(
     result: dict[str, Any] = {
         "count": int(count),
         "sum": _number(partial.sum),
-        "mean": _number(partial.mean) if count else None,
+        "mean": _number(partial.mean + partial.mean_low) if count else None,
         "var": _number(var),
         "std": _number(math.sqrt(var)) if not math.isnan(var) else None,
         "min": _number(partial.min) if count else None,
@@ -240,137 +258,109 @@ def finalize(
 
 # --- wire form ---------------------------------------------------------------------------
 
-WIRE_FLOAT_FIELDS = ("sum", "mean", "m2", "min", "max")
-WIRE_FIELDS = frozenset({"count", *WIRE_FLOAT_FIELDS, "histogram", "sketch_accuracy"})
-"""The keys of the body map :func:`partial_to_wire` writes for one partial."""
+WIRE_FLOAT_FIELDS = ("sum", "mean", "mean_low", "m2", "min", "max")
+WIRE_FIELDS = frozenset({"name", "count", *WIRE_FLOAT_FIELDS, "histogram", "sketch_accuracy"})
+"""The keys of each column's map in a :func:`partials_to_wire` body."""
 
 MAX_WIRE_COUNT = 2**62
 MAX_WIRE_BINS = 100_000
 
 
-def _partial_to_wire(
-    partial: ColumnPartial, prefix: str
+def partials_to_wire(
+    partials: Mapping[str, ColumnPartial],
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """One partial as a msgpack-able map plus tensors named ``{prefix}.histogram`` and
-    ``{prefix}.sketch.{array}``."""
-    body: dict[str, Any] = {"count": int(partial.count)}
-    body.update({name: float(getattr(partial, name)) for name in WIRE_FLOAT_FIELDS})
-    body["histogram"] = partial.histogram is not None
-    body["sketch_accuracy"] = None if partial.sketch is None else partial.sketch.relative_accuracy
+    """``(body, tensors)``: ``{"columns": [{"name": ..., "count": ..., ...}]}`` (msgpack-able)
+    and the histograms and sketch arrays of column ``i`` as tensors named ``c{i}.histogram``
+    and ``c{i}.sketch.{array}``."""
+    entries: list[dict[str, Any]] = []
     tensors: dict[str, np.ndarray] = {}
-    if partial.histogram is not None:
-        tensors[f"{prefix}.histogram"] = np.ascontiguousarray(partial.histogram, dtype=np.int64)
-    if partial.sketch is not None:
-        for name, array in partial.sketch.to_arrays().items():
-            tensors[f"{prefix}.sketch.{name}"] = array
-    return body, tensors
+    for index, (column, partial) in enumerate(partials.items()):
+        entry: dict[str, Any] = {"name": column, "count": int(partial.count)}
+        entry.update({name: float(getattr(partial, name)) for name in WIRE_FLOAT_FIELDS})
+        entry["histogram"] = partial.histogram is not None
+        sketch = partial.sketch
+        entry["sketch_accuracy"] = None if sketch is None else sketch.relative_accuracy
+        if partial.histogram is not None:
+            tensors[f"c{index}.histogram"] = np.ascontiguousarray(partial.histogram, np.int64)
+        if sketch is not None:
+            for name, array in sketch.to_arrays().items():
+                tensors[f"c{index}.sketch.{name}"] = array
+        entries.append(entry)
+    return {"columns": entries}, tensors
 
 
-def _wire_tensor(tensors: Mapping[str, np.ndarray], name: str) -> np.ndarray:
+def _wire_tensor(tensors: Mapping[str, np.ndarray], name: str, used: set[str]) -> np.ndarray:
     if name not in tensors:
         raise ProtocolError(f"tensor {name!r} is missing")
+    used.add(name)
     return tensors[name]
 
 
 def _partial_from_wire(
-    entry: Mapping[str, object], tensors: Mapping[str, np.ndarray], prefix: str
-) -> tuple[ColumnPartial, set[str]]:
-    """Rebuild and validate one partial; also returns the tensor names it used.
-
-    NaN is accepted in the float fields (a field the pod did not release); infinities,
-    negative counts, a negative ``m2``, ``min > max``, or a histogram or sketch that counts
-    more values than ``count`` are not.
-
-    Raises:
-        ProtocolError: any field missing, extra, of the wrong type or out of range.
-    """
-    if not isinstance(entry, Mapping) or set(entry) != WIRE_FIELDS:
-        got = sorted(map(str, entry)) if isinstance(entry, Mapping) else type(entry).__name__
-        raise ProtocolError(f"a column partial needs the fields {sorted(WIRE_FIELDS)}, got {got}")
+    entry: Mapping[str, object], tensors: Mapping[str, np.ndarray], prefix: str, used: set[str]
+) -> ColumnPartial:
+    """Rebuild and validate one column's partial (NaN floats mean "not released")."""
     count = entry["count"]
     if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count < MAX_WIRE_COUNT:
         raise ProtocolError(f"partial count must be a non-negative int, not {count!r}")
     floats: dict[str, float] = {}
     for name in WIRE_FLOAT_FIELDS:
         value = entry[name]
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ProtocolError(f"partial field {name!r} must be a number, not {value!r}")
-        if math.isinf(value):
-            raise ProtocolError(f"partial field {name!r} must not be infinite")
+        if isinstance(value, bool) or not isinstance(value, int | float) or math.isinf(value):
+            raise ProtocolError(f"partial field {name!r} must be a finite number, not {value!r}")
         floats[name] = float(value)
-    if floats["m2"] < 0:
-        raise ProtocolError("partial field 'm2' must not be negative")
-    if floats["min"] > floats["max"]:  # False when either is NaN
-        raise ProtocolError("partial field 'min' is larger than 'max'")
-    used: set[str] = set()
+    if floats["m2"] < 0 or floats["min"] > floats["max"]:  # False when either is NaN
+        raise ProtocolError("partial has a negative 'm2' or a 'min' above its 'max'")
     histogram = None
     if not isinstance(entry["histogram"], bool):
         raise ProtocolError("partial field 'histogram' must be a bool")
     if entry["histogram"]:
-        name = f"{prefix}.histogram"
-        raw = _wire_tensor(tensors, name)
-        used.add(name)
+        raw = _wire_tensor(tensors, f"{prefix}.histogram", used)
         if not isinstance(raw, np.ndarray) or raw.ndim != 1 or not 1 <= len(raw) <= MAX_WIRE_BINS:
-            raise ProtocolError(f"histogram {name!r} must be a 1-D array of 1..{MAX_WIRE_BINS}")
+            raise ProtocolError(f"a histogram must be a 1-D array of 1..{MAX_WIRE_BINS} counts")
         if not np.issubdtype(raw.dtype, np.integer) or (raw < 0).any():
-            raise ProtocolError(f"histogram {name!r} must hold non-negative integers")
+            raise ProtocolError("a histogram must hold non-negative integers")
         if raw.sum(dtype=np.float64) > count:
-            raise ProtocolError(f"histogram {name!r} counts more values than 'count'")
+            raise ProtocolError("a histogram counts more values than the partial's 'count'")
         histogram = raw.astype(np.int64)
     sketch = None
     accuracy = entry["sketch_accuracy"]
     if accuracy is not None:
-        if isinstance(accuracy, bool) or not isinstance(accuracy, float) or not 0 < accuracy < 1:
+        if not isinstance(accuracy, float) or not 0 < accuracy < 1:
             raise ProtocolError(f"partial 'sketch_accuracy' must be in (0, 1), not {accuracy!r}")
-        names = {a: f"{prefix}.sketch.{a}" for a in ARRAY_NAMES}
-        arrays = {a: _wire_tensor(tensors, n) for a, n in names.items()}
-        used.update(names.values())
+        arrays = {a: _wire_tensor(tensors, f"{prefix}.sketch.{a}", used) for a in ARRAY_NAMES}
         sketch = QuantileSketch.from_arrays(accuracy, arrays)
         if sketch.count != count:
             raise ProtocolError("the quantile sketch does not count the same values as 'count'")
-    partial = ColumnPartial(count, histogram=histogram, sketch=sketch, **floats)
-    return partial, used
-
-
-def partials_to_wire(
-    partials: Mapping[str, ColumnPartial],
-) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """``(body, tensors)``: ``{"columns": [{"name": ..., fields...}]}`` and the arrays."""
-    entries: list[dict[str, Any]] = []
-    tensors: dict[str, np.ndarray] = {}
-    for index, (column, partial) in enumerate(partials.items()):
-        body, arrays = _partial_to_wire(partial, f"c{index}")
-        entries.append({"name": column, **body})
-        tensors.update(arrays)
-    return {"columns": entries}, tensors
+    return ColumnPartial(count, histogram=histogram, sketch=sketch, **floats)
 
 
 def partials_from_wire(body: object, tensors: Mapping[str, np.ndarray]) -> dict[str, ColumnPartial]:
     """Rebuild :func:`partials_to_wire` output, validating every field and tensor.
 
+    NaN is accepted in the float fields (a field the pod did not release); infinities,
+    negative counts, a negative ``m2``, ``min > max``, or a histogram or sketch that counts
+    more values than ``count`` are not.
+
     Raises:
-        ProtocolError: a malformed body (wrong types, unknown or missing fields, duplicate
-            columns, negative counts, NaN counts, infinities) or tensors that are missing,
-            extra, of the wrong dtype or length.
+        ProtocolError: a malformed body (wrong types, unknown, missing or repeated fields or
+            columns, out-of-range values) or tensors that are missing, extra, of the wrong
+            dtype or shape.
     """
     if not isinstance(body, Mapping) or set(body) != {"columns"}:
         raise ProtocolError("an analytics result body must be a map with only 'columns'")
-    if not isinstance(tensors, Mapping):
-        raise ProtocolError("analytics result tensors must be a map of name -> array")
     entries = body["columns"]
-    if not isinstance(entries, list | tuple):
-        raise ProtocolError("'columns' must be a list of column partials")
+    if not isinstance(entries, list | tuple) or not isinstance(tensors, Mapping):
+        raise ProtocolError("'columns' must be a list of partials, and tensors a map")
     partials: dict[str, ColumnPartial] = {}
     used: set[str] = set()
     for index, entry in enumerate(entries):
-        if not isinstance(entry, Mapping):
-            raise ProtocolError("each column partial must be a map")
-        name = entry.get("name")
+        if not isinstance(entry, Mapping) or set(entry) != WIRE_FIELDS:
+            raise ProtocolError(f"column partial {index} must be a map of {sorted(WIRE_FIELDS)}")
+        name = entry["name"]
         if not isinstance(name, str) or not name or name in partials:
             raise ProtocolError(f"column partial {index} has a missing or repeated name")
-        fields = {k: v for k, v in entry.items() if k != "name"}
-        partials[name], names = _partial_from_wire(fields, tensors, f"c{index}")
-        used |= names
+        partials[name] = _partial_from_wire(entry, tensors, f"c{index}", used)
     extra = sorted(set(tensors) - used)
     if extra:
         raise ProtocolError(f"unexpected tensors in an analytics result: {extra[:10]}")

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 from rich.console import Console
 
@@ -53,16 +52,15 @@ def demo(
 
 
 def main() -> None:
-    """Entry point: run the app and turn fedloom errors into exit codes, no traceback."""
+    """Entry point: run the app and turn fedloom errors into exit codes, no traceback.
+
+    Usage errors are typer's (exit code 2, its own message).
+    """
     try:
-        returned = app(standalone_mode=False)
+        app()
     except FedloomError as exc:
         console.print(f"[red]error:[/red] {exc}")
         sys.exit(int(exit_code_for(exc)))
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except (KeyboardInterrupt, click.Abort):
+    except KeyboardInterrupt:
         console.print("[yellow]interrupted")
         sys.exit(int(ExitCode.INTERRUPTED))
-    sys.exit(returned if isinstance(returned, int) else 0)

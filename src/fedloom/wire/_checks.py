@@ -7,6 +7,7 @@ Both directions run the same checks, so that whatever :func:`fedloom.wire.encode
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from typing import Final
 
 import numpy as np
@@ -121,6 +122,9 @@ def check_body(body: object) -> None:
 
     Iterative, so a deep or self-referencing body cannot exhaust the Python stack.
 
+    Lists, tuples and other sequences travel as msgpack arrays; dicts and other mappings
+    as msgpack maps.
+
     Raises:
         WireError: a value of another type, a map key that is not a str, an int outside
             msgpack's range, or nesting deeper than :data:`MAX_BODY_DEPTH`.
@@ -135,7 +139,7 @@ def check_body(body: object) -> None:
             if not _MIN_INT <= value <= _MAX_INT:
                 raise WireError("body int is outside msgpack's 64-bit range")
             continue
-        if not isinstance(value, list | tuple | dict):
+        if not isinstance(value, Mapping | Sequence) or isinstance(value, memoryview):
             raise WireError(f"body value of type {type_name(value)} cannot be encoded")
         if depth >= MAX_BODY_DEPTH:
             raise WireError(f"body is nested deeper than {MAX_BODY_DEPTH} levels")
@@ -144,13 +148,28 @@ def check_body(body: object) -> None:
         if checked_depth.get(id(value), -1) >= depth:
             continue
         checked_depth[id(value)] = depth
-        if isinstance(value, dict):
+        if isinstance(value, Mapping):
             for key, item in value.items():
                 if not isinstance(key, str):
                     raise WireError(f"body map keys must be str, not {type_name(key)}")
                 pending.append((item, depth + 1))
         else:
             pending.extend((item, depth + 1) for item in value)
+
+
+def plain_container(value: object) -> object:
+    """A ``dict`` or ``list`` copy of a body container msgpack cannot pack as it is.
+
+    Used as msgpack's ``default`` hook, after :func:`check_body` accepted the body.
+
+    Raises:
+        WireError: ``value`` is not a mapping or a sequence.
+    """
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, Sequence) and not isinstance(value, str | bytes | bytearray):
+        return list(value)
+    raise WireError(f"body value of type {type_name(value)} cannot be encoded")
 
 
 def check_tensor_name(value: object) -> str:

@@ -33,6 +33,7 @@ from fedloom.wire._checks import (
     check_sequence,
     check_tensor_name,
     check_timestamp,
+    plain_container,
     type_name,
 )
 from fedloom.wire._header import HEADER_KEYS, check_layout, read_tensor_table, unpack_header
@@ -101,7 +102,7 @@ def encode(message: Message, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> b
         "tensors": table,
     }
     try:
-        header = msgpack.packb(header_map, use_bin_type=True)
+        header = msgpack.packb(header_map, use_bin_type=True, default=plain_container)
     except (TypeError, ValueError, OverflowError) as exc:  # e.g. a lone surrogate in a str
         raise WireError(f"the message cannot be packed: {exc}") from exc
     if len(header) > MAX_HEADER_BYTES:

@@ -12,9 +12,7 @@ from typing import Any, TypeAlias
 import numpy as np
 import numpy.typing as npt
 
-Body: TypeAlias = (
-    bool | int | float | str | bytes | Sequence["Body"] | Mapping[str, "Body"] | None
-)
+Body: TypeAlias = bool | int | float | str | bytes | Sequence["Body"] | Mapping[str, "Body"] | None
 """A JSON-like value that msgpack can carry: the payload of a message besides its tensors.
 
 Decoded bodies hold ``list`` and ``dict``; the covariant ``Sequence``/``Mapping`` here
@@ -54,8 +52,9 @@ class MessageType(StrEnum):
 class Message:
     """One fedloom message.
 
-    ``body`` is a JSON-like value (see :data:`Body`); tuples are accepted when encoding and
-    come back as lists. ``tensors`` maps names to numpy arrays that travel as raw buffers.
+    ``body`` is a JSON-like value (see :data:`Body`); any sequence (a tuple, say) or mapping
+    is accepted when encoding and comes back as a list or a dict. ``tensors`` maps names to
+    numpy arrays that travel as raw buffers.
     A decoded message's tensors are read-only views over the received frame, so they keep
     that frame alive; copy a tensor (``np.array(t)``) to own it.
 
@@ -123,7 +122,7 @@ def _same_number(a: float, b: float) -> bool:
 
 
 def _kind(value: object) -> str:
-    """The msgpack kind of a body value (bool is not int; tuple is list)."""
+    """The msgpack kind of a body value (bool is not int; any sequence is an array)."""
     if value is None:
         return "nil"
     if isinstance(value, bool):
@@ -136,10 +135,10 @@ def _kind(value: object) -> str:
         return "str"
     if isinstance(value, bytes | bytearray | memoryview):
         return "bin"
-    if isinstance(value, list | tuple):
-        return "array"
-    if isinstance(value, dict):
+    if isinstance(value, Mapping):
         return "map"
+    if isinstance(value, Sequence):
+        return "array"
     return type(value).__qualname__
 
 
@@ -156,12 +155,12 @@ def _body_equal(left: object, right: object) -> bool:
             if not (a == b or (math.isnan(a) and math.isnan(b))):
                 return False
         elif kind == "array":
-            assert isinstance(a, list | tuple) and isinstance(b, list | tuple)
+            assert isinstance(a, Sequence) and isinstance(b, Sequence)
             if len(a) != len(b):
                 return False
             pending.extend(zip(a, b, strict=True))
         elif kind == "map":
-            assert isinstance(a, dict) and isinstance(b, dict)
+            assert isinstance(a, Mapping) and isinstance(b, Mapping)
             if a.keys() != b.keys():
                 return False
             pending.extend((a[key], b[key]) for key in a)
