@@ -455,3 +455,25 @@ def test_pods_with_different_numeric_columns_are_schema_mismatch() -> None:
     )
     with pytest.raises(SchemaMismatchError):
         combine(partials, request, {})
+
+
+def test_combine_refuses_a_variance_without_the_mean() -> None:
+    request = AnalyticsRequest(statistics=("var",), columns=("age",))
+    partials = _pod_partials(request)
+    age = partials["pod-1"]["age"]
+    partials["pod-1"] = {
+        "age": ColumnPartial(age.count, age.sum, math.nan, age.m2, math.nan, math.nan)
+    }
+    with pytest.raises(ProtocolError, match="'mean'"):
+        combine(partials, request, {})
+
+
+def test_a_pod_with_an_empty_column_still_combines() -> None:
+    pods = make_pods(8)
+    pods["pod-1"] = pods["pod-1"].assign(income=np.nan)
+    request = AnalyticsRequest(statistics=("count", "mean", "min", "max"), columns=("income",))
+    result = run(pods, request, min_rows=0)
+    central = pd.concat(pods.values())["income"]
+    assert result["income"]["count"] == central.count()
+    assert result["income"]["mean"] == pytest.approx(central.mean(), rel=1e-12)
+    assert result["income"]["min"] == central.min()

@@ -78,6 +78,12 @@ def test_table_source_from_frame_uses_every_other_column_as_features(
     assert list(source.table().columns) == ["age", "weight", "city", "y"]
 
 
+def test_non_string_column_names_become_strings() -> None:
+    source = TableSource(pd.DataFrame({0: [1.0, 2.0], 1: [0, 1]}), label_column="1")
+    assert source.feature_columns == ("0",)
+    assert list(source.table().columns) == ["0", "1"]
+
+
 def test_table_is_cached_and_safe_to_mutate(csv_file: Path) -> None:
     source = TableSource(csv_file)
     first = source.table()

@@ -379,25 +379,46 @@ def edges_from_ranges(
     return edges
 
 
-def _check_pod(
-    pod: str, column: str, partial: ColumnPartial, stats: tuple[str, ...], *, bins: int | None,
-    accuracy: float,
-) -> None:  # fmt: skip
-    def fail(why: str) -> None:
-        raise ProtocolError(f"pod {pod!r} sent an unusable partial for column {column!r}: {why}")
+_NEEDED_FIELDS = {
+    "sum": ("sum",),
+    "mean": ("mean", "mean_low"),
+    "var": ("mean", "mean_low", "m2"),
+    "std": ("mean", "mean_low", "m2"),
+    "min": ("min",),
+    "max": ("max",),
+}
+"""The partial fields each statistic is combined from (NaN there means "not released")."""
+_MIN_MAX = ("min", "max")
 
+
+def _check_pod(
+    pod: str,
+    column: str,
+    partial: ColumnPartial,
+    stats: tuple[str, ...],
+    *,
+    bins: int | None,
+    accuracy: float,
+) -> None:
+    """ProtocolError unless ``partial`` carries what ``stats`` need, in the agreed shape."""
+    problem = None
     if (partial.histogram is not None) != ("histogram" in stats):
-        fail("histogram present/absent against the request")
-    if partial.histogram is not None and len(partial.histogram) != bins:
-        fail(f"{len(partial.histogram)} histogram bins; expected {bins}")
-    if (partial.sketch is not None) != ("quantiles" in stats):
-        fail("quantile sketch present/absent against the request")
-    if partial.sketch is not None and partial.sketch.relative_accuracy != accuracy:
-        fail(f"sketch accuracy {partial.sketch.relative_accuracy}; expected {accuracy}")
-    needed = {"sum": "sum", "mean": "mean", "var": "m2", "std": "m2", "min": "min", "max": "max"}
+        problem = "a histogram was sent but not asked for, or asked for but not sent"
+    elif partial.histogram is not None and len(partial.histogram) != bins:
+        problem = f"{len(partial.histogram)} histogram bins; expected {bins}"
+    elif (partial.sketch is not None) != ("quantiles" in stats):
+        problem = "a quantile sketch was sent but not asked for, or asked for but not sent"
+    elif partial.sketch is not None and partial.sketch.relative_accuracy != accuracy:
+        problem = f"sketch accuracy {partial.sketch.relative_accuracy}; expected {accuracy}"
     for stat in stats:
-        if partial.count and stat in needed and math.isnan(getattr(partial, needed[stat])):
-            fail(f"{needed[stat]!r} is missing (NaN) but {stat!r} was requested")
+        for name in _NEEDED_FIELDS.get(stat, ()):
+            # An empty column legitimately has no min or max.
+            if math.isnan(getattr(partial, name)) and (partial.count or name not in _MIN_MAX):
+                problem = problem or f"{name!r} is missing (NaN) but {stat!r} was requested"
+    if problem:
+        raise ProtocolError(
+            f"pod {pod!r} sent an unusable partial for column {column!r}: {problem}"
+        )
 
 
 def combine(
@@ -423,10 +444,14 @@ def combine(
     pods = sorted(partials_per_pod)
     plan = request.column_statistics()
     if not plan:
-        found = {pod: list(partials_per_pod[pod]) for pod in pods}
-        if len({frozenset(cols) for cols in found.values()}) > 1:
-            raise SchemaMismatchError(f"pods have different numeric columns: {found}")
-        plan = {column: request.statistics for column in found[pods[0]]}
+        found = [set(partials_per_pod[pod]) for pod in pods]
+        uneven = sorted(found[0].union(*found[1:]) - found[0].intersection(*found[1:]))
+        if uneven:
+            raise SchemaMismatchError(
+                f"numeric columns found on some pods but not all: {uneven[:20]}; "
+                "name the columns to summarise"
+            )
+        plan = {column: request.statistics for column in partials_per_pod[pods[0]]}
     for pod in pods:
         if set(partials_per_pod[pod]) != set(plan):
             raise ProtocolError(

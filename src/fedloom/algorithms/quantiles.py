@@ -18,7 +18,7 @@ collapsed and the guarantee holds for any data and any number of merges.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -179,7 +179,7 @@ class QuantileSketch:
         }
 
     @classmethod
-    def from_arrays(cls, accuracy: float, arrays: dict[str, np.ndarray]) -> QuantileSketch:
+    def from_arrays(cls, accuracy: float, arrays: Mapping[str, np.ndarray]) -> QuantileSketch:
         """Rebuild a sketch from :meth:`to_arrays` output (for example, off the wire).
 
         Raises:
@@ -189,8 +189,8 @@ class QuantileSketch:
                 finite value could have.
         """
         sketch = cls(accuracy)
-        if not isinstance(arrays, dict) or set(arrays) != set(ARRAY_NAMES):
-            got = sorted(arrays) if isinstance(arrays, dict) else type(arrays).__name__
+        if not isinstance(arrays, Mapping) or set(arrays) != set(ARRAY_NAMES):
+            got = sorted(map(str, arrays)) if isinstance(arrays, Mapping) else type(arrays).__name__
             raise ProtocolError(f"a sketch needs exactly the arrays {list(ARRAY_NAMES)}, got {got}")
         checked: dict[str, np.ndarray] = {}
         for name in ARRAY_NAMES:

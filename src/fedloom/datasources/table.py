@@ -86,6 +86,8 @@ class TableSource:
         frame = self._source_frame if self._source_frame is not None else self._read()
         if len(frame) == 0:
             raise EmptyDatasetError(f"the {self._where()} has no rows")
+        if not all(isinstance(c, str) for c in frame.columns):
+            frame = frame.rename(columns=str)  # column names are strings everywhere else
         features = self._features
         if features is None:
             features = tuple(str(c) for c in frame.columns if c != self._label)
