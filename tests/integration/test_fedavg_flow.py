@@ -345,7 +345,6 @@ def test_a_failing_pod_aborts_cleanly_and_keeps_serving(case: str, tmp_path: Pat
         async with LocalFederation(pods, pod_stores={"pod-bad": bad_store}) as federation:
             # 1. with other pods: the round goes on without it; the abort is reported
             mixed = await federation.run(fedavg(rounds=2))
-            assert mixed.accepted == ["pod-a", "pod-b", "pod-bad"]
             assert set(mixed.aborted) == {"pod-bad"}
             report = mixed.aborted["pod-bad"]
             assert report.reason is reason
@@ -375,6 +374,17 @@ def test_a_failing_pod_aborts_cleanly_and_keeps_serving(case: str, tmp_path: Pat
         ("aborted", reason.value),
         ("completed", None),
     ]
+
+
+def test_task_result_still_lists_a_pod_that_accepted_and_then_aborted(tmp_path: Path) -> None:
+    """``TaskResult.accepted`` is who answered JOB_ACCEPT, whatever happened afterwards."""
+    pods: dict[str, Any] = honest_pods()
+    pods["pod-bad"] = TableSource(_features_csv(tmp_path), label_column="label")
+    run = run_local(fedavg(), pods)
+    assert set(run.aborted) == {"pod-bad"}
+    assert set(run.accept_seconds) == {*SIZES, "pod-bad"}  # its JOB_ACCEPT did arrive
+    assert run.accepted == sorted([*SIZES, "pod-bad"])
+    assert not set(run.accepted) & set(run.rejected)
 
 
 # --- a training config with a negative learning rate ------------------------------------
