@@ -12,20 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
-from pathlib import Path
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any, TypeVar
 
 import numpy as np
-import pytest
 
 from fedloom import (
     MemoryHub,
     Message,
     MessageType,
     ModelSpec,
-    SqliteExperimentStore,
-    SqlitePodStore,
+    Pod,
 )
 from fedloom.transport import Mailbox
 
@@ -46,6 +43,19 @@ Answer = Callable[[Message], Awaitable[tuple[MessageType, Any, dict[str, np.ndar
 def run_async(coro: Coroutine[Any, Any, T], timeout: float = TEST_TIMEOUT) -> T:
     """``asyncio.run`` with an upper bound, so a stuck conversation fails the test."""
     return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+async def until_idle(pod: Pod, timeout: float = REPLY_TIMEOUT) -> None:
+    """Wait until ``pod`` has finished every task (the modeller does not wait for that).
+
+    ``Modeller.run`` returns right after it sends TASK_COMPLETE; the pod records the end
+    of the task when it has read that message, a moment later.
+    """
+    deadline = asyncio.get_running_loop().time() + timeout
+    while pod.running_tasks():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"pod {pod.name!r} still runs {pod.running_tasks()}")
+        await asyncio.sleep(0.005)
 
 
 def labelled_arrays(rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -126,27 +136,3 @@ class RawClient:
                 MessageType.JOB_REJECT,
             ):
                 return reply
-
-
-@pytest.fixture
-def tiny_spec() -> ModelSpec:
-    return TINY_MLP
-
-
-@pytest.fixture
-def sqlite_stores(tmp_path: Path) -> Iterator[Callable[..., Any]]:
-    """Open SQLite stores under ``tmp_path``; every store opened is closed at teardown.
-
-    ``open_store("m.sqlite")`` gives an experiment store, ``open_store("p.sqlite",
-    pod=True)`` a pod store.
-    """
-    opened: list[SqliteExperimentStore | SqlitePodStore] = []
-
-    def open_store(name: str, *, pod: bool = False) -> Any:
-        store = (SqlitePodStore if pod else SqliteExperimentStore)(tmp_path / name)
-        opened.append(store)
-        return store
-
-    yield open_store
-    for store in opened:
-        store.close()

@@ -114,7 +114,8 @@ class Modeller:
             }
             failed = {pod: report.reason.value for pod, report in rejected.items()}
             failed |= {pod: "no answer" for pod in answers.missing}
-            mailbox.pods = accepted
+            # a pod may already have aborted (e.g. its data failed to load) right after accepting
+            mailbox.pods = [pod for pod in accepted if pod not in mailbox.aborted]
             if not accepted or (require_all and failed):
                 await mailbox.broadcast(
                     MessageType.TASK_ABORT,

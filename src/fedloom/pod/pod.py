@@ -143,7 +143,7 @@ class Pod:
             )
             task = request.body.get("task") if isinstance(request.body, dict) else None
             requested = task.get("protocol") if isinstance(task, dict) else None
-            protocol = requested[:64] if isinstance(requested, str) else "?"
+            protocol = requested[:64] if isinstance(requested, str) and requested else "?"
             self._record(request, protocol, "rejected", report.reason.value)
             return
         channel = router.open_channel(request.task_id)

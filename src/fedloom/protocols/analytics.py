@@ -99,7 +99,7 @@ class Analytics(Protocol):
         if self.request.columns_needing_edges():
             await mailbox.broadcast(MessageType.INSTRUCTION, {"step": "ranges"})
             gathered = self._check(
-                await mailbox.gather(MessageType.RESULTS, timeout=self.timeout), excluded
+                mailbox, await mailbox.gather(MessageType.RESULTS, timeout=self.timeout), excluded
             )
             ranges = []
             for pod, reply in sorted(gathered.items()):
@@ -117,7 +117,7 @@ class Analytics(Protocol):
         tensors = {f"{EDGE_PREFIX}{column}": values for column, values in edges.items()}
         await mailbox.broadcast(MessageType.INSTRUCTION, {"step": "partials"}, tensors)
         replies = self._check(
-            await mailbox.gather(MessageType.RESULTS, timeout=self.timeout), excluded
+            mailbox, await mailbox.gather(MessageType.RESULTS, timeout=self.timeout), excluded
         )
         partials: dict[str, dict[str, ColumnPartial]] = {}
         for pod, reply in sorted(replies.items()):
@@ -130,8 +130,11 @@ class Analytics(Protocol):
         statistics = combine(partials, self.request, edges)
         return AnalyticsResult(statistics, sorted(partials), excluded, time.monotonic() - started)
 
-    def _check(self, gathered: Gathered, excluded: dict[str, str]) -> dict[str, Message]:
-        excluded.update({pod: _reason(report) for pod, report in gathered.aborted.items()})
+    def _check(
+        self, mailbox: ModellerMailbox, gathered: Gathered, excluded: dict[str, str]
+    ) -> dict[str, Message]:
+        # every pod that aborted so far, including before this step (e.g. right after accepting)
+        excluded.update({pod: _reason(report) for pod, report in mailbox.aborted.items()})
         excluded.update({pod: "no answer in time" for pod in gathered.missing})
         if not gathered.replies or (self.require_all and excluded):
             raise PodResponseError("analytics: pods did not answer", excluded)

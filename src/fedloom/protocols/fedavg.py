@@ -38,6 +38,7 @@ from fedloom.errors import (
     DataError,
     PodResponseError,
     PrivacyThresholdError,
+    SchemaMismatchError,
     UpdateRejectedError,
     UpdateRejectionReason,
 )
@@ -246,7 +247,9 @@ class FedAvg(Protocol):
     async def run_worker(self, mailbox: WorkerMailbox, context: WorkerContext) -> dict[str, Any]:
         x, y = context.datasource.arrays()
         if y is None:
-            raise DataError("fedavg needs a labelled dataset (the datasource has no label column)")
+            raise SchemaMismatchError(
+                "fedavg needs a labelled dataset (the datasource has no label column)"
+            )
         if len(x) < context.min_rows:
             raise PrivacyThresholdError(
                 f"the dataset has {len(x)} rows; "

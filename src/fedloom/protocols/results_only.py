@@ -97,7 +97,7 @@ class ResultsOnly(Protocol):
     ) -> dict[str, PodResults]:
         await mailbox.broadcast(MessageType.INSTRUCTION, {"step": "run"}, self.inputs)
         gathered = await mailbox.gather(MessageType.RESULTS, timeout=self.timeout)
-        failed = {pod: report.reason.value for pod, report in gathered.aborted.items()}
+        failed = {pod: report.reason.value for pod, report in mailbox.aborted.items()}
         failed |= {pod: "no answer in time" for pod in gathered.missing}
         if failed and (self.require_all or not gathered.replies):
             raise PodResponseError("results_only: pods did not return results", failed)
