@@ -48,6 +48,7 @@ from fedloom.store.validation import (
     check_round_index,
     check_same_origin,
     check_status,
+    check_task_run,
     check_text,
     from_json,
     to_json,
@@ -260,13 +261,9 @@ class SqlitePodStore(ClosingContext):
         reason: str | None = None,
         result: Mapping[str, Any] | None = None,
     ) -> None:
-        check_text(task_id, "task_id")
-        check_text(modeller, "modeller")
-        check_text(protocol, "protocol")
-        check_status(status, TASK_RUN_STATUSES, "task run status")
-        if reason is not None:
-            check_text(reason, "reason", allow_empty=True)
-        result_json = None if result is None else to_json(result, "result")
+        result_json = check_task_run(
+            task_id, modeller, protocol, status, reason=reason, result=result
+        )
         with self._db.transaction(f"record task run {task_id!r}", write=True) as conn:
             recorded = conn.execute(
                 "SELECT modeller, protocol FROM task_runs WHERE task_id = ?", (task_id,)

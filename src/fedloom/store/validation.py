@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from fedloom.errors import ConfigError, NotFoundError, StoreError
-from fedloom.store.base import MAX_ROUND_INDEX
+from fedloom.store.base import MAX_ROUND_INDEX, TASK_RUN_STATUSES
 
 
 def check_text(value: object, what: str, *, allow_empty: bool = False) -> str:
@@ -140,3 +140,27 @@ def _check_jsonable(value: object, where: str, open_containers: set[int]) -> Non
 def from_json(text: str | None) -> Any:
     """The value of JSON text written by :func:`to_json` (None stays None)."""
     return None if text is None else json.loads(text)
+
+
+def check_task_run(
+    task_id: str,
+    modeller: str,
+    protocol: str,
+    status: str,
+    *,
+    reason: str | None,
+    result: Mapping[str, Any] | None,
+) -> str | None:
+    """Validate a ``record_task_run`` call; return the result as JSON (``None`` if absent).
+
+    Raises:
+        ConfigError: an empty id, modeller or protocol, an unknown status, or a result
+            that is not JSON.
+    """
+    check_text(task_id, "task_id")
+    check_text(modeller, "modeller")
+    check_text(protocol, "protocol")
+    check_status(status, TASK_RUN_STATUSES, "task run status")
+    if reason is not None:
+        check_text(reason, "reason", allow_empty=True)
+    return None if result is None else to_json(result, "result")
