@@ -120,7 +120,7 @@ class Modeller:
                 await mailbox.broadcast(
                     MessageType.TASK_ABORT,
                     ErrorReport(
-                        AbortReason.NO_ACCESS, "not every pod accepted the task", "", ""
+                        AbortReason.CANCELLED_BY_MODELLER, "not every pod accepted the task", "", ""
                     ).to_body(),
                 )
                 raise PodResponseError(f"task {protocol.name!r} could not start", failed)

@@ -160,7 +160,10 @@ class Pod:
     ) -> None:
         name = accepted.protocol.name
         try:
-            await mailbox.send(MessageType.PREPARING_DATA, {"rows": len(accepted.datasource)})
+            # loading the data now makes a broken dataset abort before the task starts; the
+            # row count itself is not sent (it could undercut the privacy threshold)
+            len(accepted.datasource)
+            await mailbox.send(MessageType.PREPARING_DATA, {})
             await mailbox.receive(MessageType.TASK_START, timeout=self.policy.start_timeout)
             context = WorkerContext(self.name, accepted.datasource, self.policy.min_rows)
             released = await accepted.protocol.run_worker(mailbox, context)
