@@ -166,3 +166,28 @@ def test_worker_receive_rejects_unexpected_types_and_reports_cancellation() -> N
             await router.close()
 
     asyncio.run(scenario())
+
+
+def test_stream_yields_replies_routes_status_and_stops_when_quiet() -> None:
+    async def scenario() -> None:
+        hub = MemoryHub()
+        modeller, workers, routers = _task_pair(hub, ["a", "b"])
+        seen: list[str] = []
+        modeller._on_progress = lambda pod, kind, body: seen.append(f"{pod}:{kind.value}")
+        await workers["a"].send(MessageType.PREPARING_DATA)
+        await workers["a"].send(MessageType.EVALUATION_RESULTS, {"batch": 1})
+        report = ErrorReport(AbortReason.WORKER_ERROR, "boom", "RuntimeError", "")
+        await workers["b"].send(MessageType.TASK_ABORT, report.to_body())
+        await workers["a"].send(MessageType.EVALUATION_RESULTS, {"batch": 2})
+        streamed = [(m.sender, m.type) async for m in modeller.stream(timeout=0.2)]
+        assert streamed == [
+            ("a", MessageType.EVALUATION_RESULTS),
+            ("b", MessageType.TASK_ABORT),
+            ("a", MessageType.EVALUATION_RESULTS),
+        ]
+        assert seen == ["a:PREPARING_DATA"], "status messages go to the callback, not the stream"
+        assert modeller.pods == ["a"] and modeller.aborted["b"].message == "boom"
+        for router in routers:
+            await router.close()
+
+    asyncio.run(scenario())
