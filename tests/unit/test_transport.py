@@ -191,3 +191,35 @@ def test_stream_yields_replies_routes_status_and_stops_when_quiet() -> None:
             await router.close()
 
     asyncio.run(scenario())
+
+
+def test_a_pod_survives_a_request_from_a_modeller_that_already_left() -> None:
+    from fedloom.datasources import ArraySource
+    from fedloom.pod import Pod
+    from fedloom.store import MemoryPodStore
+
+    async def scenario() -> None:
+        hub = MemoryHub()
+        store = MemoryPodStore()
+        pod = Pod(
+            "pod",
+            {"default": ArraySource(np.ones((20, 2)), np.zeros(20, dtype=np.int64))},
+            store=store,
+        )
+        serving = asyncio.ensure_future(pod.serve(hub.connect("pod")))
+        ghost = hub.connect("ghost")
+        request = {
+            "task": {"protocol": "results_only", "config": {"algorithm": "dataset_summary"}},
+            "dataset": "default",
+        }
+        await ghost.send(Message(MessageType.JOB_REQUEST, "", "pod", "t1", body=request))
+        await ghost.close()  # gone before the pod answers
+        modeller = hub.connect("modeller")
+        await modeller.send(Message(MessageType.JOB_REQUEST, "", "pod", "t2", body=request))
+        reply = await modeller.receive(timeout=5)
+        assert reply.type is MessageType.JOB_ACCEPT and reply.task_id == "t2"
+        assert not serving.done(), "the pod must keep serving"
+        await hub.close()
+        await serving
+
+    asyncio.run(scenario())

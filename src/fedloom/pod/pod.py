@@ -92,7 +92,12 @@ class Pod:
                 except MailboxClosedError:
                     break
                 if message.type is MessageType.JOB_REQUEST:
-                    await self._on_job_request(router, message)
+                    try:
+                        await self._on_job_request(router, message)
+                    except FedloomError as exc:  # e.g. the modeller left before our answer
+                        logger.warning(
+                            "%s: could not answer task %s: %s", self.name, message.task_id, exc
+                        )
                 elif message.type is not MessageType.TASK_COMPLETE:
                     logger.info(
                         "%s: ignoring %s for unknown task %s",
