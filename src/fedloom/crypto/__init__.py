@@ -1,0 +1,36 @@
+"""fedloom cryptography: identities, signatures and per-task end-to-end encryption.
+
+- :class:`Identity` / :class:`PublicIdentity`: Ed25519 (signing) + X25519 (key agreement)
+  key pairs under a name, saved as a private ``<name>.key`` (mode 0600) and a public
+  ``<name>.pub.json``;
+- :func:`sign` / :func:`verify`: Ed25519 signatures;
+- :class:`TaskKey`, :func:`wrap_task_key`, :func:`unwrap_task_key`: one AES-256-GCM key per
+  task, delivered to each pod so that only that pod can read it.
+
+Bad local inputs (key files, names) raise :class:`~fedloom.errors.ConfigError`; received
+data that fails authentication raises :class:`~fedloom.errors.WireError`.
+"""
+
+from fedloom.crypto.identity import (
+    Identity,
+    PublicIdentity,
+    load_identity,
+    load_public_identity,
+    save_identity,
+    sign,
+    verify,
+)
+from fedloom.crypto.task_keys import TaskKey, unwrap_task_key, wrap_task_key
+
+__all__ = [
+    "Identity",
+    "PublicIdentity",
+    "TaskKey",
+    "load_identity",
+    "load_public_identity",
+    "save_identity",
+    "sign",
+    "unwrap_task_key",
+    "verify",
+    "wrap_task_key",
+]
