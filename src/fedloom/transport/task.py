@@ -153,11 +153,7 @@ class ModellerMailbox:
         if message.type in STATUS_TYPES:
             self._progress(message)
         elif message.type is MessageType.TASK_ABORT:
-            report = report_of(message)
-            self.aborted[pod] = report
-            if pod in self.pods:
-                self.pods.remove(pod)
-            result.aborted[pod] = report
+            result.aborted[pod] = self._leave(pod, report_of(message))
             wanted.discard(pod)
         elif message.type in types and pod in wanted:
             result.replies[pod] = message
@@ -185,10 +181,15 @@ class ModellerMailbox:
                 self._progress(message)
                 continue
             if message.type is MessageType.TASK_ABORT:
-                self.aborted[message.sender] = report_of(message)
-                if message.sender in self.pods:
-                    self.pods.remove(message.sender)
+                self._leave(message.sender, report_of(message))
             yield message
+
+    def _leave(self, pod: str, report: ErrorReport) -> ErrorReport:
+        """Record that ``pod`` left the task with ``report``; returns the report."""
+        if pod in self.pods:
+            self.pods.remove(pod)
+        self.aborted[pod] = report
+        return report
 
     def _progress(self, message: Message) -> None:
         if self._on_progress is not None:
