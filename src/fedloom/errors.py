@@ -154,8 +154,47 @@ class ReceiveTimeoutError(TransportError, TimeoutError):
     """No matching message arrived within the time-out."""
 
 
+class HubUnavailableError(TransportError):
+    """The hub cannot be reached (refused connection, TLS failure, hub went away)."""
+
+
 class AccessDeniedError(FedloomError):
     """A pod's policy does not allow this modeller, protocol or algorithm."""
+
+
+class UnknownIdentityError(AccessDeniedError):
+    """An identity the hub (or a pod) has not been told about."""
+
+
+# --- cryptography ------------------------------------------------------------------------
+
+
+class KeyFileError(ConfigError):
+    """A key or certificate file is missing, unreadable or malformed."""
+
+
+class InsecureKeyFileError(KeyFileError):
+    """A private key file is readable by others than its owner (chmod 600 it)."""
+
+
+class AuthenticationError(WireError):
+    """Received data failed authentication; nothing from it may be used."""
+
+
+class BadSignatureError(AuthenticationError):
+    """A signature does not match the data and the claimed signer."""
+
+
+class ReplayedMessageError(AuthenticationError):
+    """A message whose sequence number is not above the last one seen from its sender."""
+
+
+class StaleMessageError(AuthenticationError):
+    """A message whose timestamp lies outside the accepted clock window."""
+
+
+class DecryptionError(AuthenticationError):
+    """A ciphertext or wrapped key was tampered with, or is for someone else."""
 
 
 class ProtocolError(FedloomError):
@@ -226,6 +265,8 @@ def abort_reason_for(error: BaseException) -> AbortReason:
     """The abort reason that best describes ``error`` (WORKER_ERROR when none fits)."""
     if isinstance(error, TaskAbortedError):
         return error.reason
+    if isinstance(error, AuthenticationError):
+        return AbortReason.UNAUTHORISED
     if isinstance(error, AccessDeniedError):
         return AbortReason.NO_ACCESS
     if isinstance(error, PrivacyThresholdError):

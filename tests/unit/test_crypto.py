@@ -24,7 +24,13 @@ from fedloom.crypto import (
     verify,
     wrap_task_key,
 )
-from fedloom.errors import ConfigError, WireError
+from fedloom.errors import (
+    BadSignatureError,
+    ConfigError,
+    DecryptionError,
+    InsecureKeyFileError,
+    KeyFileError,
+)
 
 posix_only = pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
 
@@ -121,7 +127,7 @@ def test_file_modes(tmp_path: Path) -> None:
 def test_load_refuses_wide_permissions(tmp_path: Path, mode: int) -> None:
     key_path = save_identity(Identity.generate("pod-a"), tmp_path)
     key_path.chmod(mode)
-    with pytest.raises(ConfigError, match="chmod 600") as info:
+    with pytest.raises(InsecureKeyFileError, match="chmod 600") as info:
         load_identity(key_path)
     assert str(key_path) in str(info.value)
 
@@ -137,7 +143,7 @@ def test_save_refuses_to_overwrite(tmp_path: Path) -> None:
     first = Identity.generate("pod-a")
     key_path = save_identity(first, tmp_path)
     before = key_path.read_bytes()
-    with pytest.raises(ConfigError, match="already exists"):
+    with pytest.raises(KeyFileError, match="already exists"):
         save_identity(Identity.generate("pod-a"), tmp_path)
     assert key_path.read_bytes() == before
     assert load_identity(key_path).public() == first.public()
@@ -169,7 +175,7 @@ def _valid_key_doc(tmp_path: Path) -> dict[str, object]:
 )
 def test_malformed_key_files(tmp_path: Path, content: bytes) -> None:
     path = _write_key_file(tmp_path / "bad.key", content)
-    with pytest.raises(ConfigError):
+    with pytest.raises(KeyFileError):
         load_identity(path)
 
 
@@ -190,21 +196,21 @@ def test_bad_fields_in_key_file(tmp_path: Path, field: str, value: object) -> No
     doc = _valid_key_doc(tmp_path)
     doc[field] = value
     path = _write_key_file(tmp_path / "bad.key", json.dumps(doc).encode())
-    with pytest.raises(ConfigError):
+    with pytest.raises(KeyFileError):
         load_identity(path)
 
 
 def test_missing_files_are_config_errors(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError):
+    with pytest.raises(KeyFileError):
         load_identity(tmp_path / "nobody.key")
-    with pytest.raises(ConfigError):
+    with pytest.raises(KeyFileError):
         load_public_identity(tmp_path / "nobody.pub.json")
 
 
 def test_malformed_public_file(tmp_path: Path) -> None:
     path = tmp_path / "x.pub.json"
     path.write_text('{"name": "x"}')
-    with pytest.raises(ConfigError):
+    with pytest.raises(KeyFileError):
         load_public_identity(path)
 
 
@@ -222,15 +228,15 @@ def test_verify_refuses_changes_and_other_signers() -> None:
     identity, other = Identity.generate("modeller"), Identity.generate("mallory")
     data = b"JOB_REQUEST body"
     signature = sign(identity, data)
-    with pytest.raises(WireError, match="bad signature"):
+    with pytest.raises(BadSignatureError, match="bad signature"):
         verify(identity.public(), _flip(data, 0), signature)
-    with pytest.raises(WireError, match="bad signature"):
+    with pytest.raises(BadSignatureError, match="bad signature"):
         verify(identity.public(), data, _flip(signature, 10))
-    with pytest.raises(WireError, match="bad signature"):
+    with pytest.raises(BadSignatureError, match="bad signature"):
         verify(other.public(), data, signature)
-    with pytest.raises(WireError, match="bad signature"):
+    with pytest.raises(BadSignatureError, match="bad signature"):
         verify(identity.public(), data, sign(other, data))
-    with pytest.raises(WireError, match="bad signature"):
+    with pytest.raises(BadSignatureError, match="bad signature"):
         verify(identity.public(), data, signature[:-1])
 
 
@@ -261,16 +267,16 @@ def test_tampering_is_detected() -> None:
     key = TaskKey.generate()
     ciphertext = key.encrypt(b"statistics", associated_data=AD)
     for index in (0, 11, 12, len(ciphertext) - 1):  # nonce, body, tag
-        with pytest.raises(WireError):
+        with pytest.raises(DecryptionError):
             key.decrypt(_flip(ciphertext, index), associated_data=AD)
-    with pytest.raises(WireError):
+    with pytest.raises(DecryptionError):
         key.decrypt(ciphertext, associated_data=AD + b"x")
-    with pytest.raises(WireError):
+    with pytest.raises(DecryptionError):
         key.decrypt(ciphertext, associated_data=b"")
-    with pytest.raises(WireError):
+    with pytest.raises(DecryptionError):
         TaskKey.generate().decrypt(ciphertext, associated_data=AD)
     for length in (0, 5, 27, len(ciphertext) - 1):
-        with pytest.raises(WireError):
+        with pytest.raises(DecryptionError):
             key.decrypt(ciphertext[:length], associated_data=AD)
 
 
@@ -304,16 +310,16 @@ def test_wrap_unwrap_round_trip() -> None:
 def test_unwrap_refuses_other_identity_task_or_changes() -> None:
     pod, other = Identity.generate("pod-a"), Identity.generate("pod-b")
     wrapped = wrap_task_key(TaskKey.generate(), pod.public(), task_id="task-42")
-    with pytest.raises(WireError, match="cannot unwrap"):
+    with pytest.raises(DecryptionError, match="cannot unwrap"):
         unwrap_task_key(wrapped, other, task_id="task-42")
-    with pytest.raises(WireError, match="cannot unwrap"):
+    with pytest.raises(DecryptionError, match="cannot unwrap"):
         unwrap_task_key(wrapped, pod, task_id="task-43")
     for index in (0, 31, 32, 50, 91):  # ephemeral key, nonce, sealed key, tag
-        with pytest.raises(WireError):
+        with pytest.raises(DecryptionError):
             unwrap_task_key(_flip(wrapped, index), pod, task_id="task-42")
-    with pytest.raises(WireError):
+    with pytest.raises(DecryptionError):
         unwrap_task_key(wrapped[:-1], pod, task_id="task-42")
-    with pytest.raises(WireError):
+    with pytest.raises(DecryptionError):
         unwrap_task_key(b"\x00" * 92, pod, task_id="task-42")  # low-order ephemeral key
 
 
@@ -321,7 +327,7 @@ def test_unwrap_refuses_same_keys_under_another_name() -> None:
     pod = Identity.generate("pod-a")
     renamed = Identity("pod-z", pod.signing_key, pod.encryption_key)
     wrapped = wrap_task_key(TaskKey.generate(), pod.public(), task_id="t")
-    with pytest.raises(WireError):
+    with pytest.raises(DecryptionError):
         unwrap_task_key(wrapped, renamed, task_id="t")
 
 

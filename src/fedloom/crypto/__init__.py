@@ -7,8 +7,11 @@
 - :class:`TaskKey`, :func:`wrap_task_key`, :func:`unwrap_task_key`: one AES-256-GCM key per
   task, delivered to each pod so that only that pod can read it.
 
-Bad local inputs (key files, names) raise :class:`~fedloom.errors.ConfigError`; received
-data that fails authentication raises :class:`~fedloom.errors.WireError`.
+Bad key files raise :class:`~fedloom.errors.KeyFileError` (a private key readable by
+others: :class:`~fedloom.errors.InsecureKeyFileError`); other bad local inputs raise
+:class:`~fedloom.errors.ConfigError`. Received data that fails authentication raises an
+:class:`~fedloom.errors.AuthenticationError`: :class:`~fedloom.errors.BadSignatureError`
+or :class:`~fedloom.errors.DecryptionError`.
 """
 
 from fedloom.crypto.identity import (

@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.serialization import (
     PublicFormat,
 )
 
-from fedloom.errors import ConfigError, WireError
+from fedloom.errors import BadSignatureError, ConfigError, InsecureKeyFileError, KeyFileError
 from fedloom.registry import NAME_PATTERN
 
 KEY_BYTES = 32
@@ -196,14 +196,14 @@ def verify(public: PublicIdentity, data: bytes, signature: bytes) -> None:
     """Check that ``signature`` is ``public``'s signature of ``data``.
 
     Raises:
-        WireError: the signature is malformed or does not match (``"bad signature"``).
+        BadSignatureError: the signature is malformed or does not match (``"bad signature"``).
     """
     if not isinstance(signature, bytes) or len(signature) != SIGNATURE_BYTES:
-        raise WireError(f"bad signature: not a {SIGNATURE_BYTES}-byte Ed25519 signature")
+        raise BadSignatureError(f"bad signature: not a {SIGNATURE_BYTES}-byte Ed25519 signature")
     try:
         Ed25519PublicKey.from_public_bytes(public.ed25519_public).verify(signature, data)
     except InvalidSignature as exc:
-        raise WireError(f"bad signature: not signed by {public.name!r}") from exc
+        raise BadSignatureError(f"bad signature: not signed by {public.name!r}") from exc
 
 
 # --- files -----------------------------------------------------------------------------
@@ -231,7 +231,7 @@ def save_identity(identity: Identity, directory: str | os.PathLike[str]) -> Path
     The directory is created (mode 0700) if it does not exist. Returns the key file's path.
 
     Raises:
-        ConfigError: a key file for this name already exists (it is never overwritten), or
+        KeyFileError: a key file for this name already exists (it is never overwritten), or
             the files cannot be written.
     """
     folder = Path(directory)
@@ -253,16 +253,16 @@ def save_identity(identity: Identity, directory: str | os.PathLike[str]) -> Path
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         _write_new(key_path, json.dumps(key_doc).encode(), KEY_FILE_MODE, exclusive=True)
     except FileExistsError as exc:
-        raise ConfigError(
+        raise KeyFileError(
             f"key file {str(key_path)!r} already exists; refusing to overwrite it "
             "(move it away or choose another name)"
         ) from exc
     except OSError as exc:
-        raise ConfigError(f"cannot write key file {str(key_path)!r}: {exc.strerror}") from exc
+        raise KeyFileError(f"cannot write key file {str(key_path)!r}: {exc.strerror}") from exc
     try:
         _write_new(public_path, public_doc.encode(), PUBLIC_FILE_MODE, exclusive=False)
     except OSError as exc:
-        raise ConfigError(
+        raise KeyFileError(
             f"cannot write public identity {str(public_path)!r}: {exc.strerror}"
         ) from exc
     return key_path
@@ -272,19 +272,19 @@ def _read_small(path: Path, what: str, *, private: bool) -> bytes:
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError as exc:
-        raise ConfigError(f"cannot read {what} {str(path)!r}: {exc.strerror}") from exc
+        raise KeyFileError(f"cannot read {what} {str(path)!r}: {exc.strerror}") from exc
     with os.fdopen(fd, "rb") as handle:
         info = os.fstat(handle.fileno())
         if not stat.S_ISREG(info.st_mode):
-            raise ConfigError(f"{what} {str(path)!r} is not a regular file")
+            raise KeyFileError(f"{what} {str(path)!r} is not a regular file")
         if private and os.name == "posix" and stat.S_IMODE(info.st_mode) & ~KEY_FILE_MODE:
-            raise ConfigError(
+            raise InsecureKeyFileError(
                 f"key file {str(path)!r} has mode {stat.S_IMODE(info.st_mode):04o}, which lets "
                 f"others read or change it; run `chmod 600 {path}` and try again"
             )
         content = handle.read(_MAX_FILE_BYTES + 1)
     if len(content) > _MAX_FILE_BYTES:
-        raise ConfigError(f"{what} {str(path)!r} is larger than {_MAX_FILE_BYTES} bytes")
+        raise KeyFileError(f"{what} {str(path)!r} is larger than {_MAX_FILE_BYTES} bytes")
     return content
 
 
@@ -292,25 +292,34 @@ def _parse_json(content: bytes, what: str, path: Path) -> object:
     try:
         return json.loads(content.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
-        raise ConfigError(f"{what} {str(path)!r} is not valid JSON") from exc
+        raise KeyFileError(f"{what} {str(path)!r} is not valid JSON") from exc
 
 
 def load_identity(path: str | os.PathLike[str]) -> Identity:
     """Read an identity from a key file written by :func:`save_identity`.
 
     Raises:
-        ConfigError: the file is missing, readable by anyone but its owner (mode wider than
+        KeyFileError: the file is missing, readable by anyone but its owner (mode wider than
             0600), not valid JSON, of another format, or holds keys of the wrong length.
     """
     key_path = Path(path)
     content = _read_small(key_path, "key file", private=True)
+    try:
+        return _identity_from_json(content, key_path)
+    except KeyFileError:
+        raise
+    except ConfigError as exc:
+        raise KeyFileError(f"key file {str(key_path)!r} is malformed: {exc}") from exc
+
+
+def _identity_from_json(content: bytes, key_path: Path) -> Identity:
     fields = _check_fields(
         _parse_json(content, "key file", key_path),
         {"format", "version", "name", "ed25519_private", "x25519_private"},
         f"key file {str(key_path)!r}",
     )
     if fields["format"] != _KEY_FILE_FORMAT or fields["version"] != _FORMAT_VERSION:
-        raise ConfigError(
+        raise KeyFileError(
             f"key file {str(key_path)!r} is not a version-{_FORMAT_VERSION} fedloom key file"
         )
     return Identity(
@@ -328,8 +337,13 @@ def load_public_identity(path: str | os.PathLike[str]) -> PublicIdentity:
     """Read a public identity from a ``<name>.pub.json`` file.
 
     Raises:
-        ConfigError: the file is missing, not valid JSON, or not a valid public identity.
+        KeyFileError: the file is missing, not valid JSON, or not a valid public identity.
     """
     public_path = Path(path)
     content = _read_small(public_path, "public identity", private=False)
-    return PublicIdentity.from_dict(_parse_json(content, "public identity", public_path))
+    try:
+        return PublicIdentity.from_dict(_parse_json(content, "public identity", public_path))
+    except KeyFileError:
+        raise
+    except ConfigError as exc:
+        raise KeyFileError(f"public identity {str(public_path)!r} is malformed: {exc}") from exc

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from fedloom.crypto.identity import KEY_BYTES, Identity, PublicIdentity
-from fedloom.errors import ConfigError, WireError
+from fedloom.errors import ConfigError, DecryptionError
 
 TASK_KEY_BYTES = 32
 NONCE_BYTES = 12
@@ -72,16 +72,16 @@ class TaskKey:
         """Decrypt the output of :meth:`encrypt` made with the same ``associated_data``.
 
         Raises:
-            WireError: the ciphertext is truncated or was changed, the associated data
+            DecryptionError: the ciphertext is truncated or was changed, the associated data
                 differs, or it was encrypted under another key.
         """
         if not isinstance(ciphertext, bytes) or len(ciphertext) < NONCE_BYTES + TAG_BYTES:
-            raise WireError("encrypted payload is truncated")
+            raise DecryptionError("encrypted payload is truncated")
         nonce, body = ciphertext[:NONCE_BYTES], ciphertext[NONCE_BYTES:]
         try:
             return AESGCM(self.secret).decrypt(nonce, body, associated_data)
         except InvalidTag as exc:
-            raise WireError(
+            raise DecryptionError(
                 "encrypted payload failed authentication (tampered, or wrong key or context)"
             ) from exc
 
@@ -146,12 +146,12 @@ def unwrap_task_key(wrapped: bytes, identity: Identity, *, task_id: str) -> Task
 
     Raises:
         ConfigError: ``task_id`` is empty or too long.
-        WireError: ``wrapped`` has the wrong length, was wrapped for another identity or
+        DecryptionError: ``wrapped`` has the wrong length, was wrapped for another identity or
             another task, or was changed.
     """
     task = _task_id_bytes(task_id)
     if not isinstance(wrapped, bytes) or len(wrapped) != WRAPPED_KEY_BYTES:
-        raise WireError(f"a wrapped task key must be {WRAPPED_KEY_BYTES} bytes")
+        raise DecryptionError(f"a wrapped task key must be {WRAPPED_KEY_BYTES} bytes")
     ephemeral_public = wrapped[:KEY_BYTES]
     nonce = wrapped[KEY_BYTES : KEY_BYTES + NONCE_BYTES]
     sealed = wrapped[KEY_BYTES + NONCE_BYTES :]
@@ -161,12 +161,12 @@ def unwrap_task_key(wrapped: bytes, identity: Identity, *, task_id: str) -> Task
             X25519PublicKey.from_public_bytes(ephemeral_public)
         )
     except ValueError as exc:
-        raise WireError("wrapped task key holds an unusable ephemeral key") from exc
+        raise DecryptionError("wrapped task key holds an unusable ephemeral key") from exc
     context = _wrap_context(task, identity.name, ephemeral_public, own_public)
     try:
         secret = AESGCM(_derive(shared, context)).decrypt(nonce, sealed, context)
     except InvalidTag as exc:
-        raise WireError(
+        raise DecryptionError(
             f"cannot unwrap task key: not wrapped for {identity.name!r} and task "
             f"{task_id!r}, or changed on the way"
         ) from exc
