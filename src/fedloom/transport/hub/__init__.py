@@ -1,0 +1,1 @@
+"""The gRPC hub: durable mailboxes, server, client, TLS."""

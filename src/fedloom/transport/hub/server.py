@@ -1,0 +1,509 @@
+"""The hub: a gRPC server holding one durable mailbox per registered identity.
+
+Pods and modellers connect outbound (one bidirectional stream each, see
+:mod:`fedloom.transport.hub.frames`) and prove who they are by signing a random challenge
+with their Ed25519 key. The hub checks every message before it stores it:
+
+- the frame is signed by the connection's identity and names it as sender;
+- the recipient is registered, and the pair is allowed: a modeller may write to a pod that
+  accepts it, a pod to a modeller it accepts (pods say whom they accept when they connect;
+  the check is repeated at delivery, so nothing queued before a pod changed its mind
+  reaches it);
+- the sequence number is above the last one stored from that sender (durably, so a
+  replayed or reordered message is refused even after a hub restart) and the timestamp is
+  within ``clock_window`` seconds of the hub's clock.
+
+A message is acknowledged to its sender only once it is committed to the
+:class:`~fedloom.transport.hub.store.HubStore`; it is deleted only when its recipient
+acknowledges it, so it survives hub crashes and is delivered again after a reconnect
+(the client drops what it has already seen by sequence number). The hub only ever sees
+sealed (end-to-end encrypted) content.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from fedloom.crypto import verify
+from fedloom.errors import (
+    AccessDeniedError,
+    AuthenticationError,
+    BadSignatureError,
+    ConfigError,
+    FedloomError,
+    HubUnavailableError,
+    MessageTooLargeError,
+    ProtocolError,
+    ReplayedMessageError,
+    StaleMessageError,
+    UnknownIdentityError,
+    UnknownRecipientError,
+    WireError,
+)
+from fedloom.registry import NAME_PATTERN
+from fedloom.transport.hub import frames
+from fedloom.transport.hub.frames import Kind
+from fedloom.transport.hub.store import HubStore, RegisteredIdentity
+from fedloom.transport.hub.tls import HubTlsFiles, read_pem
+from fedloom.transport.sealing import verify_frame
+from fedloom.wire import DEFAULT_MAX_MESSAGE_BYTES, Message, decode
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CLOCK_WINDOW = 300.0
+"""Seconds a message's timestamp may differ from the hub's clock."""
+HANDSHAKE_TIMEOUT = 10.0
+_OFFLOAD_BYTES = 1 << 20  # frames above this are hashed and written off the event loop
+_OUTGOING_ITEMS = 16  # bounded so a slow reader holds back its own deliveries only
+
+
+def grpc_options(max_message_bytes: int = frames.GRPC_MESSAGE_LIMIT) -> list[tuple[str, int]]:
+    """Channel options shared by the hub and its clients."""
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.keepalive_time_ms", 10_000),
+        ("grpc.keepalive_timeout_ms", 5_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ]
+
+
+@dataclass(frozen=True)
+class HubSettings:
+    """How a hub runs. Exactly one of ``tls`` and ``insecure=True`` must be given."""
+
+    data_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 0
+    tls: HubTlsFiles | None = None
+    require_client_auth: bool = False
+    insecure: bool = False
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    clock_window: float = DEFAULT_CLOCK_WINDOW
+    synchronous: str = "NORMAL"
+
+    def __post_init__(self) -> None:
+        if (self.tls is None) == (not self.insecure):
+            raise ConfigError(
+                "a hub needs TLS material (run `fedloom hub init`) or an explicit --insecure "
+                "for plaintext, and not both"
+            )
+        if self.require_client_auth and self.tls is None:
+            raise ConfigError("mutual TLS (require_client_auth) needs TLS material")
+        if not 0 <= self.port <= 65_535:
+            raise ConfigError(f"port must be in 0..65535, got {self.port}")
+        if not 1024 <= self.max_message_bytes <= DEFAULT_MAX_MESSAGE_BYTES:
+            raise ConfigError(
+                f"max_message_bytes must be in 1024..{DEFAULT_MAX_MESSAGE_BYTES}, "
+                f"got {self.max_message_bytes}"
+            )
+        if not self.clock_window > 0:
+            raise ConfigError("clock_window must be > 0 seconds")
+
+
+@dataclass
+class HubServerStatistics:
+    """Counters of a running hub."""
+
+    connected: list[str]
+    stored: int = 0
+    delivered: int = 0
+    refused: Counter[str] = field(default_factory=Counter)
+
+
+class _Session:
+    """One authenticated connection."""
+
+    def __init__(
+        self,
+        registered: RegisteredIdentity,
+        accepts: frozenset[str] | None,
+        outgoing: asyncio.Queue[bytes | None],
+    ) -> None:
+        self.registered = registered
+        self.accepts = accepts
+        self.outgoing = outgoing
+        self.handler: asyncio.Task[Any] | None = asyncio.current_task()
+        self.delivery: asyncio.Task[None] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.registered.name
+
+    def stop_delivery(self) -> None:
+        if self.delivery is not None:
+            self.delivery.cancel()
+
+    def kick(self) -> None:
+        """End this connection (it was replaced by a newer one, or the hub stops)."""
+        self.stop_delivery()
+        if self.handler is not None and self.handler is not asyncio.current_task():
+            self.handler.cancel()
+
+
+class HubServer:
+    """A running hub; ``await start()`` then ``await stop()`` (or ``async with``)."""
+
+    def __init__(self, settings: HubSettings, *, clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self._clock = clock
+        self.store = HubStore(settings.data_dir, synchronous=settings.synchronous)
+        self._server: grpc.aio.Server | None = None
+        self._sessions: dict[str, _Session] = {}
+        self._wakeups: dict[str, asyncio.Event] = {}
+        # who each pod accepts, as it said when it last connected
+        self._accepts: dict[str, frozenset[str]] = {}
+        self._stats = HubServerStatistics(connected=[])
+        self.port = 0
+
+    async def start(self) -> int:
+        """Listen; returns the bound port.
+
+        Raises:
+            HubUnavailableError: the address cannot be bound.
+            KeyFileError: TLS material is missing or unreadable.
+        """
+        server = grpc.aio.server(options=grpc_options())
+        handler: Any = grpc.stream_stream_rpc_method_handler(self._connect)
+        service, method = frames.SERVICE_METHOD.rsplit("/", 1)
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(service.strip("/"), {method: handler}),)
+        )
+        address = f"{self.settings.host}:{self.settings.port}"
+        try:
+            if self.settings.tls is not None:
+                tls = self.settings.tls
+                credentials = grpc.ssl_server_credentials(
+                    [(read_pem(tls.server_key, private=True), read_pem(tls.server_certificate))],
+                    root_certificates=read_pem(tls.ca_certificate)
+                    if self.settings.require_client_auth
+                    else None,
+                    require_client_auth=self.settings.require_client_auth,
+                )
+                port = server.add_secure_port(address, credentials)
+            else:
+                port = server.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise HubUnavailableError(f"cannot listen on {address}: {exc}") from exc
+        if port == 0:
+            raise HubUnavailableError(f"cannot listen on {address} (in use?)")
+        await server.start()
+        self._server = server
+        self.port = port
+        logger.info("hub listening on %s:%d", self.settings.host, port)
+        return port
+
+    async def stop(self, grace: float | None = 1.0) -> None:
+        """Stop serving (idempotent); the store keeps every undelivered message."""
+        if self._server is not None:
+            server, self._server = self._server, None
+            for session in list(self._sessions.values()):
+                session.kick()
+            await server.stop(grace)
+        self.store.close()
+
+    async def wait_for_termination(self) -> None:
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+    def statistics(self) -> HubServerStatistics:
+        self._stats.connected = sorted(self._sessions)
+        return self._stats
+
+    # --- one connection --------------------------------------------------------------
+
+    async def _connect(self, requests: AsyncIterator[bytes], context: Any) -> None:
+        session: _Session | None = None
+        writer: asyncio.Task[None] | None = None
+        outgoing: asyncio.Queue[bytes | None] = asyncio.Queue(_OUTGOING_ITEMS)
+        try:
+            writer = asyncio.get_running_loop().create_task(self._write(outgoing, context))
+            iterator = aiter(requests)
+            session = await asyncio.wait_for(self._handshake(iterator, outgoing), HANDSHAKE_TIMEOUT)
+            previous = self._sessions.get(session.name)
+            if previous is not None:
+                logger.info("%s reconnected; closing its previous connection", session.name)
+                previous.kick()
+            self._sessions[session.name] = session
+            session.delivery = asyncio.get_running_loop().create_task(self._deliver(session))
+            await self._serve(session, iterator)
+        except (FedloomError, TimeoutError) as exc:
+            error = exc if isinstance(exc, FedloomError) else ProtocolError("handshake timed out")
+            self._stats.refused[type(error).__name__] += 1
+            logger.info("hub: closing a connection: %s", error)
+            with contextlib.suppress(asyncio.QueueFull):
+                outgoing.put_nowait(frames.control(Kind.FAIL, _error_fields(error)))
+        except asyncio.CancelledError:
+            pass
+        except Exception:  # a connection's failure must never take the hub down
+            logger.exception("hub: connection failed")
+        finally:
+            if session is not None:
+                session.stop_delivery()
+                if self._sessions.get(session.name) is session:
+                    del self._sessions[session.name]
+            if writer is not None:
+                with contextlib.suppress(asyncio.QueueFull):
+                    outgoing.put_nowait(None)
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await asyncio.wait_for(writer, 2.0)
+
+    async def _write(self, outgoing: asyncio.Queue[bytes | None], context: Any) -> None:
+        while True:
+            item = await outgoing.get()
+            if item is None:
+                return
+            await context.write(item)
+
+    async def _handshake(
+        self, requests: AsyncIterator[bytes], outgoing: asyncio.Queue[bytes | None]
+    ) -> _Session:
+        kind, payload = frames.parse(await anext(requests))
+        if kind is not Kind.HELLO:
+            raise ProtocolError(f"a connection must start with HELLO, not {kind.name}")
+        hello = frames.fields_of(kind, payload, {"identity": str, "version": int})
+        if hello["version"] != 1:
+            raise ProtocolError(f"unsupported hub protocol version {hello['version']}")
+        name = hello["identity"]
+        registered = self.store.identity(name) if NAME_PATTERN.fullmatch(name) else None
+        if registered is None:
+            raise UnknownIdentityError(
+                f"identity {name[:64]!r} is not registered with this hub "
+                "(the hub admin registers it with `fedloom hub register`)"
+            )
+        accepts = _accepts_of(registered, hello.get("accepts"))
+        nonce = os.urandom(32)
+        await outgoing.put(frames.control(Kind.CHALLENGE, {"nonce": nonce}))
+        kind, payload = frames.parse(await anext(requests))
+        if kind is not Kind.AUTH:
+            raise ProtocolError(f"expected AUTH, got {kind.name}")
+        auth = frames.fields_of(kind, payload, {"signature": bytes})
+        try:
+            verify(registered.public, frames.auth_payload(nonce, name), auth["signature"])
+        except BadSignatureError:
+            raise BadSignatureError(f"{name!r} failed the hub's challenge") from None
+        if accepts is not None:
+            self._accepts[name] = accepts
+        await outgoing.put(
+            frames.control(
+                Kind.WELCOME,
+                {
+                    "identity": name,
+                    "role": registered.role,
+                    "last_sequence": self.store.last_sequence(name),
+                    "max_message_bytes": self.settings.max_message_bytes,
+                },
+            )
+        )
+        logger.info("hub: %s %r connected", registered.role, name)
+        return _Session(registered, accepts, outgoing)
+
+    async def _serve(self, session: _Session, requests: AsyncIterator[bytes]) -> None:
+        incoming: frames.Reassembly | None = None
+        async for item in requests:
+            kind, payload = frames.parse(item)
+            if incoming is not None:
+                if kind is not Kind.SEND_DATA:
+                    raise ProtocolError(f"expected the rest of a message, got {kind.name}")
+                if incoming.add(payload):
+                    await self._on_send(session, incoming)
+                    incoming = None
+            elif kind is Kind.SEND_START:
+                start = frames.fields_of(
+                    kind, payload, {"ref": int, "size": int, "signature": bytes}
+                )
+                incoming = frames.Reassembly(start["size"], self.settings.max_message_bytes, start)
+            elif kind is Kind.ACK:
+                ack = frames.fields_of(kind, payload, {"id": int})
+                if self.store.acknowledge(session.name, ack["id"]):
+                    self._stats.delivered += 1
+            elif kind is Kind.LOOKUP:
+                await session.outgoing.put(
+                    self._lookup(frames.fields_of(kind, payload, {"ref": int, "name": str}))
+                )
+            else:
+                raise ProtocolError(f"unexpected {kind.name} frame from a client")
+
+    def _lookup(self, request: dict[str, Any]) -> bytes:
+        name = request["name"]
+        found = self.store.identity(name) if NAME_PATTERN.fullmatch(name) else None
+        return frames.control(
+            Kind.DIRECTORY,
+            {
+                "ref": request["ref"],
+                "public": None if found is None else found.public.to_dict(),
+                "role": None if found is None else found.role,
+            },
+        )
+
+    async def _on_send(self, session: _Session, incoming: frames.Reassembly) -> None:
+        ref = incoming.header["ref"]
+        try:
+            stored_id = await self._accept(session, incoming.frame, incoming.header["signature"])
+        except (FedloomError, ValueError) as exc:
+            error = exc if isinstance(exc, FedloomError) else WireError(str(exc))
+            self._stats.refused[type(error).__name__] += 1
+            logger.info("hub: refused a message from %s: %s", session.name, error)
+            await session.outgoing.put(
+                frames.control(Kind.RESULT, {"ref": ref, "ok": False, **_error_fields(error)})
+            )
+            return
+        self._stats.stored += 1
+        await session.outgoing.put(
+            frames.control(Kind.RESULT, {"ref": ref, "ok": True, "id": stored_id})
+        )
+
+    async def _accept(self, session: _Session, frame: bytearray, signature: bytes) -> int:
+        big = len(frame) > _OFFLOAD_BYTES
+        if big:
+            await asyncio.to_thread(verify_frame, session.registered.public, frame, signature)
+        else:
+            verify_frame(session.registered.public, frame, signature)
+        message = decode(frame, max_bytes=self.settings.max_message_bytes)
+        self._check_route(session, message)
+        skew = abs(message.timestamp - self._clock())
+        if not skew <= self.settings.clock_window:
+            raise StaleMessageError(
+                f"message timestamp is {skew:.0f} s away from the hub's clock "
+                f"(window {self.settings.clock_window:.0f} s); check the sender's clock"
+            )
+        append = self.store.append
+        args = (session.name, message.recipient, message.sequence, memoryview(frame), signature)
+        stored = await asyncio.to_thread(append, *args) if big else append(*args)
+        if stored is None:
+            raise ReplayedMessageError(
+                f"sequence {message.sequence} from {session.name!r} is not above the last "
+                f"one stored ({self.store.last_sequence(session.name)}): replayed or reordered"
+            )
+        self._wakeup(message.recipient).set()
+        return stored.id
+
+    def _check_route(self, session: _Session, message: Message) -> None:
+        if message.sender != session.name:
+            raise AccessDeniedError(
+                f"connection of {session.name!r} sent a message signed as from {message.sender!r}"
+            )
+        recipient = self.store.identity(message.recipient)
+        if recipient is None:
+            raise UnknownRecipientError(f"no identity {message.recipient!r} on this hub")
+        role = session.registered.role
+        if role == recipient.role:
+            raise AccessDeniedError(f"a {role} cannot send to another {role}")
+        if role == "pod":
+            accepts = session.accepts
+            if accepts is not None and message.recipient not in accepts:
+                raise AccessDeniedError(
+                    f"pod {session.name!r} does not accept modeller {message.recipient!r}"
+                )
+        else:
+            accepts = self._accepts.get(message.recipient)
+            if accepts is not None and session.name not in accepts:
+                raise AccessDeniedError(
+                    f"pod {message.recipient!r} does not accept modeller {session.name!r}"
+                )
+
+    def _wakeup(self, name: str) -> asyncio.Event:
+        event = self._wakeups.get(name)
+        if event is None:
+            event = self._wakeups[name] = asyncio.Event()
+        return event
+
+    async def _deliver(self, session: _Session) -> None:
+        """Send the session's queued messages in order as they arrive (event-driven)."""
+        wakeup = self._wakeup(session.name)
+        after = 0
+        while True:
+            wakeup.clear()
+            batch = self.store.pending(session.name, after_id=after, limit=32)
+            if not batch:
+                await wakeup.wait()
+                continue
+            for stored in batch:
+                after = stored.id
+                if session.accepts is not None and stored.sender not in session.accepts:
+                    self.store.acknowledge(session.name, stored.id)
+                    self._stats.refused["AccessDeniedError"] += 1
+                    logger.warning(
+                        "hub: dropped a message from %s: pod %s does not accept it",
+                        stored.sender,
+                        session.name,
+                    )
+                    continue
+                load = self.store.load
+                if stored.size > _OFFLOAD_BYTES:
+                    frame, signature = await asyncio.to_thread(load, stored.id)
+                else:
+                    frame, signature = load(stored.id)
+                await session.outgoing.put(
+                    frames.control(
+                        Kind.DELIVER_START,
+                        {
+                            "id": stored.id,
+                            "size": len(frame),
+                            "signature": signature,
+                            "sender": stored.sender,
+                        },
+                    )
+                )
+                for chunk in frames.chunks(Kind.DELIVER_DATA, frame):
+                    await session.outgoing.put(chunk)
+
+
+def _accepts_of(registered: RegisteredIdentity, value: object) -> frozenset[str] | None:
+    if registered.role != "pod":
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ProtocolError("a pod's HELLO must list the modellers it accepts")
+    return frozenset(value)
+
+
+def _error_fields(error: FedloomError) -> dict[str, str]:
+    return {"error": type(error).__name__, "message": str(error)[:2000]}
+
+
+ERROR_TYPES: dict[str, type[FedloomError]] = {
+    cls.__name__: cls
+    for cls in (
+        AccessDeniedError,
+        AuthenticationError,
+        BadSignatureError,
+        MessageTooLargeError,
+        ProtocolError,
+        ReplayedMessageError,
+        StaleMessageError,
+        UnknownIdentityError,
+        UnknownRecipientError,
+        WireError,
+    )
+}
+"""The errors a hub reports, by name (anything else becomes a ProtocolError)."""
+
+
+def error_from_fields(fields: dict[str, Any]) -> FedloomError:
+    """Rebuild the typed error a hub reported."""
+    cls = ERROR_TYPES.get(str(fields.get("error")), ProtocolError)
+    return cls(f"hub: {fields.get('message', '')}")
+
+
+__all__ = [
+    "DEFAULT_CLOCK_WINDOW",
+    "HubServer",
+    "HubServerStatistics",
+    "HubSettings",
+    "error_from_fields",
+    "grpc_options",
+]
