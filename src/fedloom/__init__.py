@@ -40,7 +40,7 @@ from fedloom.errors import (
     WireError,
 )
 from fedloom.local import LocalFederation, run_local
-from fedloom.modeller import Modeller, TaskResult
+from fedloom.modeller import Modeller, OnTimeout, RequestPolicy, TaskResult
 from fedloom.pod import Pod, PodPolicy
 from fedloom.protocols import (
     PROTOCOLS,
@@ -98,6 +98,7 @@ __all__ = [
     "MissingColumnError",
     "ModelSpec",
     "Modeller",
+    "OnTimeout",
     "PROTOCOLS",
     "Pod",
     "PodPolicy",
@@ -108,6 +109,7 @@ __all__ = [
     "ProtocolError",
     "RESULT_ALGORITHMS",
     "RegistryError",
+    "RequestPolicy",
     "ResultsOnly",
     "RoundMetrics",
     "SchemaMismatchError",

@@ -15,7 +15,7 @@ from typing import Any, Self
 
 from fedloom.datasources import Datasource
 from fedloom.errors import ConfigError
-from fedloom.modeller import Modeller, TaskResult
+from fedloom.modeller import Modeller, RequestPolicy, TaskResult
 from fedloom.pod import Pod, PodPolicy
 from fedloom.protocols import Protocol
 from fedloom.store import ExperimentStore, PodStore
@@ -98,10 +98,19 @@ def run_local(protocol: Protocol, pods: Mapping[str, PodData], **options: Any) -
 
     ``options`` go to :class:`LocalFederation` (``policy``, ``policies``,
     ``modeller_store``, ``pod_stores``) or to :meth:`Modeller.run` (the rest).
+    ``policy`` is the pods' :class:`PodPolicy` here; the modeller's
+    :class:`~fedloom.modeller.RequestPolicy` is ``request_policy``.
     """
+    if isinstance(options.get("policy"), RequestPolicy):
+        raise ConfigError(
+            "run_local's policy= is the pods' PodPolicy; pass the modeller's RequestPolicy "
+            "as request_policy="
+        )
     federation_keys = {"policy", "policies", "modeller_store", "pod_stores", "modeller_name"}
     federation_options = {k: v for k, v in options.items() if k in federation_keys}
     run_options = {k: v for k, v in options.items() if k not in federation_keys}
+    if "request_policy" in run_options:
+        run_options["policy"] = run_options.pop("request_policy")
 
     async def main() -> TaskResult:
         async with LocalFederation(pods, **federation_options) as federation:

@@ -2,7 +2,8 @@
 
 The handshake is the same for every protocol: JOB_REQUEST to each pod; JOB_ACCEPT or
 JOB_REJECT (typed reason) back; TASK_START to the pods that accepted; the protocol's
-conversation; TASK_COMPLETE (or TASK_ABORT when the modeller side failed).
+conversation; TASK_COMPLETE (or TASK_ABORT when the modeller side failed). A
+:class:`~fedloom.modeller.policy.RequestPolicy` governs every request of that exchange.
 """
 
 from __future__ import annotations
@@ -13,16 +14,19 @@ import logging
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fedloom.errors import (
     AbortReason,
+    AccessDeniedError,
     ConfigError,
     ErrorReport,
     FedloomError,
     PodResponseError,
+    UnknownRecipientError,
 )
+from fedloom.modeller.policy import RequestPolicy
 from fedloom.protocols import ModellerContext, Protocol, RoundCallback
 from fedloom.store import ExperimentStore
 from fedloom.transport import Mailbox, ModellerMailbox, ProgressCallback, TaskRouter
@@ -32,12 +36,31 @@ from fedloom.wire import MessageType
 logger = logging.getLogger(__name__)
 
 DEFAULT_ACCEPT_TIMEOUT = 30.0
-"""Seconds the modeller waits for pods to accept or reject a task."""
+"""Seconds the modeller waits for pods to accept or reject a task run without a policy."""
+
+ACCEPT_REQUEST = "accept"
+"""The name of the accept phase in :attr:`TaskResult.timings`."""
 
 
 @dataclass(frozen=True)
 class TaskResult:
-    """The outcome of one task: the protocol's result and what each pod did."""
+    """The outcome of one task: the protocol's result and what each pod did.
+
+    Attributes:
+        accepted: the pods that answered JOB_ACCEPT, whatever happened afterwards.
+        rejected: the pods that answered JOB_REJECT, with their reports.
+        aborted: the pods that left the task after the request went out: those that sent
+            TASK_ABORT and those the modeller dropped (see ``dropped``).
+        dropped: the pods the modeller left out because they did not answer a request in
+            time (``on_timeout="discard"``); each is in ``aborted`` as WORKER_UNRESPONSIVE.
+        timings: pod → request name → seconds from the request to the pod's reply:
+            ``"accept"`` for the accept phase, then the protocol's requests (``"round-0"``,
+            ``"round-1"``, ... for FedAvg; ``"ranges"`` and ``"partials"`` for analytics;
+            ``"results"`` for results-only). A pod has no entry for a request it did not
+            answer.
+        accept_seconds: pod → seconds to its JOB_ACCEPT or JOB_REJECT (``timings``'s
+            ``"accept"`` entries).
+    """
 
     task_id: str
     protocol: str
@@ -48,10 +71,16 @@ class TaskResult:
     accept_seconds: dict[str, float] = field(default_factory=dict)
     experiment_id: str | None = None
     seconds: float = 0.0
+    dropped: list[str] = field(default_factory=list)
+    timings: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 class Modeller:
-    """The researcher's side; one instance per mailbox, any number of tasks."""
+    """The researcher's side; one instance per mailbox, any number of tasks.
+
+    ``accept_timeout`` is how long pods have to accept a task run without a
+    :class:`RequestPolicy`.
+    """
 
     def __init__(
         self,
@@ -77,37 +106,75 @@ class Modeller:
         *,
         dataset: str = "default",
         name: str | None = None,
-        require_all: bool = True,
+        policy: RequestPolicy | None = None,
+        require_all: bool | None = None,
         on_round: RoundCallback | None = None,
         on_progress: ProgressCallback | None = None,
     ) -> TaskResult:
         """Run ``protocol`` on ``pods`` over their dataset ``dataset``.
 
+        Args:
+            policy: how every request of the task (the accept phase and each of the
+                protocol's steps) is gathered: time-out, late pods, errors, how many
+                replies are enough. A protocol's own time-out (``FedAvg.round_timeout``,
+                ``Analytics.timeout``, ``ResultsOnly.timeout``), when set, wins for its
+                requests. ``None`` keeps the behaviour of earlier releases: pods have
+                ``accept_timeout`` seconds to accept, every pod must accept unless
+                ``require_all=False``, later requests wait as long as the protocol's own
+                time-out says (forever when unset) and drop the pods that stay silent.
+            require_all: with a policy, replaces ``policy.require_all``; without one,
+                whether every pod must accept the task (default True).
+
         Raises:
-            ConfigError: no pods, duplicate pods, or a protocol config that is not JSON.
-            PodResponseError: no pod accepted, or (``require_all``) some pod rejected the
-                task or did not answer; ``failed_pods`` names them with the reason.
+            ConfigError: no pods, duplicate pods, a protocol config that is not JSON, or a
+                ``policy`` that is not a :class:`RequestPolicy`.
+            PodResponseError: no pod accepted, or the request policy (or, without one,
+                ``require_all``) stopped the task; ``failed_pods`` names the pods that
+                rejected, aborted or did not answer, with the reason.
             FedloomError: whatever the protocol's modeller side raised (the pods are told
                 with TASK_ABORT first).
         """
         if not pods or len(set(pods)) != len(pods):
             raise ConfigError(f"pods must be a non-empty list of distinct names, got {list(pods)}")
+        if policy is not None and not isinstance(policy, RequestPolicy):
+            raise ConfigError(f"policy must be a RequestPolicy, got {type(policy).__name__}")
+        if require_all is not None and not isinstance(require_all, bool):
+            raise ConfigError(f"require_all must be true or false, got {require_all!r}")
+        if policy is not None and require_all is not None:
+            policy = replace(policy, require_all=require_all)
         spec = protocol.dump()
         self._router.start()
         started = time.monotonic()
         task_id = uuid.uuid4().hex
         mailbox = ModellerMailbox(
-            self._router, self._router.open_channel(task_id), pods, on_progress=on_progress
+            self._router,
+            self._router.open_channel(task_id),
+            pods,
+            on_progress=on_progress,
+            policy=policy,
         )
         try:
-            await mailbox.broadcast(MessageType.JOB_REQUEST, {"task": spec, "dataset": dataset})
-            answers = await mailbox.gather(
-                {MessageType.JOB_ACCEPT, MessageType.JOB_REJECT}, timeout=self.accept_timeout
-            )
+            refused = await self._request_job(mailbox, {"task": spec, "dataset": dataset})
+            try:
+                answers = await mailbox.collect(
+                    MessageType.JOB_ACCEPT,
+                    name=ACCEPT_REQUEST,
+                    timeout=None if policy is not None else self.accept_timeout,
+                    refusals={MessageType.JOB_REJECT},
+                )
+            except PodResponseError as exc:
+                # the pods that accepted, or have not answered yet, wait for TASK_START
+                await self._cancel(mailbox, "the modeller's request policy stopped the task")
+                if not refused:
+                    raise
+                reasons = {pod: f"{r.reason.value}: {r.message}" for pod, r in refused.items()}
+                raise PodResponseError(
+                    f"task {protocol.name!r} could not start", reasons | exc.failed_pods
+                ) from exc
             accepted = sorted(
                 p for p, m in answers.replies.items() if m.type is MessageType.JOB_ACCEPT
             )
-            rejected = {
+            rejected = refused | {
                 pod: report_of(m)
                 for pod, m in answers.replies.items()
                 if m.type is MessageType.JOB_REJECT
@@ -116,13 +183,10 @@ class Modeller:
             failed |= {pod: "no answer" for pod in answers.missing}
             # a pod may already have aborted (e.g. its data failed to load) right after accepting
             mailbox.pods = [pod for pod in accepted if pod not in mailbox.aborted]
-            if not accepted or (require_all and failed):
-                await mailbox.broadcast(
-                    MessageType.TASK_ABORT,
-                    ErrorReport(
-                        AbortReason.CANCELLED_BY_MODELLER, "not every pod accepted the task", "", ""
-                    ).to_body(),
-                )
+            legacy_require_all = policy is None and require_all is not False
+            must_have_all = legacy_require_all or (policy is not None and policy.require_all)
+            if not accepted or (legacy_require_all and failed) or (must_have_all and refused):
+                await self._cancel(mailbox, "not every pod accepted the task")
                 raise PodResponseError(f"task {protocol.name!r} could not start", failed)
             experiment_id = self._create_experiment(name or protocol.name, spec)
             await mailbox.broadcast(MessageType.TASK_START)
@@ -145,16 +209,50 @@ class Modeller:
                 accept_seconds=dict(answers.seconds),
                 experiment_id=experiment_id,
                 seconds=time.monotonic() - started,
+                dropped=sorted(mailbox.dropped),
+                timings={pod: dict(times) for pod, times in sorted(mailbox.timings.items())},
             )
         finally:
             self._router.close_channel(task_id)
+
+    async def _request_job(
+        self, mailbox: ModellerMailbox, body: dict[str, Any]
+    ) -> dict[str, ErrorReport]:
+        """Send JOB_REQUEST to every pod; the pods the hub refused it for, with why.
+
+        A hub refuses a request to a pod that does not accept this modeller or does not
+        exist; such a pod counts as having rejected the task.
+        """
+        refused: dict[str, ErrorReport] = {}
+        for pod in list(mailbox.pods):
+            try:
+                await mailbox.send(pod, MessageType.JOB_REQUEST, body)
+            except (AccessDeniedError, UnknownRecipientError) as exc:
+                refused[pod] = ErrorReport.from_exception(exc)
+                mailbox.pods.remove(pod)
+        return refused
 
     async def close(self) -> None:
         """Close the modeller's mailbox."""
         await self._router.close()
 
+    async def _cancel(self, mailbox: ModellerMailbox, message: str) -> None:
+        report = ErrorReport(AbortReason.CANCELLED_BY_MODELLER, message, "", "")
+        # the task fails either way; the caller's error says why, not the delivery
+        with contextlib.suppress(FedloomError):
+            await mailbox.broadcast(MessageType.TASK_ABORT, report.to_body())
+
     async def _abort(self, mailbox: ModellerMailbox, error: BaseException) -> None:
-        report = ErrorReport.from_exception(error, AbortReason.CANCELLED_BY_MODELLER)
+        if isinstance(error, PodResponseError):
+            # its text names the other pods and why they failed: not for every pod to read
+            report = ErrorReport(
+                AbortReason.CANCELLED_BY_MODELLER,
+                "the modeller stopped the task: pods failed its request policy",
+                type(error).__name__,
+                "",
+            )
+        else:
+            report = ErrorReport.from_exception(error, AbortReason.CANCELLED_BY_MODELLER)
         with contextlib.suppress(FedloomError, asyncio.CancelledError):
             await mailbox.broadcast(MessageType.TASK_ABORT, report.to_body())
 

@@ -55,7 +55,10 @@ class Analytics(Protocol):
     """Federated statistics; see the module docstring.
 
     ``require_all``: fail with :class:`PodResponseError` if any pod refuses or does not
-    answer, instead of combining the statistics of the others.
+    answer, instead of combining the statistics of the others (on top of the modeller's
+    request policy, which may ask the same). Each step is one request of the task
+    (``ranges``, then ``partials``), judged by that policy; ``timeout``, when set, is
+    the steps' time-out instead of the policy's.
     """
 
     name = "analytics"
@@ -99,7 +102,9 @@ class Analytics(Protocol):
         if self.request.columns_needing_edges():
             await mailbox.broadcast(MessageType.INSTRUCTION, {"step": "ranges"})
             gathered = self._check(
-                mailbox, await mailbox.gather(MessageType.RESULTS, timeout=self.timeout), excluded
+                mailbox,
+                await mailbox.collect(MessageType.RESULTS, name="ranges", timeout=self.timeout),
+                excluded,
             )
             ranges = []
             for pod, reply in sorted(gathered.items()):
@@ -117,7 +122,9 @@ class Analytics(Protocol):
         tensors = {f"{EDGE_PREFIX}{column}": values for column, values in edges.items()}
         await mailbox.broadcast(MessageType.INSTRUCTION, {"step": "partials"}, tensors)
         replies = self._check(
-            mailbox, await mailbox.gather(MessageType.RESULTS, timeout=self.timeout), excluded
+            mailbox,
+            await mailbox.collect(MessageType.RESULTS, name="partials", timeout=self.timeout),
+            excluded,
         )
         partials: dict[str, dict[str, ColumnPartial]] = {}
         for pod, reply in sorted(replies.items()):

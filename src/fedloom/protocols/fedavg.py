@@ -33,7 +33,6 @@ from fedloom.algorithms.ml import (
     train_local,
 )
 from fedloom.errors import (
-    AbortReason,
     AggregationError,
     DataError,
     PodResponseError,
@@ -107,6 +106,11 @@ def _stable_seed(*parts: object) -> int:
 class FedAvg(Protocol):
     """Federated averaging; see the module docstring.
 
+    Each round is one request of the task (named ``round-<index>`` in the task's
+    timings), judged by the modeller's request policy. ``round_timeout``, when set, is
+    the rounds' time-out instead of the policy's; pods that miss it are handled as the
+    policy's ``on_timeout`` says (without a policy: left out of the rest of the task).
+
     Raises (at construction):
         ConfigError: rounds < 1, fraction outside (0, 1], a bad training config, ...
     """
@@ -178,15 +182,13 @@ class FedAvg(Protocol):
             await mailbox.broadcast(
                 MessageType.MODEL_PARAMETERS, {"round": round_index}, global_arrays, sampled
             )
-            gathered = await mailbox.gather(
-                MessageType.TRAINING_UPDATE, sampled, self.round_timeout
+            # the task's request policy judges the round; round_timeout, if set, wins
+            gathered = await mailbox.collect(
+                MessageType.TRAINING_UPDATE,
+                sampled,
+                name=f"round-{round_index}",
+                timeout=self.round_timeout,
             )
-            for pod in gathered.missing:
-                await mailbox.drop(
-                    pod,
-                    AbortReason.MODELLER_TIMEOUT,
-                    f"no update for round {round_index} within {self.round_timeout} s",
-                )
             mean = WeightedMean(global_arrays)
             per_pod: dict[str, dict[str, float]] = {}
             for pod in sorted(gathered.replies):

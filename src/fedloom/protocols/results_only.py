@@ -53,6 +53,9 @@ class ResultsOnly(Protocol):
     """Run ``algorithm`` with ``config`` on every pod and collect the results.
 
     ``inputs`` travel with the instruction as tensors; they are not part of the JSON config.
+    The pods' answers are one request of the task (``results``), judged by the modeller's
+    request policy; ``timeout``, when set, is its time-out instead of the policy's, and
+    ``require_all`` applies on top of the policy.
     """
 
     name = "results_only"
@@ -96,7 +99,7 @@ class ResultsOnly(Protocol):
         self, mailbox: ModellerMailbox, context: ModellerContext
     ) -> dict[str, PodResults]:
         await mailbox.broadcast(MessageType.INSTRUCTION, {"step": "run"}, self.inputs)
-        gathered = await mailbox.gather(MessageType.RESULTS, timeout=self.timeout)
+        gathered = await mailbox.collect(MessageType.RESULTS, name="results", timeout=self.timeout)
         failed = {pod: report.reason.value for pod, report in mailbox.aborted.items()}
         failed |= {pod: "no answer in time" for pod in gathered.missing}
         if failed and (self.require_all or not gathered.replies):

@@ -1,8 +1,9 @@
 """The two task-scoped mailboxes protocols are written against.
 
 :class:`ModellerMailbox` talks to the pods of one task (send, broadcast, gather with a
-time-out, stream); :class:`WorkerMailbox` is the pod-side end of the same task. Neither
-knows which transport carries it: both sit on a :class:`TaskRouter` over any ``Mailbox``.
+time-out, collect under the task's request policy, stream); :class:`WorkerMailbox` is the
+pod-side end of the same task. Neither knows which transport carries it: both sit on a
+:class:`TaskRouter` over any ``Mailbox``.
 """
 
 from __future__ import annotations
@@ -11,15 +12,19 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
 from fedloom.errors import (
     AbortReason,
     ErrorReport,
+    FedloomError,
+    PodResponseError,
     ProtocolError,
     ReceiveTimeoutError,
     TaskAbortedError,
+    TransportError,
 )
 from fedloom.transport.router import Channel, TaskRouter
 from fedloom.wire import Body, Message, MessageType
@@ -48,6 +53,39 @@ def report_of(message: Message) -> ErrorReport:
         return ErrorReport(AbortReason.WORKER_ERROR, str(exc), "ProtocolError", "")
 
 
+def failure_text(report: ErrorReport) -> str:
+    """``"REASON: message"`` (or the bare reason) for a pod in ``PodResponseError``."""
+    return f"{report.reason.value}: {report.message}" if report.message else report.reason.value
+
+
+class RequestRules(Protocol):
+    """What :meth:`ModellerMailbox.collect` reads from a request policy.
+
+    :class:`fedloom.modeller.RequestPolicy` is the validated implementation; the transport
+    layer only reads these attributes (it must not import the modeller).
+    """
+
+    @property
+    def timeout(self) -> float | None:
+        """Seconds a request waits (``None``: forever)."""
+
+    @property
+    def on_timeout(self) -> str:
+        """``"discard"`` or ``"stop"``."""
+
+    @property
+    def stop_on_error(self) -> bool:
+        """Stop at the first pod that rejects or aborts."""
+
+    @property
+    def require_all(self) -> bool:
+        """Every requested pod must answer."""
+
+    @property
+    def min_replies(self) -> int:
+        """The fewest usable replies a request may get."""
+
+
 @dataclass
 class Gathered:
     """What :meth:`ModellerMailbox.gather` collected."""
@@ -62,7 +100,11 @@ class ModellerMailbox:
     """The modeller's end of one task, with the pods that accepted it.
 
     Pods that send TASK_ABORT are dropped from :attr:`pods` and recorded in
-    :attr:`aborted`; protocols decide whether they can go on without them.
+    :attr:`aborted`; protocols decide whether they can go on without them. Pods the
+    modeller leaves out itself (:meth:`drop`) are in :attr:`aborted` too, and in
+    :attr:`dropped`; nothing they send afterwards is read. :meth:`collect` gathers one
+    request's replies under :attr:`policy` and records each pod's answer time in
+    :attr:`timings` (pod → request name → seconds).
     """
 
     def __init__(
@@ -72,14 +114,20 @@ class ModellerMailbox:
         pods: Iterable[str],
         *,
         on_progress: ProgressCallback | None = None,
+        policy: RequestRules | None = None,
     ) -> None:
         self._router = router
         self._channel = channel
         self.task_id = channel.task_id
         self.pods: list[str] = list(pods)
         self.aborted: dict[str, ErrorReport] = {}
+        self.dropped: set[str] = set()
+        self.policy = policy
+        self.timings: dict[str, dict[str, float]] = {}
         self._on_progress = on_progress
         self._pending: list[Message] = []
+        self._requests = 0
+        self._names: dict[str, int] = {}
 
     async def send(
         self,
@@ -114,13 +162,17 @@ class ModellerMailbox:
         type: MessageType | Collection[MessageType],
         pods: Collection[str] | None = None,
         timeout: float | None = None,
+        *,
+        stop_when: Callable[[Message], bool] | None = None,
     ) -> Gathered:
         """One message of ``type`` (or of any of ``type``) from each of ``pods``.
 
         ``pods`` defaults to every active pod.
 
         Pods that abort are in ``aborted``; pods with no reply within ``timeout`` seconds
-        are in ``missing``. Never raises for a pod's failure: the caller's policy decides.
+        are in ``missing``. ``stop_when`` ends the gather early, right after a reply or
+        abort for which it is true (the pods not heard from yet are then in ``missing``).
+        Never raises for a pod's failure: the caller's policy decides (see :meth:`collect`).
         """
         wanted = set(self.pods if pods is None else pods) - set(self.aborted)
         types = frozenset({type} if isinstance(type, MessageType) else type)
@@ -129,17 +181,136 @@ class ModellerMailbox:
         deadline = None if timeout is None else start + timeout
         # messages kept back by an earlier call (a reply to a later step) come first
         backlog, self._pending = self._pending, []
-        for message in backlog:
-            self._take(message, types, wanted, result, start)
-        while wanted:
+        stopped = False
+        for index, message in enumerate(backlog):
+            if self._take(message, types, wanted, result, start) and _stops(stop_when, message):
+                self._pending += backlog[index + 1 :]
+                stopped = True
+                break
+        while wanted and not stopped:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
                 message = await self._channel.get(remaining)
             except ReceiveTimeoutError:
                 break
-            self._take(message, types, wanted, result, start)
+            stopped = self._take(message, types, wanted, result, start) and _stops(
+                stop_when, message
+            )
         result.missing = sorted(wanted)
         return result
+
+    async def collect(
+        self,
+        type: MessageType | Collection[MessageType],
+        pods: Collection[str] | None = None,
+        *,
+        name: str | None = None,
+        timeout: float | None = None,
+        refusals: Collection[MessageType] = (),
+    ) -> Gathered:
+        """One request's replies, gathered and judged under :attr:`policy`.
+
+        Args:
+            type: the reply type(s) that answer the request.
+            pods: the pods asked (default: every active pod).
+            name: the request's name in :attr:`timings` (default ``request-N``); a name
+                used before in this task gets a ``#2``, ``#3``, ... suffix.
+            timeout: this request's own time-out, which wins over the policy's; ``None``
+                uses the policy's (no policy: wait forever).
+            refusals: reply types that answer but refuse (JOB_REJECT): they are in
+                ``replies`` like the others, count as failures, and the pod leaves
+                :attr:`pods`.
+
+        Pods still silent at the time-out are dropped (TASK_ABORT with
+        WORKER_UNRESPONSIVE: from the modeller's side, the pod stopped answering) unless
+        the policy says ``on_timeout="stop"``. Without a policy nothing is raised: late
+        pods are dropped and the protocol decides whether the replies are enough.
+
+        Raises:
+            PodResponseError: the policy stops the task: a pod rejected or aborted under
+                ``stop_on_error``; pods were late under ``on_timeout="stop"``; a pod
+                failed under ``require_all``; fewer usable replies than ``min_replies``.
+                ``failed_pods`` names each failing pod with why.
+            MailboxClosedError: the modeller's connection closed.
+        """
+        request = self._request_name(name)
+        rules = self.policy
+        if timeout is None and rules is not None:
+            timeout = rules.timeout
+        refusing = frozenset(refusals)
+        types = frozenset({type} if isinstance(type, MessageType) else type) | refusing
+        asked = list(self.pods if pods is None else pods)
+        earlier = {pod: self.aborted[pod] for pod in asked if pod in self.aborted}
+        stop_on_error = rules is not None and rules.stop_on_error
+
+        def is_error(message: Message) -> bool:
+            return message.type is MessageType.TASK_ABORT or message.type in refusing
+
+        gathered = await self.gather(
+            types, asked, timeout, stop_when=is_error if stop_on_error else None
+        )
+        for pod, seconds in gathered.seconds.items():
+            self.timings.setdefault(pod, {})[request] = seconds
+        errors = {
+            pod: failure_text(report)
+            for pod, report in (earlier | gathered.aborted).items()
+            if pod not in self.dropped
+        }
+        for pod, reply in gathered.replies.items():
+            if reply.type in refusing:
+                errors[pod] = failure_text(report_of(reply))
+                if pod in self.pods:
+                    self.pods.remove(pod)
+        if stop_on_error and errors:
+            raise PodResponseError(
+                f"request {request!r} stopped at the first pod that failed (stop_on_error)",
+                errors,
+            )
+        failed = errors | {
+            pod: failure_text(self.aborted[pod]) for pod in earlier if pod in self.dropped
+        }
+        waited = "forever" if timeout is None else f"{timeout:g} s"
+        late = {pod: f"no answer within {waited}" for pod in gathered.missing}
+        if late and rules is not None and rules.on_timeout == "stop":
+            raise PodResponseError(
+                f"request {request!r} timed out (on_timeout='stop'); give the pods a longer "
+                "time-out or use on_timeout='discard' to go on without them",
+                failed | late,
+            )
+        for pod in late:
+            logger.warning(
+                "dropping pod %r: no answer to request %r within %s", pod, request, waited
+            )
+            try:
+                await self.drop(
+                    pod,
+                    AbortReason.WORKER_UNRESPONSIVE,
+                    f"no answer to request {request!r} within {waited}: "
+                    "the modeller left this pod out of the task",
+                )
+            except TransportError as exc:  # it is out of the task either way
+                logger.warning("could not tell pod %r it was dropped: %s", pod, exc)
+        if rules is None:
+            return gathered
+        failed |= late
+        if rules.require_all and failed:
+            raise PodResponseError(
+                f"request {request!r}: not every pod answered (require_all)", failed
+            )
+        usable = sum(1 for reply in gathered.replies.values() if reply.type not in refusing)
+        if usable < rules.min_replies:
+            raise PodResponseError(
+                f"request {request!r} got {usable} usable repl{'y' if usable == 1 else 'ies'}; "
+                f"the request policy needs at least {rules.min_replies}",
+                failed,
+            )
+        return gathered
+
+    def _request_name(self, name: str | None) -> str:
+        self._requests += 1
+        base = name or f"request-{self._requests}"
+        count = self._names[base] = self._names.get(base, 0) + 1
+        return base if count == 1 else f"{base}#{count}"
 
     def _take(
         self,
@@ -148,21 +319,30 @@ class ModellerMailbox:
         wanted: set[str],
         result: Gathered,
         start: float,
-    ) -> None:
+    ) -> bool:
+        """File ``message``; True when it answered (or aborted) this gather."""
         pod = message.sender
+        if pod in self.dropped:
+            # the pod was told it is out of the task; a late reply must not count
+            logger.info("ignoring %s from dropped pod %r", message.type, pod)
+            return False
         if message.type in STATUS_TYPES:
             self._progress(message)
-        elif message.type is MessageType.TASK_ABORT:
+            return False
+        if message.type is MessageType.TASK_ABORT and (pod in self.pods or pod in wanted):
             result.aborted[pod] = self._leave(pod, report_of(message))
             wanted.discard(pod)
-        elif message.type in types and pod in wanted:
+            return True
+        if message.type in types and pod in wanted:
             result.replies[pod] = message
             result.seconds[pod] = time.monotonic() - start
             wanted.discard(pod)
-        elif pod in self.pods:
+            return True
+        if pod in self.pods:
             self._pending.append(message)
         else:
             logger.warning("ignoring %s from %r for task %s", message.type, pod, self.task_id)
+        return False
 
     async def stream(self, timeout: float | None = None) -> AsyncIterator[Message]:
         """Yield this task's messages as they arrive (PROGRESS goes to the callback).
@@ -171,12 +351,15 @@ class ModellerMailbox:
         """
         backlog, self._pending = self._pending, []
         for message in backlog:
-            yield message
+            if message.sender not in self.dropped:
+                yield message
         while True:
             try:
                 message = await self._channel.get(timeout)
             except ReceiveTimeoutError:
                 return
+            if message.sender in self.dropped:
+                continue
             if message.type in STATUS_TYPES:
                 self._progress(message)
                 continue
@@ -197,12 +380,29 @@ class ModellerMailbox:
             self._on_progress(message.sender, message.type, body)
 
     async def drop(self, pod: str, reason: AbortReason, message: str) -> None:
-        """Leave ``pod`` out of the rest of the task and tell it so with TASK_ABORT."""
+        """Leave ``pod`` out of the rest of the task and tell it so with TASK_ABORT.
+
+        The pod is recorded in :attr:`aborted` and :attr:`dropped`; whatever it sends
+        afterwards is ignored.
+
+        Telling the pod is best effort: if the TASK_ABORT cannot be delivered (the hub
+        refuses it, the connection is gone) that is logged, and the pod is dropped anyway.
+        """
         if pod in self.pods:
             self.pods.remove(pod)
         report = ErrorReport(reason, message, "", "")
         self.aborted.setdefault(pod, report)
-        await self.send(pod, MessageType.TASK_ABORT, report.to_body())
+        self.dropped.add(pod)
+        try:
+            await self.send(pod, MessageType.TASK_ABORT, report.to_body())
+        except FedloomError as exc:
+            logger.warning(
+                "could not tell %r it was dropped from task %s: %s", pod, self.task_id, exc
+            )
+
+
+def _stops(stop_when: Callable[[Message], bool] | None, message: Message) -> bool:
+    return stop_when is not None and stop_when(message)
 
 
 class WorkerMailbox:
