@@ -5,6 +5,12 @@ A pod serves one :class:`~fedloom.transport.Mailbox`. For every JOB_REQUEST it c
 typed reason, and runs each accepted task's worker side until TASK_COMPLETE. A task that
 fails for any reason ends with TASK_ABORT to the modeller and an ``aborted`` row in the
 pod's store; the pod itself keeps serving.
+
+At most ``PodPolicy.max_concurrent_tasks`` tasks run at once. A task accepted beyond that
+waits in arrival order; the modeller is told its place with PROGRESS
+``{"state": "queued", "position": n}`` (1 = next) when it is queued and whenever the place
+changes, then gets the usual PREPARING_DATA when the task starts. A queued task the
+modeller cancels or aborts leaves the queue at once.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +36,8 @@ from fedloom.errors import (
 )
 from fedloom.protocols import DEFAULT_MIN_ROWS, Protocol, WorkerContext, load_protocol
 from fedloom.store import PodStore
-from fedloom.transport import Mailbox, TaskRouter, WorkerMailbox
+from fedloom.transport import Channel, Mailbox, TaskRouter, WorkerMailbox
+from fedloom.transport.task import report_of
 from fedloom.wire import Message, MessageType
 
 logger = logging.getLogger(__name__)
@@ -37,15 +45,26 @@ logger = logging.getLogger(__name__)
 DEFAULT_START_TIMEOUT = 300.0
 """Seconds an accepted task waits for the modeller's TASK_START before giving up."""
 
+DEFAULT_MAX_CONCURRENT_TASKS = 4
+"""Tasks a pod runs at once; more are accepted and wait in arrival order."""
+
 
 @dataclass(frozen=True)
 class PodPolicy:
-    """What a pod accepts. ``None`` means "any" for the allow-lists."""
+    """What a pod accepts, and how many tasks it runs at once.
+
+    ``None`` means "any" for the allow-lists.
+
+    Raises:
+        ConfigError: ``min_rows`` or ``max_concurrent_tasks`` is not an integer >= 1, or
+            ``start_timeout`` is not > 0.
+    """
 
     allowed_protocols: frozenset[str] | None = None
     allowed_modellers: frozenset[str] | None = None
     min_rows: int = DEFAULT_MIN_ROWS
     start_timeout: float = DEFAULT_START_TIMEOUT
+    max_concurrent_tasks: int = DEFAULT_MAX_CONCURRENT_TASKS
 
     def __post_init__(self) -> None:
         if (
@@ -56,12 +75,91 @@ class PodPolicy:
             raise ConfigError(f"PodPolicy.min_rows must be an integer >= 1, got {self.min_rows!r}")
         if not self.start_timeout > 0:
             raise ConfigError("PodPolicy.start_timeout must be > 0")
+        if (
+            isinstance(self.max_concurrent_tasks, bool)
+            or not isinstance(self.max_concurrent_tasks, int)
+            or self.max_concurrent_tasks < 1
+        ):
+            raise ConfigError(
+                "PodPolicy.max_concurrent_tasks must be an integer >= 1, "
+                f"got {self.max_concurrent_tasks!r}"
+            )
 
 
 @dataclass(frozen=True)
 class _Accepted:
     protocol: Protocol
     datasource: Datasource
+
+
+class _Slots:
+    """At most ``limit`` tasks hold a slot; the others wait in arrival order.
+
+    A freed slot goes straight to the head of the queue, so a task that arrives later never
+    overtakes one already waiting. Each waiter has an event that is set whenever the queue
+    moves (it got the slot, or someone ahead of it left).
+    """
+
+    def __init__(self) -> None:
+        self.running: set[str] = set()
+        self._waiting: dict[str, asyncio.Event] = {}  # insertion order = arrival order
+
+    def admit(self, task_id: str, limit: int) -> None:
+        """Give ``task_id`` a slot now if one is free and nobody waits; else queue it."""
+        if not self._waiting and len(self.running) < limit:
+            self.running.add(task_id)
+        else:
+            self._waiting[task_id] = asyncio.Event()
+
+    def queued(self) -> list[str]:
+        return list(self._waiting)
+
+    def position(self, task_id: str) -> int | None:
+        """1-based place in the queue; None once ``task_id`` holds a slot."""
+        if task_id in self.running:
+            return None
+        return list(self._waiting).index(task_id) + 1
+
+    def moved(self, task_id: str) -> asyncio.Event:
+        return self._waiting[task_id]
+
+    def release(self, task_id: str, limit: int) -> None:
+        """``task_id`` ended (running or queued): hand free slots on, wake the waiters."""
+        moved = self._waiting.pop(task_id, None) is not None
+        self.running.discard(task_id)
+        while self._waiting and len(self.running) < limit:
+            head = next(iter(self._waiting))
+            self.running.add(head)
+            self._waiting.pop(head).set()
+            moved = True
+        if moved:
+            for event in self._waiting.values():
+                event.set()
+
+
+class _HeldChannel(Channel):
+    """A task's channel with the messages read while the task was queued put back in front.
+
+    A queued task must read its channel to notice TASK_CANCEL / TASK_ABORT, but the
+    modeller's TASK_START and first instruction may arrive meanwhile: those are held here
+    and handed to the worker side first, in order.
+    """
+
+    def __init__(self, inner: Channel) -> None:
+        super().__init__(inner.task_id)
+        self.inner = inner
+        self.held: deque[Message] = deque()
+
+    def put(self, item: Message | None) -> None:
+        self.inner.put(item)
+
+    async def get(self, timeout: float | None = None) -> Message:
+        if self.held:
+            return self.held.popleft()
+        return await self.inner.get(timeout)
+
+    def qsize(self) -> int:
+        return len(self.held) + self.inner.qsize()
 
 
 class Pod:
@@ -80,6 +178,7 @@ class Pod:
         self.policy = policy or PodPolicy()
         self.store = store
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._slots = _Slots()
 
     async def serve(self, mailbox: Mailbox) -> None:
         """Answer requests on ``mailbox`` until it closes; then stop running tasks."""
@@ -111,10 +210,29 @@ class Pod:
             for task in list(self._tasks.values()):
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            # a task cancelled before its first step never ran its clean-up
+            self._tasks.clear()
+            self._slots = _Slots()
             await router.close()
 
+    async def drain(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for every accepted task to end; True if they did.
+
+        A pod asked to stop uses this to let tasks that are about to finish (a modeller's
+        TASK_COMPLETE in flight) record their end before it cancels the rest.
+        """
+        tasks = list(self._tasks.values())
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
+        return not self._tasks
+
     def running_tasks(self) -> list[str]:
-        return sorted(self._tasks)
+        """Ids of the accepted tasks that hold one of the pod's slots, sorted."""
+        return sorted(self._slots.running)
+
+    def queued_tasks(self) -> list[str]:
+        """Ids of the accepted tasks waiting for a slot, next first."""
+        return self._slots.queued()
 
     def _decide(self, message: Message) -> _Accepted:
         policy = self.policy
@@ -151,20 +269,73 @@ class Pod:
             protocol = requested[:64] if isinstance(requested, str) and requested else "?"
             self._record(request, protocol, "rejected", report.reason.value)
             return
-        channel = router.open_channel(request.task_id)
+        channel = _HeldChannel(router.open_channel(request.task_id))
         await router.send(reply)
         self._record(request, accepted.protocol.name, "accepted")
         mailbox = WorkerMailbox(router, channel, request.sender)
+        self._slots.admit(request.task_id, self.policy.max_concurrent_tasks)
         self._tasks[request.task_id] = asyncio.get_running_loop().create_task(
-            self._run_task(router, mailbox, request, accepted),
+            self._run_task(router, mailbox, channel, request, accepted),
             name=f"{self.name}:{request.task_id}",
         )
 
+    async def _wait_for_slot(self, mailbox: WorkerMailbox, channel: _HeldChannel) -> None:
+        """Return once the task holds a slot, telling the modeller its place meanwhile.
+
+        Raises:
+            TaskAbortedError: the modeller cancelled or aborted the task while it waited.
+            MailboxClosedError: the pod's connection closed while the task waited.
+        """
+        task_id = mailbox.task_id
+        reported: int | None = None
+        reader: asyncio.Task[Message] | None = None
+        try:
+            while (position := self._slots.position(task_id)) is not None:
+                if position != reported:
+                    await mailbox.progress(state="queued", position=position)
+                    reported = position
+                    continue  # the queue may have moved while that was sent
+                # nothing was awaited since the position was read: an earlier move is
+                # already in it, and any later one sets the event again
+                moved = self._slots.moved(task_id)
+                moved.clear()
+                reader = reader or asyncio.ensure_future(channel.inner.get())
+                waiter = asyncio.ensure_future(moved.wait())
+                try:
+                    await asyncio.wait({reader, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    waiter.cancel()
+                if reader.done():
+                    message, reader = reader.result(), None
+                    self._hold(mailbox, channel, message)
+        finally:
+            if reader is not None and not reader.done():
+                reader.cancel()  # a cancelled get leaves its message in the channel
+            elif reader is not None and not reader.cancelled() and reader.exception() is None:
+                channel.held.append(reader.result())
+
+    def _hold(self, mailbox: WorkerMailbox, channel: _HeldChannel, message: Message) -> None:
+        """Act on a message that reached a queued task: end it, or keep it for later."""
+        if message.sender == mailbox.modeller and message.type is MessageType.TASK_CANCEL:
+            raise TaskAbortedError(
+                AbortReason.CANCELLED_BY_MODELLER, "the modeller cancelled the task"
+            )
+        if message.sender == mailbox.modeller and message.type is MessageType.TASK_ABORT:
+            report = report_of(message)
+            raise TaskAbortedError(report.reason, report.message)
+        channel.held.append(message)
+
     async def _run_task(
-        self, router: TaskRouter, mailbox: WorkerMailbox, request: Message, accepted: _Accepted
+        self,
+        router: TaskRouter,
+        mailbox: WorkerMailbox,
+        channel: _HeldChannel,
+        request: Message,
+        accepted: _Accepted,
     ) -> None:
         name = accepted.protocol.name
         try:
+            await self._wait_for_slot(mailbox, channel)
             # loading the data now makes a broken dataset abort before the task starts; the
             # row count itself is not sent (it could undercut the privacy threshold)
             len(accepted.datasource)
@@ -187,6 +358,7 @@ class Pod:
                 await mailbox.send(MessageType.TASK_ABORT, report.to_body())
             self._record(request, name, "aborted", report.reason.value)
         finally:
+            self._slots.release(request.task_id, self.policy.max_concurrent_tasks)
             router.close_channel(request.task_id)
             self._tasks.pop(request.task_id, None)
 

@@ -1,0 +1,220 @@
+"""The pod daemon's configuration file, read by ``fedloom pod start --config pod.toml``.
+
+Example (every key shown; the comments say which are optional)::
+
+    name = "pod-a"                  # the pod's identity on the hub: a lower-case name
+    hub = "127.0.0.1:7800"          # host:port of the hub ([::1]:7800 for IPv6)
+    identity = "keys/pod-a.key"     # the pod's private key file; must exist
+    store = "pod-a.db"              # the pod's SQLite store (created when missing)
+    max_concurrent_tasks = 2        # optional, >= 1 (default 4); more tasks wait in a queue
+    # insecure = true               # plaintext to the hub (tests only); excludes [tls]
+
+    [tls]                           # how to reach the hub: [tls], or insecure = true above
+    ca = "tls/ca.crt"               # trust this CA for the hub's certificate
+    certificate = "tls/pod-a.crt"   # optional: mutual TLS; certificate and key go together
+    key = "tls/pod-a.key"
+
+    [policy]
+    modellers = ["alice"]           # required, non-empty: a pod accepts nobody by default
+    protocols = ["fedavg", "analytics"]  # optional; absent = any registered protocol
+    min_rows = 10                   # optional; results over fewer rows are never released
+    start_timeout = 300             # optional; seconds to wait for the modeller's TASK_START
+
+    [modeller_keys]                 # optional pinning: modeller -> public identity file
+    alice = "keys/alice.pub.json"   # (each must be one of policy.modellers)
+
+    [datasets.default]              # at least one: dataset name -> datasource description
+    kind = "table"                  # as fedloom.datasources.datasource_from_config takes it
+    path = "data/a.csv"
+    label_column = "label"
+
+Relative paths (``identity``, ``store``, the ``[tls]`` files, ``[modeller_keys]`` and each
+dataset's ``path``) are relative to the folder of the TOML file, not to the working
+directory. Nothing is opened while the file is read, except that the identity file must
+exist. Any unknown key, a value of the wrong type or out of range, an unknown protocol
+name, or a missing required key raises :class:`~fedloom.errors.ConfigError` naming the
+file and the key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fedloom.datasources import Datasource, datasource_from_config
+from fedloom.errors import ConfigError
+from fedloom.pod.pod import (
+    DEFAULT_MAX_CONCURRENT_TASKS,
+    DEFAULT_START_TIMEOUT,
+    PodPolicy,
+)
+from fedloom.protocols import DEFAULT_MIN_ROWS, PROTOCOLS
+from fedloom.registry import NAME_PATTERN
+from fedloom.transport.hub.config import (
+    HubAddress,
+    TlsClientConfig,
+    TomlTable,
+    read_hub_connection,
+    read_toml,
+)
+
+_TOP_KEYS = frozenset(
+    {
+        "name",
+        "hub",
+        "identity",
+        "store",
+        "max_concurrent_tasks",
+        "insecure",
+        "tls",
+        "policy",
+        "modeller_keys",
+        "datasets",
+    }
+)
+_POLICY_KEYS = frozenset({"modellers", "protocols", "min_rows", "start_timeout"})
+_HINTS = {
+    "modellers": "modellers belongs in the [policy] table",
+    "protocols": "protocols belongs in the [policy] table",
+    "min_rows": "min_rows belongs in the [policy] table",
+    "start_timeout": "start_timeout belongs in the [policy] table",
+}
+_POLICY_HINTS = {
+    "max_concurrent_tasks": "max_concurrent_tasks belongs at the top of the file",
+    "allowed_modellers": "write modellers = [...]",
+    "allowed_protocols": "write protocols = [...]",
+}
+
+
+@dataclass(frozen=True)
+class PodConfig:
+    """A pod daemon's settings, as read from ``pod.toml`` by :func:`load_pod_config`.
+
+    Paths are absolute. ``datasets`` holds each dataset's datasource description with its
+    ``path`` made absolute; :meth:`build_datasets` turns them into datasources.
+    ``max_concurrent_tasks`` is ``policy.max_concurrent_tasks``.
+
+    Raises:
+        ConfigError: the name is not a valid name, both or neither of ``tls`` and
+            ``insecure`` are given, or there are no datasets.
+    """
+
+    name: str
+    hub_address: HubAddress
+    identity_path: Path
+    store_path: Path
+    policy: PodPolicy
+    datasets: dict[str, dict[str, object]]
+    tls: TlsClientConfig | None = None
+    insecure: bool = False
+    modeller_keys: dict[str, Path] = field(default_factory=dict)
+    config_path: Path | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not NAME_PATTERN.fullmatch(self.name):
+            raise ConfigError(f"pod name {self.name!r} is not a valid name")
+        if (self.tls is None) != self.insecure:
+            raise ConfigError("a pod needs TLS settings for the hub, or insecure=True; not both")
+        if not self.datasets:
+            raise ConfigError("a pod needs at least one dataset")
+
+    @property
+    def max_concurrent_tasks(self) -> int:
+        """How many tasks the pod runs at once."""
+        return self.policy.max_concurrent_tasks
+
+    def build_datasets(self) -> dict[str, Datasource]:
+        """The pod's datasources, by dataset name (no file is read yet).
+
+        Raises:
+            ConfigError: a description is malformed (the message names the dataset).
+        """
+        where = f"{self.config_path}: " if self.config_path else ""
+        built: dict[str, Datasource] = {}
+        for name, description in self.datasets.items():
+            try:
+                built[name] = datasource_from_config(description)
+            except ConfigError as exc:
+                raise ConfigError(f"{where}datasets.{name}: {exc}") from exc
+        return built
+
+
+def load_pod_config(path: str | Path) -> PodConfig:
+    """Read and check a pod's TOML config file; see the module docstring for the format.
+
+    Raises:
+        ConfigError: the file is missing, unreadable or not TOML (with the line), or a key
+            is unknown, missing, of the wrong type or out of range (naming file and key).
+    """
+    top = read_toml(path)
+    top.check_keys(_TOP_KEYS, _HINTS)
+    name = top.name("name", 'name = "pod-a"')
+    address, tls, insecure = read_hub_connection(top)
+    identity = top.path("identity", f'identity = "keys/{name}.key"')
+    if not identity.is_file():
+        raise top.error("identity", f"{identity} does not exist; create it with `fedloom keys`")
+    store = top.path("store", f'store = "{name}.db"')
+    limit = top.integer("max_concurrent_tasks", DEFAULT_MAX_CONCURRENT_TASKS)
+    policy = _read_policy(top, limit)
+    modeller_keys = top.path_table("modeller_keys")
+    allowed = policy.allowed_modellers or frozenset()
+    for modeller in modeller_keys:
+        if modeller not in allowed:
+            raise ConfigError(
+                f"{top.file}: modeller_keys.{modeller}: {modeller!r} is not in "
+                "policy.modellers; add it there or drop this key"
+            )
+    config = PodConfig(
+        name=name,
+        hub_address=address,
+        identity_path=identity,
+        store_path=store,
+        policy=policy,
+        datasets=_read_datasets(top),
+        tls=tls,
+        insecure=insecure,
+        modeller_keys=modeller_keys,
+        config_path=top.file,
+    )
+    config.build_datasets()  # a malformed description fails now, naming its key
+    return config
+
+
+def _read_policy(top: TomlTable, max_concurrent_tasks: int) -> PodPolicy:
+    section = top.table("policy")
+    if section is None:
+        raise ConfigError(
+            f'{top.file}: policy is missing; add a [policy] table with modellers = ["<name>"]:'
+            " a pod accepts no modeller unless it is listed"
+        )
+    section.check_keys(_POLICY_KEYS, _POLICY_HINTS)
+    modellers = section.name_list("modellers", 'modellers = ["alice"]')
+    protocols = section.name_list("protocols", 'protocols = ["fedavg"]', required=False)
+    for protocol in protocols:
+        if protocol not in PROTOCOLS:
+            raise section.error(
+                "protocols",
+                f"unknown protocol {protocol!r}; registered: {', '.join(PROTOCOLS.names())}",
+            )
+    return PodPolicy(
+        allowed_protocols=frozenset(protocols) if protocols else None,
+        allowed_modellers=frozenset(modellers),
+        min_rows=section.integer("min_rows", DEFAULT_MIN_ROWS),
+        start_timeout=section.seconds("start_timeout", DEFAULT_START_TIMEOUT),
+        max_concurrent_tasks=max_concurrent_tasks,
+    )
+
+
+def _read_datasets(top: TomlTable) -> dict[str, dict[str, object]]:
+    section = top.table("datasets")
+    if section is None or not section.data:
+        raise ConfigError(
+            f"{top.file}: datasets is missing; add at least one table such as "
+            '[datasets.default] with kind = "table" and path = "data.csv"'
+        )
+    datasets: dict[str, dict[str, object]] = {}
+    for dataset, table in section.tables().items():
+        description = table.plain()
+        description["path"] = str(table.path("path", 'path = "data/a.csv"'))
+        datasets[dataset] = description
+    return datasets
