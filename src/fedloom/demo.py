@@ -4,13 +4,19 @@ The scikit-learn digits dataset (it ships with scikit-learn: no download) is spl
 held-out test set and three pods with a non-IID Dirichlet split by label. Each pod gets its
 share as a CSV file. The modeller first runs federated analytics over the pods' feature
 tables, then federated averaging of a small MLP, and writes a report folder.
+
+By default the hub and the pods are separate OS processes on 127.0.0.1 (TLS, signed and
+end-to-end encrypted messages, see :class:`~fedloom.cluster.LocalCluster`); with
+``in_process=True`` everything runs in this process over the in-memory hub.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import Mapping
+import typing
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,10 +29,12 @@ from rich.table import Table
 
 from fedloom.algorithms.analytics import AnalyticsRequest
 from fedloom.algorithms.ml import ModelSpec, TrainingConfig, evaluate, state_to_arrays
+from fedloom.cluster import LocalCluster, PodSpec
 from fedloom.datasources import TableSource, dirichlet_partition
 from fedloom.errors import ConfigError
 from fedloom.local import LocalFederation
-from fedloom.protocols import Analytics, AnalyticsResult, FedAvg, FedAvgResult
+from fedloom.modeller import Modeller, TaskResult
+from fedloom.protocols import Analytics, AnalyticsResult, FedAvg, FedAvgResult, Protocol
 from fedloom.store import SqliteExperimentStore, SqlitePodStore
 from fedloom.wire import MessageType
 
@@ -40,6 +48,7 @@ class DemoOptions:
     rounds: int = 12
     seed: int = 0
     alpha: float = 0.5
+    in_process: bool = False
 
     def __post_init__(self) -> None:
         if self.rounds < 1:
@@ -108,15 +117,10 @@ async def run_demo(options: DemoOptions, console: Console | None = None) -> Demo
     out = options.out
     out.mkdir(parents=True, exist_ok=True)
     paths, x_test, y_test = split_digits(options.seed, options.alpha, out / "data")
-    pods = {pod: TableSource(path, label_column="label") for pod, path in paths.items()}
     analytics_task, fedavg_task = build_tasks(options)
-    (out / "pods").mkdir(exist_ok=True)
     modeller_store = SqliteExperimentStore(out / "experiments.sqlite")
-    pod_stores = {pod: SqlitePodStore(out / "pods" / f"{pod}.sqlite") for pod in pods}
     try:
-        async with LocalFederation(
-            pods, modeller_store=modeller_store, pod_stores=pod_stores
-        ) as federation:
+        async with _federation(options, paths, modeller_store, console) as federation:
             console.rule("[bold]Federated analytics")
             analytics_run = await federation.run(analytics_task, name="digits-analytics")
             analytics: AnalyticsResult = analytics_run.result
@@ -124,7 +128,7 @@ async def run_demo(options: DemoOptions, console: Console | None = None) -> Demo
             console.rule("[bold]Federated averaging")
             with _progress(console) as progress:
                 rounds = progress.add_task("rounds", total=options.rounds)
-                bars = {pod: progress.add_task(pod, total=None) for pod in pods}
+                bars = {pod: progress.add_task(pod, total=None) for pod in paths}
 
                 def on_progress(pod: str, kind: MessageType, body: Mapping[str, object]) -> None:
                     if kind is MessageType.PROGRESS and pod in bars:
@@ -152,8 +156,70 @@ async def run_demo(options: DemoOptions, console: Console | None = None) -> Demo
         return report
     finally:
         modeller_store.close()
-        for store in pod_stores.values():
-            store.close()
+
+
+class _Runner(typing.Protocol):
+    async def run(self, protocol: Protocol, **options: Any) -> TaskResult: ...
+
+
+@contextlib.asynccontextmanager
+async def _federation(
+    options: DemoOptions,
+    paths: Mapping[str, Path],
+    modeller_store: SqliteExperimentStore,
+    console: Console,
+) -> AsyncIterator[_Runner]:
+    """The pods, in this process or as OS processes behind a hub."""
+    out = options.out
+    if options.in_process:
+        pods = {pod: TableSource(path, label_column="label") for pod, path in paths.items()}
+        (out / "pods").mkdir(exist_ok=True)
+        pod_stores = {pod: SqlitePodStore(out / "pods" / f"{pod}.sqlite") for pod in pods}
+        try:
+            async with LocalFederation(
+                pods, modeller_store=modeller_store, pod_stores=pod_stores
+            ) as federation:
+                yield federation
+        finally:
+            for store in pod_stores.values():
+                store.close()
+        return
+    specs = {
+        pod: PodSpec(
+            datasets={
+                "default": {"kind": "table", "path": str(path.resolve()), "label_column": "label"}
+            }
+        )
+        for pod, path in paths.items()
+    }
+    with console.status("starting a hub and 3 pods as separate processes (TLS on 127.0.0.1)"):
+        cluster = LocalCluster(out / "cluster", specs)
+        await cluster.start()
+    try:
+        console.print(
+            f"hub pid {cluster.pid('hub')} on {cluster.address}; "
+            + ", ".join(f"{pod} pid {cluster.pid(pod)}" for pod in paths)
+        )
+        mailbox = await cluster.connect_modeller()
+        modeller = Modeller(mailbox, store=modeller_store)
+        try:
+            yield _ClusterRunner(modeller, sorted(paths))
+        finally:
+            await modeller.close()
+    finally:
+        codes = await cluster.stop()
+        console.print(
+            "stopped: " + ", ".join(f"{name} (exit {code})" for name, code in codes.items())
+        )
+
+
+class _ClusterRunner:
+    def __init__(self, modeller: Modeller, pods: list[str]) -> None:
+        self._modeller = modeller
+        self._pods = pods
+
+    async def run(self, protocol: Protocol, **options: Any) -> TaskResult:
+        return await self._modeller.run(protocol, self._pods, **options)
 
 
 def _progress(console: Console) -> Progress:

@@ -50,6 +50,19 @@ def run_cli(*args: str, cwd: Path, timeout: float = 120) -> subprocess.Completed
     )
 
 
+def _processes_mentioning(text: str) -> list[str]:
+    """Command lines of running processes that contain ``text``."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            command = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in command:
+            found.append(command)
+    return found
+
+
 def _no_constants(name: str) -> Any:
     raise AssertionError(f"metrics.json holds {name}")
 
@@ -60,6 +73,12 @@ def test_demo_writes_a_complete_report(tmp_path: Path) -> None:
     done = run_cli("demo", "--out", str(out), "--rounds", "10", cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "Traceback" not in done.stderr
+    # the hub and the pods ran as processes of their own, and none is left behind
+    assert re.search(r"hub pid \d+ on 127\.0\.0\.1:\d+", done.stdout), done.stdout[-3000:]
+    assert "stopped: pod-a (exit 0), pod-b (exit 0), pod-c (exit 0), hub (exit 0)" in done.stdout
+    assert _processes_mentioning(str(out / "cluster")) == []
+    for name in ("hub", *DEMO_POD_FILES):
+        assert "Traceback" not in (out / "cluster" / "logs" / f"{name}.log").read_text()
 
     # metrics.json: strict JSON (no NaN/Infinity), accuracy, rounds, analytics
     metrics = json.loads((out / "metrics.json").read_text(), parse_constant=_no_constants)
@@ -105,7 +124,7 @@ def test_demo_writes_a_complete_report(tmp_path: Path) -> None:
         latest = store.load_checkpoint(training.experiment_id)
         assert all(np.array_equal(latest[k], final[k]) for k in MLP_SHAPES)
     for pod in DEMO_POD_FILES:
-        with SqlitePodStore(out / "pods" / f"{pod}.sqlite") as pod_store:
+        with SqlitePodStore(out / "cluster" / "pods" / pod / "pod.sqlite") as pod_store:
             runs = pod_store.task_runs()
             assert [(r.protocol, r.status) for r in runs] == [
                 ("analytics", "completed"),

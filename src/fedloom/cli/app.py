@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 
 from fedloom.errors import ExitCode, FedloomError, exit_code_for
+
+T = TypeVar("T")
 
 app = typer.Typer(
     name="fedloom",
@@ -20,6 +23,12 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console(stderr=True)
+hub_app = typer.Typer(help="Run and administer a hub (the message service).", no_args_is_help=True)
+pod_app = typer.Typer(help="Run a pod next to its data.", no_args_is_help=True)
+keys_app = typer.Typer(help="Identities: Ed25519 + X25519 key pairs.", no_args_is_help=True)
+app.add_typer(hub_app, name="hub")
+app.add_typer(pod_app, name="pod")
+app.add_typer(keys_app, name="keys")
 
 
 @app.callback()
@@ -40,15 +49,156 @@ def demo(
     alpha: Annotated[
         float, typer.Option(help="Dirichlet concentration (smaller: less IID).")
     ] = 0.5,
+    in_process: Annotated[
+        bool, typer.Option(help="Run the hub and pods in this process (in-memory hub).")
+    ] = False,
 ) -> None:
-    """Federated analytics and FedAvg on the digits dataset over 3 in-process pods."""
+    """Federated analytics and FedAvg on the digits dataset: a hub and 3 pods as processes."""
     from fedloom.demo import DemoOptions
     from fedloom.demo import main as run_demo
 
-    report = run_demo(DemoOptions(out=out, rounds=rounds, seed=seed, alpha=alpha))
+    report = run_demo(
+        DemoOptions(out=out, rounds=rounds, seed=seed, alpha=alpha, in_process=in_process)
+    )
     if report.final_accuracy < 0.9:
         console.print(f"[red]final accuracy {report.final_accuracy:.3f} is below 0.90")
         raise typer.Exit(int(ExitCode.TASK_FAILED))
+
+
+@keys_app.command("new")
+def keys_new(
+    name: Annotated[str, typer.Argument(help="The identity's name (pod or modeller name).")],
+    directory: Annotated[Path, typer.Option("--dir", help="Folder for the key files.")] = Path(
+        "keys"
+    ),
+) -> None:
+    """Make an identity: <dir>/<name>.key (mode 0600) and <dir>/<name>.pub.json."""
+    from fedloom.crypto import Identity, save_identity
+
+    key_path = save_identity(Identity.generate(name), directory)
+    console.print(f"private key: {key_path} (keep it secret)")
+    console.print(f"public identity: {key_path.with_suffix('.pub.json')} (give it to the hub)")
+
+
+@hub_app.command("init")
+def hub_init(
+    data_dir: Annotated[Path, typer.Option(help="The hub's data folder.")] = Path("hub"),
+    hostname: Annotated[
+        list[str] | None, typer.Option(help="Names/IPs the hub is reached at (repeatable).")
+    ] = None,
+) -> None:
+    """Make the hub's CA and server certificate in <data-dir>/tls."""
+    from fedloom.transport.hub.tls import DEFAULT_HOSTNAMES, init_hub_tls
+
+    files = init_hub_tls(data_dir / "tls", hostnames=hostname or DEFAULT_HOSTNAMES)
+    console.print(f"CA certificate for clients: {files.ca_certificate}")
+
+
+@hub_app.command("register")
+def hub_register(
+    public_key: Annotated[Path, typer.Argument(help="The identity's .pub.json file.")],
+    role: Annotated[str, typer.Option(help="pod or modeller.")],
+    data_dir: Annotated[Path, typer.Option(help="The hub's data folder.")] = Path("hub"),
+    replace: Annotated[bool, typer.Option(help="Replace a registered key.")] = False,
+) -> None:
+    """Allow an identity on the hub (run while the hub is stopped)."""
+    from fedloom.crypto import load_public_identity
+    from fedloom.transport.hub.store import HubStore
+
+    public = load_public_identity(public_key)
+    with HubStore(data_dir) as store:
+        store.register(public, role, replace=replace)
+    console.print(f"registered {role} {public.name!r}")
+
+
+@hub_app.command("start")
+def hub_start(
+    *,
+    data_dir: Annotated[Path, typer.Option(help="The hub's data folder.")] = Path("hub"),
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="0 picks a free port.")] = 7800,
+    insecure: Annotated[
+        bool, typer.Option(help="Plaintext gRPC (no TLS): only for local experiments.")
+    ] = False,
+    mutual_tls: Annotated[bool, typer.Option(help="Require client certificates.")] = False,
+    max_message_mb: Annotated[
+        float, typer.Option(min=0.001, help="Largest message accepted, in MiB.")
+    ] = 2048.0,
+    clock_window: Annotated[
+        float, typer.Option(min=1.0, help="Accepted clock difference, in seconds.")
+    ] = 300.0,
+) -> None:
+    """Run the hub until SIGTERM/SIGINT; prints its address once it listens."""
+    import asyncio
+
+    from fedloom.transport.hub.server import HubSettings, serve_hub
+    from fedloom.transport.hub.tls import load_hub_tls
+
+    settings = HubSettings(
+        data_dir=data_dir,
+        host=host,
+        port=port,
+        tls=None if insecure else load_hub_tls(data_dir / "tls"),
+        require_client_auth=mutual_tls,
+        insecure=insecure,
+        max_message_bytes=min(int(max_message_mb * (1 << 20)), 2 << 30),
+        clock_window=clock_window,
+    )
+
+    def ready(bound: int) -> None:
+        print(f"fedloom hub listening on {host}:{bound}", flush=True)
+
+    asyncio.run(serve_hub(settings, on_ready=ready))
+
+
+@pod_app.command("start")
+def pod_start(
+    config: Annotated[Path, typer.Option(help="The pod's TOML configuration.")],
+) -> None:
+    """Run a pod until SIGTERM/SIGINT (reconnects when the hub goes away)."""
+    from fedloom.pod.config import load_pod_config
+    from fedloom.pod.daemon import run_pod
+
+    pod = load_pod_config(config)
+    run_pod(pod, on_ready=lambda: print(f"fedloom pod {pod.name} online", flush=True))
+
+
+@app.command("run")
+def run_task(
+    task_file: Annotated[Path, typer.Argument(help="The task's TOML file.")],
+    json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Run a task on pods through a hub, with a progress bar per pod."""
+    import asyncio
+    import json
+
+    from fedloom.cli.progress import PodProgress
+    from fedloom.modeller.remote import describe, run_task_file
+    from fedloom.modeller.task_file import load_task_file
+
+    task = load_task_file(task_file)
+    with PodProgress(console, task.pods) as progress:
+        result = asyncio.run(
+            _cancel_on_sigterm(
+                run_task_file(task, on_progress=progress.on_progress, on_round=progress.on_round)
+            )
+        )
+    summary = {**describe(result), "result": task.protocol.summarise(result.result)}
+    print(json.dumps(summary, indent=None if json_output else 2, default=str))
+
+
+async def _cancel_on_sigterm(coro: Coroutine[Any, Any, T]) -> T:
+    """Await ``coro``; SIGTERM cancels it like Ctrl-C does (the pods are told first)."""
+    import asyncio
+    import signal
+
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        return await coro
+    except asyncio.CancelledError:
+        raise KeyboardInterrupt from None
 
 
 def main() -> None:

@@ -138,8 +138,8 @@ class GrpcMailbox:
     def identity(self) -> str:
         return self._identity.name
 
-    async def connect(self, timeout: float = 15.0) -> Self:
-        """Open the connection and authenticate.
+    async def connect(self, timeout: float | None = 15.0) -> Self:
+        """Open the connection and authenticate (``timeout=None``: keep trying).
 
         Raises:
             HubUnavailableError: the hub cannot be reached within ``timeout`` seconds.

@@ -24,11 +24,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_CLOCK_WINDOW = 300.0
 """Seconds a message's timestamp may differ from the hub's clock."""
 HANDSHAKE_TIMEOUT = 10.0
+ACCEPTS_FILE = "accepts.json"
 _OFFLOAD_BYTES = 1 << 20  # frames above this are hashed and written off the event loop
 _OUTGOING_ITEMS = 16  # bounded so a slow reader holds back its own deliveries only
 
@@ -165,8 +167,10 @@ class HubServer:
         self._server: grpc.aio.Server | None = None
         self._sessions: dict[str, _Session] = {}
         self._wakeups: dict[str, asyncio.Event] = {}
-        # who each pod accepts, as it said when it last connected
-        self._accepts: dict[str, frozenset[str]] = {}
+        # who each pod accepts, as it said when it last connected (kept across restarts,
+        # so a message to a pod that is offline is refused at once, not at delivery)
+        self._accepts_file = Path(settings.data_dir) / ACCEPTS_FILE
+        self._accepts: dict[str, frozenset[str]] = _load_accepts(self._accepts_file)
         self._stats = HubServerStatistics(connected=[])
         self.port = 0
 
@@ -296,8 +300,9 @@ class HubServer:
             verify(registered.public, frames.auth_payload(nonce, name), auth["signature"])
         except BadSignatureError:
             raise BadSignatureError(f"{name!r} failed the hub's challenge") from None
-        if accepts is not None:
+        if accepts is not None and self._accepts.get(name) != accepts:
             self._accepts[name] = accepts
+            _save_accepts(self._accepts_file, self._accepts)
         await outgoing.put(
             frames.control(
                 Kind.WELCOME,
@@ -463,6 +468,32 @@ class HubServer:
                     await session.outgoing.put(chunk)
 
 
+def _load_accepts(path: Path) -> dict[str, frozenset[str]]:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        logger.error("hub: ignoring unreadable %s (%s); pods will say it again", path, exc)
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {
+        str(pod): frozenset(str(name) for name in names)
+        for pod, names in data.items()
+        if isinstance(names, list)
+    }
+
+
+def _save_accepts(path: Path, accepts: Mapping[str, frozenset[str]]) -> None:
+    temporary = path.with_suffix(".tmp")
+    try:
+        temporary.write_text(json.dumps({pod: sorted(names) for pod, names in accepts.items()}))
+        os.replace(temporary, path)
+    except OSError as exc:
+        logger.error("hub: cannot save %s: %s", path, exc)
+
+
 def _accepts_of(registered: RegisteredIdentity, value: object) -> frozenset[str] | None:
     if registered.role != "pod":
         return None
@@ -499,6 +530,34 @@ def error_from_fields(fields: dict[str, Any]) -> FedloomError:
     return cls(f"hub: {fields.get('message', '')}")
 
 
+
+
+async def serve_hub(
+    settings: HubSettings,
+    stop: asyncio.Event | None = None,
+    on_ready: Callable[[int], None] | None = None,
+) -> None:
+    """Run a hub until ``stop`` is set (or SIGTERM/SIGINT when ``stop`` is None).
+
+    ``on_ready`` is called with the bound port once the hub listens.
+    """
+    if stop is None:
+        import signal
+
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+    hub = HubServer(settings)
+    try:
+        port = await hub.start()
+        if on_ready is not None:
+            on_ready(port)
+        await stop.wait()
+    finally:
+        await hub.stop(grace=1.0)
+
+
 __all__ = [
     "DEFAULT_CLOCK_WINDOW",
     "HubServer",
@@ -506,4 +565,5 @@ __all__ = [
     "HubSettings",
     "error_from_fields",
     "grpc_options",
+    "serve_hub",
 ]

@@ -1,0 +1,55 @@
+"""Live progress of a task on the command line: one bar per pod."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from types import TracebackType
+from typing import Any, Self
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+
+from fedloom.wire import MessageType
+
+
+class PodProgress:
+    """Rich progress bars fed by the modeller's progress and round callbacks."""
+
+    def __init__(self, console: Console, pods: Iterable[str]) -> None:
+        self._progress = Progress(
+            TextColumn("{task.description:<40}"),
+            BarColumn(),
+            TextColumn("{task.completed}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        )
+        self._rounds: TaskID | None = None
+        self._bars = {pod: self._progress.add_task(f"{pod}: waiting", total=None) for pod in pods}
+
+    def __enter__(self) -> Self:
+        self._progress.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._progress.stop()
+
+    def on_progress(self, pod: str, kind: MessageType, body: Mapping[str, object]) -> None:
+        bar = self._bars.get(pod)
+        if bar is None:
+            return
+        if kind is MessageType.PROGRESS:
+            text = " ".join(f"{key} {value}" for key, value in body.items()) or "working"
+            self._progress.update(bar, description=f"{pod}: {text}"[:40], advance=1)
+        else:
+            self._progress.update(bar, description=f"{pod}: {kind.value.lower()}")
+
+    def on_round(self, summary: Mapping[str, Any]) -> None:
+        if self._rounds is None:
+            self._rounds = self._progress.add_task("rounds", total=None)
+        self._progress.advance(self._rounds)

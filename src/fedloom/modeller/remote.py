@@ -1,0 +1,95 @@
+"""Running a task through a hub: what ``fedloom run TASK.toml`` does.
+
+The modeller connects outbound to the hub as its identity, runs the task file's protocol
+on its pods under its request policy, and closes the connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from typing import Any
+
+from fedloom.crypto import PublicIdentity, load_identity, load_public_identity
+from fedloom.errors import ConfigError
+from fedloom.modeller.modeller import Modeller, TaskResult
+from fedloom.modeller.policy import RequestPolicy
+from fedloom.modeller.task_file import TaskFile
+from fedloom.store import ExperimentStore, SqliteExperimentStore
+from fedloom.transport.hub.client import GrpcMailbox
+
+
+def pinned_pod_keys(task: TaskFile) -> dict[str, PublicIdentity]:
+    """The pods' public identities the task file pins.
+
+    Raises:
+        KeyFileError: a pinned key file is missing or malformed.
+        ConfigError: a file holds another name's identity.
+    """
+    keys = {name: load_public_identity(path) for name, path in task.pod_keys.items()}
+    for name, public in keys.items():
+        if public.name != name:
+            raise ConfigError(f"pod_keys.{name} in {task.path} holds the key of {public.name!r}")
+    return keys
+
+
+async def connect_modeller(task: TaskFile, *, timeout: float = 15.0) -> GrpcMailbox:
+    """Open the task file's identity's connection to its hub.
+
+    Raises:
+        KeyFileError: the identity or a pinned key cannot be loaded.
+        HubUnavailableError: the hub cannot be reached within ``timeout`` seconds.
+        AccessDeniedError / AuthenticationError: the hub refused the identity.
+    """
+    identity = load_identity(task.identity_path)
+    mailbox = GrpcMailbox(
+        identity,
+        task.hub_address,
+        tls=task.tls,
+        insecure=task.insecure,
+        pinned=pinned_pod_keys(task),
+    )
+    return await mailbox.connect(timeout=timeout)
+
+
+async def run_task_file(task: TaskFile, **options: Any) -> TaskResult:
+    """Run ``task`` through its hub; ``options`` go to :meth:`Modeller.run`.
+
+    Raises:
+        ConfigError: the policy table is invalid.
+        PodResponseError: pods failed the request policy.
+        TransportError / AccessDeniedError / AuthenticationError: see :func:`connect_modeller`.
+    """
+    policy = RequestPolicy.from_dict(task.policy) if task.policy else None
+    store: ExperimentStore | None = None
+    with contextlib.ExitStack() as stack:
+        if task.store_path is not None:
+            sqlite_store = SqliteExperimentStore(task.store_path)
+            stack.callback(sqlite_store.close)
+            store = sqlite_store
+        mailbox = await connect_modeller(task)
+        modeller = Modeller(mailbox, store=store)
+        try:
+            return await modeller.run(
+                task.protocol,
+                list(task.pods),
+                dataset=task.dataset,
+                name=task.name,
+                policy=policy,
+                **options,
+            )
+        finally:
+            await modeller.close()
+    raise AssertionError("unreachable")  # pragma: no cover - ExitStack does not swallow
+
+
+def describe(result: TaskResult) -> Mapping[str, Any]:
+    """A JSON-able summary of a task's outcome for people and logs."""
+    return {
+        "task_id": result.task_id,
+        "protocol": result.protocol,
+        "accepted": result.accepted,
+        "rejected": {pod: report.reason.value for pod, report in result.rejected.items()},
+        "aborted": {pod: report.reason.value for pod, report in result.aborted.items()},
+        "seconds": round(result.seconds, 3),
+    }
