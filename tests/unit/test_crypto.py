@@ -338,3 +338,14 @@ def test_bad_task_ids(task_id: str) -> None:
         wrap_task_key(TaskKey.generate(), pod.public(), task_id=task_id)
     with pytest.raises(ConfigError):
         unwrap_task_key(b"\x00" * 92, pod, task_id=task_id)
+
+
+def test_key_path_that_is_a_directory_or_fifo_is_a_key_file_error(tmp_path: Path) -> None:
+    folder = tmp_path / "folder.key"
+    folder.mkdir()
+    with pytest.raises(KeyFileError, match="not a regular file"):
+        load_identity(folder)
+    fifo = tmp_path / "fifo.key"
+    os.mkfifo(fifo, 0o600)
+    with pytest.raises(KeyFileError, match="not a regular file"):
+        load_identity(fifo)  # must not block waiting for a writer

@@ -270,13 +270,15 @@ def save_identity(identity: Identity, directory: str | os.PathLike[str]) -> Path
 
 def _read_small(path: Path, what: str, *, private: bool) -> bytes:
     try:
-        fd = os.open(path, os.O_RDONLY)
+        # non-blocking, so a FIFO in the key's place cannot hang the caller
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as exc:
         raise KeyFileError(f"cannot read {what} {str(path)!r}: {exc.strerror}") from exc
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise KeyFileError(f"{what} {str(path)!r} is not a regular file")
     with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(handle.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise KeyFileError(f"{what} {str(path)!r} is not a regular file")
         if private and os.name == "posix" and stat.S_IMODE(info.st_mode) & ~KEY_FILE_MODE:
             raise InsecureKeyFileError(
                 f"key file {str(path)!r} has mode {stat.S_IMODE(info.st_mode):04o}, which lets "

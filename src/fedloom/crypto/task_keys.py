@@ -68,16 +68,23 @@ class TaskKey:
         nonce = os.urandom(NONCE_BYTES)
         return nonce + AESGCM(self.secret).encrypt(nonce, plaintext, associated_data)
 
-    def decrypt(self, ciphertext: bytes, *, associated_data: bytes) -> bytes:
+    def decrypt(
+        self, ciphertext: bytes | bytearray | memoryview, *, associated_data: bytes
+    ) -> bytes:
         """Decrypt the output of :meth:`encrypt` made with the same ``associated_data``.
+
+        ``ciphertext`` may be any contiguous byte buffer; it is not copied.
 
         Raises:
             DecryptionError: the ciphertext is truncated or was changed, the associated data
                 differs, or it was encrypted under another key.
         """
-        if not isinstance(ciphertext, bytes) or len(ciphertext) < NONCE_BYTES + TAG_BYTES:
+        if not isinstance(ciphertext, bytes | bytearray | memoryview):
+            raise DecryptionError("an encrypted payload must be bytes")
+        view = memoryview(ciphertext).cast("B")
+        if len(view) < NONCE_BYTES + TAG_BYTES:
             raise DecryptionError("encrypted payload is truncated")
-        nonce, body = ciphertext[:NONCE_BYTES], ciphertext[NONCE_BYTES:]
+        nonce, body = bytes(view[:NONCE_BYTES]), view[NONCE_BYTES:]
         try:
             return AESGCM(self.secret).decrypt(nonce, body, associated_data)
         except InvalidTag as exc:

@@ -198,7 +198,7 @@ class Sealer:
             self._unwrapped.put((task, wrapped), key)
             if self._task_keys.get(task) is None:
                 self._task_keys.put(task, _TaskKeys(key))
-        plaintext = key.decrypt(ciphertext.tobytes(), associated_data=envelope_bytes(sealed))
+        plaintext = key.decrypt(ciphertext.data, associated_data=envelope_bytes(sealed))
         try:
             inner = decode(plaintext, max_bytes=self._max_bytes)
         except WireError as exc:

@@ -114,7 +114,7 @@ class GrpcMailbox:
         self._sealer = Sealer(identity, self.lookup, max_message_bytes=max_message_bytes)
         self._directory: dict[str, PublicIdentity] = {}
         self._inbound: asyncio.Queue[tuple[Message, int] | object] = asyncio.Queue()
-        self._to_open: asyncio.Queue[tuple[int, str, bytearray, bytes]] = asyncio.Queue()
+        self._to_open: asyncio.Queue[tuple[int, str, bytes, bytes]] = asyncio.Queue()
         self._last_seen: dict[str, int] = {}
         self._send_lock = asyncio.Lock()
         self._write_lock = asyncio.Lock()
@@ -475,7 +475,7 @@ class GrpcMailbox:
                 continue
             self._inbound.put_nowait((message, delivery_id))
 
-    async def _open(self, sender: str, frame: bytearray, signature: bytes) -> Message | None:
+    async def _open(self, sender: str, frame: bytes, signature: bytes) -> Message | None:
         public = await self.lookup(sender)
         if len(frame) > _OFFLOAD_BYTES:
             await asyncio.to_thread(verify_frame, public, frame, signature)

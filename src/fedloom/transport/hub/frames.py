@@ -117,7 +117,11 @@ def chunks(kind: Kind, frame: bytes | memoryview) -> Iterator[bytes]:
 
 
 class Reassembly:
-    """Collects the data chunks of one message announced by a ``*_START`` frame."""
+    """Collects the data chunks of one message announced by a ``*_START`` frame.
+
+    Chunks are kept as views of the received items and joined once at the end: one copy,
+    and no zero-filled buffer of the whole size up front.
+    """
 
     def __init__(self, size: int, max_bytes: int, header: dict[str, Any]) -> None:
         if size < 0:
@@ -128,8 +132,9 @@ class Reassembly:
             )
         self.header = header
         self.size = size
-        self._buffer = bytearray(size)
+        self._chunks: list[memoryview] = []
         self._filled = 0
+        self._frame: bytes | None = None
 
     def add(self, chunk: memoryview) -> bool:
         """Append one chunk; True when the message is complete.
@@ -140,13 +145,17 @@ class Reassembly:
         end = self._filled + len(chunk)
         if end > self.size:
             raise ProtocolError("a message carried more bytes than its start frame announced")
-        self._buffer[self._filled : end] = chunk
+        self._chunks.append(chunk)
         self._filled = end
-        return end == self.size
+        if end == self.size:
+            self._frame = b"".join(self._chunks)
+            self._chunks = []
+            return True
+        return False
 
     @property
-    def frame(self) -> bytearray:
-        """The complete message (the buffer itself, not a copy: do not change it)."""
-        if self._filled != self.size:
+    def frame(self) -> bytes:
+        """The complete message."""
+        if self._frame is None:
             raise ProtocolError("the message is not complete yet")
-        return self._buffer
+        return self._frame

@@ -67,6 +67,8 @@ DEFAULT_CLOCK_WINDOW = 300.0
 """Seconds a message's timestamp may differ from the hub's clock."""
 HANDSHAKE_TIMEOUT = 10.0
 ACCEPTS_FILE = "accepts.json"
+RECENT_FRAMES_BYTES = 1 << 30
+"""Memory the hub spends on keeping recently stored frames for delivery."""
 _OFFLOAD_BYTES = 1 << 20  # frames above this are hashed and written off the event loop
 _OUTGOING_ITEMS = 16  # bounded so a slow reader holds back its own deliveries only
 
@@ -172,6 +174,7 @@ class HubServer:
         self._accepts_file = Path(settings.data_dir) / ACCEPTS_FILE
         self._accepts: dict[str, frozenset[str]] = _load_accepts(self._accepts_file)
         self._stats = HubServerStatistics(connected=[])
+        self._recent = _FrameCache(RECENT_FRAMES_BYTES)
         self.port = 0
 
     async def start(self) -> int:
@@ -336,6 +339,7 @@ class HubServer:
                 ack = frames.fields_of(kind, payload, {"id": int})
                 if self.store.acknowledge(session.name, ack["id"]):
                     self._stats.delivered += 1
+                    self._recent.pop(ack["id"])
             elif kind is Kind.LOOKUP:
                 await session.outgoing.put(
                     self._lookup(frames.fields_of(kind, payload, {"ref": int, "name": str}))
@@ -372,7 +376,7 @@ class HubServer:
             frames.control(Kind.RESULT, {"ref": ref, "ok": True, "id": stored_id})
         )
 
-    async def _accept(self, session: _Session, frame: bytearray, signature: bytes) -> int:
+    async def _accept(self, session: _Session, frame: bytes, signature: bytes) -> int:
         big = len(frame) > _OFFLOAD_BYTES
         if big:
             await asyncio.to_thread(verify_frame, session.registered.public, frame, signature)
@@ -389,6 +393,8 @@ class HubServer:
         append = self.store.append
         args = (session.name, message.recipient, message.sequence, memoryview(frame), signature)
         stored = await asyncio.to_thread(append, *args) if big else append(*args)
+        if stored is not None:
+            self._recent.put(stored.id, frame, signature)
         if stored is None:
             raise ReplayedMessageError(
                 f"sequence {message.sequence} from {session.name!r} is not above the last "
@@ -448,8 +454,11 @@ class HubServer:
                         session.name,
                     )
                     continue
+                cached = self._recent.get(stored.id)
                 load = self.store.load
-                if stored.size > _OFFLOAD_BYTES:
+                if cached is not None:
+                    frame, signature = cached
+                elif stored.size > _OFFLOAD_BYTES:
                     frame, signature = await asyncio.to_thread(load, stored.id)
                 else:
                     frame, signature = load(stored.id)
@@ -466,6 +475,32 @@ class HubServer:
                 )
                 for chunk in frames.chunks(Kind.DELIVER_DATA, frame):
                     await session.outgoing.put(chunk)
+
+
+class _FrameCache:
+    """Frames stored lately, kept in memory (up to a byte budget) so that delivering them
+    to a connected recipient does not read them back from disk."""
+
+    def __init__(self, budget: int) -> None:
+        self._budget = budget
+        self._bytes = 0
+        self._frames: dict[int, tuple[bytes, bytes]] = {}
+
+    def put(self, message_id: int, frame: bytes, signature: bytes) -> None:
+        if len(frame) > self._budget:
+            return
+        self._frames[message_id] = (frame, signature)
+        self._bytes += len(frame)
+        while self._bytes > self._budget:
+            self.pop(next(iter(self._frames)))
+
+    def get(self, message_id: int) -> tuple[bytes, bytes] | None:
+        return self._frames.get(message_id)
+
+    def pop(self, message_id: int) -> None:
+        entry = self._frames.pop(message_id, None)
+        if entry is not None:
+            self._bytes -= len(entry[0])
 
 
 def _load_accepts(path: Path) -> dict[str, frozenset[str]]:
