@@ -96,10 +96,14 @@ async def model_round_trip(cluster: LocalCluster, pods: list[GrpcMailbox], model
     model = {"weights": np.random.default_rng(0).random(model_mb * MB // 4, dtype=np.float32)}
     echoes = [asyncio.ensure_future(echo(pod, 1, MessageType.TRAINING_UPDATE)) for pod in pods]
     started = time.perf_counter()
-    for pod in pods:
-        await modeller.send(
-            Message(MessageType.MODEL_PARAMETERS, "", pod.identity, "bench", tensors=model)
+    await asyncio.gather(  # as ModellerMailbox.broadcast does
+        *(
+            modeller.send(
+                Message(MessageType.MODEL_PARAMETERS, "", pod.identity, "bench", tensors=model)
+            )
+            for pod in pods
         )
+    )
     for _ in pods:
         update = await modeller.receive(timeout=600)
         assert update.tensors["weights"].nbytes == model["weights"].nbytes

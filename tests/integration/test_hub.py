@@ -283,3 +283,45 @@ def test_unreachable_hub() -> None:
     )
     with pytest.raises(HubUnavailableError):
         run_async(mailbox.connect(timeout=1.0))
+
+
+def test_tls_and_mutual_tls(tmp_path: Path) -> None:
+    from fedloom.transport.hub.config import TlsClientConfig
+    from fedloom.transport.hub.server import HubServer, HubSettings
+    from fedloom.transport.hub.tls import init_hub_tls, issue_client_certificate
+
+    ids = register(tmp_path, {"alice": "modeller", "bob": "pod"})
+    tls = init_hub_tls(tmp_path / "tls")
+    alice_cert, alice_key = issue_client_certificate(tls, "alice", tmp_path / "client")
+    other_ca = init_hub_tls(tmp_path / "other-tls")
+
+    async def main() -> None:
+        hub = HubServer(HubSettings(data_dir=tmp_path, tls=tls, require_client_auth=True))
+        await hub.start()
+        address = f"127.0.0.1:{hub.port}"
+        try:
+            for refused in (
+                TlsClientConfig(ca=tls.ca_certificate),  # no client certificate
+                TlsClientConfig(ca=other_ca.ca_certificate, certificate=alice_cert, key=alice_key),
+            ):
+                mailbox = GrpcMailbox(ids["alice"], address, tls=refused, backoff=(0.05, 0.1))
+                with pytest.raises(HubUnavailableError):
+                    await mailbox.connect(timeout=2)
+            good = TlsClientConfig(ca=tls.ca_certificate, certificate=alice_cert, key=alice_key)
+            alice = await GrpcMailbox(ids["alice"], address, tls=good).connect()
+            assert alice.role == "modeller"
+            await alice.close()
+        finally:
+            await hub.stop()
+
+    run_async(main())
+
+
+def test_plaintext_needs_an_explicit_choice(tmp_path: Path) -> None:
+    from fedloom.errors import ConfigError
+    from fedloom.transport.hub.server import HubSettings
+
+    with pytest.raises(ConfigError, match="insecure"):
+        HubSettings(data_dir=tmp_path)
+    with pytest.raises(ConfigError, match="insecure"):
+        GrpcMailbox(Identity.generate("alice"), "127.0.0.1:1")

@@ -8,6 +8,7 @@ pod-side end of the same task. Neither knows which transport carries it: both si
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping
@@ -153,9 +154,18 @@ class ModellerMailbox:
         tensors: Mapping[str, np.ndarray] | None = None,
         pods: Collection[str] | None = None,
     ) -> None:
-        """Send the same message to ``pods`` (default: every active pod)."""
-        for pod in self.pods if pods is None else pods:
-            await self.send(pod, type, body, tensors)
+        """Send the same message to ``pods`` (default: every active pod).
+
+        The sends run concurrently (a remote mailbox seals the next one while the hub stores
+        the last); every send is awaited before the first error, if any, is raised.
+        """
+        targets = list(self.pods if pods is None else pods)
+        outcomes = await asyncio.gather(
+            *(self.send(pod, type, body, tensors) for pod in targets), return_exceptions=True
+        )
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
 
     async def gather(
         self,

@@ -55,6 +55,13 @@ logger = logging.getLogger(__name__)
 
 _OFFLOAD_BYTES = 1 << 20
 _CLOSED = object()
+PARALLEL_SEALS = 2
+"""Messages sealed and signed at once by one mailbox (bounds memory for large models)."""
+
+
+def _pass_turn(done: asyncio.Future[None]) -> None:
+    if not done.done():
+        done.set_result(None)
 
 
 class _FatalError(FedloomError):
@@ -116,7 +123,8 @@ class GrpcMailbox:
         self._inbound: asyncio.Queue[tuple[Message, int] | object] = asyncio.Queue()
         self._to_open: asyncio.Queue[tuple[int, str, bytes, bytes]] = asyncio.Queue()
         self._last_seen: dict[str, int] = {}
-        self._send_lock = asyncio.Lock()
+        self._last_turn: asyncio.Future[None] | None = None
+        self._prepare_slots = asyncio.Semaphore(PARALLEL_SEALS)
         self._write_lock = asyncio.Lock()
         self._connected = asyncio.Event()
         self._call: Any = None
@@ -169,21 +177,36 @@ class GrpcMailbox:
     async def send(self, message: Message) -> Message:
         if self._closed:
             raise MailboxClosedError(f"mailbox {self.identity!r} is closed")
-        async with self._send_lock:
-            await self._wait_connected()
-            sequence = self._next_sequence
-            self._next_sequence += 1
-            stamped = message.with_updates(
-                sender=self.identity, sequence=sequence, timestamp=self._clock()
-            )
-            flight = _InFlight(sequence, stamped, asyncio.get_running_loop().create_future())
-            frame, signature = await self._prepare(stamped)
+        await self._wait_connected()
+        loop = asyncio.get_running_loop()
+        # Concurrent sends seal and sign in parallel but go out in sequence order, one in
+        # flight at a time: each waits for the send before it (its "turn").
+        sequence = self._next_sequence
+        self._next_sequence += 1
+        stamped = message.with_updates(
+            sender=self.identity, sequence=sequence, timestamp=self._clock()
+        )
+        previous, done = self._last_turn, loop.create_future()
+        self._last_turn = done
+        try:
+            async with self._prepare_slots:
+                frame, signature = await self._prepare(stamped)
+            if previous is not None:
+                await asyncio.shield(previous)
+            if self._closed:
+                raise MailboxClosedError(f"mailbox {self.identity!r} is closed")
+            flight = _InFlight(sequence, stamped, loop.create_future())
             self._in_flight = flight
             try:
                 await self._transmit(flight, frame, signature)
                 await flight.result
             finally:
                 self._in_flight = None
+        finally:
+            if previous is None or previous.done():
+                _pass_turn(done)
+            else:  # cancelled while waiting: the next send waits for our predecessor
+                previous.add_done_callback(lambda _: _pass_turn(done))
         self._sent += 1
         return stamped
 
