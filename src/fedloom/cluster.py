@@ -237,6 +237,7 @@ class LocalCluster:
                 stdout=asyncio.subprocess.PIPE if stdout else handle,
                 stderr=handle,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                preexec_fn=_terminate_with_parent,
             )
         logger.info("started %s (pid %d), log %s", name, process.pid, log)
         return _Child(name, process, log)
@@ -311,6 +312,18 @@ class LocalCluster:
             **options,
         )
         return await mailbox.connect()
+
+
+def _terminate_with_parent() -> None:
+    """In the child, before exec: ask Linux for SIGTERM when the parent dies, so a crashed
+    demo or test leaves no hub or pod behind (a no-op elsewhere)."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def _toml(value: _TomlValue | Iterable[str]) -> str:

@@ -108,3 +108,22 @@ def test_keys_hub_pod_and_run_from_the_command_line(tmp_path: Path) -> None:
             _stop(pod)
     finally:
         _stop(hub)
+
+
+def test_the_readme_config_files_load(tmp_path: Path) -> None:
+    from fedloom import Identity, load_pod_config, load_task_file, save_identity
+
+    from .test_demo_cli import README
+
+    blocks = README.read_text(encoding="utf-8").split("```toml\n")[1:]
+    texts = {block.split("\n", 1)[0].strip("# ").strip(): block.split("```")[0] for block in blocks}
+    assert set(texts) >= {"pod.toml (relative paths are relative to this file)", "task.toml"}
+    for name in ("alice", "pod-a"):
+        save_identity(Identity.generate(name), tmp_path / "keys")
+    for name, text in texts.items():
+        (tmp_path / name.split(" ")[0]).write_text(text)
+    pod = load_pod_config(tmp_path / "pod.toml")
+    assert pod.policy.allowed_modellers == frozenset({"alice"})
+    assert pod.max_concurrent_tasks == 2
+    task = load_task_file(tmp_path / "task.toml")
+    assert task.pods == ("pod-a",) and task.protocol.name == "analytics"

@@ -325,3 +325,50 @@ def test_plaintext_needs_an_explicit_choice(tmp_path: Path) -> None:
         HubSettings(data_dir=tmp_path)
     with pytest.raises(ConfigError, match="insecure"):
         GrpcMailbox(Identity.generate("alice"), "127.0.0.1:1")
+
+
+def test_answers_interleaved_with_a_large_delivery(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hub's RESULTs to bob may arrive between the chunks of a big delivery to bob."""
+    from fedloom.transport.hub import frames
+
+    monkeypatch.setattr(frames, "CHUNK_BYTES", 64 << 10)  # many chunks per delivery
+    ids = register(tmp_path, {"alice": "modeller", "bob": "pod"})
+
+    async def main() -> None:
+        hub = await start_hub(tmp_path)
+        try:
+            alice = await connect(hub.port, ids["alice"])
+            bob = await connect(hub.port, ids["bob"], accepts=["alice"])
+            big = np.arange(1 << 20, dtype=np.float32)  # 4 MB: 64 chunks
+
+            sent_big = asyncio.Event()
+
+            async def bob_chatters() -> int:
+                index = 0
+                while not sent_big.is_set() or index < 20:
+                    await bob.send(_message("alice", index=index))
+                    index += 1
+                return index
+
+            async def alice_sends_big() -> None:
+                for index in range(6):
+                    await alice.send(_message("bob", index=index).with_updates(tensors={"w": big}))
+                sent_big.set()
+
+            chatter = asyncio.ensure_future(bob_chatters())
+            await alice_sends_big()
+            got = [await bob.receive(timeout=30) for _ in range(6)]
+            count = await chatter
+            assert [m.body["index"] for m in got] == list(range(6))  # type: ignore[index]
+            assert all(np.array_equal(m.tensors["w"], big) for m in got)
+            small = [await alice.receive(timeout=30) for _ in range(count)]
+            assert [m.body["index"] for m in small] == list(range(count))  # type: ignore[index]
+            assert bob.reconnects == 0 and alice.reconnects == 0
+            await alice.close()
+            await bob.close()
+        finally:
+            await hub.stop()
+
+    run_async(main())

@@ -267,16 +267,20 @@ class GrpcMailbox:
         found = self._pinned.get(name) or self._directory.get(name)
         if found is not None:
             return found
-        await self._wait_connected()
-        ref = self._next_ref
-        self._next_ref += 1
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._lookups[ref] = future
-        try:
-            await self._write([frames.control(Kind.LOOKUP, {"ref": ref, "name": name})])
-            answer = await future
-        finally:
-            self._lookups.pop(ref, None)
+        while True:  # a lookup cut short by a lost connection is asked again after it
+            await self._wait_connected()
+            ref = self._next_ref
+            self._next_ref += 1
+            future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+            self._lookups[ref] = future
+            try:
+                await self._write([frames.control(Kind.LOOKUP, {"ref": ref, "name": name})])
+                answer = await future
+                break
+            except HubUnavailableError:
+                continue
+            finally:
+                self._lookups.pop(ref, None)
         if not isinstance(answer.get("public"), dict):
             raise UnknownRecipientError(f"no identity {name!r} on this hub")
         public = PublicIdentity.from_dict(answer["public"])
@@ -329,6 +333,8 @@ class GrpcMailbox:
                 for item in items:
                     await call.write(item)
             except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError) as exc:
+                # end the session for sure: the supervisor reconnects and resends
+                call.cancel()
                 raise HubUnavailableError(f"lost the hub connection: {exc}") from exc
 
     async def _acknowledge(self, delivery_id: int) -> None:
@@ -437,12 +443,14 @@ class GrpcMailbox:
         return item
 
     async def _read(self, call: Any) -> None:
+        # The hub interleaves its answers (RESULT, DIRECTORY) with the chunks of a delivery,
+        # so an answer never waits behind a large message; deliveries do not interleave.
         incoming: frames.Reassembly | None = None
         while True:
             kind, payload = frames.parse(await self._read_item(call))
-            if incoming is not None:
-                if kind is not Kind.DELIVER_DATA:
-                    raise ProtocolError(f"expected the rest of a delivery, got {kind.name}")
+            if kind is Kind.DELIVER_DATA:
+                if incoming is None:
+                    raise ProtocolError("a delivery chunk arrived without its start")
                 if incoming.add(payload):
                     header = incoming.header
                     self._to_open.put_nowait(
@@ -450,6 +458,8 @@ class GrpcMailbox:
                     )
                     incoming = None
             elif kind is Kind.DELIVER_START:
+                if incoming is not None:
+                    raise ProtocolError("a delivery started before the last one ended")
                 header = frames.fields_of(
                     kind, payload, {"id": int, "size": int, "signature": bytes, "sender": str}
                 )

@@ -4,8 +4,9 @@ Every stream item is one byte of :class:`Kind` followed by its payload. Control 
 a small msgpack map; a message (an encoded, signed fedloom frame of up to the hub's size
 cap) travels as one ``*_START`` control frame announcing its size and signature followed
 by raw ``*_DATA`` chunks, so no single gRPC message is larger than :data:`CHUNK_BYTES`.
-Chunks of one message are never interleaved with another's: each side writes its stream
-from one task.
+Chunks of one message are never interleaved with another message's; the hub may send its
+answers (RESULT, DIRECTORY) between the chunks of a delivery, the client sends nothing
+between the chunks of a message.
 
 Connection life: client HELLO → hub CHALLENGE (random nonce) → client AUTH (signature of
 the nonce) → hub WELCOME; then SEND/RESULT, DELIVER/ACK and LOOKUP/DIRECTORY in any order.
