@@ -116,20 +116,27 @@ async def model_round_trip(cluster: LocalCluster, pods: list[GrpcMailbox], model
 async def small_messages(
     cluster: LocalCluster, pods: list[GrpcMailbox], rounds: int
 ) -> tuple[float, list[float]]:
+    """Each round the modeller pings every pod and collects the pongs as they come back
+    (receiving runs alongside sending, so a latency is one message's round trip)."""
     modeller = await cluster.connect_modeller()
     echoes = [asyncio.ensure_future(echo(pod, rounds, MessageType.PROGRESS)) for pod in pods]
     latencies: list[float] = []
+    sent_at: dict[tuple[str, str], float] = {}
+
+    async def collect(count: int) -> None:
+        for _ in range(count):
+            reply = await modeller.receive(timeout=120)
+            latencies.append(time.perf_counter() - sent_at[(reply.sender, reply.task_id)])
+
     started = time.perf_counter()
     for index in range(rounds):
-        sent_at: dict[str, float] = {}
+        receiving = asyncio.ensure_future(collect(len(pods)))
         for pod in pods:
-            sent_at[pod.identity] = time.perf_counter()
+            sent_at[(pod.identity, f"t{index}")] = time.perf_counter()
             await modeller.send(
                 Message(MessageType.INSTRUCTION, "", pod.identity, f"t{index}", body={"i": index})
             )
-        for _ in pods:
-            reply = await modeller.receive(timeout=120)
-            latencies.append(time.perf_counter() - sent_at[reply.sender])
+        await receiving
     seconds = time.perf_counter() - started
     await asyncio.gather(*echoes)
     await modeller.close()
