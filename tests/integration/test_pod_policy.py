@@ -232,6 +232,22 @@ def test_allowed_protocols_rejects_others_with_no_access() -> None:
     assert allowed.result.statistics["f0"]["count"] == sum(SIZES.values())
 
 
+def test_allowed_algorithms_rejects_other_models_and_algorithms() -> None:
+    policy = PodPolicy(allowed_algorithms=frozenset({"dataset_summary"}))
+    store = MemoryPodStore()
+    with pytest.raises(PodResponseError) as caught:
+        run_local(fedavg(), sources(), policies={"pod-a": policy}, pod_stores={"pod-a": store})
+    assert caught.value.failed_pods == {"pod-a": AbortReason.NO_ACCESS.value}
+    (rejected,) = store.task_runs()
+    assert (rejected.status, rejected.reason) == ("rejected", AbortReason.NO_ACCESS.value)
+    assert fedavg().algorithms() == frozenset({"mlp"})
+
+    run = run_local(summary_task(), sources(), policy=policy)
+    assert run.accepted == sorted(SIZES)
+    with_mlp = PodPolicy(allowed_algorithms=frozenset({"mlp"}))
+    assert run_local(fedavg(), sources(), policy=with_mlp).accepted == sorted(SIZES)
+
+
 def test_allowed_modellers_rejects_other_modellers_with_no_access() -> None:
     policy = PodPolicy(allowed_modellers=frozenset({"alice"}))
     with pytest.raises(PodResponseError) as caught:

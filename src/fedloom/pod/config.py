@@ -72,7 +72,7 @@ _TOP_KEYS = frozenset(
         "datasets",
     }
 )
-_POLICY_KEYS = frozenset({"modellers", "protocols", "min_rows", "start_timeout"})
+_POLICY_KEYS = frozenset({"modellers", "protocols", "algorithms", "min_rows", "start_timeout"})
 _HINTS = {
     "modellers": "modellers belongs in the [policy] table",
     "protocols": "protocols belongs in the [policy] table",
@@ -196,8 +196,10 @@ def _read_policy(top: TomlTable, max_concurrent_tasks: int) -> PodPolicy:
                 "protocols",
                 f"unknown protocol {protocol!r}; registered: {', '.join(PROTOCOLS.names())}",
             )
+    algorithms = section.name_list("algorithms", 'algorithms = ["mlp"]', required=False)
     return PodPolicy(
         allowed_protocols=frozenset(protocols) if protocols else None,
+        allowed_algorithms=frozenset(algorithms) if algorithms else None,
         allowed_modellers=frozenset(modellers),
         min_rows=section.integer("min_rows", DEFAULT_MIN_ROWS),
         start_timeout=section.seconds("start_timeout", DEFAULT_START_TIMEOUT),

@@ -62,6 +62,8 @@ class PodPolicy:
 
     allowed_protocols: frozenset[str] | None = None
     allowed_modellers: frozenset[str] | None = None
+    allowed_algorithms: frozenset[str] | None = None
+    """Registered model and algorithm names a task may run here (see Protocol.algorithms)."""
     min_rows: int = DEFAULT_MIN_ROWS
     start_timeout: float = DEFAULT_START_TIMEOUT
     max_concurrent_tasks: int = DEFAULT_MAX_CONCURRENT_TASKS
@@ -242,6 +244,9 @@ class Pod:
         if not isinstance(body, dict) or not isinstance(body.get("dataset"), str):
             raise ConfigError('a JOB_REQUEST body must be {"task": {...}, "dataset": "<name>"}')
         protocol = load_protocol(body.get("task"))
+        refused = sorted(protocol.algorithms() - (policy.allowed_algorithms or frozenset()))
+        if policy.allowed_algorithms is not None and refused:
+            raise AccessDeniedError(f"algorithms {refused} are not allowed on this pod")
         if policy.allowed_protocols is not None and protocol.name not in policy.allowed_protocols:
             raise AccessDeniedError(f"protocol {protocol.name!r} is not allowed on this pod")
         datasource = self.datasets.get(body["dataset"])

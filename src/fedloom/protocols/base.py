@@ -83,6 +83,14 @@ class Protocol(ABC):
         Returns a JSON-able record of what the pod released (kept in the pod's store).
         """
 
+    def algorithms(self) -> frozenset[str]:
+        """Registered names of the code a pod runs for this task (models, algorithms).
+
+        A pod whose policy lists allowed algorithms accepts the task only if it allows
+        every one of these. Protocols whose pod side is fixed code return nothing.
+        """
+        return frozenset()
+
     def summarise(self, result: Any) -> dict[str, Any]:
         """A JSON-able summary of :meth:`run_modeller`'s result for the experiment store."""
         return {}

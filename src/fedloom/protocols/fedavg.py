@@ -222,6 +222,10 @@ class FedAvg(Protocol):
             context.report_round(summary.to_dict())
         return FedAvgResult(self.model, global_arrays, history)
 
+    def algorithms(self) -> frozenset[str]:
+        """The model the pods train, by its registered name."""
+        return frozenset({self.model.name})
+
     def summarise(self, result: Any) -> dict[str, Any]:
         if not isinstance(result, FedAvgResult) or not result.history:
             return {}

@@ -66,6 +66,10 @@ class ResultsOnly(Protocol):
     timeout: float | None = None
     require_all: bool = False
 
+    def algorithms(self) -> frozenset[str]:
+        """The registered algorithm each pod runs."""
+        return frozenset({self.algorithm})
+
     def __post_init__(self) -> None:
         RESULT_ALGORITHMS.get(self.algorithm)
         optional_timeout("results_only.timeout", self.timeout)
