@@ -349,3 +349,15 @@ def test_key_path_that_is_a_directory_or_fifo_is_a_key_file_error(tmp_path: Path
     os.mkfifo(fifo, 0o600)
     with pytest.raises(KeyFileError, match="not a regular file"):
         load_identity(fifo)  # must not block waiting for a writer
+
+
+def test_pinned_identities_must_be_of_the_name_they_are_pinned_for(tmp_path: Path) -> None:
+    from fedloom.crypto import load_pinned_identities
+
+    save_identity(Identity.generate("alice"), tmp_path)
+    public = tmp_path / "alice.pub.json"
+    assert load_pinned_identities({"alice": public})["alice"].name == "alice"
+    with pytest.raises(ConfigError, match="pinned for 'bob'"):
+        load_pinned_identities({"bob": public}, "pod.toml")
+    with pytest.raises(KeyFileError):
+        load_pinned_identities({"carol": tmp_path / "carol.pub.json"})

@@ -18,10 +18,12 @@ from fedloom.crypto.identity import (
     Identity,
     PublicIdentity,
     load_identity,
+    load_pinned_identities,
     load_public_identity,
     save_identity,
     sign,
     verify,
+    write_file,
 )
 from fedloom.crypto.task_keys import TaskKey, unwrap_task_key, wrap_task_key
 
@@ -30,10 +32,12 @@ __all__ = [
     "PublicIdentity",
     "TaskKey",
     "load_identity",
+    "load_pinned_identities",
     "load_public_identity",
     "save_identity",
     "sign",
     "unwrap_task_key",
     "verify",
     "wrap_task_key",
+    "write_file",
 ]

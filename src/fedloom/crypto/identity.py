@@ -16,6 +16,7 @@ import binascii
 import json
 import os
 import stat
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -209,7 +210,10 @@ def verify(public: PublicIdentity, data: bytes, signature: bytes) -> None:
 # --- files -----------------------------------------------------------------------------
 
 
-def _write_new(path: Path, content: bytes, mode: int, *, exclusive: bool) -> None:
+def write_file(path: Path, content: bytes, mode: int, *, exclusive: bool) -> None:
+    """Write ``content`` to ``path`` with exactly ``mode`` (the umask cannot widen or narrow
+    it); ``exclusive`` refuses an existing file (FileExistsError). A failed write leaves no
+    file behind."""
     flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC)
     fd = os.open(path, flags, mode)
     try:
@@ -251,7 +255,7 @@ def save_identity(identity: Identity, directory: str | os.PathLike[str]) -> Path
     public_doc = json.dumps(identity.public().to_dict(), indent=2) + "\n"
     try:
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        _write_new(key_path, json.dumps(key_doc).encode(), KEY_FILE_MODE, exclusive=True)
+        write_file(key_path, json.dumps(key_doc).encode(), KEY_FILE_MODE, exclusive=True)
     except FileExistsError as exc:
         raise KeyFileError(
             f"key file {str(key_path)!r} already exists; refusing to overwrite it "
@@ -260,7 +264,7 @@ def save_identity(identity: Identity, directory: str | os.PathLike[str]) -> Path
     except OSError as exc:
         raise KeyFileError(f"cannot write key file {str(key_path)!r}: {exc.strerror}") from exc
     try:
-        _write_new(public_path, public_doc.encode(), PUBLIC_FILE_MODE, exclusive=False)
+        write_file(public_path, public_doc.encode(), PUBLIC_FILE_MODE, exclusive=False)
     except OSError as exc:
         raise KeyFileError(
             f"cannot write public identity {str(public_path)!r}: {exc.strerror}"
@@ -349,3 +353,19 @@ def load_public_identity(path: str | os.PathLike[str]) -> PublicIdentity:
         raise
     except ConfigError as exc:
         raise KeyFileError(f"public identity {str(public_path)!r} is malformed: {exc}") from exc
+
+
+def load_pinned_identities(
+    paths: Mapping[str, Path], where: object = "the configuration"
+) -> dict[str, PublicIdentity]:
+    """Public identities pinned by name in a configuration (name → ``.pub.json`` path).
+
+    Raises:
+        KeyFileError: a file is missing or malformed.
+        ConfigError: a file holds another name's identity.
+    """
+    keys = {name: load_public_identity(path) for name, path in paths.items()}
+    for name, public in keys.items():
+        if public.name != name:
+            raise ConfigError(f"the key pinned for {name!r} in {where} is {public.name!r}'s")
+    return keys

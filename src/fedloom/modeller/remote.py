@@ -10,27 +10,12 @@ import contextlib
 from collections.abc import Mapping
 from typing import Any
 
-from fedloom.crypto import PublicIdentity, load_identity, load_public_identity
-from fedloom.errors import ConfigError
+from fedloom.crypto import load_identity, load_pinned_identities
 from fedloom.modeller.modeller import Modeller, TaskResult
 from fedloom.modeller.policy import RequestPolicy
 from fedloom.modeller.task_file import TaskFile
 from fedloom.store import ExperimentStore, SqliteExperimentStore
 from fedloom.transport.hub.client import GrpcMailbox
-
-
-def pinned_pod_keys(task: TaskFile) -> dict[str, PublicIdentity]:
-    """The pods' public identities the task file pins.
-
-    Raises:
-        KeyFileError: a pinned key file is missing or malformed.
-        ConfigError: a file holds another name's identity.
-    """
-    keys = {name: load_public_identity(path) for name, path in task.pod_keys.items()}
-    for name, public in keys.items():
-        if public.name != name:
-            raise ConfigError(f"pod_keys.{name} in {task.path} holds the key of {public.name!r}")
-    return keys
 
 
 async def connect_modeller(task: TaskFile, *, timeout: float = 15.0) -> GrpcMailbox:
@@ -47,7 +32,7 @@ async def connect_modeller(task: TaskFile, *, timeout: float = 15.0) -> GrpcMail
         task.hub_address,
         tls=task.tls,
         insecure=task.insecure,
-        pinned=pinned_pod_keys(task),
+        pinned=load_pinned_identities(task.pod_keys, task.path),
     )
     return await mailbox.connect(timeout=timeout)
 

@@ -15,7 +15,7 @@ import logging
 import signal
 from collections.abc import Callable
 
-from fedloom.crypto import PublicIdentity, load_identity, load_public_identity
+from fedloom.crypto import load_identity, load_pinned_identities
 from fedloom.errors import ConfigError
 from fedloom.pod.config import PodConfig
 from fedloom.pod.pod import Pod
@@ -26,22 +26,6 @@ logger = logging.getLogger(__name__)
 
 DRAIN_SECONDS = 3.0
 """Seconds a stopping pod lets its running tasks finish before it cancels them."""
-
-
-def pinned_keys(config: PodConfig) -> dict[str, PublicIdentity]:
-    """The modellers' public identities the pod's config pins.
-
-    Raises:
-        KeyFileError: a pinned key file is missing or malformed.
-        ConfigError: a file holds another name's identity.
-    """
-    keys = {name: load_public_identity(path) for name, path in config.modeller_keys.items()}
-    for name, public in keys.items():
-        if public.name != name:
-            raise ConfigError(
-                f"modeller_keys.{name} in {config.config_path} holds the key of {public.name!r}"
-            )
-    return keys
 
 
 async def connect_until(mailbox: GrpcMailbox, stop: asyncio.Event) -> bool:
@@ -91,7 +75,7 @@ async def serve_pod(
             f"but the pod is named {config.name!r}"
         )
     datasets = config.build_datasets()
-    pinned = pinned_keys(config)
+    pinned = load_pinned_identities(config.modeller_keys, config.config_path)
     stop = stop or _stop_on_signals()
     store = SqlitePodStore(config.store_path)
     try:

@@ -39,6 +39,7 @@ from cryptography.hazmat.primitives.serialization import (
 )
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from fedloom.crypto import write_file
 from fedloom.errors import ConfigError, InsecureKeyFileError, KeyFileError
 from fedloom.registry import NAME_PATTERN
 
@@ -273,27 +274,12 @@ def _refuse_existing(paths: Sequence[Path]) -> None:
             )
 
 
-def _write_new(path: Path, content: bytes, mode: int) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        if hasattr(os, "fchmod"):
-            os.fchmod(fd, mode)  # the umask may only have narrowed it; make it exact
-        with os.fdopen(fd, "wb") as handle:
-            fd = -1
-            handle.write(content)
-    except BaseException:
-        if fd >= 0:
-            os.close(fd)
-        path.unlink(missing_ok=True)
-        raise
-
-
 def _write_all(files: Sequence[tuple[Path, bytes, int]]) -> None:
     """Create every file, or none: on any failure the ones already written are removed."""
     written: list[Path] = []
     try:
         for path, content, mode in files:
-            _write_new(path, content, mode)
+            write_file(path, content, mode, exclusive=True)
             written.append(path)
     except BaseException as exc:
         for path in written:
