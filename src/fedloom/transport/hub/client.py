@@ -46,7 +46,7 @@ from fedloom.transport.base import MailboxStatistics
 from fedloom.transport.hub import frames
 from fedloom.transport.hub.config import HubAddress, TlsClientConfig, parse_hub_address
 from fedloom.transport.hub.frames import Kind
-from fedloom.transport.hub.server import error_from_fields, grpc_options
+from fedloom.transport.hub.server import grpc_options
 from fedloom.transport.hub.tls import read_pem
 from fedloom.transport.sealing import Sealer, sign_frame, verify_frame
 from fedloom.wire import DEFAULT_MAX_MESSAGE_BYTES, Message, decode, encode
@@ -423,7 +423,7 @@ class GrpcMailbox:
         item = await self._read_item(call)
         got, payload = frames.parse(item)
         if got is Kind.FAIL:
-            error = error_from_fields(frames.fields_of(got, payload, {}))
+            error = frames.error_from_fields(frames.fields_of(got, payload, {}))
             raise _FatalError(error)
         if got is not kind:
             raise ProtocolError(f"expected {kind.name} from the hub, got {got.name}")
@@ -472,7 +472,7 @@ class GrpcMailbox:
                 if future is not None and not future.done():
                     future.set_result(answer)
             elif kind is Kind.FAIL:
-                raise error_from_fields(frames.fields_of(kind, payload, {}))
+                raise frames.error_from_fields(frames.fields_of(kind, payload, {}))
             else:
                 raise ProtocolError(f"unexpected {kind.name} frame from the hub")
 
@@ -483,7 +483,7 @@ class GrpcMailbox:
         if result["ok"]:
             flight.result.set_result(None)
             return
-        error = error_from_fields(result)
+        error = frames.error_from_fields(result)
         if isinstance(error, ReplayedMessageError):
             # only possible for a resend the hub had already stored
             flight.result.set_result(None)

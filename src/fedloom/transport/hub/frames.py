@@ -21,7 +21,19 @@ from typing import Any
 
 import msgpack
 
-from fedloom.errors import MessageTooLargeError, ProtocolError
+from fedloom.errors import (
+    AccessDeniedError,
+    AuthenticationError,
+    BadSignatureError,
+    FedloomError,
+    MessageTooLargeError,
+    ProtocolError,
+    ReplayedMessageError,
+    StaleMessageError,
+    UnknownIdentityError,
+    UnknownRecipientError,
+    WireError,
+)
 
 SERVICE_METHOD = "/fedloom.Hub/Connect"
 CHUNK_BYTES = 4 << 20
@@ -160,3 +172,31 @@ class Reassembly:
         if self._frame is None:
             raise ProtocolError("the message is not complete yet")
         return self._frame
+
+
+def error_fields(error: FedloomError) -> dict[str, str]:
+    return {"error": type(error).__name__, "message": str(error)[:2000]}
+
+
+ERROR_TYPES: dict[str, type[FedloomError]] = {
+    cls.__name__: cls
+    for cls in (
+        AccessDeniedError,
+        AuthenticationError,
+        BadSignatureError,
+        MessageTooLargeError,
+        ProtocolError,
+        ReplayedMessageError,
+        StaleMessageError,
+        UnknownIdentityError,
+        UnknownRecipientError,
+        WireError,
+    )
+}
+"""The errors a hub reports, by name (anything else becomes a ProtocolError)."""
+
+
+def error_from_fields(fields: dict[str, Any]) -> FedloomError:
+    """Rebuild the typed error a hub reported."""
+    cls = ERROR_TYPES.get(str(fields.get("error")), ProtocolError)
+    return cls(f"hub: {fields.get('message', '')}")

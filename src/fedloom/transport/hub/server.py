@@ -24,12 +24,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,12 +39,10 @@ import grpc.aio
 from fedloom.crypto import verify
 from fedloom.errors import (
     AccessDeniedError,
-    AuthenticationError,
     BadSignatureError,
     ConfigError,
     FedloomError,
     HubUnavailableError,
-    MessageTooLargeError,
     ProtocolError,
     ReplayedMessageError,
     StaleMessageError,
@@ -56,6 +53,7 @@ from fedloom.errors import (
 from fedloom.registry import NAME_PATTERN
 from fedloom.transport.hub import frames
 from fedloom.transport.hub.frames import Kind
+from fedloom.transport.hub.state import FrameCache, load_accepts, save_accepts
 from fedloom.transport.hub.store import HubStore, RegisteredIdentity
 from fedloom.transport.hub.tls import HubTlsFiles, read_pem
 from fedloom.transport.sealing import verify_frame
@@ -172,9 +170,9 @@ class HubServer:
         # who each pod accepts, as it said when it last connected (kept across restarts,
         # so a message to a pod that is offline is refused at once, not at delivery)
         self._accepts_file = Path(settings.data_dir) / ACCEPTS_FILE
-        self._accepts: dict[str, frozenset[str]] = _load_accepts(self._accepts_file)
+        self._accepts: dict[str, frozenset[str]] = load_accepts(self._accepts_file)
         self._stats = HubServerStatistics(connected=[])
-        self._recent = _FrameCache(RECENT_FRAMES_BYTES)
+        self._recent = FrameCache(RECENT_FRAMES_BYTES)
         self.port = 0
 
     async def start(self) -> int:
@@ -253,7 +251,7 @@ class HubServer:
             self._stats.refused[type(error).__name__] += 1
             logger.info("hub: closing a connection: %s", error)
             with contextlib.suppress(asyncio.QueueFull):
-                outgoing.put_nowait(frames.control(Kind.FAIL, _error_fields(error)))
+                outgoing.put_nowait(frames.control(Kind.FAIL, frames.error_fields(error)))
         except asyncio.CancelledError:
             pass
         except Exception:  # a connection's failure must never take the hub down
@@ -305,7 +303,7 @@ class HubServer:
             raise BadSignatureError(f"{name!r} failed the hub's challenge") from None
         if accepts is not None and self._accepts.get(name) != accepts:
             self._accepts[name] = accepts
-            _save_accepts(self._accepts_file, self._accepts)
+            save_accepts(self._accepts_file, self._accepts)
         await outgoing.put(
             frames.control(
                 Kind.WELCOME,
@@ -368,7 +366,7 @@ class HubServer:
             self._stats.refused[type(error).__name__] += 1
             logger.info("hub: refused a message from %s: %s", session.name, error)
             await session.outgoing.put(
-                frames.control(Kind.RESULT, {"ref": ref, "ok": False, **_error_fields(error)})
+                frames.control(Kind.RESULT, {"ref": ref, "ok": False, **frames.error_fields(error)})
             )
             return
         self._stats.stored += 1
@@ -477,94 +475,12 @@ class HubServer:
                     await session.outgoing.put(chunk)
 
 
-class _FrameCache:
-    """Frames stored lately, kept in memory (up to a byte budget) so that delivering them
-    to a connected recipient does not read them back from disk."""
-
-    def __init__(self, budget: int) -> None:
-        self._budget = budget
-        self._bytes = 0
-        self._frames: dict[int, tuple[bytes, bytes]] = {}
-
-    def put(self, message_id: int, frame: bytes, signature: bytes) -> None:
-        if len(frame) > self._budget:
-            return
-        self._frames[message_id] = (frame, signature)
-        self._bytes += len(frame)
-        while self._bytes > self._budget:
-            self.pop(next(iter(self._frames)))
-
-    def get(self, message_id: int) -> tuple[bytes, bytes] | None:
-        return self._frames.get(message_id)
-
-    def pop(self, message_id: int) -> None:
-        entry = self._frames.pop(message_id, None)
-        if entry is not None:
-            self._bytes -= len(entry[0])
-
-
-def _load_accepts(path: Path) -> dict[str, frozenset[str]]:
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as exc:
-        logger.error("hub: ignoring unreadable %s (%s); pods will say it again", path, exc)
-        return {}
-    if not isinstance(data, dict):
-        return {}
-    return {
-        str(pod): frozenset(str(name) for name in names)
-        for pod, names in data.items()
-        if isinstance(names, list)
-    }
-
-
-def _save_accepts(path: Path, accepts: Mapping[str, frozenset[str]]) -> None:
-    temporary = path.with_suffix(".tmp")
-    try:
-        temporary.write_text(json.dumps({pod: sorted(names) for pod, names in accepts.items()}))
-        os.replace(temporary, path)
-    except OSError as exc:
-        logger.error("hub: cannot save %s: %s", path, exc)
-
-
 def _accepts_of(registered: RegisteredIdentity, value: object) -> frozenset[str] | None:
     if registered.role != "pod":
         return None
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ProtocolError("a pod's HELLO must list the modellers it accepts")
     return frozenset(value)
-
-
-def _error_fields(error: FedloomError) -> dict[str, str]:
-    return {"error": type(error).__name__, "message": str(error)[:2000]}
-
-
-ERROR_TYPES: dict[str, type[FedloomError]] = {
-    cls.__name__: cls
-    for cls in (
-        AccessDeniedError,
-        AuthenticationError,
-        BadSignatureError,
-        MessageTooLargeError,
-        ProtocolError,
-        ReplayedMessageError,
-        StaleMessageError,
-        UnknownIdentityError,
-        UnknownRecipientError,
-        WireError,
-    )
-}
-"""The errors a hub reports, by name (anything else becomes a ProtocolError)."""
-
-
-def error_from_fields(fields: dict[str, Any]) -> FedloomError:
-    """Rebuild the typed error a hub reported."""
-    cls = ERROR_TYPES.get(str(fields.get("error")), ProtocolError)
-    return cls(f"hub: {fields.get('message', '')}")
-
-
 
 
 async def serve_hub(
@@ -598,7 +514,6 @@ __all__ = [
     "HubServer",
     "HubServerStatistics",
     "HubSettings",
-    "error_from_fields",
     "grpc_options",
     "serve_hub",
 ]
