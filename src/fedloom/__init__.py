@@ -78,6 +78,11 @@ if _typing.TYPE_CHECKING:
         UpdateRejectionReason,
         WireError,
     )
+    from fedloom.hooks import (
+        Hook,
+        HookPoint,
+        register_hook,
+    )
     from fedloom.local import (
         LocalFederation,
         run_local,
@@ -152,6 +157,9 @@ if _typing.TYPE_CHECKING:
         decode,
         encode,
     )
+    from fedloom.worker import (
+        IsolationSettings,
+    )
 
 __version__ = "0.1.0"
 
@@ -178,12 +186,15 @@ _EXPORTS: dict[str, str] = {
     "FedAvgResult": "fedloom.protocols",
     "FedloomError": "fedloom.errors",
     "GrpcMailbox": "fedloom.transport.hub.client",
+    "Hook": "fedloom.hooks",
+    "HookPoint": "fedloom.hooks",
     "HubAddress": "fedloom.transport.hub.config",
     "HubServer": "fedloom.transport.hub.server",
     "HubSettings": "fedloom.transport.hub.server",
     "HubUnavailableError": "fedloom.errors",
     "Identity": "fedloom.crypto",
     "InsecureKeyFileError": "fedloom.errors",
+    "IsolationSettings": "fedloom.worker",
     "KeyFileError": "fedloom.errors",
     "LocalCluster": "fedloom.cluster",
     "LocalFederation": "fedloom.local",
@@ -250,6 +261,7 @@ _EXPORTS: dict[str, str] = {
     "load_protocol": "fedloom.protocols",
     "load_public_identity": "fedloom.crypto",
     "load_task_file": "fedloom.modeller.task_file",
+    "register_hook": "fedloom.hooks",
     "register_protocol": "fedloom.protocols",
     "run_local": "fedloom.local",
     "run_task_file": "fedloom.modeller.remote",
@@ -280,12 +292,15 @@ __all__ = [
     "FedAvgResult",
     "FedloomError",
     "GrpcMailbox",
+    "Hook",
+    "HookPoint",
     "HubAddress",
     "HubServer",
     "HubSettings",
     "HubUnavailableError",
     "Identity",
     "InsecureKeyFileError",
+    "IsolationSettings",
     "KeyFileError",
     "LocalCluster",
     "LocalFederation",
@@ -352,6 +367,7 @@ __all__ = [
     "load_protocol",
     "load_public_identity",
     "load_task_file",
+    "register_hook",
     "register_protocol",
     "run_local",
     "run_task_file",

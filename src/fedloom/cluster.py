@@ -48,6 +48,9 @@ class PodSpec:
     min_rows: int | None = None
     max_concurrent_tasks: int = 2
     extra_modellers: tuple[str, ...] = ()
+    plugins: tuple[str, ...] = ()
+    worker: Mapping[str, int | float] = field(default_factory=dict)
+    """The pod's [worker] table: heartbeat_interval, heartbeat_patience, memory_limit_mb."""
 
 
 @dataclass
@@ -136,6 +139,8 @@ class LocalCluster:
             f"store = {_toml(str(path.parent / 'pod.sqlite'))}",
             f"max_concurrent_tasks = {spec.max_concurrent_tasks}",
         ]
+        if spec.plugins:
+            lines.append(f"plugins = {_toml(list(spec.plugins))}")
         if not self.tls:
             lines.append("insecure = true")
         else:
@@ -148,6 +153,9 @@ class LocalCluster:
             lines.append(f"protocols = {_toml(list(spec.protocols))}")
         if spec.min_rows is not None:
             lines.append(f"min_rows = {spec.min_rows}")
+        if spec.worker:
+            lines.append("[worker]")
+            lines += [f"{key} = {_toml(value)}" for key, value in spec.worker.items()]
         lines += ["[modeller_keys]"]
         lines += [
             f"{_toml(name)} = {_toml(str(self.keys_dir / f'{name}.pub.json'))}"

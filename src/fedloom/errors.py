@@ -235,6 +235,8 @@ class AbortReason(StrEnum):
     PRIVACY_THRESHOLD = "PRIVACY_THRESHOLD"
     WORKER_ERROR = "WORKER_ERROR"
     WORKER_UNRESPONSIVE = "WORKER_UNRESPONSIVE"
+    WORKER_CRASHED = "WORKER_CRASHED"
+    WORKER_OUT_OF_MEMORY = "WORKER_OUT_OF_MEMORY"
     NO_NEW_DATA = "NO_NEW_DATA"
     LIMITS_EXCEEDED = "LIMITS_EXCEEDED"
     MODELLER_TIMEOUT = "MODELLER_TIMEOUT"
@@ -254,6 +256,8 @@ _ABORT_HELP: dict[AbortReason, str] = {
     AbortReason.PRIVACY_THRESHOLD: "Too few rows to release the result under the pod's policy.",
     AbortReason.WORKER_ERROR: "The task raised an error while running on the pod.",
     AbortReason.WORKER_UNRESPONSIVE: "The pod's worker stopped answering.",
+    AbortReason.WORKER_CRASHED: "The pod's worker process died (exit code or signal).",
+    AbortReason.WORKER_OUT_OF_MEMORY: "The task used more memory than the pod allows.",
     AbortReason.NO_NEW_DATA: "There is no data the task has not already processed.",
     AbortReason.LIMITS_EXCEEDED: "The model used up the pod's usage limit.",
     AbortReason.MODELLER_TIMEOUT: "The modeller did not answer in time.",

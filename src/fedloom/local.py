@@ -20,6 +20,7 @@ from fedloom.pod import Pod, PodPolicy
 from fedloom.protocols import Protocol
 from fedloom.store import ExperimentStore, PodStore
 from fedloom.transport import MemoryHub
+from fedloom.worker import IsolationSettings
 
 PodData = Datasource | Mapping[str, Datasource]
 """A pod's datasets: one datasource (registered as "default") or a name → datasource map."""
@@ -37,7 +38,12 @@ class LocalFederation:
         modeller_store: ExperimentStore | None = None,
         pod_stores: Mapping[str, PodStore] | None = None,
         modeller_name: str = "modeller",
+        isolation: IsolationSettings | None = None,
+        plugins: tuple[str, ...] = (),
     ) -> None:
+        """``isolation``: run each task's worker side in a spawned child process, as the
+        pod daemon does (``None``: in this process). ``plugins``: modules each pod imports
+        in its children (and that must already be imported here)."""
         if not pods:
             raise ConfigError("a federation needs at least one pod")
         if modeller_name in pods:
@@ -51,6 +57,8 @@ class LocalFederation:
                 {"default": data} if isinstance(data, Datasource) else data,
                 policy=policies.get(name, policy),
                 store=pod_stores.get(name),
+                isolation=isolation,
+                plugins=plugins,
             )
             for name, data in pods.items()
         }
@@ -106,7 +114,15 @@ def run_local(protocol: Protocol, pods: Mapping[str, PodData], **options: Any) -
             "run_local's policy= is the pods' PodPolicy; pass the modeller's RequestPolicy "
             "as request_policy="
         )
-    federation_keys = {"policy", "policies", "modeller_store", "pod_stores", "modeller_name"}
+    federation_keys = {
+        "policy",
+        "policies",
+        "modeller_store",
+        "pod_stores",
+        "modeller_name",
+        "isolation",
+        "plugins",
+    }
     federation_options = {k: v for k, v in options.items() if k in federation_keys}
     run_options = {k: v for k, v in options.items() if k not in federation_keys}
     if "request_policy" in run_options:

@@ -260,3 +260,36 @@ def test_signals_stop_every_process_cleanly(tmp_path: Path) -> None:
         _no_tracebacks(cluster, codes)
 
     run_async(main(), timeout=240)
+
+
+def test_pod_daemon_isolates_each_task_in_a_child(tmp_path: Path) -> None:
+    """A task that kills its own process ends with TASK_ABORT; the pod daemon goes on, and
+    its children hold no hub connection of their own."""
+    import fedloom.testing.faults  # noqa: F401 - the modeller needs the protocol's name
+    from fedloom.errors import AbortReason
+    from fedloom.testing.faults import Fault
+
+    specs = _write_pod_data(tmp_path, ("pod-a",))
+    specs["pod-a"] = PodSpec(
+        datasets=specs["pod-a"].datasets,
+        plugins=("fedloom.testing.faults",),
+        worker={"heartbeat_interval": 1.0, "heartbeat_patience": 2},
+    )
+
+    async def main() -> None:
+        async with LocalCluster(tmp_path / "cluster", specs) as cluster:
+            modeller = Modeller(await cluster.connect_modeller())
+            crashed = await modeller.run(Fault("kill"), ["pod-a"])
+            assert crashed.aborted["pod-a"].reason is AbortReason.WORKER_CRASHED
+            ok = await modeller.run(Fault("ok"), ["pod-a"])
+            facts = ok.result["pod-a"]
+            assert facts["pid"] != cluster.pid("pod-a")
+            assert facts["inet_connections"] == 0 and facts["grpc_loaded"] is False
+            await modeller.close()
+            statuses = await _pod_statuses(cluster, ("pod-a",), settled=2)
+            codes = await cluster.stop()
+        assert statuses == {"pod-a": ["aborted", "completed"]}
+        assert codes == {"pod-a": 0, "hub": 0}
+        _no_tracebacks(cluster, codes)
+
+    run_async(main(), timeout=240)

@@ -43,6 +43,7 @@ from pathlib import Path
 
 from fedloom.datasources import Datasource, datasource_from_config
 from fedloom.errors import ConfigError
+from fedloom.hooks import DEFAULT_WORKER_HOOKS
 from fedloom.pod.pod import (
     DEFAULT_MAX_CONCURRENT_TASKS,
     DEFAULT_START_TIMEOUT,
@@ -57,6 +58,8 @@ from fedloom.transport.hub.config import (
     read_hub_connection,
     read_toml,
 )
+from fedloom.worker import IsolationSettings
+from fedloom.worker.config import DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_PATIENCE
 
 _TOP_KEYS = frozenset(
     {
@@ -70,8 +73,12 @@ _TOP_KEYS = frozenset(
         "policy",
         "modeller_keys",
         "datasets",
+        "worker",
+        "plugins",
+        "hooks",
     }
 )
+_WORKER_KEYS = frozenset({"heartbeat_interval", "heartbeat_patience", "memory_limit_mb"})
 _POLICY_KEYS = frozenset({"modellers", "protocols", "algorithms", "min_rows", "start_timeout"})
 _HINTS = {
     "modellers": "modellers belongs in the [policy] table",
@@ -109,6 +116,12 @@ class PodConfig:
     insecure: bool = False
     modeller_keys: dict[str, Path] = field(default_factory=dict)
     config_path: Path | None = None
+    isolation: IsolationSettings = field(default_factory=IsolationSettings)
+    """How each task's child process is watched ([worker] table)."""
+    plugins: tuple[str, ...] = ()
+    """Modules the admin approved: imported by the pod and each task child."""
+    hooks: tuple[str, ...] = DEFAULT_WORKER_HOOKS
+    """Registered hook names built in each task child ([] for none)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not NAME_PATTERN.fullmatch(self.name):
@@ -175,9 +188,46 @@ def load_pod_config(path: str | Path) -> PodConfig:
         insecure=insecure,
         modeller_keys=modeller_keys,
         config_path=top.file,
+        isolation=_read_worker(top),
+        plugins=_read_modules(top, "plugins"),
+        hooks=_read_modules(top, "hooks") if "hooks" in top.data else DEFAULT_WORKER_HOOKS,
     )
     config.build_datasets()  # a malformed description fails now, naming its key
     return config
+
+
+def _read_worker(top: TomlTable) -> IsolationSettings:
+    section = top.table("worker")
+    if section is None:
+        return IsolationSettings()
+    section.check_keys(_WORKER_KEYS, {})
+    limit_mb = section.integer("memory_limit_mb", 0, minimum=0)
+    try:
+        return IsolationSettings(
+            heartbeat_interval=section.seconds("heartbeat_interval", DEFAULT_HEARTBEAT_INTERVAL),
+            heartbeat_patience=section.integer("heartbeat_patience", DEFAULT_HEARTBEAT_PATIENCE),
+            memory_limit_bytes=limit_mb << 20 if limit_mb else None,
+        )
+    except ConfigError as exc:
+        raise ConfigError(f"{top.file}: worker: {exc}") from exc
+
+
+def _read_modules(top: TomlTable, name: str) -> tuple[str, ...]:
+    """A list of dotted module names (plugins) or registered names (hooks)."""
+    if name not in top.data:
+        return ()
+    value = top.raw(name, f'{name} = ["..."]')
+    if not isinstance(value, list) or not all(_is_module_name(item) for item in value):
+        raise top.error(name, "must be a list of names")
+    return tuple(value)
+
+
+def _is_module_name(item: object) -> bool:
+    return (
+        isinstance(item, str)
+        and bool(item)
+        and all(part.replace("-", "_").isidentifier() for part in item.split("."))
+    )
 
 
 def _read_policy(top: TomlTable, max_concurrent_tasks: int) -> PodPolicy:

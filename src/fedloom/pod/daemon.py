@@ -21,6 +21,7 @@ from fedloom.pod.config import PodConfig
 from fedloom.pod.pod import Pod
 from fedloom.store import SqlitePodStore
 from fedloom.transport.hub.client import GrpcMailbox
+from fedloom.worker import import_plugins
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +75,7 @@ async def serve_pod(
             f"the key file {config.identity_path} is for {identity.name!r}, "
             f"but the pod is named {config.name!r}"
         )
+    import_plugins(config.plugins)  # before anything is rebuilt from the names they register
     datasets = config.build_datasets()
     pinned = load_pinned_identities(config.modeller_keys, config.config_path)
     stop = stop or _stop_on_signals()
@@ -93,7 +95,15 @@ async def serve_pod(
         logger.info("pod %s connected to the hub at %s", config.name, config.hub_address)
         if on_ready is not None:
             on_ready()
-        pod = Pod(config.name, datasets, policy=config.policy, store=store)
+        pod = Pod(
+            config.name,
+            datasets,
+            policy=config.policy,
+            store=store,
+            isolation=config.isolation,
+            plugins=config.plugins,
+            hooks=config.hooks,
+        )
         serving = asyncio.get_running_loop().create_task(pod.serve(mailbox))
         stopping = asyncio.get_running_loop().create_task(stop.wait())
         await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)

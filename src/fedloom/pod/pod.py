@@ -34,11 +34,13 @@ from fedloom.errors import (
     MailboxClosedError,
     TaskAbortedError,
 )
+from fedloom.hooks import DEFAULT_WORKER_HOOKS, build_hooks
 from fedloom.protocols import DEFAULT_MIN_ROWS, Protocol, WorkerContext, load_protocol
 from fedloom.store import PodStore
 from fedloom.transport import Channel, Mailbox, TaskRouter, WorkerMailbox
 from fedloom.transport.task import report_of
 from fedloom.wire import Message, MessageType
+from fedloom.worker import IsolationSettings, WorkerConfig, WorkerProcess
 
 logger = logging.getLogger(__name__)
 
@@ -174,13 +176,26 @@ class Pod:
         *,
         policy: PodPolicy | None = None,
         store: PodStore | None = None,
+        isolation: IsolationSettings | None = None,
+        plugins: tuple[str, ...] = (),
+        hooks: tuple[str, ...] = DEFAULT_WORKER_HOOKS,
     ) -> None:
+        """``isolation``: run each task in a spawned child process watched with these
+        settings (the pod daemon always does); ``None`` runs tasks in this process (the
+        in-memory federation, tests). ``plugins``: modules the pod's admin approved, imported
+        in each child to register their protocols, models and algorithms. ``hooks``:
+        registered hook names built in each child."""
         self.name = name
         self.datasets = dict(datasets)
         self.policy = policy or PodPolicy()
         self.store = store
+        self.isolation = isolation
+        self.plugins = tuple(plugins)
+        self.hooks = tuple(hooks)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._slots = _Slots()
+        self.workers: dict[str, WorkerProcess] = {}
+        """The child processes of running tasks, by task id."""
 
     async def serve(self, mailbox: Mailbox) -> None:
         """Answer requests on ``mailbox`` until it closes; then stop running tasks."""
@@ -341,13 +356,10 @@ class Pod:
         name = accepted.protocol.name
         try:
             await self._wait_for_slot(mailbox, channel)
-            # loading the data now makes a broken dataset abort before the task starts; the
-            # row count itself is not sent (it could undercut the privacy threshold)
-            len(accepted.datasource)
-            await mailbox.send(MessageType.PREPARING_DATA, {})
-            await mailbox.receive(MessageType.TASK_START, timeout=self.policy.start_timeout)
-            context = WorkerContext(self.name, accepted.datasource, self.policy.min_rows)
-            released = await accepted.protocol.run_worker(mailbox, context)
+            if self.isolation is not None:
+                released = await self._run_in_child(request, accepted, channel, mailbox)
+            else:
+                released = await self._run_inline(accepted, mailbox)
             self._record(request, name, "completed", result=released)
         except TaskAbortedError as exc:
             self._record(request, name, "aborted", exc.reason.value)
@@ -366,6 +378,50 @@ class Pod:
             self._slots.release(request.task_id, self.policy.max_concurrent_tasks)
             router.close_channel(request.task_id)
             self._tasks.pop(request.task_id, None)
+
+    async def _run_inline(
+        self, accepted: _Accepted, mailbox: WorkerMailbox
+    ) -> Mapping[str, Any] | None:
+        # loading the data now makes a broken dataset abort before the task starts; the
+        # row count itself is not sent (it could undercut the privacy threshold)
+        len(accepted.datasource)
+        await mailbox.send(MessageType.PREPARING_DATA, {})
+        await mailbox.receive(MessageType.TASK_START, timeout=self.policy.start_timeout)
+        context = WorkerContext(
+            self.name, accepted.datasource, self.policy.min_rows, hooks=build_hooks(self.hooks)
+        )
+        return await accepted.protocol.run_worker(mailbox, context)
+
+    async def _run_in_child(
+        self,
+        request: Message,
+        accepted: _Accepted,
+        channel: _HeldChannel,
+        mailbox: WorkerMailbox,
+    ) -> Mapping[str, Any] | None:
+        assert self.isolation is not None
+        worker = WorkerProcess(
+            WorkerConfig(
+                task_id=request.task_id,
+                pod=self.name,
+                modeller=request.sender,
+                protocol=accepted.protocol.dump(),
+                datasource=accepted.datasource,
+                min_rows=self.policy.min_rows,
+                hooks=self.hooks,
+                plugins=self.plugins,
+                heartbeat_interval=self.isolation.heartbeat_interval,
+            ),
+            self.isolation,
+        )
+        self.workers[request.task_id] = worker
+        try:
+            worker.start()  # the child rebuilds the worker while the modeller says go
+            await mailbox.send(MessageType.PREPARING_DATA, {})
+            return await worker.run(channel, mailbox, self.policy.start_timeout)
+        finally:
+            await worker.stop()
+            self.workers.pop(request.task_id, None)
 
     def _record(
         self,

@@ -25,6 +25,7 @@ from fedloom.algorithms.analytics import (
 )
 from fedloom.algorithms.statistics import ColumnPartial, partials_from_wire, partials_to_wire
 from fedloom.errors import ErrorReport, PodResponseError, ProtocolError
+from fedloom.hooks import HookPoint
 from fedloom.protocols.base import (
     ModellerContext,
     Protocol,
@@ -150,15 +151,22 @@ class Analytics(Protocol):
     # --- worker side ---------------------------------------------------------------
 
     async def run_worker(self, mailbox: WorkerMailbox, context: WorkerContext) -> dict[str, Any]:
+        hooks = context.hooks.bind(mailbox, context.pod)
+        await hooks.fire(HookPoint.INIT_START, protocol=self.name)
         frame = context.datasource.table()
+        await hooks.fire(HookPoint.INIT_END, protocol=self.name)
+        await hooks.fire(HookPoint.RUN_START, protocol=self.name)
         released: list[str] = []
         while True:
             message = await mailbox.receive({MessageType.INSTRUCTION, MessageType.TASK_COMPLETE})
             if message.type is MessageType.TASK_COMPLETE:
-                return {"released": released}
+                record: dict[str, Any] = {"released": released}
+                await hooks.fire(HookPoint.RUN_END, protocol=self.name, released=record)
+                return record
             step = message.body.get("step") if isinstance(message.body, dict) else None
             if step == "ranges":
                 ranges = column_ranges(frame, self.request, min_rows=context.min_rows)
+                await hooks.fire(HookPoint.PROGRESS, stage=step)
                 await mailbox.send(
                     MessageType.RESULTS, {"ranges": {c: [lo, hi] for c, (lo, hi) in ranges.items()}}
                 )
@@ -172,6 +180,7 @@ class Analytics(Protocol):
                     frame, self.request, edges=edges, min_rows=context.min_rows
                 )
                 body, tensors = partials_to_wire(partials)
+                await hooks.fire(HookPoint.PROGRESS, stage=step)
                 await mailbox.send(MessageType.RESULTS, body, tensors)
             else:
                 raise ProtocolError(f"unknown analytics step {step!r}")

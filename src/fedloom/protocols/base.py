@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Self, TypeVar
 
 from fedloom.datasources import Datasource
 from fedloom.errors import ConfigError, FedloomError
+from fedloom.hooks import HookSet, default_worker_hooks
 from fedloom.registry import Registry
 from fedloom.store import ExperimentStore
 from fedloom.transport import ModellerMailbox, WorkerMailbox
@@ -28,11 +29,17 @@ DEFAULT_MIN_ROWS = 10
 
 @dataclass(frozen=True)
 class WorkerContext:
-    """What a protocol's worker side may use on the pod."""
+    """What a protocol's worker side may use on the pod.
+
+    ``hooks`` run at the worker's life-cycle points (see :mod:`fedloom.hooks`). Left out,
+    they are the pod default, :data:`~fedloom.hooks.DEFAULT_WORKER_HOOKS` (progress to the
+    modeller); ``HookSet()`` runs none and costs nothing.
+    """
 
     pod: str
     datasource: Datasource
     min_rows: int = DEFAULT_MIN_ROWS
+    hooks: HookSet = field(default_factory=default_worker_hooks)
 
 
 RoundCallback = Callable[[Mapping[str, Any]], None]

@@ -15,9 +15,9 @@ import hashlib
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import numpy as np
 import torch
@@ -41,6 +41,7 @@ from fedloom.errors import (
     UpdateRejectedError,
     UpdateRejectionReason,
 )
+from fedloom.hooks import HookPoint, ThreadBridge
 from fedloom.protocols.base import (
     ModellerContext,
     Protocol,
@@ -251,6 +252,8 @@ class FedAvg(Protocol):
     # --- worker side ---------------------------------------------------------------
 
     async def run_worker(self, mailbox: WorkerMailbox, context: WorkerContext) -> dict[str, Any]:
+        hooks = context.hooks.bind(mailbox, context.pod)
+        await hooks.fire(HookPoint.INIT_START, protocol=self.name)
         x, y = context.datasource.arrays()
         if y is None:
             raise SchemaMismatchError(
@@ -266,33 +269,34 @@ class FedAvg(Protocol):
         x_val, y_val = x[order[:n_val]], y[order[:n_val]]
         x_train, y_train = x[order[n_val:]], y[order[n_val:]]
         model = build_model(self.model)
-        loop = asyncio.get_running_loop()
+        await hooks.fire(HookPoint.INIT_END, protocol=self.name)
+        await hooks.fire(HookPoint.RUN_START, protocol=self.name)
         rounds: list[int] = []
         while True:
             message = await mailbox.receive(
                 {MessageType.MODEL_PARAMETERS, MessageType.TASK_COMPLETE}
             )
             if message.type is MessageType.TASK_COMPLETE:
-                return {"rounds": rounds, "train_samples": len(x_train)}
+                released: dict[str, Any] = {"rounds": rounds, "train_samples": len(x_train)}
+                await hooks.fire(HookPoint.RUN_END, protocol=self.name, released=released)
+                return released
             round_index = _round_of(message)
             load_arrays(model, message.tensors)
             validation = evaluate(model, x_val, y_val) if n_val else {}
-
-            def on_batch(epoch: int, batch: int, loss: float, r: int = round_index) -> None:
-                if batch % 10 == 0:
-                    asyncio.run_coroutine_threadsafe(
-                        mailbox.progress(round=r, epoch=epoch, batch=batch, loss=loss), loop
-                    )
-
-            train = await asyncio.to_thread(
-                train_local,
-                model,
-                x_train,
-                y_train,
-                self.training,
-                seed=_stable_seed(self.seed, context.pod, round_index),
-                on_batch=on_batch,
-            )
+            # the training thread reports epochs and batches to the hooks on this loop
+            async with hooks.bridge() as bridge:
+                events = _TrainingEvents(bridge, round_index, self.training, len(x_train))
+                train = await asyncio.to_thread(
+                    train_local,
+                    model,
+                    x_train,
+                    y_train,
+                    self.training,
+                    seed=_stable_seed(self.seed, context.pod, round_index),
+                    on_batch=_if_wanted(bridge, HookPoint.BATCH_END, events.on_batch),
+                    on_epoch_start=_if_wanted(bridge, HookPoint.EPOCH_START, events.on_start),
+                    on_epoch_end=_if_wanted(bridge, HookPoint.EPOCH_END, events.on_end),
+                )
             body: dict[str, Body] = {
                 "round": round_index,
                 "num_samples": len(x_train),
@@ -301,6 +305,43 @@ class FedAvg(Protocol):
             }
             await mailbox.send(MessageType.TRAINING_UPDATE, body, state_to_arrays(model))
             rounds.append(round_index)
+
+
+C = TypeVar("C", bound=Callable[..., None])
+
+
+def _if_wanted(bridge: ThreadBridge, point: HookPoint, callback: C) -> C | None:
+    """``callback`` if a hook listens to ``point``, else None (training skips the call)."""
+    return callback if bridge.wants(point) else None
+
+
+class _TrainingEvents:
+    """train_local's callbacks for one round, as hook events (run in the training thread)."""
+
+    def __init__(
+        self, bridge: ThreadBridge, round_index: int, config: TrainingConfig, samples: int
+    ) -> None:
+        self._bridge = bridge
+        self._batches = math.ceil(samples / config.batch_size)
+        self._totals = {
+            "round": round_index,
+            "epochs": config.epochs,
+            "batches": self._batches,
+            "steps": config.epochs * self._batches,
+        }
+
+    def on_start(self, epoch: int) -> None:
+        self._bridge.fire(HookPoint.EPOCH_START, **self._totals, epoch=epoch)
+
+    def on_batch(self, epoch: int, batch: int, loss: float) -> None:
+        step = epoch * self._batches + batch + 1
+        self._bridge.fire(
+            HookPoint.BATCH_END, **self._totals, epoch=epoch, batch=batch, step=step, loss=loss
+        )
+
+    def on_end(self, epoch: int, metrics: Mapping[str, float]) -> None:
+        step = (epoch + 1) * self._batches
+        self._bridge.fire(HookPoint.EPOCH_END, **self._totals, epoch=epoch, step=step, **metrics)
 
 
 def _round_of(message: Message) -> int:

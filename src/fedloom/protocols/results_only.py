@@ -17,6 +17,7 @@ import numpy as np
 from fedloom.algorithms.ml import ModelSpec, build_model, evaluate, load_arrays
 from fedloom.datasources import Datasource
 from fedloom.errors import ConfigError, DataError, PodResponseError, PrivacyThresholdError
+from fedloom.hooks import HookPoint
 from fedloom.protocols.base import (
     ModellerContext,
     Protocol,
@@ -114,12 +115,18 @@ class ResultsOnly(Protocol):
         }
 
     async def run_worker(self, mailbox: WorkerMailbox, context: WorkerContext) -> dict[str, Any]:
+        hooks = context.hooks.bind(mailbox, context.pod)
+        await hooks.fire(HookPoint.INIT_START, protocol=self.name)
         algorithm = RESULT_ALGORITHMS.get(self.algorithm)
+        await hooks.fire(HookPoint.INIT_END, protocol=self.name)
+        await hooks.fire(HookPoint.RUN_START, protocol=self.name)
         runs = 0
         while True:
             message = await mailbox.receive({MessageType.INSTRUCTION, MessageType.TASK_COMPLETE})
             if message.type is MessageType.TASK_COMPLETE:
-                return {"algorithm": self.algorithm, "runs": runs}
+                record: dict[str, Any] = {"algorithm": self.algorithm, "runs": runs}
+                await hooks.fire(HookPoint.RUN_END, protocol=self.name, released=record)
+                return record
             body, tensors = algorithm(
                 context.datasource, self.config, message.tensors, context.min_rows
             )

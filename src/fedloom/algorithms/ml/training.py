@@ -38,6 +38,11 @@ OPTIMIZERS = ("sgd", "adam")
 _MAX_SEED = 2**64
 
 BatchCallback = Callable[[int, int, float], None]
+"""``(epoch, batch_index, loss)``, called after each optimizer step."""
+EpochStartCallback = Callable[[int], None]
+"""``(epoch)``, called before an epoch's first batch."""
+EpochEndCallback = Callable[[int, Mapping[str, float]], None]
+"""``(epoch, {"loss", "accuracy"})``, called after an epoch's last batch."""
 
 
 def _positive_int(name: str, value: object) -> int:
@@ -203,13 +208,18 @@ def train_local(
     *,
     seed: int,
     on_batch: BatchCallback | None = None,
+    on_epoch_start: EpochStartCallback | None = None,
+    on_epoch_end: EpochEndCallback | None = None,
 ) -> dict[str, float]:
     """Train ``model`` in place on ``(x, y)`` with cross-entropy; return last-epoch metrics.
 
     Each call makes a fresh optimizer. Shuffling uses a ``torch.Generator`` seeded with
     ``seed`` and other randomness (dropout) a forked, seeded global RNG, so two calls with
     the same model state, data, config and seed give bit-identical weights (on CPU).
-    ``on_batch(epoch, batch_index, loss)`` is called after every optimizer step.
+    ``on_batch(epoch, batch_index, loss)`` is called after every optimizer step,
+    ``on_epoch_start(epoch)`` before an epoch's first batch and ``on_epoch_end(epoch,
+    metrics)`` after its last, with the epoch's mean ``loss`` and ``accuracy``. They run in
+    the training thread and only observe: the weights are the same with or without them.
 
     Returns:
         ``{"loss", "accuracy", "num_samples"}``: mean training loss and accuracy over the
@@ -242,6 +252,8 @@ def train_local(
                 else:
                     order = torch.arange(count, device=device)
                 loss_sum, correct = 0.0, 0
+                if on_epoch_start is not None:
+                    on_epoch_start(epoch)
                 for batch_index, start in enumerate(range(0, count, config.batch_size)):
                     index = order[start : start + config.batch_size]
                     batch_x, batch_y = features[index], labels[index]
@@ -262,6 +274,8 @@ def train_local(
                     correct += int((logits.detach().argmax(dim=1) == batch_y).sum())
                     if on_batch is not None:
                         on_batch(epoch, batch_index, value)
+                if on_epoch_end is not None:
+                    on_epoch_end(epoch, {"loss": loss_sum / count, "accuracy": correct / count})
     finally:
         model.train(was_training)
     return {"loss": loss_sum / count, "accuracy": correct / count, "num_samples": float(count)}

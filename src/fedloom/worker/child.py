@@ -1,0 +1,266 @@
+"""The spawn target: a task's worker side in a process of its own.
+
+:func:`child_main` rebuilds the worker from a :class:`WorkerConfig` (approved plugin
+modules, the protocol from its registered name and JSON config, the datasource, the hooks)
+and runs the protocol's worker side against a :class:`ProxyMailbox`, whose sends and
+receives go over the link to the pod. The child has no hub connection and no key: the pod
+signs, encrypts and decrypts on its behalf and only lets it talk to the task's modeller.
+
+It never raises: whatever happens, including while rebuilding, ends with one ``done``
+item (status, the released record or an error report) on the link; only a process that is
+killed or exits from inside user code ends without it, and the pod notices that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import itertools
+import logging
+import threading
+import time
+from multiprocessing.sharedctypes import Synchronized
+from multiprocessing.synchronize import Event
+from pathlib import Path
+from typing import Any
+
+from fedloom.errors import (
+    ConfigError,
+    ErrorReport,
+    FedloomError,
+    MailboxClosedError,
+    ReceiveTimeoutError,
+    TaskAbortedError,
+    TransportError,
+)
+from fedloom.hooks import build_hooks
+from fedloom.protocols import WorkerContext, load_protocol
+from fedloom.transport import MailboxStatistics, TaskRouter, WorkerMailbox
+from fedloom.wire import Message
+from fedloom.worker.config import WorkerConfig
+from fedloom.worker.ipc import Link
+
+logger = logging.getLogger(__name__)
+
+_CLOSED = object()
+
+
+class ProxyMailbox:
+    """The child's ``Mailbox``: every call is a request to the pod over the link."""
+
+    def __init__(self, identity: str, link: Link, loop: asyncio.AbstractEventLoop) -> None:
+        self._identity = identity
+        self._link = link
+        self._loop = loop
+        self._inbound: asyncio.Queue[Message | object] = asyncio.Queue()
+        self._acks: dict[int, asyncio.Future[None]] = {}
+        self._ids = itertools.count(1)
+        self._sent = 0
+        self._received = 0
+        self._closed = False
+
+    @property
+    def identity(self) -> str:
+        return self._identity
+
+    async def send(self, message: Message) -> Message:
+        if self._closed:
+            raise MailboxClosedError("the task's mailbox is closed")
+        request = next(self._ids)
+        ack: asyncio.Future[None] = self._loop.create_future()
+        self._acks[request] = ack
+        try:
+            self._link.put("send", {"id": request}, message.with_updates(sender=self._identity))
+            await ack
+        finally:
+            self._acks.pop(request, None)
+        self._sent += 1
+        return message.with_updates(sender=self._identity)
+
+    async def receive(self, timeout: float | None = None) -> Message:
+        if self._closed:
+            raise MailboxClosedError("the task's mailbox is closed")
+        try:
+            item = await asyncio.wait_for(self._inbound.get(), timeout)
+        except TimeoutError:
+            raise ReceiveTimeoutError(f"no message within {timeout} s") from None
+        if not isinstance(item, Message):
+            self._inbound.put_nowait(_CLOSED)
+            raise MailboxClosedError("the pod closed the task's mailbox")
+        self._received += 1
+        return item
+
+    async def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._inbound.put_nowait(_CLOSED)
+
+    def statistics(self) -> MailboxStatistics:
+        return MailboxStatistics(
+            identity=self._identity,
+            sent=self._sent,
+            received=self._received,
+            queued=self._inbound.qsize(),
+            closed=self._closed,
+        )
+
+    # called on the loop by the link reader
+    def deliver(self, message: Message) -> None:
+        self._inbound.put_nowait(message)
+
+    def acknowledge(self, request: int, error: object) -> None:
+        ack = self._acks.get(request)
+        if ack is None or ack.done():
+            return
+        if error is None:
+            ack.set_result(None)
+        else:
+            try:
+                report = ErrorReport.from_body(error)
+                ack.set_exception(TransportError(f"the pod could not send: {report.message}"))
+            except FedloomError as exc:
+                ack.set_exception(TransportError(f"the pod could not send: {exc}"))
+
+    def lost(self) -> None:
+        for ack in self._acks.values():
+            if not ack.done():
+                ack.set_exception(MailboxClosedError("the pod went away"))
+        self._inbound.put_nowait(_CLOSED)
+
+
+def child_main(
+    config: WorkerConfig,
+    connection: Any,
+    folder: str,
+    start: Event,
+    heartbeat: Synchronized[float],
+) -> None:
+    """Run one task's worker side; the target of the pod's spawned child. Never raises."""
+    link = Link(connection, Path(folder))
+    try:
+        outcome = asyncio.run(_main(config, link, start, heartbeat))
+    except BaseException as exc:
+        outcome = _failure(exc)
+    with contextlib.suppress(BaseException):
+        link.put("done", outcome)
+    with contextlib.suppress(BaseException):
+        link.close()
+
+
+def _failure(exc: BaseException, *, notify: bool = True) -> dict[str, Any]:
+    if isinstance(exc, TaskAbortedError):
+        report = ErrorReport(exc.reason, exc.message, type(exc).__name__, "")
+        return {"status": "aborted", "error": report.to_body(), "notify": False}
+    return {
+        "status": "failed",
+        "error": ErrorReport.from_exception(exc).to_body(),
+        "notify": notify,
+    }
+
+
+async def _main(
+    config: WorkerConfig, link: Link, start: Event, heartbeat: Synchronized[float]
+) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    beating = loop.create_task(_beat(heartbeat, config.heartbeat_interval))
+    proxy = ProxyMailbox(config.pod, link, loop)
+    this_task = asyncio.current_task()
+    reader = threading.Thread(
+        target=_read_link, args=(link, proxy, loop, this_task), daemon=True, name="link-reader"
+    )
+    reader.start()
+    try:
+        return await _run(config, link, proxy, start)
+    except (Exception, asyncio.CancelledError) as exc:
+        return _failure(exc)
+    finally:
+        beating.cancel()
+
+
+async def _run(
+    config: WorkerConfig, link: Link, proxy: ProxyMailbox, start: Event
+) -> dict[str, Any]:
+    import_plugins(config.plugins)
+    protocol = load_protocol(dict(config.protocol))
+    context = _context(config)
+    # the data is loaded here, so a broken dataset fails the child, not the pod
+    len(config.datasource)
+    link.put("ready")
+    await _started(start)
+    router = TaskRouter(proxy)
+    router.start()
+    channel = router.open_channel(config.task_id)
+    mailbox = WorkerMailbox(router, channel, config.modeller)
+    try:
+        record = await protocol.run_worker(mailbox, context)
+    finally:
+        await router.close()
+    return {"status": "completed", "record": record}
+
+
+def import_plugins(modules: tuple[str, ...]) -> None:
+    """Import the plugin modules the pod's admin approved (they register names).
+
+    Raises:
+        ConfigError: a name is not a dotted module name.
+        ImportError: a module cannot be imported.
+    """
+    for module in modules:
+        if not module or not all(part.isidentifier() for part in module.split(".")):
+            raise ConfigError(f"plugin {module!r} is not a module name")
+        importlib.import_module(module)
+
+
+def _context(config: WorkerConfig) -> WorkerContext:
+    hooks = build_hooks(config.hooks)  # an unknown name fails the task, naming it
+    return WorkerContext(config.pod, config.datasource, config.min_rows, hooks=hooks)
+
+
+async def _started(start: Event) -> None:
+    """Wait for the pod to say the modeller's TASK_START arrived (a watcher thread)."""
+    loop = asyncio.get_running_loop()
+    started = loop.create_future()
+
+    def watch() -> None:
+        start.wait()
+        loop.call_soon_threadsafe(_resolve, started)
+
+    threading.Thread(target=watch, daemon=True, name="start-watcher").start()
+    await started
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+async def _beat(heartbeat: Synchronized[float], interval: float) -> None:
+    """Tick from the event loop: code that blocks the loop stops the heartbeat."""
+    while True:
+        heartbeat.value = time.time()
+        await asyncio.sleep(interval / 4)
+
+
+def _read_link(
+    link: Link,
+    proxy: ProxyMailbox,
+    loop: asyncio.AbstractEventLoop,
+    main: asyncio.Task[Any] | None,
+) -> None:
+    while True:
+        try:
+            item = link.get()
+        except (EOFError, FedloomError):
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(proxy.lost)
+            return
+        op = item["op"]
+        with contextlib.suppress(RuntimeError):  # the loop may already be closed
+            if op == "deliver" and isinstance(item.get("message"), Message):
+                loop.call_soon_threadsafe(proxy.deliver, item["message"])
+            elif op == "ack" and isinstance(item.get("id"), int):
+                loop.call_soon_threadsafe(proxy.acknowledge, item["id"], item.get("error"))
+            elif op == "stop" and main is not None:
+                loop.call_soon_threadsafe(main.cancel)
+                return

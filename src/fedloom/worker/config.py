@@ -1,0 +1,80 @@
+"""What a pod hands to a task's child process, and how it watches it."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from fedloom.datasources import Datasource
+from fedloom.errors import ConfigError
+from fedloom.hooks import DEFAULT_WORKER_HOOKS
+
+DEFAULT_HEARTBEAT_INTERVAL = 5.0
+DEFAULT_HEARTBEAT_PATIENCE = 2
+DEFAULT_STOP_GRACE = 5.0
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Everything a spawned child needs to rebuild a task's worker side.
+
+    Picklable by construction: names and JSON-able specs, plus the pod's datasource object
+    (its description, e.g. a file path or arrays; the child loads the data itself).
+    Nothing here comes from pickle on a network path: the protocol spec is the JSON the
+    modeller sent, rebuilt in the child from registered names only.
+    """
+
+    task_id: str
+    pod: str
+    modeller: str
+    protocol: Mapping[str, Any]
+    datasource: Datasource
+    min_rows: int
+    hooks: tuple[str, ...] = DEFAULT_WORKER_HOOKS
+    plugins: tuple[str, ...] = ()
+    """Modules the pod's admin approved; the child imports them to register their names."""
+    heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
+    # flags of the batched execution (issue 5); carried so the child can rebuild them
+    batched: bool = False
+    test_run: bool = False
+    run_on_new_data_only: bool = False
+    force_rerun_failed_files: bool = False
+    extras: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class IsolationSettings:
+    """How a pod supervises its task children.
+
+    ``heartbeat_interval * heartbeat_patience`` seconds without a heartbeat from the
+    child's event loop means the child hangs; ``memory_limit_bytes`` (``None``: no cap) is
+    the most resident memory a child may use before it is stopped.
+    """
+
+    heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
+    heartbeat_patience: int = DEFAULT_HEARTBEAT_PATIENCE
+    memory_limit_bytes: int | None = None
+    stop_grace: float = DEFAULT_STOP_GRACE
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.heartbeat_interval) and self.heartbeat_interval > 0):
+            raise ConfigError(
+                f"heartbeat_interval must be a number of seconds > 0, "
+                f"got {self.heartbeat_interval!r}"
+            )
+        patience = self.heartbeat_patience
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
+            raise ConfigError(f"heartbeat_patience must be an integer >= 1, got {patience!r}")
+        limit = self.memory_limit_bytes
+        if limit is not None and (
+            isinstance(limit, bool) or not isinstance(limit, int) or limit < 1 << 20
+        ):
+            raise ConfigError(f"memory_limit_bytes must be None or >= 1 MiB, got {limit!r}")
+        if not (math.isfinite(self.stop_grace) and self.stop_grace >= 0):
+            raise ConfigError(f"stop_grace must be >= 0 seconds, got {self.stop_grace!r}")
+
+    @property
+    def hang_seconds(self) -> float:
+        return self.heartbeat_interval * self.heartbeat_patience

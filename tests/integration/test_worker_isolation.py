@@ -1,0 +1,131 @@
+"""Each task runs in a spawned child process; every way it can fail is caught and reported."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any
+
+import numpy as np
+import psutil
+import pytest
+
+import fedloom.testing.faults  # noqa: F401 - registers the "fault" protocol here
+from fedloom import AbortReason, ArraySource, LocalFederation, MemoryPodStore
+from fedloom.testing.faults import Fault
+from fedloom.worker import IsolationSettings
+
+from .conftest import run_async, until_idle
+
+PLUGINS = ("fedloom.testing.faults",)
+FAST = IsolationSettings(heartbeat_interval=0.5, heartbeat_patience=2, stop_grace=2.0)
+
+
+def _pods() -> dict[str, ArraySource]:
+    rng = np.random.default_rng(0)
+    return {"pod-a": ArraySource(rng.normal(size=(40, 3)).astype(np.float32))}
+
+
+async def _run(
+    federation: LocalFederation, fault: Fault, **options: Any
+) -> tuple[Any, float]:
+    started = time.monotonic()
+    run = await federation.run(fault, **options)
+    return run, time.monotonic() - started
+
+
+def _federation(store: MemoryPodStore, settings: IsolationSettings = FAST) -> LocalFederation:
+    return LocalFederation(
+        _pods(), pod_stores={"pod-a": store}, isolation=settings, plugins=PLUGINS
+    )
+
+
+def test_a_task_runs_in_a_child_without_hub_connection_or_keys() -> None:
+    store = MemoryPodStore()
+
+    async def main() -> None:
+        async with _federation(store) as federation:
+            run, _ = await _run(federation, Fault("ok"))
+            await until_idle(federation.pods["pod-a"])
+        facts = run.result["pod-a"]
+        assert facts["pid"] != os.getpid()
+        assert facts["inet_connections"] == 0
+        assert facts["grpc_loaded"] is False
+        assert not psutil.pid_exists(facts["pid"]) or psutil.Process(facts["pid"]).status() in (
+            psutil.STATUS_ZOMBIE,
+            psutil.STATUS_DEAD,
+        )
+        assert [(r.status, r.protocol) for r in store.task_runs()] == [("completed", "fault")]
+
+    run_async(main(), timeout=120)
+
+
+@pytest.mark.parametrize(
+    ("fault", "reason", "words"),
+    [
+        (Fault("raise"), AbortReason.WORKER_ERROR, "injected failure"),
+        (Fault("exit"), AbortReason.WORKER_CRASHED, "exited with code 3"),
+        (Fault("kill"), AbortReason.WORKER_CRASHED, "signal 9"),
+        (Fault("hang", seconds=60), AbortReason.WORKER_UNRESPONSIVE, "no heartbeat"),
+        (
+            Fault("allocate", megabytes=2048),
+            AbortReason.WORKER_OUT_OF_MEMORY,
+            "above the pod's cap",
+        ),
+    ],
+    ids=["raise", "exit", "sigkill", "hang", "memory"],
+)
+def test_a_failing_child_is_reported_and_the_pod_goes_on(
+    fault: Fault, reason: AbortReason, words: str
+) -> None:
+    store = MemoryPodStore()
+    settings = IsolationSettings(
+        heartbeat_interval=0.5, heartbeat_patience=2, stop_grace=2.0, memory_limit_bytes=700 << 20
+    )
+
+    async def main() -> None:
+        async with _federation(store, settings) as federation:
+            run, seconds = await _run(federation, fault)
+            assert run.result == {}
+            report = run.aborted["pod-a"]
+            assert report.reason is reason, report
+            assert words in report.message
+            assert seconds < 40
+            await until_idle(federation.pods["pod-a"])
+            assert federation.pods["pod-a"].workers == {}
+            # the same pod then runs a normal task
+            ok, _ = await _run(federation, Fault("ok"))
+            assert "pod-a" in ok.result
+            await until_idle(federation.pods["pod-a"])
+        statuses = [(r.status, r.reason) for r in store.task_runs()]
+        assert statuses == [("aborted", reason.value), ("completed", None)]
+
+    run_async(main(), timeout=180)
+
+
+def test_the_modeller_cancels_a_running_task() -> None:
+    store = MemoryPodStore()
+
+    async def main() -> None:
+        async with _federation(store) as federation:
+            pod = federation.pods["pod-a"]
+            running = asyncio.ensure_future(federation.run(Fault("sleep", seconds=120)))
+            deadline = time.monotonic() + 60
+            while not pod.workers and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            (worker,) = pod.workers.values()
+            while worker.ready_at is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            child = worker.process
+            running.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await running
+            deadline = time.monotonic() + 20
+            while pod.running_tasks() and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert child.exitcode is not None, "the child must be stopped"
+        (record,) = store.task_runs()
+        assert (record.status, record.reason) == ("aborted", "CANCELLED_BY_MODELLER")
+
+    run_async(main(), timeout=120)
