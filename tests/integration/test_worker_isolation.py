@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 import fedloom.testing.faults  # noqa: F401 - registers the "fault" protocol here
-from fedloom import AbortReason, ArraySource, LocalFederation, MemoryPodStore
+from fedloom import AbortReason, ArraySource, LocalFederation, MemoryPodStore, PodResponseError
 from fedloom.testing.faults import Fault
 from fedloom.worker import IsolationSettings
 
@@ -27,9 +27,7 @@ def _pods() -> dict[str, ArraySource]:
     return {"pod-a": ArraySource(rng.normal(size=(40, 3)).astype(np.float32))}
 
 
-async def _run(
-    federation: LocalFederation, fault: Fault, **options: Any
-) -> tuple[Any, float]:
+async def _run(federation: LocalFederation, fault: Fault, **options: Any) -> tuple[Any, float]:
     started = time.monotonic()
     run = await federation.run(fault, **options)
     return run, time.monotonic() - started
@@ -127,5 +125,38 @@ def test_the_modeller_cancels_a_running_task() -> None:
             assert child.exitcode is not None, "the child must be stopped"
         (record,) = store.task_runs()
         assert (record.status, record.reason) == ("aborted", "CANCELLED_BY_MODELLER")
+
+    run_async(main(), timeout=120)
+
+
+async def _failure_of(federation: LocalFederation) -> str:
+    """The reason pod-a failed the task: before the start (the modeller cannot start the
+    task at all) or after it (the pod aborted mid-task), depending on timing."""
+    try:
+        run = await federation.run(Fault("ok"))
+    except PodResponseError as exc:
+        return exc.failed_pods["pod-a"].split(":")[0]
+    return run.aborted["pod-a"].reason.value
+
+
+def test_failures_while_the_child_rebuilds_the_worker(tmp_path: Any) -> None:
+    """A dataset that cannot be read, or an unknown hook, fails in the child, not the pod."""
+    from fedloom import TableSource
+
+    store = MemoryPodStore()
+
+    async def main() -> None:
+        missing = {"pod-a": TableSource(tmp_path / "missing.csv")}
+        async with LocalFederation(
+            missing, pod_stores={"pod-a": store}, isolation=FAST, plugins=PLUGINS
+        ) as federation:
+            assert await _failure_of(federation) == "NO_DATA"
+            await until_idle(federation.pods["pod-a"])
+            pod = federation.pods["pod-a"]
+            pod.datasets = {"default": _pods()["pod-a"]}
+            pod.hooks = ("no-such-hook",)
+            assert await _failure_of(federation) == "INVALID_TASK"
+            await until_idle(pod)
+        assert [r.reason for r in store.task_runs()] == ["NO_DATA", "INVALID_TASK"]
 
     run_async(main(), timeout=120)
