@@ -1,13 +1,20 @@
-"""Datasources: how a pod or a virtual client reads its data, and seeded partitions."""
+"""Datasources: how a pod or a virtual client reads its data (tables, arrays, folders of
+files), and seeded partitions."""
 
 from fedloom.datasources.arrays import ArraySource
 from fedloom.datasources.base import Datasource
+from fedloom.datasources.files import LOADERS, FileCount, FileRecord, FileSource, Loader
 from fedloom.datasources.partition import dirichlet_partition, iid_partition
 from fedloom.datasources.table import TableSource, datasource_from_config
 
 __all__ = [
     "ArraySource",
     "Datasource",
+    "FileCount",
+    "FileRecord",
+    "FileSource",
+    "LOADERS",
+    "Loader",
     "TableSource",
     "datasource_from_config",
     "dirichlet_partition",
