@@ -2,22 +2,27 @@
 
 Two small contracts, each with an in-memory and an SQLite implementation:
 :class:`ExperimentStore` (modeller: experiments, rounds, metrics, safetensors checkpoints)
-and :class:`PodStore` (pod: task runs). :mod:`fedloom.testing.store_conformance` checks
+and :class:`PodStore` (pod: task runs, processed and failed files keyed by :func:`task_hash`,
+per-model usage). :mod:`fedloom.testing.store_conformance` checks
 any implementation against the contract.
 """
 
 from fedloom.store.base import (
     EXPERIMENT_STATUSES,
+    FAILED_FILE_LEVELS,
+    MAX_FILE_NAME_LENGTH,
     MAX_ROUND_INDEX,
     TASK_RUN_STATUSES,
     CheckpointRef,
     ExperimentRecord,
     ExperimentStore,
     ExperimentStoreStatistics,
+    FailedFile,
     PodStore,
     PodStoreStatistics,
     RoundRecord,
     TaskRunRecord,
+    task_hash,
 )
 from fedloom.store.checkpoints import SUPPORTED_CHECKPOINT_DTYPES
 from fedloom.store.memory import MemoryExperimentStore, MemoryPodStore
@@ -31,6 +36,9 @@ __all__ = [
     "ExperimentRecord",
     "ExperimentStore",
     "ExperimentStoreStatistics",
+    "FAILED_FILE_LEVELS",
+    "FailedFile",
+    "MAX_FILE_NAME_LENGTH",
     "MAX_ROUND_INDEX",
     "MemoryExperimentStore",
     "MemoryPodStore",
@@ -43,4 +51,5 @@ __all__ = [
     "SqlitePodStore",
     "TASK_RUN_STATUSES",
     "TaskRunRecord",
+    "task_hash",
 ]

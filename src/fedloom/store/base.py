@@ -1,19 +1,24 @@
 """Store contracts, the records they return, and the checks every implementation shares.
 
 Two small contracts live here: :class:`ExperimentStore` (modeller side: experiments, rounds,
-metrics, checkpoints) and :class:`PodStore` (pod side: task runs). Each has an in-memory and
+metrics, checkpoints) and :class:`PodStore` (pod side: task runs, processed and failed files,
+per-model usage). Each has an in-memory and
 an SQLite implementation, and :mod:`fedloom.testing.store_conformance` runs the same checks
 on all of them. Records are frozen dataclasses; every record a store returns is a fresh copy.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import hashlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol, Self, runtime_checkable
 
 import numpy.typing as npt
+
+from fedloom.errors import ConfigError
+from fedloom.store.jsonable import canonical_json
 
 #: Status of an experiment that is still going.
 RUNNING = "running"
@@ -23,6 +28,28 @@ EXPERIMENT_STATUSES: tuple[str, ...] = (RUNNING, "completed", "failed")
 TASK_RUN_STATUSES: tuple[str, ...] = ("accepted", "rejected", "completed", "aborted")
 #: The largest round index a store accepts (SQLite's INTEGER range).
 MAX_ROUND_INDEX = 2**63 - 1
+#: Where a file failed: alone (``"file"``) or as part of a batch that failed as a whole.
+FAILED_FILE_LEVELS: tuple[str, ...] = ("file", "batch")
+#: The longest file name (in characters) a pod store records.
+MAX_FILE_NAME_LENGTH = 4096
+
+
+def task_hash(task: Mapping[str, Any], datasource: Mapping[str, Any]) -> str:
+    """The key under which a pod remembers processed and failed files of one kind of task.
+
+    SHA-256 (lowercase hex) of the canonical JSON (sorted keys, no spaces, UTF-8, no NaN) of
+    ``{"task": task, "datasource": datasource}``: the same definition run on the same data
+    gives the same hash, whatever the key order.
+
+    Raises:
+        ConfigError: ``task`` or ``datasource`` is not a mapping or holds something JSON
+            cannot hold (a set, bytes, NaN, a non-str key); the message names the key.
+    """
+    for what, value in (("task", task), ("datasource", datasource)):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{what} must be a mapping, got {type(value).__name__}")
+    text = canonical_json({"task": task, "datasource": datasource}, "task definition")
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -73,6 +100,17 @@ class TaskRunRecord:
     result: dict[str, Any] | None
     started_at: float
     finished_at: float | None
+
+
+@dataclass(frozen=True)
+class FailedFile:
+    """One file that failed in a task, and why; ``level`` is one of FAILED_FILE_LEVELS."""
+
+    name: str
+    reason: str
+    exception_type: str
+    level: str
+    recorded_at: float
 
 
 @dataclass(frozen=True)
@@ -194,7 +232,12 @@ class ExperimentStore(Protocol):
 
 @runtime_checkable
 class PodStore(Protocol):
-    """The pod's record of the tasks it was asked to run. Safe to call from several threads."""
+    """The pod's record of the tasks it ran, the files they read, and per-model usage.
+
+    Processed and failed files are kept per task hash (see :func:`task_hash`), so a task
+    that runs again on the same data can skip what it already processed. Safe to call from
+    several threads. Every method of a closed store raises StoreError.
+    """
 
     def record_task_run(  # noqa: PLR0917 -- the contract's positional signature
         self,
@@ -232,6 +275,73 @@ class PodStore(Protocol):
         """Return copies of every run, ordered by ``started_at`` (ties: first recorded first).
 
         Raises:
+            StoreError: the store is closed or could not read.
+        """
+        ...
+
+    def record_processed_files(self, task_hash: str, files: Sequence[tuple[str, int]]) -> None:
+        """Record ``(name, mtime_ns)`` pairs as processed by tasks of ``task_hash``.
+
+        All pairs are written in one transaction, or none. A file recorded again gets the
+        new mtime (the last pair wins within one call), and recording a file clears its
+        failed entry for the same task hash.
+
+        Raises:
+            ConfigError: ``task_hash`` is not 64 lowercase hex characters, ``files`` is not a
+                sequence of pairs, a name is not a non-empty str of at most
+                :data:`MAX_FILE_NAME_LENGTH` characters, or an mtime is not an int >= 0;
+                nothing is written.
+            StoreError: the store is closed or could not write.
+        """
+        ...
+
+    def processed_files(self, task_hash: str) -> dict[str, int]:
+        """Return ``{name: mtime_ns}`` of every file processed under ``task_hash``.
+
+        Raises:
+            ConfigError: ``task_hash`` is not 64 lowercase hex characters.
+            StoreError: the store is closed or could not read.
+        """
+        ...
+
+    def record_failed_files(self, task_hash: str, failures: Sequence[FailedFile]) -> None:
+        """Record failed files of ``task_hash``, replacing an earlier failure of the same name.
+
+        All failures are written in one transaction, or none.
+
+        Raises:
+            ConfigError: ``task_hash`` is invalid, an entry is not a :class:`FailedFile`, a
+                name is invalid, ``reason`` or ``exception_type`` is not a str, ``level`` is
+                not one of :data:`FAILED_FILE_LEVELS`, or ``recorded_at`` is not a finite
+                number; nothing is written.
+            StoreError: the store is closed or could not write.
+        """
+        ...
+
+    def failed_files(self, task_hash: str) -> list[FailedFile]:
+        """Return the failed files of ``task_hash``, sorted by name.
+
+        Raises:
+            ConfigError: ``task_hash`` is not 64 lowercase hex characters.
+            StoreError: the store is closed or could not read.
+        """
+        ...
+
+    def add_usage(self, model: str, count: int) -> int:
+        """Atomically add ``count`` predictions to the usage of ``model``; return the new total.
+
+        Raises:
+            ConfigError: ``model`` is not a non-empty str, ``count`` is not an int >= 0, or
+                the total would pass 2**63 - 1; nothing is written.
+            StoreError: the store is closed or could not write.
+        """
+        ...
+
+    def usage(self, model: str) -> int:
+        """Return the predictions recorded for ``model`` (0 if it was never used).
+
+        Raises:
+            ConfigError: ``model`` is not a non-empty str.
             StoreError: the store is closed or could not read.
         """
         ...

@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,18 +24,24 @@ from fedloom.store.base import (
     ClosingContext,
     ExperimentRecord,
     ExperimentStoreStatistics,
+    FailedFile,
     PodStoreStatistics,
     RoundRecord,
     TaskRunRecord,
 )
 from fedloom.store.checkpoints import copy_arrays, encode_arrays, prepare_arrays, sha256_hex
 from fedloom.store.validation import (
+    check_count,
+    check_failed_files,
     check_id,
     check_metrics,
+    check_model,
     check_per_pod_metrics,
+    check_processed_files,
     check_round_index,
     check_same_origin,
     check_status,
+    check_task_hash,
     check_task_run,
     check_text,
     from_json,
@@ -228,6 +234,9 @@ class MemoryPodStore(_Closable):
         self._clock = clock
         self._lock = threading.Lock()
         self._runs: dict[str, tuple[TaskRunRecord, str | None]] = {}
+        self._processed: dict[str, dict[str, int]] = {}
+        self._failed: dict[str, dict[str, FailedFile]] = {}
+        self._usage: dict[str, int] = {}
         self._closed = False
 
     def record_task_run(  # noqa: PLR0917 -- the contract's positional signature
@@ -275,6 +284,53 @@ class MemoryPodStore(_Closable):
             runs = [_with_result(*entry) for entry in self._runs.values()]
         return sorted(runs, key=lambda run: run.started_at)  # stable: ties keep insertion order
 
+    def record_processed_files(self, task_hash: str, files: Sequence[tuple[str, int]]) -> None:
+        checked = check_processed_files(task_hash, files)
+        with self._lock:
+            self._check_open()
+            processed = self._processed.setdefault(task_hash, {})
+            failed = self._failed.get(task_hash, {})
+            for name, mtime_ns in checked:
+                processed[name] = mtime_ns
+                failed.pop(name, None)
+
+    def processed_files(self, task_hash: str) -> dict[str, int]:
+        check_task_hash(task_hash)
+        with self._lock:
+            self._check_open()
+            return dict(self._processed.get(task_hash, {}))
+
+    def record_failed_files(self, task_hash: str, failures: Sequence[FailedFile]) -> None:
+        checked = check_failed_files(task_hash, failures)
+        with self._lock:
+            self._check_open()
+            failed = self._failed.setdefault(task_hash, {})
+            for failure in checked:
+                failed[failure.name] = failure
+
+    def failed_files(self, task_hash: str) -> list[FailedFile]:
+        check_task_hash(task_hash)
+        with self._lock:
+            self._check_open()
+            failed = self._failed.get(task_hash, {})
+            return [failed[name] for name in sorted(failed)]
+
+    def add_usage(self, model: str, count: int) -> int:
+        check_model(model)
+        added = check_count(count, "count")
+        with self._lock:
+            self._check_open()
+            total = self._usage.get(model, 0) + added
+            check_count(total, f"the usage of model {model!r}")
+            self._usage[model] = total
+            return total
+
+    def usage(self, model: str) -> int:
+        check_model(model)
+        with self._lock:
+            self._check_open()
+            return self._usage.get(model, 0)
+
     def statistics(self) -> PodStoreStatistics:
         """Counts of task runs, in total and per status."""
         with self._lock:
@@ -293,6 +349,9 @@ class MemoryPodStore(_Closable):
         with self._lock:
             self._closed = True
             self._runs.clear()
+            self._processed.clear()
+            self._failed.clear()
+            self._usage.clear()
 
 
 def _with_result(record: TaskRunRecord, result_json: str | None) -> TaskRunRecord:

@@ -75,8 +75,40 @@ _V1_INITIAL = (
     "CREATE INDEX task_runs_by_start ON task_runs (started_at)",
 )
 
+# Version 2: what a pod needs for batched streaming runs (run on new data only, resilience
+# re-runs, inference limits per model). Keyed by task hash, not task id: a task run again
+# with the same definition and datasource gets a new id but must see the same files.
+_V2_POD_FILES_AND_USAGE = (
+    """
+    CREATE TABLE processed_files (
+        task_hash    TEXT NOT NULL CHECK (length(task_hash) = 64),
+        name         TEXT NOT NULL CHECK (length(name) > 0),
+        mtime_ns     INTEGER NOT NULL CHECK (mtime_ns >= 0),
+        processed_at REAL NOT NULL,
+        PRIMARY KEY (task_hash, name)
+    )
+    """,
+    """
+    CREATE TABLE failed_files (
+        task_hash      TEXT NOT NULL CHECK (length(task_hash) = 64),
+        name           TEXT NOT NULL CHECK (length(name) > 0),
+        reason         TEXT NOT NULL,
+        exception_type TEXT NOT NULL,
+        level          TEXT NOT NULL CHECK (level IN ('file', 'batch')),
+        recorded_at    REAL NOT NULL,
+        PRIMARY KEY (task_hash, name)
+    )
+    """,
+    """
+    CREATE TABLE model_usage (
+        model TEXT PRIMARY KEY NOT NULL,
+        used  INTEGER NOT NULL CHECK (used >= 0)
+    )
+    """,
+)
+
 #: Every migration in order; entry ``i`` takes a store from version ``i`` to ``i + 1``.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1_INITIAL,)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1_INITIAL, _V2_POD_FILES_AND_USAGE)
 #: The schema version this fedloom writes and the newest it can open.
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -11,7 +11,7 @@ import os
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -26,6 +26,7 @@ from fedloom.store.base import (
     ClosingContext,
     ExperimentRecord,
     ExperimentStoreStatistics,
+    FailedFile,
     PodStoreStatistics,
     RoundRecord,
     TaskRunRecord,
@@ -42,12 +43,17 @@ from fedloom.store.checkpoints import (
 )
 from fedloom.store.schema import Database
 from fedloom.store.validation import (
+    check_count,
+    check_failed_files,
     check_id,
     check_metrics,
+    check_model,
     check_per_pod_metrics,
+    check_processed_files,
     check_round_index,
     check_same_origin,
     check_status,
+    check_task_hash,
     check_task_run,
     check_text,
     from_json,
@@ -296,6 +302,76 @@ class SqlitePodStore(ClosingContext):
                 f"SELECT {_TASK_RUN_COLUMNS} FROM task_runs ORDER BY started_at, rowid"
             ).fetchall()
         return [_task_run(row) for row in rows]
+
+    def record_processed_files(self, task_hash: str, files: Sequence[tuple[str, int]]) -> None:
+        checked = check_processed_files(task_hash, files)
+        now = float(self._clock())
+        with self._db.transaction("record processed files", write=True) as conn:
+            conn.executemany(
+                "INSERT INTO processed_files (task_hash, name, mtime_ns, processed_at)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT (task_hash, name) DO UPDATE SET"
+                " mtime_ns = excluded.mtime_ns, processed_at = excluded.processed_at",
+                [(task_hash, name, mtime_ns, now) for name, mtime_ns in checked],
+            )
+            conn.executemany(
+                "DELETE FROM failed_files WHERE task_hash = ? AND name = ?",
+                [(task_hash, name) for name, _ in checked],
+            )
+
+    def processed_files(self, task_hash: str) -> dict[str, int]:
+        check_task_hash(task_hash)
+        with self._db.transaction("read processed files", write=False) as conn:
+            rows = conn.execute(
+                "SELECT name, mtime_ns FROM processed_files WHERE task_hash = ?", (task_hash,)
+            ).fetchall()
+        return {name: int(mtime_ns) for name, mtime_ns in rows}
+
+    def record_failed_files(self, task_hash: str, failures: Sequence[FailedFile]) -> None:
+        checked = check_failed_files(task_hash, failures)
+        with self._db.transaction("record failed files", write=True) as conn:
+            conn.executemany(
+                "INSERT INTO failed_files (task_hash, name, reason, exception_type, level,"
+                " recorded_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (task_hash, name)"
+                " DO UPDATE SET reason = excluded.reason,"
+                " exception_type = excluded.exception_type, level = excluded.level,"
+                " recorded_at = excluded.recorded_at",
+                [
+                    (task_hash, f.name, f.reason, f.exception_type, f.level, f.recorded_at)
+                    for f in checked
+                ],
+            )
+
+    def failed_files(self, task_hash: str) -> list[FailedFile]:
+        check_task_hash(task_hash)
+        with self._db.transaction("read failed files", write=False) as conn:
+            rows = conn.execute(
+                "SELECT name, reason, exception_type, level, recorded_at FROM failed_files"
+                " WHERE task_hash = ? ORDER BY name",
+                (task_hash,),
+            ).fetchall()
+        return [FailedFile(*row) for row in rows]
+
+    def add_usage(self, model: str, count: int) -> int:
+        check_model(model)
+        added = check_count(count, "count")
+        with self._db.transaction(f"add usage of model {model!r}", write=True) as conn:
+            row = conn.execute("SELECT used FROM model_usage WHERE model = ?", (model,)).fetchone()
+            # Checked here, not by SQLite: an INTEGER sum that overflows silently turns REAL.
+            total = check_count(
+                (0 if row is None else int(row[0])) + added, f"the usage of model {model!r}"
+            )
+            conn.execute(
+                "INSERT INTO model_usage (model, used) VALUES (?, ?)"
+                " ON CONFLICT (model) DO UPDATE SET used = excluded.used",
+                (model, total),
+            )
+        return total
+
+    def usage(self, model: str) -> int:
+        check_model(model)
+        with self._db.transaction(f"read usage of model {model!r}", write=False) as conn:
+            row = conn.execute("SELECT used FROM model_usage WHERE model = ?", (model,)).fetchone()
+        return 0 if row is None else int(row[0])
 
     def statistics(self) -> PodStoreStatistics:
         """Counts of task runs, in total and per status."""

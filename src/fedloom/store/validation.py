@@ -10,13 +10,21 @@ from __future__ import annotations
 import json
 import math
 import numbers
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from fedloom.errors import ConfigError, NotFoundError, StoreError
-from fedloom.store.base import MAX_ROUND_INDEX, TASK_RUN_STATUSES
+from fedloom.store.base import (
+    FAILED_FILE_LEVELS,
+    MAX_FILE_NAME_LENGTH,
+    MAX_ROUND_INDEX,
+    TASK_RUN_STATUSES,
+    FailedFile,
+)
+from fedloom.store.jsonable import check_jsonable
 
 
 def check_text(value: object, what: str, *, allow_empty: bool = False) -> str:
@@ -103,38 +111,8 @@ def to_json(value: object, what: str) -> str:
     if not isinstance(value, Mapping):
         raise ConfigError(f"{what} must be a mapping, got {type(value).__name__}")
     plain = dict(value)
-    try:
-        _check_jsonable(plain, what, set())
-    except RecursionError as exc:
-        raise ConfigError(f"{what} is nested too deeply to store as JSON") from exc
+    check_jsonable(plain, what)
     return json.dumps(plain, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
-
-
-def _check_jsonable(value: object, where: str, open_containers: set[int]) -> None:
-    if value is None or isinstance(value, str | bool | int):
-        return
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ConfigError(f"{where} is {value}; JSON cannot hold NaN or infinity")
-        return
-    if isinstance(value, dict | list | tuple):
-        if id(value) in open_containers:
-            raise ConfigError(f"{where} contains itself; JSON cannot hold a cycle")
-        open_containers.add(id(value))
-        if isinstance(value, dict):
-            for key, item in value.items():
-                if not isinstance(key, str):
-                    raise ConfigError(f"{where} has key {key!r}; JSON keys must be str")
-                _check_jsonable(item, f"{where}[{key!r}]", open_containers)
-        else:
-            for position, item in enumerate(value):
-                _check_jsonable(item, f"{where}[{position}]", open_containers)
-        open_containers.discard(id(value))
-        return
-    raise ConfigError(
-        f"{where} is a {type(value).__name__}, which JSON cannot hold; "
-        "use str, int, float, bool, None, list or dict"
-    )
 
 
 def from_json(text: str | None) -> Any:
@@ -164,3 +142,103 @@ def check_task_run(
     if reason is not None:
         check_text(reason, "reason", allow_empty=True)
     return None if result is None else to_json(result, "result")
+
+
+_TASK_HASH = re.compile(r"[0-9a-f]{64}")
+#: SQLite's INTEGER range; usage totals and mtimes must fit in it.
+_MAX_INT64 = 2**63 - 1
+
+
+def check_task_hash(value: object) -> str:
+    """``value`` if it is 64 lowercase hex characters (a :func:`task_hash`), else ConfigError."""
+    if not isinstance(value, str) or _TASK_HASH.fullmatch(value) is None:
+        raise ConfigError(
+            f"task_hash must be 64 lowercase hex characters, got {value!r}; "
+            "compute it with fedloom.store.task_hash(task, datasource)"
+        )
+    return value
+
+
+def check_file_name(value: object, where: str) -> str:
+    """A non-empty, valid Unicode str of at most MAX_FILE_NAME_LENGTH chars, else ConfigError."""
+    name = check_text(value, where)
+    if len(name) > MAX_FILE_NAME_LENGTH:
+        raise ConfigError(
+            f"{where} is {len(name)} characters long; at most {MAX_FILE_NAME_LENGTH} are kept"
+        )
+    check_unicode(name, where)
+    return name
+
+
+def check_unicode(value: str, where: str) -> None:
+    """ConfigError if ``value`` holds a NUL or a lone surrogate, which SQLite text cannot keep."""
+    if "\x00" in value:
+        raise ConfigError(f"{where} contains a NUL character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ConfigError(
+            f"{where} is not valid Unicode ({exc.reason}); decode file names before recording"
+        ) from exc
+
+
+def check_count(value: object, what: str, *, maximum: int = _MAX_INT64) -> int:
+    """``value`` as an int in [0, maximum] (bool refused), else ConfigError."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise ConfigError(f"{what} must be an int, got {type(value).__name__}")
+    number = int(value)
+    if not 0 <= number <= maximum:
+        raise ConfigError(f"{what} must be between 0 and {maximum}, got {number}")
+    return number
+
+
+def check_processed_files(task_hash: object, files: object) -> list[tuple[str, int]]:
+    """Validate a ``record_processed_files`` call; return plain ``(name, mtime_ns)`` pairs.
+
+    Raises:
+        ConfigError: a bad task hash, ``files`` not a sequence of pairs, or a bad pair.
+    """
+    check_task_hash(task_hash)
+    checked: list[tuple[str, int]] = []
+    for position, entry in enumerate(_entries(files, "files")):
+        where = f"files[{position}]"
+        if not isinstance(entry, tuple | list) or len(entry) != 2:
+            raise ConfigError(f"{where} must be a (name, mtime_ns) pair, got {entry!r}")
+        name = check_file_name(entry[0], f"{where} name")
+        checked.append((name, check_count(entry[1], f"{where} mtime_ns ({name!r})")))
+    return checked
+
+
+def check_failed_files(task_hash: object, failures: object) -> list[FailedFile]:
+    """Validate a ``record_failed_files`` call; return plain copies of the failures.
+
+    Raises:
+        ConfigError: a bad task hash, ``failures`` not a sequence of FailedFile, or a bad field.
+    """
+    check_task_hash(task_hash)
+    checked: list[FailedFile] = []
+    for position, entry in enumerate(_entries(failures, "failures")):
+        where = f"failures[{position}]"
+        if not isinstance(entry, FailedFile):
+            raise ConfigError(f"{where} must be a FailedFile, got {type(entry).__name__}")
+        name = check_file_name(entry.name, f"{where}.name")
+        for field, value in (("reason", entry.reason), ("exception_type", entry.exception_type)):
+            label = f"{where}.{field}"
+            check_unicode(check_text(value, label, allow_empty=True), label)
+        level = check_status(entry.level, FAILED_FILE_LEVELS, f"{where}.level")
+        recorded_at = check_metrics({"recorded_at": entry.recorded_at}, where)["recorded_at"]
+        checked.append(FailedFile(name, entry.reason, entry.exception_type, level, recorded_at))
+    return checked
+
+
+def check_model(value: object) -> str:
+    """``value`` if it is a non-empty, valid Unicode str naming a model, else ConfigError."""
+    model = check_text(value, "model")
+    check_unicode(model, "model")
+    return model
+
+
+def _entries(values: object, what: str) -> Sequence[object]:
+    if isinstance(values, str | bytes | bytearray) or not isinstance(values, Sequence):
+        raise ConfigError(f"{what} must be a list or tuple, got {type(values).__name__}")
+    return values
