@@ -71,6 +71,18 @@ class EmptyDatasetError(DataError):
     """A dataset with no rows."""
 
 
+class NoNewDataError(DataError):
+    """Every file of the dataset was already processed (run on new data only)."""
+
+
+class TooManyFailuresError(DataError):
+    """A batched task failed too many batches in a row, or nothing at all succeeded."""
+
+
+class LimitsExceededError(FedloomError):
+    """A model used up the pod's usage limit; the allowed results were still delivered."""
+
+
 class MissingColumnError(DataError, KeyError):
     """A column that the request needs is not in the dataset."""
 
@@ -275,6 +287,10 @@ def abort_reason_for(error: BaseException) -> AbortReason:
         return AbortReason.NO_ACCESS
     if isinstance(error, PrivacyThresholdError):
         return AbortReason.PRIVACY_THRESHOLD
+    if isinstance(error, NoNewDataError):
+        return AbortReason.NO_NEW_DATA
+    if isinstance(error, LimitsExceededError):
+        return AbortReason.LIMITS_EXCEEDED
     if isinstance(error, DatasetNotFoundError | EmptyDatasetError):
         return AbortReason.NO_DATA
     if isinstance(error, MissingColumnError | SchemaMismatchError):

@@ -189,7 +189,8 @@ class Modeller:
                 await self._cancel(mailbox, "not every pod accepted the task")
                 raise PodResponseError(f"task {protocol.name!r} could not start", failed)
             experiment_id = self._create_experiment(name or protocol.name, spec)
-            await mailbox.broadcast(MessageType.TASK_START)
+            if not protocol.handles_start:
+                await mailbox.broadcast(MessageType.TASK_START)
             context = ModellerContext(self.store, experiment_id, on_round)
             try:
                 result = await protocol.run_modeller(mailbox, context)

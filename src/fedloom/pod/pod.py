@@ -20,7 +20,7 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fedloom.datasources import Datasource
@@ -35,7 +35,7 @@ from fedloom.errors import (
     TaskAbortedError,
 )
 from fedloom.hooks import DEFAULT_WORKER_HOOKS, build_hooks
-from fedloom.protocols import DEFAULT_MIN_ROWS, Protocol, WorkerContext, load_protocol
+from fedloom.protocols import DEFAULT_MIN_ROWS, Protocol, StoreLedger, WorkerContext, load_protocol
 from fedloom.store import PodStore
 from fedloom.transport import Channel, Mailbox, TaskRouter, WorkerMailbox
 from fedloom.transport.task import report_of
@@ -69,6 +69,8 @@ class PodPolicy:
     min_rows: int = DEFAULT_MIN_ROWS
     start_timeout: float = DEFAULT_START_TIMEOUT
     max_concurrent_tasks: int = DEFAULT_MAX_CONCURRENT_TASKS
+    usage_limits: Mapping[str, int] = field(default_factory=dict)
+    """Most predictions each model (by registered name) may make on this pod, ever."""
 
     def __post_init__(self) -> None:
         if (
@@ -194,6 +196,8 @@ class Pod:
         self.hooks = tuple(hooks)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._slots = _Slots()
+        self.ledger = StoreLedger(store, self.policy.usage_limits)
+        """Processed/failed files and usage, for tasks (their children ask the pod)."""
         self.workers: dict[str, WorkerProcess] = {}
         """The child processes of running tasks, by task id."""
 
@@ -386,9 +390,14 @@ class Pod:
         # row count itself is not sent (it could undercut the privacy threshold)
         len(accepted.datasource)
         await mailbox.send(MessageType.PREPARING_DATA, {})
-        await mailbox.receive(MessageType.TASK_START, timeout=self.policy.start_timeout)
+        if not accepted.protocol.handles_start:
+            await mailbox.receive(MessageType.TASK_START, timeout=self.policy.start_timeout)
         context = WorkerContext(
-            self.name, accepted.datasource, self.policy.min_rows, hooks=build_hooks(self.hooks)
+            self.name,
+            accepted.datasource,
+            self.policy.min_rows,
+            hooks=build_hooks(self.hooks),
+            ledger=self.ledger,
         )
         return await accepted.protocol.run_worker(mailbox, context)
 
@@ -411,8 +420,10 @@ class Pod:
                 hooks=self.hooks,
                 plugins=self.plugins,
                 heartbeat_interval=self.isolation.heartbeat_interval,
+                handles_start=accepted.protocol.handles_start,
             ),
             self.isolation,
+            ledger=self.ledger,
         )
         self.workers[request.task_id] = worker
         try:

@@ -12,6 +12,8 @@ from fedloom.protocols.base import (
     register_protocol,
 )
 from fedloom.protocols.fedavg import FedAvg, FedAvgResult, RoundMetrics
+from fedloom.protocols.inference import BatchedInference, InferenceResult
+from fedloom.protocols.ledger import Ledger, StoreLedger
 from fedloom.protocols.results_only import (
     RESULT_ALGORITHMS,
     PodResults,
@@ -20,6 +22,10 @@ from fedloom.protocols.results_only import (
 )
 
 __all__ = [
+    "BatchedInference",
+    "InferenceResult",
+    "Ledger",
+    "StoreLedger",
     "DEFAULT_MIN_ROWS",
     "PROTOCOLS",
     "RESULT_ALGORITHMS",

@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Self, TypeVar
 from fedloom.datasources import Datasource
 from fedloom.errors import ConfigError, FedloomError
 from fedloom.hooks import HookSet, default_worker_hooks
+from fedloom.protocols.ledger import Ledger
 from fedloom.registry import Registry
 from fedloom.store import ExperimentStore
 from fedloom.transport import ModellerMailbox, WorkerMailbox
@@ -40,6 +41,8 @@ class WorkerContext:
     datasource: Datasource
     min_rows: int = DEFAULT_MIN_ROWS
     hooks: HookSet = field(default_factory=default_worker_hooks)
+    ledger: Ledger | None = None
+    """The pod's processed/failed files and usage (None: the task keeps none)."""
 
 
 RoundCallback = Callable[[Mapping[str, Any]], None]
@@ -63,6 +66,11 @@ class Protocol(ABC):
     """Base of every protocol. Subclasses are frozen dataclasses registered by name."""
 
     name: ClassVar[str]
+    handles_start: ClassVar[bool] = False
+    """True for protocols that run the start handshake themselves (the batched flow: the
+    worker says it is ready with TASK_START, the modeller answers TASK_START once every pod
+    is). Otherwise the modeller sends TASK_START right after the accepts and the pod waits
+    for it before the worker side starts."""
 
     @abstractmethod
     def to_config(self) -> dict[str, Any]:

@@ -20,11 +20,13 @@ import itertools
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from multiprocessing.sharedctypes import Synchronized
 from multiprocessing.synchronize import Event
 from pathlib import Path
 from typing import Any
 
+from fedloom.algorithms.inference import UsageCut
 from fedloom.errors import (
     ConfigError,
     ErrorReport,
@@ -36,6 +38,8 @@ from fedloom.errors import (
 )
 from fedloom.hooks import build_hooks
 from fedloom.protocols import WorkerContext, load_protocol
+from fedloom.protocols.ledger import failed_from_body, failed_to_body
+from fedloom.store import FailedFile
 from fedloom.transport import MailboxStatistics, TaskRouter, WorkerMailbox
 from fedloom.wire import Message
 from fedloom.worker.config import WorkerConfig
@@ -54,7 +58,7 @@ class ProxyMailbox:
         self._link = link
         self._loop = loop
         self._inbound: asyncio.Queue[Message | object] = asyncio.Queue()
-        self._acks: dict[int, asyncio.Future[None]] = {}
+        self._acks: dict[int, asyncio.Future[Any]] = {}
         self._ids = itertools.count(1)
         self._sent = 0
         self._received = 0
@@ -67,16 +71,25 @@ class ProxyMailbox:
     async def send(self, message: Message) -> Message:
         if self._closed:
             raise MailboxClosedError("the task's mailbox is closed")
-        request = next(self._ids)
-        ack: asyncio.Future[None] = self._loop.create_future()
-        self._acks[request] = ack
-        try:
-            self._link.put("send", {"id": request}, message.with_updates(sender=self._identity))
-            await ack
-        finally:
-            self._acks.pop(request, None)
+        await self.request("send", {}, message.with_updates(sender=self._identity))
         self._sent += 1
         return message.with_updates(sender=self._identity)
+
+    async def request(self, op: str, fields: dict[str, Any], message: Message | None = None) -> Any:
+        """One request to the pod; returns its answer's ``result``.
+
+        Raises:
+            TransportError: the pod could not do it (the message says why).
+            MailboxClosedError: the pod went away.
+        """
+        request = next(self._ids)
+        ack: asyncio.Future[Any] = self._loop.create_future()
+        self._acks[request] = ack
+        try:
+            self._link.put(op, {"id": request, **fields}, message)
+            return await ack
+        finally:
+            self._acks.pop(request, None)
 
     async def receive(self, timeout: float | None = None) -> Message:
         if self._closed:
@@ -109,12 +122,12 @@ class ProxyMailbox:
     def deliver(self, message: Message) -> None:
         self._inbound.put_nowait(message)
 
-    def acknowledge(self, request: int, error: object) -> None:
+    def acknowledge(self, request: int, error: object, result: object = None) -> None:
         ack = self._acks.get(request)
         if ack is None or ack.done():
             return
         if error is None:
-            ack.set_result(None)
+            ack.set_result(result)
         else:
             try:
                 report = ErrorReport.from_body(error)
@@ -127,6 +140,33 @@ class ProxyMailbox:
             if not ack.done():
                 ack.set_exception(MailboxClosedError("the pod went away"))
         self._inbound.put_nowait(_CLOSED)
+
+
+class LinkLedger:
+    """The child's :class:`~fedloom.protocols.Ledger`: each call is a request to the pod."""
+
+    def __init__(self, proxy: ProxyMailbox) -> None:
+        self._proxy = proxy
+
+    async def _call(self, call: str, *args: Any) -> Any:
+        return await self._proxy.request("ledger", {"call": call, "args": list(args)})
+
+    async def processed_files(self, task_hash: str) -> dict[str, int]:
+        found = await self._call("processed_files", task_hash)
+        return {str(name): int(mtime) for name, mtime in dict(found).items()}
+
+    async def failed_files(self, task_hash: str) -> list[FailedFile]:
+        return [failed_from_body(row) for row in await self._call("failed_files", task_hash)]
+
+    async def record_processed(self, task_hash: str, files: Sequence[tuple[str, int]]) -> None:
+        await self._call("record_processed", task_hash, [list(f) for f in files])
+
+    async def record_failed(self, task_hash: str, failures: Sequence[FailedFile]) -> None:
+        await self._call("record_failed", task_hash, [failed_to_body(f) for f in failures])
+
+    async def consume(self, model: str, new: int) -> UsageCut:
+        allowed, overrun, exceeded = await self._call("consume", model, new)
+        return UsageCut(int(allowed), int(overrun), bool(exceeded))
 
 
 def child_main(
@@ -183,11 +223,12 @@ async def _run(
 ) -> dict[str, Any]:
     import_plugins(config.plugins)
     protocol = load_protocol(dict(config.protocol))
-    context = _context(config)
+    context = _context(config, LinkLedger(proxy))
     # the data is loaded here, so a broken dataset fails the child, not the pod
     len(config.datasource)
     link.put("ready")
-    await _started(start)
+    if not config.handles_start:
+        await _started(start)
     router = TaskRouter(proxy)
     router.start()
     channel = router.open_channel(config.task_id)
@@ -212,9 +253,9 @@ def import_plugins(modules: tuple[str, ...]) -> None:
         importlib.import_module(module)
 
 
-def _context(config: WorkerConfig) -> WorkerContext:
+def _context(config: WorkerConfig, ledger: LinkLedger) -> WorkerContext:
     hooks = build_hooks(config.hooks)  # an unknown name fails the task, naming it
-    return WorkerContext(config.pod, config.datasource, config.min_rows, hooks=hooks)
+    return WorkerContext(config.pod, config.datasource, config.min_rows, hooks=hooks, ledger=ledger)
 
 
 async def _started(start: Event) -> None:
@@ -260,7 +301,9 @@ def _read_link(
             if op == "deliver" and isinstance(item.get("message"), Message):
                 loop.call_soon_threadsafe(proxy.deliver, item["message"])
             elif op == "ack" and isinstance(item.get("id"), int):
-                loop.call_soon_threadsafe(proxy.acknowledge, item["id"], item.get("error"))
+                loop.call_soon_threadsafe(
+                    proxy.acknowledge, item["id"], item.get("error"), item.get("result")
+                )
             elif op == "stop" and main is not None:
                 loop.call_soon_threadsafe(main.cancel)
                 return

@@ -36,6 +36,8 @@ class WorkerConfig:
     plugins: tuple[str, ...] = ()
     """Modules the pod's admin approved; the child imports them to register their names."""
     heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
+    handles_start: bool = False
+    """The protocol runs the start handshake itself (its TASK_START is forwarded)."""
     # flags of the batched execution (issue 5); carried so the child can rebuild them
     batched: bool = False
     test_run: bool = False

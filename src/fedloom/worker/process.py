@@ -37,6 +37,7 @@ from fedloom.errors import (
     ProtocolError,
     TaskAbortedError,
 )
+from fedloom.protocols import StoreLedger
 from fedloom.transport import Channel, WorkerMailbox
 from fedloom.wire import Message, MessageType
 from fedloom.worker.child import child_main
@@ -53,9 +54,17 @@ _EOF = object()
 class WorkerProcess:
     """One task's child process, seen from the pod."""
 
-    def __init__(self, config: WorkerConfig, settings: IsolationSettings | None = None) -> None:
+    def __init__(
+        self,
+        config: WorkerConfig,
+        settings: IsolationSettings | None = None,
+        *,
+        ledger: StoreLedger | None = None,
+    ) -> None:
+        """``ledger``: the pod's records the child may ask for (none: a throw-away one)."""
         self.config = config
         self.settings = settings or IsolationSettings()
+        self.ledger = ledger or StoreLedger(None)
         context = multiprocessing.get_context("spawn")
         self._folder = exchange_folder(config.task_id)
         parent_end, self._child_end = context.Pipe(duplex=True)
@@ -145,6 +154,8 @@ class WorkerProcess:
                 )
             elif op == "send" and isinstance(item.get("message"), Message):
                 await self._send_for_child(mailbox, item)
+            elif op == "ledger":
+                await self._ledger_for_child(item)
             elif op == "done":
                 return _outcome(item)
             else:
@@ -160,6 +171,19 @@ class WorkerProcess:
             error = ErrorReport.from_exception(exc).to_body()
         await asyncio.to_thread(self._link.put, "ack", {"id": item.get("id"), "error": error})
 
+    async def _ledger_for_child(self, item: dict[str, Any]) -> None:
+        result: Any = None
+        error: Mapping[str, Any] | None = None
+        try:
+            call, args = item.get("call"), item.get("args")
+            if not isinstance(call, str) or not isinstance(args, list):
+                raise ProtocolError("a ledger request needs 'call' and 'args'")
+            result = await self.ledger.call(call, args)
+        except (FedloomError, TypeError, ValueError) as exc:
+            error = ErrorReport.from_exception(exc).to_body()
+        answer = {"id": item.get("id"), "error": error, "result": result}
+        await asyncio.to_thread(self._link.put, "ack", answer)
+
     async def _pump(self, channel: Channel, mailbox: WorkerMailbox) -> None:
         """Modeller → child; the start signal; cancellation."""
         while True:
@@ -171,7 +195,8 @@ class WorkerProcess:
                 continue
             if message.type is MessageType.TASK_START:
                 self._start_event.set()
-                continue
+                if not self.config.handles_start:
+                    continue
             if message.type is MessageType.TASK_CANCEL:
                 raise TaskAbortedError(
                     AbortReason.CANCELLED_BY_MODELLER, "the modeller cancelled the task"

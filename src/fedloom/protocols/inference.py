@@ -1,0 +1,368 @@
+"""Batched model inference over a folder of files: the streaming flow of DESIGN.md.
+
+Worker side, on each pod (its dataset must be a :class:`~fedloom.datasources.FileSource`):
+
+1. choose the files: all of them, or (``run_on_new_data_only``) those not processed by this
+   task definition since they were last modified, plus (``force_rerun_failed_files``) the
+   ones it failed on; nothing to do → TASK_ABORT ``NO_NEW_DATA``;
+2. NUM_BATCHES = -1 (streaming), CURRENT_BATCH_ID = 1, TASK_START (ready); wait for the
+   modeller's TASK_START, then its MODEL_PARAMETERS (the initial setup step);
+3. per batch: load the files (a file that cannot be read is a file-level failure), predict,
+   cut to the pod's usage limit for the model, record the processed files, send
+   EVALUATION_RESULTS with the report rows; a batch that fails as a whole is recorded and
+   the task goes on, unless ``max_consecutive_batch_failures`` batches failed in a row;
+   a later NUM_BATCHES gives the real count once the background count is done;
+4. BATCHES_COMPLETE("BATCHES_ONLY"); the resilience phase retries each file of a failed
+   batch alone (success: it was a batch-level problem; failure: a file-level one);
+5. BATCHES_COMPLETE("TASK_COMPLETE") with the failure report; TASK_COMPLETE from the modeller.
+
+The usage limit: when the model's total reaches the limit, the allowed rows are still sent
+and recorded, then the task ends with TASK_ABORT ``LIMITS_EXCEEDED``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Self
+
+import numpy as np
+
+from fedloom.algorithms.inference import (
+    Predictions,
+    cut,
+    predict,
+    report_rows,
+    rows_from_body,
+    rows_to_body,
+)
+from fedloom.algorithms.ml import ModelSpec, build_model, load_arrays, state_to_arrays
+from fedloom.datasources import FileRecord, FileSource
+from fedloom.errors import (
+    AbortReason,
+    ConfigError,
+    DataError,
+    LimitsExceededError,
+    NoNewDataError,
+    PodResponseError,
+    SchemaMismatchError,
+    TooManyFailuresError,
+)
+from fedloom.hooks import HookPoint
+from fedloom.protocols.base import (
+    ModellerContext,
+    Protocol,
+    WorkerContext,
+    check_keys,
+    optional_timeout,
+    register_protocol,
+)
+from fedloom.protocols.ledger import Ledger, StoreLedger
+from fedloom.store import FailedFile, task_hash
+from fedloom.transport import ModellerMailbox, WorkerMailbox
+from fedloom.wire import MessageType
+
+BATCHES_ONLY = "BATCHES_ONLY"
+FINISHED = "TASK_COMPLETE"
+_RUN_FLAGS = ("test_run", "run_on_new_data_only", "force_rerun_failed_files")
+
+
+@dataclass(frozen=True)
+class InferenceResult:
+    """What the modeller collected: report rows and failures per pod."""
+
+    rows: dict[str, list[dict[str, str]]]
+    failures: dict[str, list[dict[str, str]]]
+    batches: dict[str, int]
+
+
+@register_protocol
+@dataclass(frozen=True)
+class BatchedInference(Protocol):
+    """Run ``model`` over every pod's files in batches; see the module docstring."""
+
+    name = "inference"
+    handles_start: ClassVar[bool] = True
+
+    model: ModelSpec
+    batch_size: int = 32
+    resilience: bool = True
+    max_consecutive_batch_failures: int = 5
+    test_run: bool = False
+    run_on_new_data_only: bool = False
+    force_rerun_failed_files: bool = False
+    timeout: float | None = None
+    weights: Mapping[str, np.ndarray] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int):
+            raise ConfigError("inference.batch_size must be an integer >= 1")
+        if self.batch_size < 1:
+            raise ConfigError("inference.batch_size must be an integer >= 1")
+        limit = self.max_consecutive_batch_failures
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit == 0 or limit < -1:
+            raise ConfigError(
+                "inference.max_consecutive_batch_failures must be -1 (unlimited) or >= 1"
+            )
+        if self.force_rerun_failed_files and not self.resilience:
+            raise ConfigError("force_rerun_failed_files needs resilience (single-file retries)")
+        optional_timeout("inference.timeout", self.timeout)
+
+    def algorithms(self) -> frozenset[str]:
+        return frozenset({self.model.name})
+
+    def to_config(self) -> dict[str, Any]:
+        return {
+            "model": self.model.to_config(),
+            "batch_size": self.batch_size,
+            "resilience": self.resilience,
+            "max_consecutive_batch_failures": self.max_consecutive_batch_failures,
+            "test_run": self.test_run,
+            "run_on_new_data_only": self.run_on_new_data_only,
+            "force_rerun_failed_files": self.force_rerun_failed_files,
+            "timeout": self.timeout,
+        }
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Self:
+        optional = set(cls.__dataclass_fields__) - {"model", "weights"}
+        check_keys("inference", config, {"model"}, optional)
+        values = {key: config[key] for key in optional if key in config}
+        return cls(model=ModelSpec.from_config(config["model"]), **values)
+
+    def summarise(self, result: Any) -> dict[str, Any]:
+        if not isinstance(result, InferenceResult):
+            return {}
+        return {
+            "files": {pod: len(rows) for pod, rows in result.rows.items()},
+            "failed": {pod: len(rows) for pod, rows in result.failures.items()},
+        }
+
+    # --- modeller -----------------------------------------------------------------------
+
+    async def run_modeller(
+        self, mailbox: ModellerMailbox, context: ModellerContext
+    ) -> InferenceResult:
+        await mailbox.collect(MessageType.TASK_START, name="ready", timeout=self.timeout)
+        if not mailbox.pods:
+            failed = {pod: f"{r.reason.value}: {r.message}" for pod, r in mailbox.aborted.items()}
+            raise PodResponseError("inference: no pod is ready", failed)
+        await mailbox.broadcast(MessageType.TASK_START)
+        weights = dict(self.weights) or state_to_arrays(build_model(self.model))
+        await mailbox.broadcast(MessageType.MODEL_PARAMETERS, {}, weights)
+        rows: dict[str, list[dict[str, str]]] = {pod: [] for pod in mailbox.pods}
+        failures: dict[str, list[dict[str, str]]] = {}
+        batches: dict[str, int] = dict.fromkeys(mailbox.pods, 0)
+        waiting = set(mailbox.pods)
+        stream = mailbox.stream(timeout=self.timeout)
+        async for message in stream:
+            pod = message.sender
+            body = message.body if isinstance(message.body, dict) else {}
+            if message.type is MessageType.EVALUATION_RESULTS and pod in rows:
+                rows[pod].extend(rows_from_body(body.get("rows")))
+                batches[pod] = max(batches[pod], int(body.get("batch", 0)))
+            elif message.type is MessageType.BATCHES_COMPLETE and body.get("stage") == FINISHED:
+                failures[pod] = rows_from_body(body.get("failures", []))
+                waiting.discard(pod)
+            waiting &= set(mailbox.pods)  # pods that aborted are out
+            if not waiting:
+                break
+        for pod in waiting:
+            await mailbox.drop(pod, AbortReason.WORKER_UNRESPONSIVE, "no end of batches in time")
+        # rows a pod delivered before it aborted (its usage limit, say) are kept
+        return InferenceResult(
+            rows={pod: found for pod, found in rows.items() if found or pod in mailbox.pods},
+            failures=failures,
+            batches=batches,
+        )
+
+    # --- worker ---------------------------------------------------------------------------
+
+    async def run_worker(self, mailbox: WorkerMailbox, context: WorkerContext) -> dict[str, Any]:
+        source = context.datasource
+        if not isinstance(source, FileSource):
+            raise SchemaMismatchError(
+                "the inference protocol needs a folder-of-files dataset on the pod"
+            )
+        ledger: Ledger = context.ledger or StoreLedger(None)
+        hooks = context.hooks.bind(mailbox, context.pod)
+        await hooks.fire(HookPoint.INIT_START)
+        key = self._task_hash(source)
+        records = await self._selected(source, ledger, key)
+        first = next(records, None)
+        if first is None:
+            raise NoNewDataError("no file that this task has not already processed")
+        count = source.count_in_background()
+        await mailbox.send(MessageType.NUM_BATCHES, {"count": -1})
+        await mailbox.send(MessageType.CURRENT_BATCH_ID, {"batch": 1})
+        await mailbox.send(MessageType.TASK_START, {})
+        await mailbox.receive(MessageType.TASK_START)
+        setup = await mailbox.receive(MessageType.MODEL_PARAMETERS)
+        model = build_model(self.model)
+        load_arrays(model, setup.tensors)
+        await hooks.fire(HookPoint.INIT_END)
+        await hooks.fire(HookPoint.RUN_START)
+        run = _Run(self, source=source, ledger=ledger, key=key, model=model, mailbox=mailbox)
+        batches = source.batches(_chain(first, records), self.batch_size)
+        announced = False
+        for batch in batches:
+            await run.batch(batch)
+            await hooks.fire(HookPoint.BATCH_END, batch=run.batch_id, step=run.succeeded)
+            if not announced and count.done() and not self.run_on_new_data_only:
+                total = math.ceil(count.result() / self.batch_size)
+                await mailbox.send(MessageType.NUM_BATCHES, {"count": total})
+                announced = True
+            if self.test_run or run.limit_reached:
+                break
+            await mailbox.send(MessageType.CURRENT_BATCH_ID, {"batch": run.batch_id + 1})
+        await mailbox.send(MessageType.BATCHES_COMPLETE, {"stage": BATCHES_ONLY})
+        if self.resilience and not run.limit_reached:
+            await run.retry_failed_batches()
+        await hooks.fire(HookPoint.RESILIENCE_END, failed=len(run.failed))
+        await ledger.record_failed(key, list(run.failed.values()))
+        if run.limit_reached:
+            raise LimitsExceededError(
+                f"model {self.model.name!r} reached this pod's usage limit; "
+                f"{run.succeeded} results were delivered"
+            )
+        if run.succeeded == 0:
+            raise TooManyFailuresError("no batch and no file could be processed")
+        report = report_rows(
+            Predictions([], np.zeros(0, np.int64), np.zeros((0, 1), np.float32)),
+            {name: f"{f.level}: {f.reason}" for name, f in run.failed.items()},
+        )
+        await mailbox.send(
+            MessageType.BATCHES_COMPLETE,
+            {"stage": FINISHED, "failures": rows_to_body(report)},
+        )
+        await mailbox.receive(MessageType.TASK_COMPLETE)
+        released = {"files": run.succeeded, "failed": len(run.failed), "batches": run.batch_id}
+        await hooks.fire(HookPoint.RUN_END, released=released)
+        return released
+
+    def _task_hash(self, source: FileSource) -> str:
+        definition = {k: v for k, v in self.dump().items() if k != "config"}
+        definition["config"] = {
+            k: v for k, v in self.to_config().items() if k not in (*_RUN_FLAGS, "timeout")
+        }
+        summary = source.describe()
+        identity = {k: summary.get(k) for k in ("kind", "folder", "pattern", "recursive", "loader")}
+        return task_hash(definition, identity)
+
+    async def _selected(self, source: FileSource, ledger: Ledger, key: str) -> Iterator[FileRecord]:
+        if not self.run_on_new_data_only and not self.force_rerun_failed_files:
+            return source.files()
+        processed = await ledger.processed_files(key)
+        failed = {f.name for f in await ledger.failed_files(key)}
+
+        def wanted(record: FileRecord) -> bool:
+            if record.name in failed:
+                return self.force_rerun_failed_files or not self.run_on_new_data_only
+            if self.run_on_new_data_only:
+                return processed.get(record.name) != record.mtime_ns
+            return True
+
+        return (record for record in source.files() if wanted(record))
+
+
+class _Run:
+    """The state of one worker's pass over its batches."""
+
+    def __init__(
+        self,
+        protocol: BatchedInference,
+        *,
+        source: FileSource,
+        ledger: Ledger,
+        key: str,
+        model: Any,
+        mailbox: WorkerMailbox,
+    ) -> None:
+        self.protocol = protocol
+        self.source = source
+        self.ledger = ledger
+        self.key = key
+        self.model = model
+        self.mailbox = mailbox
+        self.batch_id = 0
+        self.succeeded = 0
+        self.consecutive_failures = 0
+        self.failed: dict[str, FailedFile] = {}
+        self.failed_batches: list[list[FileRecord]] = []
+        self.limit_reached = False
+
+    async def batch(self, records: list[FileRecord]) -> None:
+        self.batch_id += 1
+        try:
+            await self._predict_and_send(records, self.batch_id)
+            self.consecutive_failures = 0
+        except (DataError, ValueError, RuntimeError) as exc:
+            if isinstance(exc, LimitsExceededError):
+                raise
+            self.consecutive_failures += 1
+            self.failed_batches.append(records)
+            for record in records:
+                self._fail(record.name, exc, "batch")
+            limit = self.protocol.max_consecutive_batch_failures
+            if not self.protocol.resilience or (0 < limit <= self.consecutive_failures):
+                raise TooManyFailuresError(
+                    f"{self.consecutive_failures} batches failed in a row; last: {exc}"
+                ) from exc
+
+    async def retry_failed_batches(self) -> None:
+        retry = [record for batch in self.failed_batches for record in batch]
+        retry += [r for r in self.source.files() if self.failed.get(r.name, _NONE).level == "file"]
+        seen: set[str] = set()
+        for record in retry:
+            if record.name in seen or self.limit_reached:
+                continue
+            seen.add(record.name)
+            try:
+                await self._predict_and_send([record], self.batch_id)
+            except (DataError, ValueError, RuntimeError) as exc:
+                self._fail(record.name, exc, "file")
+
+    async def _predict_and_send(self, records: list[FileRecord], batch_id: int) -> None:
+        loaded, errors = await asyncio.to_thread(self.source.load_batch, records)
+        for name, error in errors.items():
+            self._fail(name, error, "file")
+        if not loaded:
+            if errors:
+                return  # every file of the batch failed on its own: file-level failures
+            raise DataError("the batch is empty")
+        good = [record for record, _ in loaded]
+        inputs = self.source.stack([value for _, value in loaded])
+        names = [record.name for record in good]
+        predictions = await asyncio.to_thread(predict, self.model, inputs, names)
+        usage = await self.ledger.consume(self.protocol.model.name, len(predictions))
+        predictions = cut(predictions, usage.allowed)
+        released = good[: usage.allowed]
+        if released:
+            await self.ledger.record_processed(
+                self.key, [(record.name, record.mtime_ns) for record in released]
+            )
+            for record in released:
+                self.failed.pop(record.name, None)
+            self.succeeded += len(released)
+            rows = report_rows(predictions)
+            await self.mailbox.send(
+                MessageType.EVALUATION_RESULTS,
+                {"batch": batch_id, "rows": rows_to_body(rows)},
+            )
+        if usage.exceeded:
+            self.limit_reached = True
+
+    def _fail(self, name: str, error: BaseException, level: str) -> None:
+        reason = str(error)[:500]
+        self.failed[name] = FailedFile(name, reason, type(error).__name__, level, time.time())
+
+
+_NONE = FailedFile("", "", "", "", 0.0)
+
+
+def _chain(first: FileRecord, rest: Iterator[FileRecord]) -> Iterator[FileRecord]:
+    yield first
+    yield from rest

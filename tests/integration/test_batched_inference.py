@@ -1,0 +1,118 @@
+"""Batched inference over a folder of real image files, some corrupt, on real pods."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fedloom import AbortReason, LocalFederation, ModelSpec, PodPolicy, SqlitePodStore
+from fedloom.datasources import FileSource
+from fedloom.errors import PodResponseError
+from fedloom.protocols import BatchedInference
+from fedloom.wire import MessageType
+from fedloom.worker import IsolationSettings
+
+from .conftest import run_async, until_idle
+
+MODEL = ModelSpec("mlp", {"in_features": 8 * 8 * 3, "hidden": [8], "out_features": 3})
+
+
+def _images(folder: Path, count: int, corrupt: int = 0, start: int = 0) -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(start)
+    names = []
+    for index in range(start, start + count):
+        pixels = rng.integers(0, 255, size=(8, 8, 3), dtype=np.uint8)
+        name = f"img{index:04d}.png"
+        Image.fromarray(pixels).save(folder / name)
+        names.append(name)
+    for index in range(corrupt):
+        (folder / f"bad{index:02d}.png").write_bytes(os.urandom(64))
+    return names
+
+
+def _source(folder: Path) -> FileSource:
+    return FileSource(folder, pattern="*.png", loader="image", loader_options={"size": [8, 8]})
+
+
+async def _run(
+    folder: Path, store_path: Path, protocol: BatchedInference, **options: Any
+) -> Any:
+    store = SqlitePodStore(store_path)
+    try:
+        async with LocalFederation(
+            {"pod-a": {"default": _source(folder)}},
+            pod_stores={"pod-a": store},
+            **options,
+        ) as federation:
+            seen: list[MessageType] = []
+            try:
+                return await federation.run(
+                    protocol, on_progress=lambda pod, kind, body: seen.append(kind)
+                )
+            finally:  # the pod records the end of the task a moment after the modeller
+                await until_idle(federation.pods["pod-a"])
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("isolated", [False, True], ids=["in-process", "child-process"])
+def test_corrupt_files_are_file_level_failures_and_new_data_only(
+    tmp_path: Path, isolated: bool
+) -> None:
+    folder = tmp_path / "images"
+    good = _images(folder, 10, corrupt=3)
+    isolation = IsolationSettings(heartbeat_interval=1.0) if isolated else None
+    store = tmp_path / "pod.sqlite"
+    task = BatchedInference(MODEL, batch_size=4)
+
+    first = run_async(_run(folder, store, task, isolation=isolation), timeout=120)
+    rows = first.result.rows["pod-a"]
+    assert sorted(row["file"] for row in rows) == good
+    assert all(row["status"] == "ok" for row in rows)
+    failures = {row["file"]: row["status"] for row in first.result.failures["pod-a"]}
+    assert sorted(failures) == ["bad00.png", "bad01.png", "bad02.png"]
+    assert all("file:" in status for status in failures.values()), failures
+    assert first.aborted == {}
+
+    # a second run on new data only sees just the files added since
+    added = _images(folder, 2, start=100)
+    again = BatchedInference(MODEL, batch_size=4, run_on_new_data_only=True)
+    second = run_async(_run(folder, store, again, isolation=isolation), timeout=120)
+    assert sorted(row["file"] for row in second.result.rows["pod-a"]) == added
+
+    # nothing new: NO_NEW_DATA
+    with pytest.raises(PodResponseError) as info:
+        run_async(_run(folder, store, again, isolation=isolation), timeout=120)
+    assert info.value.failed_pods["pod-a"].startswith("NO_NEW_DATA")
+
+    with SqlitePodStore(store) as pod_store:
+        statuses = [(r.status, r.reason) for r in pod_store.task_runs()]
+    assert statuses == [
+        ("completed", None),
+        ("completed", None),
+        ("aborted", AbortReason.NO_NEW_DATA.value),
+    ]
+
+
+def test_usage_limit_cuts_results_exactly(tmp_path: Path) -> None:
+    folder = tmp_path / "images"
+    _images(folder, 24)
+    store_path = tmp_path / "pod.sqlite"
+    with SqlitePodStore(store_path) as store:
+        store.add_usage("mlp", 10)  # used before: 10
+    policy = PodPolicy(usage_limits={"mlp": 20})
+    task = BatchedInference(MODEL, batch_size=14)
+    run = run_async(_run(folder, store_path, task, policy=policy), timeout=120)
+    # 10 used before + 14 new with limit 20 → overrun 4, allowed 10, then LIMITS_EXCEEDED
+    assert len(run.result.rows["pod-a"]) == 10
+    assert run.aborted["pod-a"].reason is AbortReason.LIMITS_EXCEEDED
+    with SqlitePodStore(store_path) as store:
+        assert store.usage("mlp") == 20
+        (record,) = store.task_runs()
+    assert record.reason == AbortReason.LIMITS_EXCEEDED.value
