@@ -40,9 +40,7 @@ def _source(folder: Path) -> FileSource:
     return FileSource(folder, pattern="*.png", loader="image", loader_options={"size": [8, 8]})
 
 
-async def _run(
-    folder: Path, store_path: Path, protocol: BatchedInference, **options: Any
-) -> Any:
+async def _run(folder: Path, store_path: Path, protocol: BatchedInference, **options: Any) -> Any:
     store = SqlitePodStore(store_path)
     try:
         async with LocalFederation(
@@ -116,3 +114,87 @@ def test_usage_limit_cuts_results_exactly(tmp_path: Path) -> None:
         assert store.usage("mlp") == 20
         (record,) = store.task_runs()
     assert record.reason == AbortReason.LIMITS_EXCEEDED.value
+
+
+def test_test_run_stops_after_the_first_batch_and_status_messages(tmp_path: Path) -> None:
+    folder = tmp_path / "images"
+    _images(folder, 9)
+    seen: list[tuple[MessageType, dict[str, Any]]] = []
+
+    async def main() -> Any:
+        async with LocalFederation({"pod-a": {"default": _source(folder)}}) as federation:
+            run = await federation.run(
+                BatchedInference(MODEL, batch_size=4, test_run=True),
+                on_progress=lambda pod, kind, body: seen.append((kind, dict(body))),
+            )
+            await until_idle(federation.pods["pod-a"])
+            return run
+
+    run = run_async(main(), timeout=120)
+    assert len(run.result.rows["pod-a"]) == 4
+    kinds = [kind for kind, _ in seen]
+    assert kinds[:2] == [MessageType.PREPARING_DATA, MessageType.CONFIGURING_TASK]
+    assert (MessageType.NUM_BATCHES, {"count": -1}) in seen
+    assert (MessageType.CURRENT_BATCH_ID, {"batch": 1}) in seen
+
+
+def test_force_rerun_failed_files(tmp_path: Path) -> None:
+    folder = tmp_path / "images"
+    _images(folder, 4, corrupt=1)
+    store = tmp_path / "pod.sqlite"
+    first = run_async(_run(folder, store, BatchedInference(MODEL, batch_size=8)), timeout=120)
+    assert [row["file"] for row in first.result.failures["pod-a"]] == ["bad00.png"]
+    # the owner repairs the file; only a forced re-run of failed files picks it up
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(folder / "bad00.png")
+    forced = BatchedInference(
+        MODEL, batch_size=8, run_on_new_data_only=True, force_rerun_failed_files=True
+    )
+    second = run_async(_run(folder, store, forced), timeout=120)
+    assert [row["file"] for row in second.result.rows["pod-a"]] == ["bad00.png"]
+    assert second.result.failures["pod-a"] == []
+
+
+def test_non_batched_tasks_say_one_batch(tmp_path: Path) -> None:
+    from fedloom import ArraySource, FedAvg, TrainingConfig
+
+    seen: list[tuple[MessageType, dict[str, Any]]] = []
+    rng = np.random.default_rng(0)
+    pods = {
+        "pod-a": ArraySource(rng.normal(size=(40, 4)).astype(np.float32), rng.integers(0, 2, 40))
+    }
+    task = FedAvg(
+        model=ModelSpec("mlp", {"in_features": 4, "hidden": [4], "out_features": 2}),
+        rounds=1,
+        training=TrainingConfig(epochs=1, batch_size=8),
+    )
+
+    async def main() -> None:
+        async with LocalFederation(pods) as federation:
+            await federation.run(task, on_progress=lambda p, k, b: seen.append((k, dict(b))))
+
+    run_async(main(), timeout=120)
+    assert (MessageType.NUM_BATCHES, {"count": 1}) in seen
+    assert not any(kind is MessageType.CURRENT_BATCH_ID for kind, _ in seen)
+
+
+def test_a_folder_datasource_from_config(tmp_path: Path) -> None:
+    from fedloom.datasources import datasource_from_config
+    from fedloom.errors import ConfigError
+
+    _images(tmp_path / "imgs", 3)
+    source = datasource_from_config(
+        {
+            "kind": "folder",
+            "path": str(tmp_path / "imgs"),
+            "pattern": "*.png",
+            "loader_options": {"size": [8, 8]},
+        }
+    )
+    assert isinstance(source, FileSource) and len(source) == 3
+    for bad in (
+        {"kind": "folder"},
+        {"kind": "folder", "path": "x", "colour": "red"},
+        {"kind": "folder", "path": "x", "recursive": "yes"},
+    ):
+        with pytest.raises(ConfigError):
+            datasource_from_config(bad)

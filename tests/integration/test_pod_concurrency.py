@@ -90,13 +90,15 @@ def test_a_task_beyond_the_limit_is_queued_and_never_runs_alongside_the_first() 
     second = "one" if queued["one"] else "two"
     first_run = two if second == "one" else one
     kinds = [kind for _, kind, _ in events[second]]
-    assert kinds == [MessageType.PROGRESS, MessageType.PREPARING_DATA]
+    assert kinds == [MessageType.PROGRESS, *STARTING]
     started = events[second][1][0]
     finished = store.get_task_run(first_run.task_id).finished_at
     assert finished is not None and finished <= started
-    assert [kind for _, kind, _ in events["two" if second == "one" else "one"]] == [
-        MessageType.PREPARING_DATA
-    ]
+    assert [kind for _, kind, _ in events["two" if second == "one" else "one"]] == STARTING
+
+
+STARTING = [MessageType.PREPARING_DATA, MessageType.CONFIGURING_TASK, MessageType.NUM_BATCHES]
+"""What a pod says when a (non-batched) task starts: the last is NUM_BATCHES = 1."""
 
 
 class Script:
@@ -119,6 +121,11 @@ class Script:
         message = await self.mailbox.receive(timeout=REPLY_TIMEOUT)
         assert (message.type, message.task_id) == (type, task_id), (message, message.body)
         return message.body
+
+    async def expect_start(self, task_id: str) -> None:
+        """The status messages of a task that leaves the queue and starts."""
+        for kind in STARTING:
+            await self.expect(kind, task_id)
 
     async def queued_at(self, task_id: str) -> int:
         body = await self.expect(MessageType.PROGRESS, task_id)
@@ -151,7 +158,7 @@ def test_positions_move_up_when_queued_tasks_leave_and_the_slot_goes_to_the_next
             pod = federation.pods["pod-a"]
             script = Script(federation.hub.connect("raw"), "pod-a")
             holder = await script.request()  # runs, and waits for a TASK_START that is late
-            await script.expect(MessageType.PREPARING_DATA, holder)
+            await script.expect_start(holder)
             queue = []
             for position in (1, 2, 3):
                 queue.append(await script.request())
@@ -183,7 +190,7 @@ def test_positions_move_up_when_queued_tasks_leave_and_the_slot_goes_to_the_next
             # the running task ends: the slot goes to the queue's head, which starts and
             # answers the instruction it was sent while it waited
             await script.send(MessageType.TASK_CANCEL, holder)
-            await script.expect(MessageType.PREPARING_DATA, second)
+            await script.expect_start(second)
             results = await script.expect(MessageType.RESULTS, second)
             assert results["rows"] == ROWS
             assert pod.running_tasks() == [second] and pod.queued_tasks() == []
@@ -220,7 +227,7 @@ def test_a_pod_that_stops_ends_its_running_and_queued_tasks() -> None:
         async with federation:
             script = Script(federation.hub.connect("raw"), "pod-a")
             holder = await script.request()
-            await script.expect(MessageType.PREPARING_DATA, holder)
+            await script.expect_start(holder)
             waiting = await script.request()
             assert await script.queued_at(waiting) == 1
         return [holder, waiting], federation.pods["pod-a"]
@@ -240,7 +247,7 @@ def test_tasks_within_the_limit_start_at_once() -> None:
             started = []
             for _ in range(2):
                 task_id = await script.request()
-                await script.expect(MessageType.PREPARING_DATA, task_id)
+                await script.expect_start(task_id)
                 started.append(task_id)
             third = await script.request()
             assert await script.queued_at(third) == 1

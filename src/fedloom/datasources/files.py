@@ -161,6 +161,18 @@ class FileSource:
         self._root_path: Path | None = None
         self._classes: tuple[str, ...] | None = None
 
+    def identity(self) -> dict[str, Any]:
+        """What makes two sources "the same data" for a task's record of processed files:
+        the folder's name, pattern, recursion, loader and its options (no listing)."""
+        return {
+            "kind": "folder",
+            "folder": self._folder.name,
+            "pattern": self._pattern,
+            "recursive": self._recursive,
+            "loader": self._loader_name,
+            "loader_options": dict(self._options),
+        }
+
     # --- listing --------------------------------------------------------------------------
 
     def _root(self) -> Path:

@@ -210,12 +210,18 @@ def datasource_from_config(config: Mapping[str, Any]) -> Datasource:
 
     ``{"kind": "csv" | "parquet" | "table", "path": "...", "label_column": "y",
     "feature_columns": ["a", "b"]}``; ``table`` picks the reader from the file suffix.
+    ``{"kind": "folder", "path": "...", "pattern": "*.png", "recursive": false,
+    "loader": "image", "loader_options": {"size": [64, 64]}, "batch_size": 32,
+    "label_from": "parent"}``: a folder of files, one data point each (all but ``kind`` and
+    ``path`` optional).
 
     Raises:
         ConfigError: unknown kind or key, a missing path, or a value of the wrong type.
     """
     if not isinstance(config, Mapping):
         raise ConfigError(f"a datasource config must be a mapping, not {type(config).__name__}")
+    if config.get("kind") == "folder":
+        return _folder_from_config(config)
     unknown = sorted(str(k) for k in config if k not in _CONFIG_KEYS)
     if unknown:
         raise ConfigError(
@@ -233,4 +239,37 @@ def datasource_from_config(config: Mapping[str, Any]) -> Datasource:
         raise ConfigError("'feature_columns' must be a list of column names")
     return TableSource(
         path, label_column=label, feature_columns=features, file_format=CONFIG_KINDS[kind]
+    )
+
+
+_FOLDER_KEYS = frozenset(
+    {"kind", "path", "pattern", "recursive", "loader", "loader_options", "batch_size", "label_from"}
+)
+
+
+def _folder_from_config(config: Mapping[str, Any]) -> Datasource:
+    from fedloom.datasources.files import FileSource
+
+    unknown = sorted(str(k) for k in config if k not in _FOLDER_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"unknown folder datasource keys {unknown}; allowed: {sorted(_FOLDER_KEYS)}"
+        )
+    path = config.get("path")
+    if not isinstance(path, str) or not path:
+        raise ConfigError("datasource kind 'folder' needs 'path': a non-empty string")
+    options = config.get("loader_options", {})
+    if not isinstance(options, Mapping):
+        raise ConfigError("'loader_options' must be a table of options")
+    recursive = config.get("recursive", False)
+    if not isinstance(recursive, bool):
+        raise ConfigError("'recursive' must be true or false")
+    return FileSource(
+        path,
+        pattern=str(config.get("pattern", "*")),
+        recursive=recursive,
+        loader=str(config.get("loader", "image")),
+        loader_options=dict(options),
+        batch_size=config.get("batch_size", 32),
+        label_from=config.get("label_from"),
     )

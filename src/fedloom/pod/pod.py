@@ -390,6 +390,9 @@ class Pod:
         # row count itself is not sent (it could undercut the privacy threshold)
         len(accepted.datasource)
         await mailbox.send(MessageType.PREPARING_DATA, {})
+        await mailbox.send(MessageType.CONFIGURING_TASK, {})
+        if not accepted.protocol.handles_start:
+            await mailbox.send(MessageType.NUM_BATCHES, {"count": 1})  # not batched
         if not accepted.protocol.handles_start:
             await mailbox.receive(MessageType.TASK_START, timeout=self.policy.start_timeout)
         context = WorkerContext(
@@ -427,8 +430,11 @@ class Pod:
         )
         self.workers[request.task_id] = worker
         try:
-            worker.start()  # the child rebuilds the worker while the modeller says go
             await mailbox.send(MessageType.PREPARING_DATA, {})
+            await mailbox.send(MessageType.CONFIGURING_TASK, {})
+            worker.start()  # the child rebuilds the worker while the modeller says go
+            if not accepted.protocol.handles_start:
+                await mailbox.send(MessageType.NUM_BATCHES, {"count": 1})  # not batched
             return await worker.run(channel, mailbox, self.policy.start_timeout)
         finally:
             await worker.stop()

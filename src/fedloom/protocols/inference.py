@@ -248,9 +248,7 @@ class BatchedInference(Protocol):
         definition["config"] = {
             k: v for k, v in self.to_config().items() if k not in (*_RUN_FLAGS, "timeout")
         }
-        summary = source.describe()
-        identity = {k: summary.get(k) for k in ("kind", "folder", "pattern", "recursive", "loader")}
-        return task_hash(definition, identity)
+        return task_hash(definition, source.identity())
 
     async def _selected(self, source: FileSource, ledger: Ledger, key: str) -> Iterator[FileRecord]:
         if not self.run_on_new_data_only and not self.force_rerun_failed_files:
@@ -314,7 +312,10 @@ class _Run:
 
     async def retry_failed_batches(self) -> None:
         retry = [record for batch in self.failed_batches for record in batch]
-        retry += [r for r in self.source.files() if self.failed.get(r.name, _NONE).level == "file"]
+        if any(failure.level == "file" for failure in self.failed.values()):
+            retry += [
+                r for r in self.source.files() if self.failed.get(r.name, _NONE).level == "file"
+            ]
         seen: set[str] = set()
         for record in retry:
             if record.name in seen or self.limit_reached:

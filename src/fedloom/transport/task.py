@@ -41,9 +41,12 @@ STATUS_TYPES = frozenset(
         MessageType.PREPARING_DATA,
         MessageType.CONFIGURING_TASK,
         MessageType.HEARTBEAT,
+        MessageType.NUM_BATCHES,
+        MessageType.CURRENT_BATCH_ID,
     }
 )
-"""Messages that report a pod's state rather than answer a protocol step."""
+"""Messages that report a pod's state rather than answer a protocol step (they go to the
+progress callback: batch counts and ids drive the per-pod progress bars)."""
 
 
 def report_of(message: Message) -> ErrorReport:
