@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -293,3 +294,75 @@ def test_pod_daemon_isolates_each_task_in_a_child(tmp_path: Path) -> None:
         _no_tracebacks(cluster, codes)
 
     run_async(main(), timeout=240)
+
+
+def test_pod_killed_during_a_batched_task_loses_and_repeats_nothing(tmp_path: Path) -> None:
+    """SIGKILL the pod mid-way through a batched inference, restart it, run again on new
+    data only: every file is processed exactly once across both runs."""
+    from PIL import Image
+
+    from fedloom.datasources import FileSource  # noqa: F401 - the pod builds it from pod.toml
+    from fedloom.protocols import BatchedInference
+    from fedloom.wire import MessageType
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    names = [f"img{index:04d}.png" for index in range(400)]
+    for name in names:
+        Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(folder / name)
+    specs = {
+        "pod-a": PodSpec(
+            datasets={"default": {"kind": "folder", "path": str(folder), "pattern": "*.png"}},
+            worker={"heartbeat_interval": 1.0},
+        )
+    }
+    model = ModelSpec("mlp", {"in_features": 8 * 8 * 3, "hidden": [4], "out_features": 2})
+    store_path = tmp_path / "cluster" / "pods" / "pod-a" / "pod.sqlite"
+
+    async def main() -> tuple[set[str], set[str]]:
+        async with LocalCluster(tmp_path / "cluster", specs) as cluster:
+            modeller = Modeller(await cluster.connect_modeller())
+            killed = asyncio.Event()
+
+            def on_progress(pod: str, kind: MessageType, body: Mapping[str, object]) -> None:
+                batch_six = kind is MessageType.CURRENT_BATCH_ID and body.get("batch") == 6
+                if batch_six and not killed.is_set():
+                    killed.set()
+                    os.kill(cluster.pid("pod-a"), signal.SIGKILL)
+
+            first = await modeller.run(
+                BatchedInference(model, batch_size=10, timeout=5.0),
+                ["pod-a"],
+                policy=RequestPolicy(timeout=30.0),
+                on_progress=on_progress,
+            )
+            assert killed.is_set()
+            assert "pod-a" in first.aborted
+            with SqlitePodStore(store_path) as store:
+                (task_hash,) = _hashes(store_path)  # one task definition so far
+                processed_at_kill = set(store.processed_files(task_hash))
+            assert 0 < len(processed_at_kill) < len(names)
+            await cluster.start_pod("pod-a")  # restart the pod process
+            second = await modeller.run(
+                BatchedInference(model, batch_size=10, run_on_new_data_only=True),
+                ["pod-a"],
+                policy=RequestPolicy(timeout=60.0),
+            )
+            await modeller.close()
+            await _pod_statuses(cluster, ("pod-a",), settled=2)
+            await cluster.stop()
+            return processed_at_kill, {row["file"] for row in second.result.rows["pod-a"]}
+
+    processed_at_kill, second_files = run_async(main(), timeout=240)
+    assert processed_at_kill.isdisjoint(second_files), "a processed file was processed again"
+    assert processed_at_kill | second_files == set(names), "a file was lost"
+
+
+def _hashes(path: Path) -> set[str]:
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        return {
+            row[0] for row in connection.execute("SELECT DISTINCT task_hash FROM processed_files")
+        }
