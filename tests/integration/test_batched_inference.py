@@ -198,3 +198,47 @@ def test_a_folder_datasource_from_config(tmp_path: Path) -> None:
     ):
         with pytest.raises(ConfigError):
             datasource_from_config(bad)
+
+
+@pytest.mark.parametrize("isolated", [False, True], ids=["in-process", "child-process"])
+def test_csv_report_and_output_images_at_the_pod(tmp_path: Path, isolated: bool) -> None:
+    import csv
+
+    from fedloom.algorithms.inference import REPORT_COLUMNS
+
+    folder = tmp_path / "images"
+    good = _images(folder, 5, corrupt=1)
+    outputs = tmp_path / "outputs"
+    task = BatchedInference(MODEL, batch_size=4, report_at_pod=True, output_images="overlay")
+
+    async def main() -> Any:
+        async with LocalFederation(
+            {"pod-a": {"default": _source(folder)}},
+            isolation=IsolationSettings(heartbeat_interval=1.0) if isolated else None,
+        ) as federation:
+            federation.pods["pod-a"].outputs = outputs
+            run = await federation.run(task)
+            await until_idle(federation.pods["pod-a"])
+            return run
+
+    run = run_async(main(), timeout=120)
+    (task_folder,) = outputs.iterdir()
+    assert task_folder.name == run.task_id
+    with (task_folder / "report.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert tuple(rows[0]) == REPORT_COLUMNS
+    statuses = {row["file"]: row["status"] for row in rows}
+    assert {name for name, status in statuses.items() if status == "ok"} == set(good)
+    assert statuses["bad00.png"].startswith("failed: file:")
+    images = sorted(path.name for path in (task_folder / "images").iterdir())
+    assert images == sorted(good)  # one PNG per good input
+    with Image.open(task_folder / "images" / good[0]) as first_image:
+        assert first_image.size == (8, 8)
+
+
+def test_writing_at_a_pod_without_outputs_is_an_invalid_task(tmp_path: Path) -> None:
+    folder = tmp_path / "images"
+    _images(folder, 2)
+    with pytest.raises(PodResponseError) as info:
+        run_async(_run(folder, tmp_path / "p.sqlite", BatchedInference(MODEL, report_at_pod=True)))
+    assert info.value.failed_pods["pod-a"].startswith("INVALID_TASK")

@@ -126,5 +126,6 @@ def test_the_readme_config_files_load(tmp_path: Path) -> None:
     assert pod.policy.allowed_modellers == frozenset({"alice"})
     assert pod.max_concurrent_tasks == 2
     assert pod.policy.allowed_algorithms == frozenset({"mlp", "dataset_summary"})
+    assert pod.policy.usage_limits == {"mlp": 100000}
     task = load_task_file(tmp_path / "task.toml")
     assert task.pods == ("pod-a",) and task.protocol.name == "analytics"

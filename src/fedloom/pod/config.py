@@ -76,10 +76,13 @@ _TOP_KEYS = frozenset(
         "worker",
         "plugins",
         "hooks",
+        "outputs",
     }
 )
 _WORKER_KEYS = frozenset({"heartbeat_interval", "heartbeat_patience", "memory_limit_mb"})
-_POLICY_KEYS = frozenset({"modellers", "protocols", "algorithms", "min_rows", "start_timeout"})
+_POLICY_KEYS = frozenset(
+    {"modellers", "protocols", "algorithms", "min_rows", "start_timeout", "usage_limits"}
+)
 _HINTS = {
     "modellers": "modellers belongs in the [policy] table",
     "protocols": "protocols belongs in the [policy] table",
@@ -122,6 +125,8 @@ class PodConfig:
     """Modules the admin approved: imported by the pod and each task child."""
     hooks: tuple[str, ...] = DEFAULT_WORKER_HOOKS
     """Registered hook names built in each task child ([] for none)."""
+    outputs: Path | None = None
+    """Folder for task outputs (reports, images), one subfolder per task."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not NAME_PATTERN.fullmatch(self.name):
@@ -191,6 +196,7 @@ def load_pod_config(path: str | Path) -> PodConfig:
         isolation=_read_worker(top),
         plugins=_read_modules(top, "plugins"),
         hooks=_read_modules(top, "hooks") if "hooks" in top.data else DEFAULT_WORKER_HOOKS,
+        outputs=top.path("outputs", 'outputs = "reports"') if "outputs" in top.data else None,
     )
     config.build_datasets()  # a malformed description fails now, naming its key
     return config
@@ -254,7 +260,22 @@ def _read_policy(top: TomlTable, max_concurrent_tasks: int) -> PodPolicy:
         min_rows=section.integer("min_rows", DEFAULT_MIN_ROWS),
         start_timeout=section.seconds("start_timeout", DEFAULT_START_TIMEOUT),
         max_concurrent_tasks=max_concurrent_tasks,
+        usage_limits=_read_usage_limits(section),
     )
+
+
+def _read_usage_limits(policy: TomlTable) -> dict[str, int]:
+    """``[policy.usage_limits]``: model name → the most predictions it may ever make here."""
+    table = policy.table("usage_limits")
+    if table is None:
+        return {}
+    limits: dict[str, int] = {}
+    for model, value in table.data.items():
+        table.check_name(model, model)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise table.error(model, f"must be a whole number >= 0, got {value!r}")
+        limits[model] = value
+    return limits
 
 
 def _read_datasets(top: TomlTable) -> dict[str, dict[str, object]]:

@@ -103,6 +103,7 @@ async def serve_pod(
             isolation=config.isolation,
             plugins=config.plugins,
             hooks=config.hooks,
+            outputs=config.outputs,
         )
         serving = asyncio.get_running_loop().create_task(pod.serve(mailbox))
         stopping = asyncio.get_running_loop().create_task(stop.wait())

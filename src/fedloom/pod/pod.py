@@ -21,6 +21,7 @@ import logging
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from fedloom.datasources import Datasource
@@ -181,6 +182,7 @@ class Pod:
         isolation: IsolationSettings | None = None,
         plugins: tuple[str, ...] = (),
         hooks: tuple[str, ...] = DEFAULT_WORKER_HOOKS,
+        outputs: Path | None = None,
     ) -> None:
         """``isolation``: run each task in a spawned child process watched with these
         settings (the pod daemon always does); ``None`` runs tasks in this process (the
@@ -194,6 +196,8 @@ class Pod:
         self.isolation = isolation
         self.plugins = tuple(plugins)
         self.hooks = tuple(hooks)
+        self.outputs = outputs
+        """Where tasks may write reports and images (one subfolder per task)."""
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._slots = _Slots()
         self.ledger = StoreLedger(store, self.policy.usage_limits)
@@ -401,6 +405,7 @@ class Pod:
             self.policy.min_rows,
             hooks=build_hooks(self.hooks),
             ledger=self.ledger,
+            outputs=self.outputs,
         )
         return await accepted.protocol.run_worker(mailbox, context)
 
@@ -424,6 +429,7 @@ class Pod:
                 plugins=self.plugins,
                 heartbeat_interval=self.isolation.heartbeat_interval,
                 handles_start=accepted.protocol.handles_start,
+                outputs=self.outputs,
             ),
             self.isolation,
             ledger=self.ledger,

@@ -14,6 +14,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Self, TypeVar
 
 from fedloom.datasources import Datasource
@@ -43,6 +44,8 @@ class WorkerContext:
     hooks: HookSet = field(default_factory=default_worker_hooks)
     ledger: Ledger | None = None
     """The pod's processed/failed files and usage (None: the task keeps none)."""
+    outputs: Path | None = None
+    """The pod's folder for task outputs (reports, images); None: the pod keeps none."""
 
 
 RoundCallback = Callable[[Mapping[str, Any]], None]

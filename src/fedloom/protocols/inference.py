@@ -27,17 +27,21 @@ import math
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Self
 
 import numpy as np
 
 from fedloom.algorithms.inference import (
+    IMAGE_OUTPUTS,
     Predictions,
     cut,
     predict,
     report_rows,
     rows_from_body,
     rows_to_body,
+    write_output_images,
+    write_report_csv,
 )
 from fedloom.algorithms.ml import ModelSpec, build_model, load_arrays, state_to_arrays
 from fedloom.datasources import FileRecord, FileSource
@@ -95,6 +99,10 @@ class BatchedInference(Protocol):
     run_on_new_data_only: bool = False
     force_rerun_failed_files: bool = False
     timeout: float | None = None
+    report_at_pod: bool = False
+    """Write the task's CSV report (every file, predictions or failure) in the pod's outputs."""
+    output_images: str | None = None
+    """A registered image output ("overlay", "mask"): one PNG per input in the pod's outputs."""
     weights: Mapping[str, np.ndarray] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -110,6 +118,8 @@ class BatchedInference(Protocol):
         if self.force_rerun_failed_files and not self.resilience:
             raise ConfigError("force_rerun_failed_files needs resilience (single-file retries)")
         optional_timeout("inference.timeout", self.timeout)
+        if self.output_images is not None:
+            IMAGE_OUTPUTS.get(self.output_images)
 
     def algorithms(self) -> frozenset[str]:
         return frozenset({self.model.name})
@@ -124,6 +134,8 @@ class BatchedInference(Protocol):
             "run_on_new_data_only": self.run_on_new_data_only,
             "force_rerun_failed_files": self.force_rerun_failed_files,
             "timeout": self.timeout,
+            "report_at_pod": self.report_at_pod,
+            "output_images": self.output_images,
         }
 
     @classmethod
@@ -191,6 +203,7 @@ class BatchedInference(Protocol):
         hooks = context.hooks.bind(mailbox, context.pod)
         await hooks.fire(HookPoint.INIT_START)
         key = self._task_hash(source)
+        outputs = self._outputs(context, mailbox.task_id)
         records = await self._selected(source, ledger, key)
         first = next(records, None)
         if first is None:
@@ -206,6 +219,7 @@ class BatchedInference(Protocol):
         await hooks.fire(HookPoint.INIT_END)
         await hooks.fire(HookPoint.RUN_START)
         run = _Run(self, source=source, ledger=ledger, key=key, model=model, mailbox=mailbox)
+        run.outputs = outputs
         batches = source.batches(_chain(first, records), self.batch_size)
         announced = False
         for batch in batches:
@@ -223,17 +237,9 @@ class BatchedInference(Protocol):
             await run.retry_failed_batches()
         await hooks.fire(HookPoint.RESILIENCE_END, failed=len(run.failed))
         await ledger.record_failed(key, list(run.failed.values()))
-        if run.limit_reached:
-            raise LimitsExceededError(
-                f"model {self.model.name!r} reached this pod's usage limit; "
-                f"{run.succeeded} results were delivered"
-            )
-        if run.succeeded == 0:
-            raise TooManyFailuresError("no batch and no file could be processed")
-        report = report_rows(
-            Predictions([], np.zeros(0, np.int64), np.zeros((0, 1), np.float32)),
-            {name: f"{f.level}: {f.reason}" for name, f in run.failed.items()},
-        )
+        report = self._failure_report(run)
+        if self.report_at_pod and outputs is not None:
+            await asyncio.to_thread(write_report_csv, [*run.rows, *report], outputs / "report.csv")
         await mailbox.send(
             MessageType.BATCHES_COMPLETE,
             {"stage": FINISHED, "failures": rows_to_body(report)},
@@ -242,6 +248,38 @@ class BatchedInference(Protocol):
         released = {"files": run.succeeded, "failed": len(run.failed), "batches": run.batch_id}
         await hooks.fire(HookPoint.RUN_END, released=released)
         return released
+
+    def _failure_report(self, run: _Run) -> list[dict[str, str]]:
+        """The report rows of the failed files; ends the task when the run cannot go on.
+
+        Raises:
+            LimitsExceededError: the model reached the pod's usage limit.
+            TooManyFailuresError: no batch and no file succeeded.
+        """
+        if run.limit_reached:
+            raise LimitsExceededError(
+                f"model {self.model.name!r} reached this pod's usage limit; "
+                f"{run.succeeded} results were delivered"
+            )
+        if run.succeeded == 0:
+            raise TooManyFailuresError("no batch and no file could be processed")
+        return report_rows(
+            Predictions([], np.zeros(0, np.int64), np.zeros((0, 1), np.float32)),
+            {name: f"{f.level}: {f.reason}" for name, f in run.failed.items()},
+        )
+
+    def _outputs(self, context: WorkerContext, task_id: str) -> Path | None:
+        """This task's folder in the pod's outputs, when the task writes anything there."""
+        if not self.report_at_pod and self.output_images is None:
+            return None
+        if context.outputs is None:
+            raise ConfigError(
+                "the task writes reports or images on the pod, but the pod has no outputs "
+                "folder (`outputs = ...` in pod.toml)"
+            )
+        folder = context.outputs / task_id
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
 
     def _task_hash(self, source: FileSource) -> str:
         definition = {k: v for k, v in self.dump().items() if k != "config"}
@@ -291,6 +329,8 @@ class _Run:
         self.failed: dict[str, FailedFile] = {}
         self.failed_batches: list[list[FileRecord]] = []
         self.limit_reached = False
+        self.outputs: Path | None = None
+        self.rows: list[dict[str, str]] = []
 
     async def batch(self, records: list[FileRecord]) -> None:
         self.batch_id += 1
@@ -349,6 +389,18 @@ class _Run:
                 self.failed.pop(record.name, None)
             self.succeeded += len(released)
             rows = report_rows(predictions)
+            self.rows.extend(rows)
+            if self.protocol.output_images is not None and self.outputs is not None:
+                images = np.transpose(inputs[: usage.allowed], (0, 3, 1, 2))
+                await asyncio.to_thread(
+                    write_output_images,
+                    images,
+                    [record.name for record in released],
+                    self.model,
+                    predictions,
+                    output=self.protocol.output_images,
+                    folder=self.outputs / "images",
+                )
             await self.mailbox.send(
                 MessageType.EVALUATION_RESULTS,
                 {"batch": batch_id, "rows": rows_to_body(rows)},

@@ -255,7 +255,14 @@ def import_plugins(modules: tuple[str, ...]) -> None:
 
 def _context(config: WorkerConfig, ledger: LinkLedger) -> WorkerContext:
     hooks = build_hooks(config.hooks)  # an unknown name fails the task, naming it
-    return WorkerContext(config.pod, config.datasource, config.min_rows, hooks=hooks, ledger=ledger)
+    return WorkerContext(
+        config.pod,
+        config.datasource,
+        config.min_rows,
+        hooks=hooks,
+        ledger=ledger,
+        outputs=config.outputs,
+    )
 
 
 async def _started(start: Event) -> None:

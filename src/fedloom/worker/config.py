@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from fedloom.datasources import Datasource
@@ -36,6 +37,8 @@ class WorkerConfig:
     plugins: tuple[str, ...] = ()
     """Modules the pod's admin approved; the child imports them to register their names."""
     heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
+    outputs: Path | None = None
+    """The pod's folder for task outputs."""
     handles_start: bool = False
     """The protocol runs the start handshake itself (its TASK_START is forwarded)."""
     # flags of the batched execution (issue 5); carried so the child can rebuild them
