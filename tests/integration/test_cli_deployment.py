@@ -78,6 +78,13 @@ def test_keys_hub_pod_and_run_from_the_command_line(tmp_path: Path) -> None:
 
     data = pd.DataFrame({"x": np.arange(50, dtype=float), "label": np.arange(50) % 2})
     data.to_csv(tmp_path / "a.csv", index=False)
+    from PIL import Image
+
+    (tmp_path / "images").mkdir()
+    for index in range(3):
+        pixels = np.full((4, 4, 3), index * 40, dtype=np.uint8)
+        Image.fromarray(pixels).save(tmp_path / "images" / f"im{index}.png")
+    (tmp_path / "images" / "broken.png").write_bytes(b"not a png")
     hub, ready = _daemon(
         ["hub", "start", "--data-dir", "hub", "--port", "0"], tmp_path, "listening on"
     )
@@ -88,6 +95,8 @@ def test_keys_hub_pod_and_run_from_the_command_line(tmp_path: Path) -> None:
             'store = "pod-a.sqlite"\n[tls]\nca = "hub/tls/ca.crt"\n'
             '[policy]\nmodellers = ["alice"]\n[modeller_keys]\nalice = "keys/alice.pub.json"\n'
             '[datasets.default]\nkind = "csv"\npath = "a.csv"\nlabel_column = "label"\n'
+            '[datasets.images]\nkind = "folder"\npath = "images"\npattern = "*.png"\n'
+            "[datasets.images.loader_options]\nsize = [4, 4]\n"
         )
         pod, _ = _daemon(["pod", "start", "--config", "pod.toml"], tmp_path, "pod-a online")
         try:
@@ -104,6 +113,25 @@ def test_keys_hub_pod_and_run_from_the_command_line(tmp_path: Path) -> None:
             assert summary["accepted"] == ["pod-a"]
             assert summary["result"]["statistics"]["x"]["count"] == 50
             assert summary["result"]["statistics"]["x"]["mean"] == 24.5
+
+            # batched inference over the pod's images; the reports land in a folder
+            (tmp_path / "infer.toml").write_text(
+                f'hub = "{address}"\nidentity = "keys/alice.key"\npods = ["pod-a"]\n'
+                'dataset = "images"\n[tls]\nca = "hub/tls/ca.crt"\n'
+                '[task]\nprotocol = "inference"\n[task.config]\nbatch_size = 2\n'
+                '[task.config.model]\nname = "mlp"\n'
+                "[task.config.model.config]\nin_features = 48\nhidden = [4]\nout_features = 2\n"
+            )
+            done = run_cli("run", "infer.toml", "--json", "--report-dir", "reports", cwd=tmp_path)
+            assert done.returncode == 0, done.stderr[-3000:]
+            assert json.loads(done.stdout)["result"] == {
+                "files": {"pod-a": 3},
+                "failed": {"pod-a": 1},
+            }
+            report = (tmp_path / "reports" / "pod-a.csv").read_text().splitlines()
+            assert report[0] == "file,prediction,probabilities,status"
+            assert sum(",ok" in line for line in report) == 3
+            assert any("broken.png" in line and "failed" in line for line in report)
         finally:
             _stop(pod)
     finally:

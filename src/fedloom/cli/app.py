@@ -11,7 +11,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 
-from fedloom.errors import ExitCode, FedloomError, exit_code_for
+from fedloom.errors import ConfigError, ExitCode, FedloomError, exit_code_for
 
 T = TypeVar("T")
 
@@ -167,6 +167,10 @@ def pod_start(
 def run_task(
     task_file: Annotated[Path, typer.Argument(help="The task's TOML file.")],
     json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    report_dir: Annotated[
+        Path | None,
+        typer.Option(help="For inference tasks: write each pod's CSV report (<pod>.csv) here."),
+    ] = None,
 ) -> None:
     """Run a task on pods through a hub, with a progress bar per pod."""
     import asyncio
@@ -184,7 +188,23 @@ def run_task(
             )
         )
     summary = {**describe(result), "result": task.protocol.summarise(result.result)}
+    if report_dir is not None:
+        summary["reports"] = [str(path) for path in _write_reports(result.result, report_dir)]
     print(json.dumps(summary, indent=None if json_output else 2, default=str))
+
+
+def _write_reports(result: Any, folder: Path) -> list[Path]:
+    """Each pod's inference report rows (and failures) as ``<folder>/<pod>.csv``."""
+    from fedloom.algorithms.inference import write_report_csv
+    from fedloom.protocols import InferenceResult
+
+    if not isinstance(result, InferenceResult):
+        raise ConfigError("--report-dir is for inference tasks, which return report rows")
+    folder.mkdir(parents=True, exist_ok=True)
+    return [
+        write_report_csv([*rows, *result.failures.get(pod, [])], folder / f"{pod}.csv")
+        for pod, rows in sorted(result.rows.items())
+    ]
 
 
 async def _cancel_on_sigterm(coro: Coroutine[Any, Any, T]) -> T:
