@@ -242,3 +242,33 @@ def test_writing_at_a_pod_without_outputs_is_an_invalid_task(tmp_path: Path) -> 
     with pytest.raises(PodResponseError) as info:
         run_async(_run(folder, tmp_path / "p.sqlite", BatchedInference(MODEL, report_at_pod=True)))
     assert info.value.failed_pods["pod-a"].startswith("INVALID_TASK")
+
+
+@pytest.mark.parametrize("isolated", [False, True], ids=["in-process", "child-process"])
+def test_pods_that_approve_model_files_run_only_those(tmp_path: Path, isolated: bool) -> None:
+    import hashlib
+
+    from safetensors.numpy import save
+
+    from fedloom.algorithms.ml import build_model, state_to_arrays
+
+    folder = tmp_path / "images"
+    _images(folder, 3)
+    model_file = save(state_to_arrays(build_model(MODEL)))
+    digest = hashlib.sha256(model_file).hexdigest()
+    isolation = IsolationSettings(heartbeat_interval=1.0) if isolated else None
+
+    def run(protocol: BatchedInference, approved: set[str]) -> Any:
+        policy = PodPolicy(approved_models=frozenset(approved))
+        return run_async(
+            _run(folder, tmp_path / "p.sqlite", protocol, policy=policy, isolation=isolation),
+            timeout=120,
+        )
+
+    approved = run(BatchedInference(MODEL, model_file=model_file), {digest})
+    assert len(approved.result.rows["pod-a"]) == 3
+    refused = run(BatchedInference(MODEL, model_file=model_file), {"0" * 64})
+    assert refused.aborted["pod-a"].reason is AbortReason.NO_ACCESS
+    assert digest in refused.aborted["pod-a"].message
+    plain = run(BatchedInference(MODEL), {digest})  # plain weights: not a file it approved
+    assert plain.aborted["pod-a"].reason is AbortReason.NO_ACCESS

@@ -673,27 +673,36 @@ def load_approved_model(path: Path, approved_sha256: Collection[str], spec: Mode
             not a safetensors file, or its weights do not fit the model.
         UnknownNameError: ``spec.name`` is not a registered model.
     """
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read model file {path}: {exc}") from exc
+    return load_approved_model_bytes(data, approved_sha256, spec, name=Path(path).name)
+
+
+def load_approved_model_bytes(
+    data: bytes, approved_sha256: Collection[str], spec: ModelSpec, *, name: str = "model file"
+) -> nn.Module:
+    """:func:`load_approved_model` for a file's bytes (e.g. as a modeller sent them).
+
+    Raises:
+        AccessDeniedError, ConfigError, UnknownNameError: as :func:`load_approved_model`.
+    """
     approved = set()
     for digest in approved_sha256:
         if not isinstance(digest, str) or not _SHA256_PATTERN.fullmatch(digest.lower()):
             raise ConfigError(f"approved model hash {digest!r} is not 64 hex digits")
         approved.add(digest.lower())
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read model file {path}: {exc}") from exc
     digest = hashlib.sha256(data).hexdigest()
     if digest not in approved:
         raise AccessDeniedError(
-            f"model file {Path(path).name} has SHA-256 {digest}, which this pod has not "
+            f"{name} has SHA-256 {digest}, which this pod has not "
             "approved; add the hash to the pod's approved model hashes to allow it"
         )
     try:
         arrays = safetensors.numpy.load(data)
     except Exception as exc:  # safetensors raises its own untyped errors
-        raise ConfigError(
-            f"model file {Path(path).name} is not a valid safetensors file: {exc}"
-        ) from exc
+        raise ConfigError(f"{name} is not a valid safetensors file: {exc}") from exc
     model = build_model(spec)
     load_arrays(model, arrays)
     model.eval()

@@ -81,7 +81,15 @@ _TOP_KEYS = frozenset(
 )
 _WORKER_KEYS = frozenset({"heartbeat_interval", "heartbeat_patience", "memory_limit_mb"})
 _POLICY_KEYS = frozenset(
-    {"modellers", "protocols", "algorithms", "min_rows", "start_timeout", "usage_limits"}
+    {
+        "modellers",
+        "protocols",
+        "algorithms",
+        "min_rows",
+        "start_timeout",
+        "usage_limits",
+        "approved_models",
+    }
 )
 _HINTS = {
     "modellers": "modellers belongs in the [policy] table",
@@ -261,6 +269,30 @@ def _read_policy(top: TomlTable, max_concurrent_tasks: int) -> PodPolicy:
         start_timeout=section.seconds("start_timeout", DEFAULT_START_TIMEOUT),
         max_concurrent_tasks=max_concurrent_tasks,
         usage_limits=_read_usage_limits(section),
+        approved_models=_read_hashes(section),
+    )
+
+
+def _read_hashes(policy: TomlTable) -> frozenset[str] | None:
+    """``approved_models``: SHA-256 hex digests of the model files tasks may run."""
+    if "approved_models" not in policy.data:
+        return None
+    value = policy.raw("approved_models", 'approved_models = ["<sha256 hex>"]')
+    if not isinstance(value, list) or not all(
+        isinstance(item, str)
+        and len(item) == 64
+        and all(c in "0123456789abcdef" for c in item.lower())
+        for item in value
+    ):
+        raise policy.error("approved_models", "must be a list of SHA-256 hex digests")
+    return frozenset(item.lower() for item in value)
+
+
+def _is_sha256(item: object) -> bool:
+    return (
+        isinstance(item, str)
+        and len(item) == 64
+        and all(c in "0123456789abcdef" for c in item.lower())
     )
 
 

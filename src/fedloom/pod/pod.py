@@ -72,6 +72,8 @@ class PodPolicy:
     max_concurrent_tasks: int = DEFAULT_MAX_CONCURRENT_TASKS
     usage_limits: Mapping[str, int] = field(default_factory=dict)
     """Most predictions each model (by registered name) may make on this pod, ever."""
+    approved_models: frozenset[str] | None = None
+    """SHA-256 hashes of model files tasks may run; None: any weights a modeller sends."""
 
     def __post_init__(self) -> None:
         if (
@@ -200,7 +202,9 @@ class Pod:
         """Where tasks may write reports and images (one subfolder per task)."""
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._slots = _Slots()
-        self.ledger = StoreLedger(store, self.policy.usage_limits)
+        self.ledger = StoreLedger(
+            store, self.policy.usage_limits, approved_models=self.policy.approved_models
+        )
         """Processed/failed files and usage, for tasks (their children ask the pod)."""
         self.workers: dict[str, WorkerProcess] = {}
         """The child processes of running tasks, by task id."""

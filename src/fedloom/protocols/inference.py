@@ -23,6 +23,7 @@ and recorded, then the task ends with TASK_ABORT ``LIMITS_EXCEEDED``.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import math
 import time
 from collections.abc import Iterator, Mapping
@@ -36,6 +37,7 @@ from fedloom.algorithms.inference import (
     IMAGE_OUTPUTS,
     Predictions,
     cut,
+    load_approved_model_bytes,
     predict,
     report_rows,
     rows_from_body,
@@ -47,6 +49,7 @@ from fedloom.algorithms.ml import ModelSpec, build_model, load_arrays, state_to_
 from fedloom.datasources import FileRecord, FileSource
 from fedloom.errors import (
     AbortReason,
+    AccessDeniedError,
     ConfigError,
     DataError,
     LimitsExceededError,
@@ -71,6 +74,8 @@ from fedloom.wire import MessageType
 
 BATCHES_ONLY = "BATCHES_ONLY"
 FINISHED = "TASK_COMPLETE"
+MODEL_FILE = "model_file"
+"""The tensor that carries a model file's bytes in MODEL_PARAMETERS."""
 _RUN_FLAGS = ("test_run", "run_on_new_data_only", "force_rerun_failed_files")
 
 
@@ -104,6 +109,9 @@ class BatchedInference(Protocol):
     output_images: str | None = None
     """A registered image output ("overlay", "mask"): one PNG per input in the pod's outputs."""
     weights: Mapping[str, np.ndarray] = field(default_factory=dict, compare=False)
+    model_file: bytes | None = field(default=None, compare=False)
+    """A safetensors file's bytes to run instead of ``weights``; pods that list approved
+    model hashes only run a file whose SHA-256 they approved."""
 
     def __post_init__(self) -> None:
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int):
@@ -163,7 +171,10 @@ class BatchedInference(Protocol):
             failed = {pod: f"{r.reason.value}: {r.message}" for pod, r in mailbox.aborted.items()}
             raise PodResponseError("inference: no pod is ready", failed)
         await mailbox.broadcast(MessageType.TASK_START)
-        weights = dict(self.weights) or state_to_arrays(build_model(self.model))
+        if self.model_file is not None:
+            weights = {MODEL_FILE: np.frombuffer(self.model_file, dtype=np.uint8)}
+        else:
+            weights = dict(self.weights) or state_to_arrays(build_model(self.model))
         await mailbox.broadcast(MessageType.MODEL_PARAMETERS, {}, weights)
         rows: dict[str, list[dict[str, str]]] = {pod: [] for pod in mailbox.pods}
         failures: dict[str, list[dict[str, str]]] = {}
@@ -214,8 +225,7 @@ class BatchedInference(Protocol):
         await mailbox.send(MessageType.TASK_START, {})
         await mailbox.receive(MessageType.TASK_START)
         setup = await mailbox.receive(MessageType.MODEL_PARAMETERS)
-        model = build_model(self.model)
-        load_arrays(model, setup.tensors)
+        model = await self._model(setup.tensors, ledger)
         await hooks.fire(HookPoint.INIT_END)
         await hooks.fire(HookPoint.RUN_START)
         run = _Run(self, source=source, ledger=ledger, key=key, model=model, mailbox=mailbox)
@@ -248,6 +258,29 @@ class BatchedInference(Protocol):
         released = {"files": run.succeeded, "failed": len(run.failed), "batches": run.batch_id}
         await hooks.fire(HookPoint.RUN_END, released=released)
         return released
+
+    async def _model(self, tensors: Mapping[str, np.ndarray], ledger: Ledger) -> Any:
+        """The model to run: an approved file's weights, or (if the pod allows) plain ones.
+
+        Raises:
+            AccessDeniedError: the pod only runs approved model files, and this is not one.
+        """
+        approved = await ledger.approved_models()
+        if MODEL_FILE in tensors:
+            data = np.ascontiguousarray(tensors[MODEL_FILE]).tobytes()
+            if approved is None:
+                return load_approved_model_bytes(
+                    data, {hashlib.sha256(data).hexdigest()}, self.model
+                )
+            return load_approved_model_bytes(data, approved, self.model)
+        if approved is not None:
+            raise AccessDeniedError(
+                "this pod only runs model files whose SHA-256 it approved; send the model "
+                "as a file (BatchedInference(model_file=...))"
+            )
+        model = build_model(self.model)
+        load_arrays(model, tensors)
+        return model
 
     def _failure_report(self, run: _Run) -> list[dict[str, str]]:
         """The report rows of the failed files; ends the task when the run cannot go on.

@@ -9,7 +9,7 @@ pod's: :meth:`Ledger.consume` cuts the new results to what the model may still r
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from fedloom.algorithms.inference import UsageCut, apply_usage_limit
@@ -41,13 +41,26 @@ class Ledger(Protocol):
         """Add up to ``new`` predictions to ``model``'s usage, within the pod's limit."""
         ...
 
+    async def approved_models(self) -> frozenset[str] | None:
+        """SHA-256 hashes of the model files the pod approved (None: any weights go)."""
+        ...
+
 
 class StoreLedger:
     """A :class:`Ledger` over a pod store (a memory store when the pod keeps none)."""
 
-    def __init__(self, store: PodStore | None, limits: Mapping[str, int] | None = None) -> None:
+    def __init__(
+        self,
+        store: PodStore | None,
+        limits: Mapping[str, int] | None = None,
+        approved_models: Collection[str] | None = None,
+    ) -> None:
         self.store: PodStore = store if store is not None else MemoryPodStore()
         self.limits = dict(limits or {})
+        self.approved = None if approved_models is None else frozenset(approved_models)
+
+    async def approved_models(self) -> frozenset[str] | None:
+        return self.approved
 
     async def processed_files(self, task_hash: str) -> dict[str, int]:
         return self.store.processed_files(task_hash)
@@ -84,6 +97,8 @@ class StoreLedger:
         if method == "record_failed":
             task, failures = args
             return await self.record_failed(task, [failed_from_body(f) for f in failures])
+        if method == "approved_models":
+            return None if self.approved is None else sorted(self.approved)
         if method == "consume":
             cut = await self.consume(*args)
             return [cut.allowed, cut.overrun, cut.exceeded]

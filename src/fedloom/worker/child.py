@@ -168,6 +168,10 @@ class LinkLedger:
         allowed, overrun, exceeded = await self._call("consume", model, new)
         return UsageCut(int(allowed), int(overrun), bool(exceeded))
 
+    async def approved_models(self) -> frozenset[str] | None:
+        found = await self._call("approved_models")
+        return None if found is None else frozenset(str(digest) for digest in found)
+
 
 def child_main(
     config: WorkerConfig,
