@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -31,6 +32,7 @@ from fedloom.transport.hub.client import GrpcMailbox
 from fedloom.transport.hub.config import HubAddress, TlsClientConfig
 from fedloom.transport.hub.store import HubStore
 from fedloom.transport.hub.tls import init_hub_tls
+from fedloom.worker.lifetime import die_with_parent
 
 logger = logging.getLogger(__name__)
 
@@ -245,7 +247,8 @@ class LocalCluster:
                 stdout=asyncio.subprocess.PIPE if stdout else handle,
                 stderr=handle,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                preexec_fn=_terminate_with_parent,
+                # a crashed demo or test leaves no hub or pod behind
+                preexec_fn=functools.partial(die_with_parent, signal.SIGTERM),
             )
         logger.info("started %s (pid %d), log %s", name, process.pid, log)
         return _Child(name, process, log)
@@ -320,18 +323,6 @@ class LocalCluster:
             **options,
         )
         return await mailbox.connect()
-
-
-def _terminate_with_parent() -> None:
-    """In the child, before exec: ask Linux for SIGTERM when the parent dies, so a crashed
-    demo or test leaves no hub or pod behind (a no-op elsewhere)."""
-    if sys.platform != "linux":
-        return
-    import ctypes
-
-    pr_set_pdeathsig = 1
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def _toml(value: _TomlValue | Iterable[str]) -> str:

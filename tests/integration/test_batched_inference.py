@@ -272,3 +272,20 @@ def test_pods_that_approve_model_files_run_only_those(tmp_path: Path, isolated: 
     assert digest in refused.aborted["pod-a"].message
     plain = run(BatchedInference(MODEL), {digest})  # plain weights: not a file it approved
     assert plain.aborted["pod-a"].reason is AbortReason.NO_ACCESS
+
+
+def test_a_final_reduce_step_sees_every_batch_and_replaces_the_rows(tmp_path: Path) -> None:
+    from fedloom.errors import ConfigError
+
+    folder = tmp_path / "images"
+    _images(folder, 7, corrupt=1)
+    task = BatchedInference(MODEL, batch_size=3, reduce="class_counts", send_rows=False)
+    run = run_async(_run(folder, tmp_path / "p.sqlite", task), timeout=120)
+    assert run.result.rows["pod-a"] == []
+    reduced = run.result.reduced["pod-a"]
+    assert reduced["files"] == 7 and sum(reduced["counts"].values()) == 7
+    assert [row["file"] for row in run.result.failures["pod-a"]] == ["bad00.png"]
+    with pytest.raises(ConfigError):
+        BatchedInference(MODEL, send_rows=False)
+    with pytest.raises(Exception, match="no-such"):
+        BatchedInference(MODEL, reduce="no-such")

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import psutil
 import pytest
 
 from fedloom import (
@@ -324,11 +325,13 @@ def test_pod_killed_during_a_batched_task_loses_and_repeats_nothing(tmp_path: Pa
         async with LocalCluster(tmp_path / "cluster", specs) as cluster:
             modeller = Modeller(await cluster.connect_modeller())
             killed = asyncio.Event()
+            children: list[psutil.Process] = []
 
             def on_progress(pod: str, kind: MessageType, body: Mapping[str, object]) -> None:
                 batch_six = kind is MessageType.CURRENT_BATCH_ID and body.get("batch") == 6
                 if batch_six and not killed.is_set():
                     killed.set()
+                    children.extend(psutil.Process(cluster.pid("pod-a")).children())
                     os.kill(cluster.pid("pod-a"), signal.SIGKILL)
 
             first = await modeller.run(
@@ -339,6 +342,10 @@ def test_pod_killed_during_a_batched_task_loses_and_repeats_nothing(tmp_path: Pa
             )
             assert killed.is_set()
             assert "pod-a" in first.aborted
+            # the task's child process does not outlive its pod
+            assert children, "the batched task ran in a child of the pod"
+            _, alive = psutil.wait_procs(children, timeout=10)
+            assert alive == []
             with SqlitePodStore(store_path) as store:
                 (task_hash,) = _hashes(store_path)  # one task definition so far
                 processed_at_kill = set(store.processed_files(task_hash))

@@ -12,7 +12,7 @@ from fedloom.protocols.base import (
     register_protocol,
 )
 from fedloom.protocols.fedavg import FedAvg, FedAvgResult, RoundMetrics
-from fedloom.protocols.inference import BatchedInference, InferenceResult
+from fedloom.protocols.inference import REDUCERS, BatchedInference, InferenceResult
 from fedloom.protocols.ledger import Ledger, StoreLedger
 from fedloom.protocols.results_only import (
     RESULT_ALGORITHMS,
@@ -22,6 +22,7 @@ from fedloom.protocols.results_only import (
 )
 
 __all__ = [
+    "REDUCERS",
     "BatchedInference",
     "InferenceResult",
     "Ledger",

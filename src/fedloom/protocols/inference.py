@@ -26,7 +26,7 @@ import asyncio
 import hashlib
 import math
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -68,6 +68,7 @@ from fedloom.protocols.base import (
     register_protocol,
 )
 from fedloom.protocols.ledger import Ledger, StoreLedger
+from fedloom.registry import Registry
 from fedloom.store import FailedFile, task_hash
 from fedloom.transport import ModellerMailbox, WorkerMailbox
 from fedloom.wire import MessageType
@@ -79,13 +80,30 @@ MODEL_FILE = "model_file"
 _RUN_FLAGS = ("test_run", "run_on_new_data_only", "force_rerun_failed_files")
 
 
+Reducer = Callable[[list[dict[str, str]]], dict[str, Any]]
+"""A final-reduce step: every batch's report rows of one pod → a JSON-able summary."""
+
+REDUCERS: Registry[Reducer] = Registry("final reduce step")
+
+
+@REDUCERS.register("class_counts")
+def class_counts(rows: list[dict[str, str]]) -> dict[str, Any]:
+    """How many files each class was predicted for (no file names leave the pod)."""
+    counts: dict[str, int] = {}
+    for row in rows:
+        if row.get("status") == "ok":
+            counts[row["prediction"]] = counts.get(row["prediction"], 0) + 1
+    return {"counts": dict(sorted(counts.items())), "files": sum(counts.values())}
+
+
 @dataclass(frozen=True)
 class InferenceResult:
-    """What the modeller collected: report rows and failures per pod."""
+    """What the modeller collected: report rows, failures and reductions per pod."""
 
     rows: dict[str, list[dict[str, str]]]
     failures: dict[str, list[dict[str, str]]]
     batches: dict[str, int]
+    reduced: dict[str, Any] = field(default_factory=dict)
 
 
 @register_protocol
@@ -106,6 +124,10 @@ class BatchedInference(Protocol):
     timeout: float | None = None
     report_at_pod: bool = False
     """Write the task's CSV report (every file, predictions or failure) in the pod's outputs."""
+    reduce: str | None = None
+    """A registered final-reduce step (REDUCERS) run once after the batches and resilience,
+    over every batch's rows; its result is sent instead of, with ``send_rows=False``, the rows."""
+    send_rows: bool = True
     output_images: str | None = None
     """A registered image output ("overlay", "mask"): one PNG per input in the pod's outputs."""
     weights: Mapping[str, np.ndarray] = field(default_factory=dict, compare=False)
@@ -128,6 +150,10 @@ class BatchedInference(Protocol):
         optional_timeout("inference.timeout", self.timeout)
         if self.output_images is not None:
             IMAGE_OUTPUTS.get(self.output_images)
+        if self.reduce is not None:
+            REDUCERS.get(self.reduce)
+        if not self.send_rows and self.reduce is None:
+            raise ConfigError("inference.send_rows = false needs a final reduce step (reduce)")
 
     def algorithms(self) -> frozenset[str]:
         return frozenset({self.model.name})
@@ -144,6 +170,8 @@ class BatchedInference(Protocol):
             "timeout": self.timeout,
             "report_at_pod": self.report_at_pod,
             "output_images": self.output_images,
+            "reduce": self.reduce,
+            "send_rows": self.send_rows,
         }
 
     @classmethod
@@ -179,16 +207,19 @@ class BatchedInference(Protocol):
         rows: dict[str, list[dict[str, str]]] = {pod: [] for pod in mailbox.pods}
         failures: dict[str, list[dict[str, str]]] = {}
         batches: dict[str, int] = dict.fromkeys(mailbox.pods, 0)
+        reduced: dict[str, Any] = {}
         waiting = set(mailbox.pods)
         stream = mailbox.stream(timeout=self.timeout)
         async for message in stream:
             pod = message.sender
             body = message.body if isinstance(message.body, dict) else {}
             if message.type is MessageType.EVALUATION_RESULTS and pod in rows:
-                rows[pod].extend(rows_from_body(body.get("rows")))
+                rows[pod].extend(rows_from_body(body.get("rows", [])))
                 batches[pod] = max(batches[pod], int(body.get("batch", 0)))
             elif message.type is MessageType.BATCHES_COMPLETE and body.get("stage") == FINISHED:
                 failures[pod] = rows_from_body(body.get("failures", []))
+                if isinstance(body.get("reduced"), dict):
+                    reduced[pod] = body["reduced"]
                 waiting.discard(pod)
             waiting &= set(mailbox.pods)  # pods that aborted are out
             if not waiting:
@@ -200,6 +231,7 @@ class BatchedInference(Protocol):
             rows={pod: found for pod, found in rows.items() if found or pod in mailbox.pods},
             failures=failures,
             batches=batches,
+            reduced=reduced,
         )
 
     # --- worker ---------------------------------------------------------------------------
@@ -250,10 +282,10 @@ class BatchedInference(Protocol):
         report = self._failure_report(run)
         if self.report_at_pod and outputs is not None:
             await asyncio.to_thread(write_report_csv, [*run.rows, *report], outputs / "report.csv")
-        await mailbox.send(
-            MessageType.BATCHES_COMPLETE,
-            {"stage": FINISHED, "failures": rows_to_body(report)},
-        )
+        final: dict[str, Any] = {"stage": FINISHED, "failures": rows_to_body(report)}
+        if self.reduce is not None:
+            final["reduced"] = REDUCERS.get(self.reduce)(list(run.rows))
+        await mailbox.send(MessageType.BATCHES_COMPLETE, final)
         await mailbox.receive(MessageType.TASK_COMPLETE)
         released = {"files": run.succeeded, "failed": len(run.failed), "batches": run.batch_id}
         await hooks.fire(HookPoint.RUN_END, released=released)
@@ -434,10 +466,10 @@ class _Run:
                     output=self.protocol.output_images,
                     folder=self.outputs / "images",
                 )
-            await self.mailbox.send(
-                MessageType.EVALUATION_RESULTS,
-                {"batch": batch_id, "rows": rows_to_body(rows)},
-            )
+            body: dict[str, Any] = {"batch": batch_id, "files": len(rows)}
+            if self.protocol.send_rows:
+                body["rows"] = rows_to_body(rows)
+            await self.mailbox.send(MessageType.EVALUATION_RESULTS, body)
         if usage.exceeded:
             self.limit_reached = True
 

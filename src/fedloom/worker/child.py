@@ -18,6 +18,7 @@ import contextlib
 import importlib
 import itertools
 import logging
+import signal
 import threading
 import time
 from collections.abc import Sequence
@@ -44,6 +45,7 @@ from fedloom.transport import MailboxStatistics, TaskRouter, WorkerMailbox
 from fedloom.wire import Message
 from fedloom.worker.config import WorkerConfig
 from fedloom.worker.ipc import Link
+from fedloom.worker.lifetime import die_with_parent
 
 logger = logging.getLogger(__name__)
 
@@ -181,6 +183,7 @@ def child_main(
     heartbeat: Synchronized[float],
 ) -> None:
     """Run one task's worker side; the target of the pod's spawned child. Never raises."""
+    die_with_parent(signal.SIGKILL)  # a task must not outlive its pod
     link = Link(connection, Path(folder))
     try:
         outcome = asyncio.run(_main(config, link, start, heartbeat))
