@@ -224,6 +224,13 @@ class TaskAbortedError(FedloomError):
         self.pod = pod
 
 
+class TaskCancelledError(TaskAbortedError):
+    """The modeller sent TASK_CANCEL; the pod answers TASK_ABORT(CANCELLED_BY_MODELLER)."""
+
+    def __init__(self, message: str = "the modeller cancelled the task") -> None:
+        super().__init__(AbortReason.CANCELLED_BY_MODELLER, message)
+
+
 class PodResponseError(FedloomError):
     """Pods rejected a task or did not answer, where the request policy needed them."""
 

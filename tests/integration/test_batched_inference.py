@@ -136,6 +136,8 @@ def test_test_run_stops_after_the_first_batch_and_status_messages(tmp_path: Path
     assert kinds[:2] == [MessageType.PREPARING_DATA, MessageType.CONFIGURING_TASK]
     assert (MessageType.NUM_BATCHES, {"count": -1}) in seen
     assert (MessageType.CURRENT_BATCH_ID, {"batch": 1}) in seen
+    counts = [body["count"] for kind, body in seen if kind is MessageType.NUM_BATCHES]
+    assert counts[0] == -1 and counts[-1] >= 1, counts  # the real count follows once known
 
 
 def test_force_rerun_failed_files(tmp_path: Path) -> None:

@@ -171,14 +171,20 @@ def test_positions_move_up_when_queued_tasks_leave_and_the_slot_goes_to_the_next
             await script.send(MessageType.TASK_START, second)
             await script.send(MessageType.INSTRUCTION, second, {"step": "run"})
 
-            # the head leaves: everyone behind it moves up, and is told so
+            # the head leaves (the pod answers the cancel with TASK_ABORT): everyone behind
+            # it moves up, and is told so
             await script.send(MessageType.TASK_CANCEL, first)
             moved = {}
-            for _ in range(2):
+            answered = []
+            for _ in range(3):
                 message = await script.mailbox.receive(timeout=REPLY_TIMEOUT)
+                if message.type is MessageType.TASK_ABORT:
+                    answered.append((message.task_id, message.body["reason"]))
+                    continue
                 assert message.type is MessageType.PROGRESS, message
                 moved[message.task_id] = message.body["position"]
             assert moved == {second: 1, third: 2}
+            assert answered == [(first, AbortReason.CANCELLED_BY_MODELLER.value)]
             assert pod.queued_tasks() == [second, third]
 
             # the tail leaves: nobody moves, so nobody is told anything
@@ -190,6 +196,7 @@ def test_positions_move_up_when_queued_tasks_leave_and_the_slot_goes_to_the_next
             # the running task ends: the slot goes to the queue's head, which starts and
             # answers the instruction it was sent while it waited
             await script.send(MessageType.TASK_CANCEL, holder)
+            await script.expect(MessageType.TASK_ABORT, holder)
             await script.expect_start(second)
             results = await script.expect(MessageType.RESULTS, second)
             assert results["rows"] == ROWS

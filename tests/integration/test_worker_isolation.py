@@ -160,3 +160,60 @@ def test_failures_while_the_child_rebuilds_the_worker(tmp_path: Any) -> None:
         assert [r.reason for r in store.task_runs()] == ["NO_DATA", "INVALID_TASK"]
 
     run_async(main(), timeout=120)
+
+
+@pytest.mark.parametrize("isolated", [False, True], ids=["in-process", "child-process"])
+def test_task_cancel_is_answered_with_task_abort(isolated: bool) -> None:
+    """DESIGN: the modeller may send TASK_CANCEL; the pod stops the worker and answers
+    TASK_ABORT(CANCELLED_BY_MODELLER). A child is stopped wherever it is; a worker in the
+    pod's own process notices when it next reads its mailbox (here: waiting for the end)."""
+    from fedloom import MemoryHub, Message, MessageType, Pod
+    from fedloom.transport.task import report_of
+
+    from .conftest import RawClient
+
+    store = MemoryPodStore()
+
+    async def main() -> None:
+        hub = MemoryHub()
+        pod = Pod(
+            "pod-a",
+            {"default": _pods()["pod-a"]},
+            store=store,
+            isolation=FAST if isolated else None,
+            plugins=PLUGINS,
+        )
+        serving = asyncio.ensure_future(pod.serve(hub.connect("pod-a")))
+        client = RawClient(hub)
+        fault = Fault("sleep", seconds=120) if isolated else Fault("ok")
+        body = {"task": fault.dump(), "dataset": "default"}
+        accept = await client.request("pod-a", body)
+        task = accept.task_id
+        send = client.mailbox.send
+        await send(Message(MessageType.TASK_START, "", "pod-a", task))
+        await send(Message(MessageType.INSTRUCTION, "", "pod-a", task, body={"step": "go"}))
+        deadline = time.monotonic() + 60
+        while not pod.running_tasks() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if isolated:
+            while (not pod.workers or next(iter(pod.workers.values())).ready_at is None) and (
+                time.monotonic() < deadline
+            ):
+                await asyncio.sleep(0.05)
+        if not isolated:  # the worker answered and now waits in its mailbox
+            while (await client.mailbox.receive(timeout=30)).type is not MessageType.RESULTS:
+                pass
+        await asyncio.sleep(0.3)
+        await send(Message(MessageType.TASK_CANCEL, "", "pod-a", task))
+        while True:
+            reply = await client.mailbox.receive(timeout=30)
+            if reply.type is MessageType.TASK_ABORT:
+                break
+        assert report_of(reply).reason is AbortReason.CANCELLED_BY_MODELLER
+        await until_idle(pod)
+        await hub.close()
+        await serving
+
+    run_async(main(), timeout=120)
+    (record,) = store.task_runs()
+    assert (record.status, record.reason) == ("aborted", "CANCELLED_BY_MODELLER")

@@ -34,6 +34,7 @@ from fedloom.errors import (
     FedloomError,
     MailboxClosedError,
     TaskAbortedError,
+    TaskCancelledError,
 )
 from fedloom.hooks import DEFAULT_WORKER_HOOKS, build_hooks
 from fedloom.protocols import DEFAULT_MIN_ROWS, Protocol, StoreLedger, WorkerContext, load_protocol
@@ -349,9 +350,7 @@ class Pod:
     def _hold(self, mailbox: WorkerMailbox, channel: _HeldChannel, message: Message) -> None:
         """Act on a message that reached a queued task: end it, or keep it for later."""
         if message.sender == mailbox.modeller and message.type is MessageType.TASK_CANCEL:
-            raise TaskAbortedError(
-                AbortReason.CANCELLED_BY_MODELLER, "the modeller cancelled the task"
-            )
+            raise TaskCancelledError()
         if message.sender == mailbox.modeller and message.type is MessageType.TASK_ABORT:
             report = report_of(message)
             raise TaskAbortedError(report.reason, report.message)
@@ -374,6 +373,10 @@ class Pod:
                 released = await self._run_inline(accepted, mailbox)
             self._record(request, name, "completed", result=released)
         except TaskAbortedError as exc:
+            if isinstance(exc, TaskCancelledError):  # DESIGN: the pod answers a TASK_CANCEL
+                report = ErrorReport(exc.reason, exc.message, type(exc).__name__, "")
+                with contextlib.suppress(FedloomError):
+                    await mailbox.send(MessageType.TASK_ABORT, report.to_body())
             self._record(request, name, "aborted", exc.reason.value)
         except MailboxClosedError:
             self._record(request, name, "aborted", AbortReason.WORKER_UNRESPONSIVE.value)

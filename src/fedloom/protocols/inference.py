@@ -46,7 +46,7 @@ from fedloom.algorithms.inference import (
     write_report_csv,
 )
 from fedloom.algorithms.ml import ModelSpec, build_model, load_arrays, state_to_arrays
-from fedloom.datasources import FileRecord, FileSource
+from fedloom.datasources import FileCount, FileRecord, FileSource
 from fedloom.errors import (
     AbortReason,
     AccessDeniedError,
@@ -263,17 +263,7 @@ class BatchedInference(Protocol):
         run = _Run(self, source=source, ledger=ledger, key=key, model=model, mailbox=mailbox)
         run.outputs = outputs
         batches = source.batches(_chain(first, records), self.batch_size)
-        announced = False
-        for batch in batches:
-            await run.batch(batch)
-            await hooks.fire(HookPoint.BATCH_END, batch=run.batch_id, step=run.succeeded)
-            if not announced and count.done() and not self.run_on_new_data_only:
-                total = math.ceil(count.result() / self.batch_size)
-                await mailbox.send(MessageType.NUM_BATCHES, {"count": total})
-                announced = True
-            if self.test_run or run.limit_reached:
-                break
-            await mailbox.send(MessageType.CURRENT_BATCH_ID, {"batch": run.batch_id + 1})
+        await self._run_batches(run, batches, count, hooks)
         await mailbox.send(MessageType.BATCHES_COMPLETE, {"stage": BATCHES_ONLY})
         if self.resilience and not run.limit_reached:
             await run.retry_failed_batches()
@@ -290,6 +280,25 @@ class BatchedInference(Protocol):
         released = {"files": run.succeeded, "failed": len(run.failed), "batches": run.batch_id}
         await hooks.fire(HookPoint.RUN_END, released=released)
         return released
+
+    async def _run_batches(
+        self, run: _Run, batches: Iterator[list[FileRecord]], count: FileCount, hooks: Any
+    ) -> None:
+        """Every batch in turn, with CURRENT_BATCH_ID before each and NUM_BATCHES once the
+        count is known (from the background count, or at the end)."""
+        announced = False
+        for batch in batches:
+            await run.batch(batch)
+            await hooks.fire(HookPoint.BATCH_END, batch=run.batch_id, step=run.succeeded)
+            if not announced and count.done() and not self.run_on_new_data_only:
+                total = math.ceil(count.result() / self.batch_size)
+                await run.mailbox.send(MessageType.NUM_BATCHES, {"count": total})
+                announced = True
+            if self.test_run or run.limit_reached:
+                break
+            await run.mailbox.send(MessageType.CURRENT_BATCH_ID, {"batch": run.batch_id + 1})
+        if not announced:  # the count is known now that the files were all listed
+            await run.mailbox.send(MessageType.NUM_BATCHES, {"count": run.batch_id})
 
     async def _model(self, tensors: Mapping[str, np.ndarray], ledger: Ledger) -> Any:
         """The model to run: an approved file's weights, or (if the pod allows) plain ones.

@@ -25,6 +25,7 @@ from fedloom.errors import (
     ProtocolError,
     ReceiveTimeoutError,
     TaskAbortedError,
+    TaskCancelledError,
     TransportError,
 )
 from fedloom.transport.router import Channel, TaskRouter
@@ -469,9 +470,7 @@ class WorkerMailbox:
             if message.type in allowed:
                 return message
             if message.type is MessageType.TASK_CANCEL:
-                raise TaskAbortedError(
-                    AbortReason.CANCELLED_BY_MODELLER, "the modeller cancelled the task"
-                )
+                raise TaskCancelledError()
             if message.type is MessageType.TASK_ABORT:
                 report = report_of(message)
                 raise TaskAbortedError(report.reason, report.message)

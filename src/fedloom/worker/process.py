@@ -36,6 +36,7 @@ from fedloom.errors import (
     FedloomError,
     ProtocolError,
     TaskAbortedError,
+    TaskCancelledError,
 )
 from fedloom.protocols import StoreLedger
 from fedloom.transport import Channel, WorkerMailbox
@@ -198,9 +199,7 @@ class WorkerProcess:
                 if not self.config.handles_start:
                     continue
             if message.type is MessageType.TASK_CANCEL:
-                raise TaskAbortedError(
-                    AbortReason.CANCELLED_BY_MODELLER, "the modeller cancelled the task"
-                )
+                raise TaskCancelledError()
             if message.type is MessageType.TASK_ABORT:
                 report = ErrorReport.from_body(message.body)
                 raise TaskAbortedError(report.reason, report.message)
