@@ -35,6 +35,9 @@ from fedloom.wire import MessageType
 
 logger = logging.getLogger(__name__)
 
+TELL_PODS_SECONDS = 5.0
+"""How long a stopping modeller tries to tell the pods (TASK_ABORT) before it gives up."""
+
 DEFAULT_ACCEPT_TIMEOUT = 30.0
 """Seconds the modeller waits for pods to accept or reject a task run without a policy."""
 
@@ -240,8 +243,10 @@ class Modeller:
     async def _cancel(self, mailbox: ModellerMailbox, message: str) -> None:
         report = ErrorReport(AbortReason.CANCELLED_BY_MODELLER, message, "", "")
         # the task fails either way; the caller's error says why, not the delivery
-        with contextlib.suppress(FedloomError):
-            await mailbox.broadcast(MessageType.TASK_ABORT, report.to_body())
+        with contextlib.suppress(FedloomError, TimeoutError):
+            await asyncio.wait_for(
+                mailbox.broadcast(MessageType.TASK_ABORT, report.to_body()), TELL_PODS_SECONDS
+            )
 
     async def _abort(self, mailbox: ModellerMailbox, error: BaseException) -> None:
         if isinstance(error, PodResponseError):
@@ -254,8 +259,11 @@ class Modeller:
             )
         else:
             report = ErrorReport.from_exception(error, AbortReason.CANCELLED_BY_MODELLER)
-        with contextlib.suppress(FedloomError, asyncio.CancelledError):
-            await mailbox.broadcast(MessageType.TASK_ABORT, report.to_body())
+        # bounded: a modeller asked to stop must stop even if the hub is slow to answer
+        with contextlib.suppress(FedloomError, asyncio.CancelledError, TimeoutError):
+            await asyncio.wait_for(
+                mailbox.broadcast(MessageType.TASK_ABORT, report.to_body()), TELL_PODS_SECONDS
+            )
 
     def _create_experiment(self, name: str, spec: dict[str, Any]) -> str | None:
         return None if self.store is None else self.store.create_experiment(name, spec)

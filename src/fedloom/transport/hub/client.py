@@ -55,6 +55,7 @@ logger = logging.getLogger(__name__)
 
 _OFFLOAD_BYTES = 1 << 20
 _CLOSED = object()
+CLOSE_SECONDS = 5.0
 PARALLEL_SEALS = 2
 """Messages sealed and signed at once by one mailbox (bounds memory for large models)."""
 
@@ -234,8 +235,9 @@ class GrpcMailbox:
         for task in (self._supervisor, self._opener):
             if task is not None:
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+                # bounded: closing must not hang on a connection that is going away
+                with contextlib.suppress(asyncio.CancelledError, TimeoutError, Exception):
+                    await asyncio.wait_for(task, CLOSE_SECONDS)
         self._inbound.put_nowait(_CLOSED)
         closed = MailboxClosedError(f"mailbox {self.identity!r} is closed")
         if self._in_flight is not None and not self._in_flight.result.done():
