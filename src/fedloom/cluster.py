@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import logging
 import os
@@ -32,7 +31,7 @@ from fedloom.transport.hub.client import GrpcMailbox
 from fedloom.transport.hub.config import HubAddress, TlsClientConfig
 from fedloom.transport.hub.store import HubStore
 from fedloom.transport.hub.tls import init_hub_tls
-from fedloom.worker.lifetime import die_with_parent
+from fedloom.worker.lifetime import PARENT_PID_ENV
 
 logger = logging.getLogger(__name__)
 
@@ -246,9 +245,10 @@ class LocalCluster:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE if stdout else handle,
                 stderr=handle,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                # a crashed demo or test leaves no hub or pod behind
-                preexec_fn=functools.partial(die_with_parent, signal.SIGTERM),
+                # PARENT_PID_ENV: a crashed demo or test leaves no hub or pod behind. (Not a
+                # preexec_fn: forking a process with gRPC threads and running Python before
+                # exec can deadlock or crash the child.)
+                env={**os.environ, "PYTHONUNBUFFERED": "1", PARENT_PID_ENV: str(os.getpid())},
             )
         logger.info("started %s (pid %d), log %s", name, process.pid, log)
         return _Child(name, process, log)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
@@ -226,6 +227,9 @@ def main() -> None:
 
     Usage errors are typer's (exit code 2, its own message).
     """
+    from fedloom.worker.lifetime import follow_launcher
+
+    follow_launcher(signal.SIGTERM)
     try:
         app()
     except FedloomError as exc:
