@@ -279,13 +279,14 @@ async def _started(start: Event) -> None:
 
     def watch() -> None:
         start.wait()
-        loop.call_soon_threadsafe(_resolve, started)
+        loop.call_soon_threadsafe(resolve_once, started)
 
     threading.Thread(target=watch, daemon=True, name="start-watcher").start()
     await started
 
 
-def _resolve(future: asyncio.Future[None]) -> None:
+def resolve_once(future: asyncio.Future[None]) -> None:
+    """Set ``future``'s result unless it is already done (for loop callbacks)."""
     if not future.done():
         future.set_result(None)
 

@@ -41,7 +41,7 @@ from fedloom.errors import (
 from fedloom.protocols import StoreLedger
 from fedloom.transport import Channel, WorkerMailbox
 from fedloom.wire import Message, MessageType
-from fedloom.worker.child import child_main
+from fedloom.worker.child import child_main, resolve_once
 from fedloom.worker.config import IsolationSettings, WorkerConfig
 from fedloom.worker.ipc import Link, exchange_folder
 
@@ -107,7 +107,7 @@ class WorkerProcess:
         )
         reader.start()
         exited = loop.create_future()
-        loop.add_reader(self.process.sentinel, _resolve, exited)
+        loop.add_reader(self.process.sentinel, resolve_once, exited)
         pump = loop.create_task(self._pump(channel, mailbox))
         watchdog = loop.create_task(self._watch(exited, start_timeout))
         try:
@@ -302,11 +302,6 @@ def _outcome(item: Mapping[str, Any]) -> Mapping[str, Any] | None:
     if item.get("notify", True):
         raise _WorkerFailedError(reason, report.message, report.exception_type)
     raise TaskAbortedError(reason, report.message)
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
 
 
 def _describe_exit(code: int | None) -> str:
