@@ -126,6 +126,27 @@ class AggregationError(FedloomError):
     """No aggregate can be formed (for example: every update was rejected)."""
 
 
+# --- simulation and scheduling ----------------------------------------------------------
+
+
+class ResourceSpecError(ConfigError):
+    """A resource estimate could not be read (for example ``"12 parsecs"`` as a size)."""
+
+
+class InsufficientResourcesError(FedloomError):
+    """A task asks for more than the machine (or the configured budget) could ever give."""
+
+
+class SimulationError(FedloomError):
+    """A simulation could not go on (for example: a client failed on every try)."""
+
+
+class WorkerLostError(SimulationError):
+    """A simulation worker process died; its clients are re-run on a replacement."""
+
+    retryable = True
+
+
 # --- storage ---------------------------------------------------------------------------
 
 
