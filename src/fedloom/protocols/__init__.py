@@ -11,7 +11,20 @@ from fedloom.protocols.base import (
     load_protocol,
     register_protocol,
 )
+from fedloom.protocols.batched import (
+    BatchCollector,
+    BatchedProtocol,
+    BatchOutput,
+    BatchWorker,
+    SetupValues,
+)
 from fedloom.protocols.fedavg import FedAvg, FedAvgResult, RoundMetrics
+from fedloom.protocols.file_statistics import (
+    ChannelStatistics,
+    FileStatistics,
+    FileStatisticsResult,
+    pool_statistics,
+)
 from fedloom.protocols.inference import REDUCERS, BatchedInference, InferenceResult
 from fedloom.protocols.ledger import Ledger, StoreLedger
 from fedloom.protocols.results_only import (
@@ -22,6 +35,15 @@ from fedloom.protocols.results_only import (
 )
 
 __all__ = [
+    "BatchCollector",
+    "BatchOutput",
+    "BatchWorker",
+    "BatchedProtocol",
+    "ChannelStatistics",
+    "FileStatistics",
+    "FileStatisticsResult",
+    "SetupValues",
+    "pool_statistics",
     "REDUCERS",
     "BatchedInference",
     "InferenceResult",
