@@ -8,11 +8,12 @@ unknown name, and is refused before any lookup happens.
 
 from __future__ import annotations
 
+import importlib
 import re
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
-from fedloom.errors import DuplicateNameError, UnknownNameError
+from fedloom.errors import ConfigError, DuplicateNameError, UnknownNameError
 
 T = TypeVar("T")
 
@@ -80,3 +81,16 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
+
+
+def import_plugins(modules: tuple[str, ...]) -> None:
+    """Import the plugin modules the pod's admin approved (they register names).
+
+    Raises:
+        ConfigError: a name is not a dotted module name.
+        ImportError: a module cannot be imported.
+    """
+    for module in modules:
+        if not module or not all(part.isidentifier() for part in module.split(".")):
+            raise ConfigError(f"plugin {module!r} is not a module name")
+        importlib.import_module(module)

@@ -33,7 +33,7 @@ from fedloom import (
     run_local,
 )
 from fedloom.algorithms.ml import load_arrays, state_to_arrays, train_local
-from fedloom.protocols.fedavg import _stable_seed
+from fedloom.algorithms.ml import round_seed as _stable_seed
 
 from .conftest import (
     TINY_MLP,

@@ -194,6 +194,43 @@ def run_task(
     print(json.dumps(summary, indent=None if json_output else 2, default=str))
 
 
+@app.command("sim")
+def simulate(
+    config_file: Annotated[Path, typer.Argument(help="The simulation's TOML file.")],
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Write per-round reports, summary.json and the final model here."),
+    ] = None,
+    backend: Annotated[
+        str | None, typer.Option(help="Override [simulation] backend: process, thread, ray.")
+    ] = None,
+    num_parallels: Annotated[
+        int | None, typer.Option(help="Override [simulation] num_parallels.")
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Simulate a federation: many virtual clients on this machine (or on Ray)."""
+    import dataclasses
+
+    from fedloom.simulation.config import load_simulation_file
+    from fedloom.simulation.report_cli import run_and_report
+
+    loaded = load_simulation_file(config_file)
+    changes: dict[str, Any] = {}
+    if backend is not None:
+        changes["backend"] = backend
+    if num_parallels is not None:
+        changes["num_parallels"] = num_parallels
+    config = dataclasses.replace(loaded.config, **changes) if changes else loaded.config
+    run_and_report(
+        config,
+        console,
+        out=out,
+        json_output=json_output,
+        ray_address=loaded.ray_address,
+    )
+
+
 def _write_reports(result: Any, folder: Path) -> list[Path]:
     """Each pod's inference report rows (and failures) as ``<folder>/<pod>.csv``."""
     from fedloom.algorithms.inference import write_report_csv

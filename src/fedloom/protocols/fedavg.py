@@ -11,7 +11,6 @@ reason and the round goes on without it.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import math
 import time
@@ -27,10 +26,11 @@ from fedloom.algorithms.ml import (
     ModelSpec,
     TrainingConfig,
     build_model,
-    evaluate,
     load_arrays,
+    local_round,
+    round_seed,
+    split_validation,
     state_to_arrays,
-    train_local,
 )
 from fedloom.errors import (
     AggregationError,
@@ -95,11 +95,6 @@ class FedAvgResult:
         module = build_model(self.model_spec)
         load_arrays(module, self.parameters)
         return module
-
-
-def _stable_seed(*parts: object) -> int:
-    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:4], "little")
 
 
 @register_protocol
@@ -264,10 +259,9 @@ class FedAvg(Protocol):
                 f"the dataset has {len(x)} rows; "
                 f"this pod trains on no fewer than {context.min_rows}"
             )
-        order = np.random.default_rng(_stable_seed(self.seed, context.pod)).permutation(len(x))
-        n_val = int(len(x) * self.validation_fraction)
-        x_val, y_val = x[order[:n_val]], y[order[:n_val]]
-        x_train, y_train = x[order[n_val:]], y[order[n_val:]]
+        x_train, y_train, x_val, y_val = split_validation(
+            x, y, self.validation_fraction, context.pod, self.seed
+        )
         model = build_model(self.model)
         await hooks.fire(HookPoint.INIT_END, protocol=self.name)
         await hooks.fire(HookPoint.RUN_START, protocol=self.name)
@@ -282,26 +276,27 @@ class FedAvg(Protocol):
                 return released
             round_index = _round_of(message)
             load_arrays(model, message.tensors)
-            validation = evaluate(model, x_val, y_val) if n_val else {}
             # the training thread reports epochs and batches to the hooks on this loop
             async with hooks.bridge() as bridge:
                 events = _TrainingEvents(bridge, round_index, self.training, len(x_train))
-                train = await asyncio.to_thread(
-                    train_local,
+                outcome = await asyncio.to_thread(
+                    local_round,
                     model,
                     x_train,
                     y_train,
                     self.training,
-                    seed=_stable_seed(self.seed, context.pod, round_index),
+                    seed=round_seed(self.seed, context.pod, round_index),
+                    x_val=x_val,
+                    y_val=y_val,
                     on_batch=_if_wanted(bridge, HookPoint.BATCH_END, events.on_batch),
                     on_epoch_start=_if_wanted(bridge, HookPoint.EPOCH_START, events.on_start),
                     on_epoch_end=_if_wanted(bridge, HookPoint.EPOCH_END, events.on_end),
                 )
             body: dict[str, Body] = {
                 "round": round_index,
-                "num_samples": len(x_train),
-                "train": {k: float(v) for k, v in train.items()},
-                "validation": {k: float(v) for k, v in validation.items()},
+                "num_samples": outcome.num_samples,
+                "train": {k: float(v) for k, v in outcome.train.items()},
+                "validation": {k: float(v) for k, v in outcome.validation.items()},
             }
             await mailbox.send(MessageType.TRAINING_UPDATE, body, state_to_arrays(model))
             rounds.append(round_index)

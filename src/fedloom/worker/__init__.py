@@ -6,7 +6,8 @@ start event on the modeller's TASK_START, and watches the child's exit, heartbea
 memory.
 """
 
-from fedloom.worker.child import ProxyMailbox, child_main, import_plugins
+from fedloom.registry import import_plugins
+from fedloom.worker.child import ProxyMailbox, child_main
 from fedloom.worker.config import IsolationSettings, WorkerConfig
 from fedloom.worker.process import WorkerProcess
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import itertools
 import logging
 import signal
@@ -29,7 +28,6 @@ from typing import Any
 
 from fedloom.algorithms.inference import UsageCut
 from fedloom.errors import (
-    ConfigError,
     ErrorReport,
     FedloomError,
     MailboxClosedError,
@@ -40,6 +38,7 @@ from fedloom.errors import (
 from fedloom.hooks import build_hooks
 from fedloom.protocols import WorkerContext, load_protocol
 from fedloom.protocols.ledger import failed_from_body, failed_to_body
+from fedloom.registry import import_plugins
 from fedloom.store import FailedFile
 from fedloom.transport import MailboxStatistics, TaskRouter, WorkerMailbox
 from fedloom.wire import Message
@@ -245,19 +244,6 @@ async def _run(
     finally:
         await router.close()
     return {"status": "completed", "record": record}
-
-
-def import_plugins(modules: tuple[str, ...]) -> None:
-    """Import the plugin modules the pod's admin approved (they register names).
-
-    Raises:
-        ConfigError: a name is not a dotted module name.
-        ImportError: a module cannot be imported.
-    """
-    for module in modules:
-        if not module or not all(part.isidentifier() for part in module.split(".")):
-            raise ConfigError(f"plugin {module!r} is not a module name")
-        importlib.import_module(module)
 
 
 def _context(config: WorkerConfig, ledger: LinkLedger) -> WorkerContext:

@@ -5,6 +5,12 @@ Models are rebuilt from a registered name plus JSON config (:data:`MODELS`,
 (:func:`state_to_arrays`, :func:`load_arrays`).
 """
 
+from fedloom.algorithms.ml.local_round import (
+    LocalRound,
+    local_round,
+    round_seed,
+    split_validation,
+)
 from fedloom.algorithms.ml.models import MODELS, ModelFactory, ModelSpec, build_model
 from fedloom.algorithms.ml.torch_adapter import load_arrays, state_to_arrays
 from fedloom.algorithms.ml.training import TrainingConfig, evaluate, train_local
@@ -12,11 +18,15 @@ from fedloom.algorithms.ml.training import TrainingConfig, evaluate, train_local
 __all__ = [
     "MODELS",
     "ModelFactory",
+    "LocalRound",
     "ModelSpec",
     "TrainingConfig",
     "build_model",
     "evaluate",
     "load_arrays",
+    "local_round",
+    "round_seed",
+    "split_validation",
     "state_to_arrays",
     "train_local",
 ]

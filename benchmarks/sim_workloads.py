@@ -1,0 +1,125 @@
+"""The standard simulation workloads W1-W3 (../shared/bench/WORKLOADS.md) on fedloom.
+
+    python benchmarks/sim_workloads.py --workload W1 [--backend process|thread|ray]
+        [--start-method spawn|forkserver|fork]
+
+First runs ``bare_loop.py`` for the same workload in a separate plain process (the limit:
+per-round training seconds summed over the sampled clients, divided by 2 cores), then the
+fedloom simulation, and prints one JSON line:
+{"system": "fedloom", "workload", "round_seconds", "median_round_s", "total_s",
+ "startup_s", "median_limit_s", "efficiency", ...}. Medians are over rounds 2..5 (W1) and
+2..3 (W2, W3) as the workloads say. ``startup_s`` is from ``Simulation.run()`` to the
+start of round 1 (workers spawned, torch imported, models built); ``import_s`` is what
+importing fedloom.simulation took in this process before that.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+SPECS: dict[str, dict[str, Any]] = {
+    "W1": {
+        "model": ("mlp", {"in_features": 64, "hidden": [32], "out_features": 10}),
+        "data": {"clients": 100, "samples": 32, "shape": [64]},
+        "rounds": 5,
+        "batch_size": 16,
+        "sampling": {"kind": "all"},
+    },
+    "W2": {
+        "model": (
+            "cnn",
+            {"in_channels": 3, "image_size": 32, "channels": [32, 64], "hidden": 256,
+             "out_features": 10},
+        ),
+        "data": {"clients": 20, "samples": 256, "shape": [3, 32, 32]},
+        "rounds": 3,
+        "batch_size": 32,
+        "sampling": {"kind": "sequential", "per_round": 10},
+    },
+    "W3": {
+        "model": ("mlp", {"in_features": 1024, "hidden": [4096, 4096], "out_features": 10}),
+        "data": {"clients": 8, "samples": 16, "shape": [1024]},
+        "rounds": 3,
+        "batch_size": 16,
+        "sampling": {"kind": "all"},
+    },
+}
+TARGETS = {"W1": "median <= 3x limit", "W2": "efficiency >= 0.90", "W3": "efficiency >= 0.60"}
+
+
+def bare_limit(workload: str) -> dict[str, Any]:
+    script = Path(__file__).with_name("bare_loop.py")
+    out = subprocess.run(
+        [sys.executable, str(script), "--workload", workload],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return result
+
+
+def run(workload: str, backend: str, start_method: str) -> dict[str, Any]:
+    limit = bare_limit(workload)
+    began = time.perf_counter()
+    import torch
+
+    from fedloom.algorithms.ml import ModelSpec, TrainingConfig
+    from fedloom.simulation import DataSpec, Sampling, Simulation, SimulationConfig
+
+    import_s = time.perf_counter() - began
+    torch.set_num_threads(1)
+    spec = SPECS[workload]
+    config = SimulationConfig(
+        model=ModelSpec(*spec["model"]),
+        data=DataSpec("synthetic", spec["data"]),
+        rounds=spec["rounds"],
+        training=TrainingConfig(
+            epochs=1, batch_size=spec["batch_size"], optimizer="sgd", learning_rate=0.05,
+            momentum=0.0, shuffle=False,
+        ),
+        sampling=Sampling.from_config(spec["sampling"]),
+        seed=0,
+        num_parallels=2,
+        backend=backend,
+        start_method=start_method,
+    )
+    began = time.perf_counter()
+    result = Simulation(config).run()
+    total = time.perf_counter() - began
+    rounds = result.round_seconds
+    median = statistics.median(rounds[1:])
+    return {
+        "system": "fedloom",
+        "workload": workload,
+        "backend": backend,
+        "start_method": start_method if backend == "process" else None,
+        "round_seconds": [round(s, 4) for s in rounds],
+        "median_round_s": round(median, 4),
+        "total_s": round(total, 3),
+        "startup_s": round(result.startup_seconds, 3),
+        "import_s": round(import_s, 3),
+        "median_limit_s": limit["median_limit_s"],
+        "limit_rounds_s": limit["round_limit_s"],
+        "efficiency": round(limit["median_limit_s"] / median, 3),
+        "x_limit": round(median / limit["median_limit_s"], 2),
+        "target": TARGETS[workload],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--workload", choices=sorted(SPECS), required=True)
+    parser.add_argument("--backend", default="process", choices=["process", "thread", "ray"])
+    parser.add_argument("--start-method", default="spawn", choices=["spawn", "forkserver", "fork"])
+    args = parser.parse_args()
+    print(json.dumps(run(args.workload, args.backend, args.start_method)))
+
+
+if __name__ == "__main__":
+    main()

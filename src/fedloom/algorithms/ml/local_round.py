@@ -1,0 +1,94 @@
+"""One participant's share of a federated training round, wherever it runs.
+
+A pod's FedAvg worker and a simulated client run exactly this code: evaluate the global
+model on the local validation split, then train it locally with a seed derived from the
+task seed, the participant and the round (:func:`round_seed`), so a participant's update
+does not depend on which process, thread or machine computed it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from torch import nn
+
+from fedloom.algorithms.ml.training import (
+    BatchCallback,
+    EpochEndCallback,
+    EpochStartCallback,
+    TrainingConfig,
+    evaluate,
+    train_local,
+)
+
+__all__ = ["LocalRound", "local_round", "round_seed", "split_validation"]
+
+Array = npt.NDArray[Any]
+
+
+def round_seed(*parts: object) -> int:
+    """A 32-bit seed from ``parts`` (task seed, participant, round ...), stable everywhere."""
+    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def split_validation(
+    x: Array, y: Array, fraction: float, participant: str, seed: int
+) -> tuple[Array, Array, Array, Array]:
+    """``(x_train, y_train, x_val, y_val)``: a seeded ``fraction`` of the rows held out.
+
+    The rows are shuffled by ``round_seed(seed, participant)`` before the cut; with
+    ``fraction == 0`` nothing is held out and the rows keep their order.
+    """
+    n_val = int(len(x) * fraction)
+    if n_val == 0:
+        return x, y, x[:0], y[:0]
+    order = np.random.default_rng(round_seed(seed, participant)).permutation(len(x))
+    return x[order[n_val:]], y[order[n_val:]], x[order[:n_val]], y[order[:n_val]]
+
+
+@dataclass(frozen=True)
+class LocalRound:
+    """Metrics of one local round: on the validation split before training, then training."""
+
+    train: dict[str, float]
+    validation: dict[str, float]
+    num_samples: int
+
+
+def local_round(
+    model: nn.Module,
+    x_train: Array,
+    y_train: Array,
+    config: TrainingConfig,
+    *,
+    seed: int,
+    x_val: Array | None = None,
+    y_val: Array | None = None,
+    on_batch: BatchCallback | None = None,
+    on_epoch_start: EpochStartCallback | None = None,
+    on_epoch_end: EpochEndCallback | None = None,
+) -> LocalRound:
+    """Evaluate ``model`` (holding the global parameters) then train it in place.
+
+    Raises:
+        DataError, ConfigError: as :func:`train_local` and :func:`evaluate`.
+    """
+    validation: dict[str, float] = {}
+    if x_val is not None and y_val is not None and len(x_val):
+        validation = evaluate(model, x_val, y_val)
+    train = train_local(
+        model,
+        x_train,
+        y_train,
+        config,
+        seed=seed,
+        on_batch=on_batch,
+        on_epoch_start=on_epoch_start,
+        on_epoch_end=on_epoch_end,
+    )
+    return LocalRound(train=train, validation=validation, num_samples=len(x_train))

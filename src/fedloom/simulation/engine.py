@@ -1,0 +1,330 @@
+"""The simulation engine: FedAvg over many virtual clients on one machine (or on Ray).
+
+Each round the engine samples clients, writes the global parameters once for the
+backend's workers, queues one job per client, and folds the updates as they arrive into
+a streaming float64 sum in the round's client order (:class:`OrderedFold`), so the result
+is bit-identical for any number of workers and any order of completion. Memory on the
+engine's side is O(model).
+
+With a :class:`ClientResources` estimate, jobs are admitted through a
+:class:`~fedloom.scheduler.ResourceLedger` (system memory, CPUs, device memory) and placed
+on the device it chooses; a job that runs out of memory is INTERRUPTed, its estimate
+raised, and re-queued.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedloom.algorithms.ml import ModelSpec, TrainingConfig, build_model, load_arrays
+from fedloom.errors import ConfigError
+from fedloom.registry import import_plugins
+from fedloom.scheduler import (
+    ResourceBudget,
+    ResourceEstimate,
+    ResourceLedger,
+)
+from fedloom.simulation.backend import Backend, BackendPlan, ClientResult, worker_devices
+from fedloom.simulation.client import ClientJob, RunnerPlan
+from fedloom.simulation.data import DataSpec
+from fedloom.simulation.fold import FoldBuffers
+from fedloom.simulation.report import RoundReport
+from fedloom.simulation.round import RoundRules, run_round
+from fedloom.simulation.sampling import Sampling
+from fedloom.simulation.shm import FlatLayout
+
+__all__ = [
+    "BACKENDS",
+    "ClientResources",
+    "Simulation",
+    "SimulationConfig",
+    "SimulationEvent",
+    "SimulationResult",
+]
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("process", "thread", "ray")
+START_METHODS = ("spawn", "forkserver", "fork")
+
+
+@dataclass(frozen=True)
+class ClientResources:
+    """What one client's round needs, for admission (and for Ray's placement)."""
+
+    estimate: ResourceEstimate = field(default_factory=ResourceEstimate)
+    budget: ResourceBudget | None = None
+    max_retries: int = 3
+    growth: float = 1.5
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    """A FedAvg simulation: model, client data, rounds, sampling, training and workers."""
+
+    model: ModelSpec
+    data: DataSpec
+    rounds: int = 3
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    sampling: Sampling = field(default_factory=Sampling)
+    seed: int = 0
+    validation_fraction: float = 0.0
+    num_parallels: int = 2
+    backend: str = "process"
+    device: str = "cpu"
+    device_count: int = 1
+    client_overrides: Mapping[int, Mapping[str, Any]] = field(default_factory=dict)
+    resources: ClientResources | None = None
+    round_timeout: float | None = None
+    torch_threads: int = 1
+    plugins: tuple[str, ...] = ()
+    start_method: str = "spawn"
+
+    def __post_init__(self) -> None:
+        for name in ("rounds", "num_parallels", "device_count", "torch_threads"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"simulation {name} must be an int >= 1, got {value!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigError(f"simulation seed must be an int >= 0, got {self.seed!r}")
+        if self.backend not in BACKENDS:
+            raise ConfigError(
+                f"unknown simulation backend {self.backend!r}; known: {', '.join(BACKENDS)}"
+            )
+        if not 0.0 <= self.validation_fraction < 0.9:
+            raise ConfigError(
+                f"validation_fraction must be in [0, 0.9), got {self.validation_fraction}"
+            )
+        if self.device != "cpu" and not self.device.startswith("cuda"):
+            raise ConfigError(f"device must be 'cpu' or 'cuda[:N]', got {self.device!r}")
+        if self.start_method not in START_METHODS:
+            raise ConfigError(
+                f"start_method must be one of {', '.join(START_METHODS)}, "
+                f"got {self.start_method!r}"
+            )
+        if self.round_timeout is not None and not self.round_timeout > 0:
+            raise ConfigError(f"round_timeout must be > 0 seconds, got {self.round_timeout}")
+
+    def runner_plan(self) -> RunnerPlan:
+        return RunnerPlan(
+            model=self.model,
+            data=self.data,
+            training=self.training,
+            seed=self.seed,
+            validation_fraction=self.validation_fraction,
+            torch_threads=self.torch_threads,
+            plugins=self.plugins,
+        )
+
+
+@dataclass(frozen=True)
+class SimulationEvent:
+    """Progress: ``kind`` is "started", "round_start", "client_done" or "round_end"."""
+
+    kind: str
+    round: int = -1
+    done: int = 0
+    total: int = 0
+    client: int | None = None
+    metrics: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SimulationResult:
+    """Final global parameters, one report per round, and timings."""
+
+    model_spec: ModelSpec
+    parameters: dict[str, np.ndarray]
+    rounds: list[RoundReport]
+    startup_seconds: float
+    stopped: bool = False
+
+    def model(self) -> torch.nn.Module:
+        module = build_model(self.model_spec)
+        load_arrays(module, self.parameters)
+        return module
+
+    @property
+    def round_seconds(self) -> list[float]:
+        return [report.seconds for report in self.rounds]
+
+    def write_reports(self, folder: Path) -> list[Path]:
+        """One JSON report per round (the round is the task group)."""
+        return [report.write(folder) for report in self.rounds]
+
+
+EventHook = Callable[[SimulationEvent], None]
+
+
+class Simulation:
+    """Runs a :class:`SimulationConfig` on a backend (see the module docstring)."""
+
+    def __init__(
+        self,
+        config: SimulationConfig,
+        *,
+        backend: Backend | None = None,
+        on_event: EventHook | None = None,
+    ) -> None:
+        self.config = config
+        self._backend = backend if backend is not None else make_backend(config)
+        self._on_event = on_event
+        self._stop = threading.Event()
+        self._num_clients = 0
+        self._buffers: FoldBuffers | None = None
+        self._ledger = (
+            None
+            if config.resources is None
+            else ResourceLedger(config.resources.budget)
+        )
+
+    def stop(self) -> None:
+        """Stop promptly (from any thread): running clients are interrupted."""
+        self._stop.set()
+        self._backend.stop()
+
+    def run(self) -> SimulationResult:
+        """Run every round (or until :meth:`stop`); the workers are closed afterwards.
+
+        Raises:
+            SimulationError: workers could not start, or no client of a round produced
+                an update (the error lists their failures).
+        """
+        began = time.perf_counter()
+        config = self.config
+        import_plugins(config.plugins)
+        self._num_clients = _num_clients(config)
+        initial = build_model(config.model, seed=config.seed)
+        state = {key: value.detach().cpu() for key, value in initial.state_dict().items()}
+        layout = FlatLayout.of(state)
+        flats = {name: _zeros(name, count) for name, count in layout.groups}
+        self._buffers = FoldBuffers.like(flats)
+        layout.pack({k: v.numpy() for k, v in state.items()}, flats)
+        devices = worker_devices(config.device, config.device_count, config.num_parallels)
+        plan = BackendPlan(config.runner_plan(), layout, tuple(devices))
+        try:
+            self._backend.start(plan)
+            startup = time.perf_counter() - began
+            self._emit(SimulationEvent("started", metrics={"startup_seconds": startup}))
+            reports: list[RoundReport] = []
+            for round_index in range(config.rounds):
+                if self._stop.is_set():
+                    break
+                report = self._round(round_index, flats)
+                reports.append(report)
+                if report.stopped:
+                    break
+        finally:
+            self._backend.close()
+        return SimulationResult(
+            model_spec=config.model,
+            parameters=layout.unpack(flats),
+            rounds=[r for r in reports if not r.stopped],
+            startup_seconds=startup,
+            stopped=self._stop.is_set(),
+        )
+
+    # --- one round ----------------------------------------------------------------------
+
+    def _round(self, round_index: int, flats: dict[str, torch.Tensor]) -> RoundReport:
+        config = self.config
+        clients = config.sampling.clients(round_index, self._num_clients, config.seed)
+        jobs = {
+            c: ClientJob(c, round_index, dict(config.client_overrides.get(c, {}))) for c in clients
+        }
+        self._emit(SimulationEvent("round_start", round_index, 0, len(clients)))
+        resources = config.resources
+        rules = RoundRules(
+            estimate=resources.estimate if resources else ResourceEstimate(),
+            max_oom_retries=resources.max_retries if resources else 3,
+            growth=resources.growth if resources else 1.5,
+            timeout=config.round_timeout,
+        )
+
+        def on_client(done: int, total: int, result: ClientResult) -> None:
+            metrics = result.outcome.train if result.outcome is not None else {}
+            self._emit(
+                SimulationEvent("client_done", round_index, done, total, result.job.client, metrics)
+            )
+
+        report = run_round(
+            round_index,
+            clients,
+            jobs,
+            flats,
+            backend=self._backend,
+            rules=rules,
+            ledger=self._ledger,
+            stop=self._stop,
+            on_client=on_client,
+            buffers=self._buffers,
+        )
+        if not report.stopped:
+            report.metrics = _weighted_metrics(report)
+            self._emit(
+                SimulationEvent(
+                    "round_end", round_index, len(clients), len(clients), metrics=report.metrics
+                )
+            )
+        return report
+
+    def _emit(self, event: SimulationEvent) -> None:
+        if self._on_event is not None:
+            self._on_event(event)
+
+
+def make_backend(config: SimulationConfig, *, ray_address: str | None = None) -> Backend:
+    """The backend ``config.backend`` names, with default settings.
+
+    Raises:
+        ConfigError: the Ray backend without Ray installed.
+    """
+    if config.backend == "thread":
+        from fedloom.simulation.threads import ThreadPoolBackend
+
+        return ThreadPoolBackend()
+    if config.backend == "ray":
+        from fedloom.simulation.ray_backend import RayBackend
+
+        return RayBackend(address=ray_address, resources=config.resources)
+    from fedloom.simulation.process_pool import ProcessPoolBackend
+
+    return ProcessPoolBackend(start_method=config.start_method)
+
+
+def _num_clients(config: SimulationConfig) -> int:
+    from fedloom.simulation.data import build_client_data
+
+    return build_client_data(config.data).num_clients
+
+
+def _zeros(numpy_name: str, count: int) -> torch.Tensor:
+    return torch.from_numpy(np.zeros(count, dtype=np.dtype(numpy_name)))
+
+
+def _weighted_metrics(report: RoundReport) -> dict[str, float]:
+    """Sample-weighted means of the finished clients' train and validation metrics."""
+    finished = [r for r in report.clients if r.outcome is not None]
+    samples = sum(r.outcome.num_samples for r in finished if r.outcome is not None)
+    metrics: dict[str, float] = {"num_samples": float(samples)}
+    for phase in ("train", "validation"):
+        for name in ("loss", "accuracy"):
+            pairs = [
+                (getattr(r.outcome, phase)[name], getattr(r.outcome, phase).get("num_samples", 0.0))
+                for r in finished
+                if r.outcome is not None and name in getattr(r.outcome, phase)
+            ]
+            total = sum(w for _, w in pairs)
+            if pairs and total > 0 and all(math.isfinite(v) for v, _ in pairs):
+                metrics[f"{phase}_{name}"] = sum(v * w for v, w in pairs) / total
+    return metrics

@@ -1,0 +1,332 @@
+"""Process-pool backend: persistent spawned workers sharing parameters through memory.
+
+One global block (the round's parameters, written once per round) and, per worker, a few
+slots (each a whole model in shared memory). A worker trains a client *inside* a slot and
+answers with a few numbers; the engine folds the update straight from the slot and
+releases it. Each worker gets at most two jobs at a time (one training, one waiting in its
+pipe), so there is no idle gap between clients and no per-client serialisation.
+
+A worker that dies is replaced; the jobs it had not finished are re-run (at most
+``max_job_retries`` times each, then reported WORKER_LOST).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+import torch
+
+from fedloom.errors import ConfigError, SimulationError
+from fedloom.simulation.backend import (
+    BackendPlan,
+    ClientFailure,
+    ClientResult,
+    FailureKind,
+)
+from fedloom.simulation.client import ClientJob, ClientOutcome
+from fedloom.simulation.pool_worker import PRELOAD, WorkerStart, decode, encode, worker_main
+from fedloom.simulation.shm import SharedBlock
+
+__all__ = ["DEFAULT_SLOTS", "ProcessPoolBackend"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SLOTS = 3
+DEFAULT_START_TIMEOUT = 120.0
+_IN_FLIGHT = 2  # jobs handed to one worker at a time: one training, one queued
+
+
+@dataclass
+class _Worker:
+    index: int
+    device: str
+    slots: list[SharedBlock]
+    process: BaseProcess | None = None
+    conn: Connection | None = None
+    ready: bool = False
+    free: list[int] = field(default_factory=list)
+    running: dict[int, ClientJob] = field(default_factory=dict)  # slot → job sent
+    restarts: int = 0
+
+
+class ProcessPoolBackend:
+    """See the module docstring. ``start_method`` is ``spawn`` unless you know better."""
+
+    def __init__(
+        self,
+        *,
+        slots_per_worker: int = DEFAULT_SLOTS,
+        start_method: str = "spawn",
+        start_timeout: float = DEFAULT_START_TIMEOUT,
+        max_job_retries: int = 2,
+    ) -> None:
+        if start_method not in ("spawn", "forkserver", "fork"):
+            raise ConfigError(
+                f"start_method must be spawn, forkserver or fork, got {start_method!r}"
+            )
+        self._context: Any = multiprocessing.get_context(start_method)
+        if start_method == "forkserver":
+            self._context.set_forkserver_preload(list(PRELOAD))
+        self.start_method = start_method
+        self._slots_per_worker = max(1, slots_per_worker)
+        self._start_timeout = start_timeout
+        self._max_job_retries = max_job_retries
+        self._stop = self._context.Event()
+        self._plan: BackendPlan | None = None
+        self._global: SharedBlock | None = None
+        self._workers: list[_Worker] = []
+        self._queue: deque[ClientJob] = deque()
+        self._ready_results: deque[ClientResult] = deque()
+        self._retries: dict[tuple[int, int], int] = {}
+        self._closed = False
+
+    # --- contract -----------------------------------------------------------------------
+
+    def start(self, plan: BackendPlan) -> None:
+        if self._plan is not None:
+            return
+        self._plan = plan
+        self._global = SharedBlock.create(plan.layout)
+        for index, device in enumerate(plan.devices):
+            slots = [SharedBlock.create(plan.layout) for _ in range(self._slots_per_worker)]
+            worker = _Worker(index, device, slots, free=list(range(len(slots))))
+            self._workers.append(worker)
+            self._spawn(worker)
+        deadline = time.monotonic() + self._start_timeout
+        while not all(w.ready for w in self._workers):
+            if not self._pump(deadline - time.monotonic(), starting=True):
+                self.close()
+                raise SimulationError(
+                    f"simulation workers did not start within {self._start_timeout:.0f} s"
+                )
+
+    def broadcast(self, flats: Mapping[str, torch.Tensor]) -> None:
+        self._require_global().copy_from(flats)
+
+    def submit(self, jobs: Sequence[ClientJob]) -> None:
+        self._queue.extend(jobs)
+        self._dispatch()
+
+    def next_result(self, timeout: float | None = None) -> ClientResult:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._ready_results:
+            if not self._queue and not any(w.running for w in self._workers):
+                raise SimulationError("no client job is queued or running")
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise TimeoutError("no client finished in time")
+            self._pump(left)
+        return self._ready_results.popleft()
+
+    def release(self, result: ClientResult) -> None:
+        worker = self._workers[result.worker]
+        if result.flats is not None and result.token not in worker.free:
+            worker.free.append(result.token)
+        self._dispatch()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        for worker in self._workers:
+            if worker.conn is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    worker.conn.send_bytes(encode({"op": "exit"}))
+        deadline = time.monotonic() + 5.0
+        for worker in self._workers:
+            process = worker.process
+            if process is None:
+                continue
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                process.kill()
+                process.join(5.0)
+            if worker.conn is not None:
+                worker.conn.close()
+        for worker in self._workers:
+            for slot in worker.slots:
+                slot.close()
+        if self._global is not None:
+            self._global.close()
+
+    def statistics(self) -> dict[str, Any]:
+        """Workers alive, jobs queued and running, and worker restarts so far."""
+        return {
+            "workers": sum(1 for w in self._workers if w.process and w.process.is_alive()),
+            "queued": len(self._queue),
+            "running": sum(len(w.running) for w in self._workers),
+            "restarts": sum(w.restarts for w in self._workers),
+        }
+
+    def worker_pids(self) -> list[int | None]:
+        """Process ids of the workers, by index (for tests and operators)."""
+        return [w.process.pid if w.process else None for w in self._workers]
+
+    # --- internals ----------------------------------------------------------------------
+
+    def _require_global(self) -> SharedBlock:
+        if self._global is None:
+            raise SimulationError("the backend has not been started")
+        return self._global
+
+    def _spawn(self, worker: _Worker) -> None:
+        plan = self._plan
+        assert plan is not None
+        parent_conn, child_conn = self._context.Pipe()
+        start = WorkerStart(
+            index=worker.index,
+            runner=plan.runner.to_config(),
+            layout=plan.layout,
+            global_block=self._require_global().name,
+            slots=tuple(slot.name for slot in worker.slots),
+            device=worker.device,
+        )
+        process = self._context.Process(
+            target=worker_main,
+            args=(start, child_conn, self._stop),
+            name=f"fedloom-sim-worker-{worker.index}",
+            daemon=True,
+        )
+        process.start()
+        child_conn.close()
+        worker.process, worker.conn, worker.ready = process, parent_conn, False
+
+    def _dispatch(self) -> None:
+        while self._queue:
+            job = self._queue[0]
+            candidates = [
+                w
+                for w in self._workers
+                if w.ready
+                and w.free
+                and len(w.running) < _IN_FLIGHT
+                and w.conn is not None
+                and job.device in (None, w.device)
+            ]
+            if not candidates:
+                return
+            worker = min(candidates, key=lambda w: (len(w.running), w.index))
+            self._queue.popleft()
+            slot = worker.free.pop(0)
+            worker.running[slot] = job
+            assert worker.conn is not None
+            worker.conn.send_bytes(encode({"op": "fit", "slot": slot, "job": job.to_body()}))
+
+    def _pump(self, timeout: float | None, *, starting: bool = False) -> bool:
+        """Handle what the workers said within ``timeout``; False if nothing came."""
+        waitables: dict[Any, _Worker] = {}
+        for worker in self._workers:
+            if worker.conn is not None:
+                waitables[worker.conn] = worker
+            if worker.process is not None:
+                waitables[worker.process.sentinel] = worker
+        ready = wait(list(waitables), None if timeout is None else max(0.0, timeout))
+        if not ready:
+            return False
+        for handle in ready:
+            worker = waitables[handle]
+            if handle is worker.conn:
+                self._read(worker, starting)
+            elif worker.process is not None and not worker.process.is_alive():
+                self._lost(worker, starting)
+        self._dispatch()
+        return True
+
+    def _read(self, worker: _Worker, starting: bool) -> None:
+        assert worker.conn is not None
+        try:
+            while worker.conn.poll():
+                self._handle(worker, decode(worker.conn.recv_bytes()), starting)
+        except (EOFError, OSError):
+            self._lost(worker, starting)
+
+    def _handle(self, worker: _Worker, item: dict[str, Any], starting: bool) -> None:
+        op = item.get("op")
+        if op == "ready":
+            worker.ready = True
+            return
+        if op == "failed":
+            failure = item.get("failure") or {}
+            raise SimulationError(
+                f"simulation worker {worker.index} could not start: "
+                f"{failure.get('error_type')}: {failure.get('message')}"
+            )
+        slot = int(item["slot"])
+        job = worker.running.pop(slot)
+        if "outcome" in item:
+            self._ready_results.append(
+                ClientResult(
+                    job=job,
+                    worker=worker.index,
+                    outcome=ClientOutcome.from_body(item["outcome"]),
+                    flats=worker.slots[slot].flats,
+                    token=slot,
+                )
+            )
+            return
+        worker.free.append(slot)
+        failure = item.get("failure") or {}
+        self._ready_results.append(
+            ClientResult(
+                job=job,
+                worker=worker.index,
+                failure=ClientFailure(
+                    FailureKind(failure.get("kind", "error")),
+                    str(failure.get("error_type", "")),
+                    str(failure.get("message", "")),
+                ),
+            )
+        )
+
+    def _lost(self, worker: _Worker, starting: bool) -> None:
+        process = worker.process
+        if process is None or process.is_alive():
+            return
+        process.join()
+        code = process.exitcode
+        logger.warning("simulation worker %d exited (code %s); replacing it", worker.index, code)
+        if worker.conn is not None:
+            worker.conn.close()
+        worker.process, worker.conn, worker.ready = None, None, False
+        if starting:
+            raise SimulationError(
+                f"simulation worker {worker.index} exited with code {code} while starting"
+            )
+        lost = [worker.running[slot] for slot in sorted(worker.running)]
+        worker.free.extend(worker.running)
+        worker.running.clear()
+        requeue: list[ClientJob] = []
+        for job in lost:
+            key = (job.client, job.round)
+            self._retries[key] = self._retries.get(key, 0) + 1
+            if self._retries[key] > self._max_job_retries:
+                self._ready_results.append(
+                    ClientResult(
+                        job=job,
+                        worker=worker.index,
+                        failure=ClientFailure(
+                            FailureKind.WORKER_LOST,
+                            "WorkerLostError",
+                            f"worker {worker.index} died {self._retries[key]} times on it",
+                        ),
+                    )
+                )
+            else:
+                requeue.append(job)
+        self._queue.extendleft(reversed(requeue))
+        if not self._closed:
+            worker.restarts += 1
+            self._spawn(worker)

@@ -1,0 +1,54 @@
+"""Client data for simulation fault tests, imported by the workers as a plugin.
+
+``flaky``: synthetic clients whose ``load`` fails the first time per client listed in
+``fail`` (a marker file in ``marker_dir`` remembers the first try across processes): with
+``error = "memory"`` a MemoryError, with ``"cuda"`` torch's CUDA out-of-memory error, with
+``"value"`` a ValueError every time. ``slow``: synthetic clients that sleep before loading
+(so a test can act while a round runs).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedloom.simulation import CLIENT_DATA
+from fedloom.simulation.data import ClientData, SyntheticClients
+
+
+class _Flaky:
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        self._inner = SyntheticClients(
+            config["clients"], config["samples"], tuple(config["shape"]), classes=4
+        )
+        self._fail = set(config.get("fail", []))
+        self._marker_dir = Path(config["marker_dir"])
+        self._error = config.get("error", "memory")
+        self._sleep = float(config.get("sleep", 0.0))
+
+    @property
+    def num_clients(self) -> int:
+        return self._inner.num_clients
+
+    def load(self, client: int) -> tuple[np.ndarray, np.ndarray]:
+        time.sleep(self._sleep)
+        if client in self._fail:
+            if self._error == "value":
+                raise ValueError(f"client {client} has broken data")
+            marker = self._marker_dir / f"tried-{client}"
+            if not marker.exists():
+                marker.touch()
+                if self._error == "cuda":
+                    raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
+                raise MemoryError(f"client {client} did not fit")
+        return self._inner.load(client)
+
+
+@CLIENT_DATA.register("flaky")
+def flaky(config: Mapping[str, Any]) -> ClientData:
+    return _Flaky(config)
