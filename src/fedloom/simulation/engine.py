@@ -182,9 +182,11 @@ class Simulation:
         self._stop = threading.Event()
         self._num_clients = 0
         self._buffers: FoldBuffers | None = None
+        # Ray places clients by their actors' resources across the cluster; a ledger of
+        # this machine would wrongly cap a cluster at the driver's size
         self._ledger = (
             None
-            if config.resources is None
+            if config.resources is None or config.backend == "ray"
             else ResourceLedger(config.resources.budget)
         )
 
