@@ -108,5 +108,5 @@ def test_sigterm_stops_the_simulation_and_its_workers(tmp_path: Path) -> None:
             process.kill()
     assert process.returncode == 130, stderr
     assert "Traceback" not in stderr
-    gone, alive = psutil.wait_procs(workers, timeout=10)
+    _, alive = psutil.wait_procs(workers, timeout=10)
     assert not alive
