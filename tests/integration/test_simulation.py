@@ -140,6 +140,17 @@ def test_bit_identical_for_one_two_and_three_workers() -> None:
     assert len(workers) > 1
 
 
+def test_short_clients_go_several_to_a_message() -> None:
+    backend = ProcessPoolBackend()
+    cfg = config(data=synthetic(clients=40, samples=8), rounds=3)
+    result = run(cfg, backend=backend)
+    stats = backend.statistics()
+    assert stats["jobs_sent"] == 120
+    assert stats["messages_sent"] < 60  # batched once the clients proved short
+    reference = run(config_with(cfg, backend="thread"))
+    assert_same(reference.parameters, result.parameters)
+
+
 def test_thread_backend_gives_the_process_pools_result() -> None:
     cfg = config(rounds=2, sampling=Sampling("sequential", per_round=4))
     assert_same(run(cfg).parameters, run(config_with(cfg, backend="thread")).parameters)

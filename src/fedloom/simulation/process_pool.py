@@ -1,10 +1,12 @@
 """Process-pool backend: persistent spawned workers sharing parameters through memory.
 
 One global block (the round's parameters, written once per round) and, per worker, a few
-slots (each a whole model in shared memory). A worker trains a client *inside* a slot and
-answers with a few numbers; the engine folds the update straight from the slot and
-releases it. Each worker gets at most two jobs at a time (one training, one waiting in its
-pipe), so there is no idle gap between clients and no per-client serialisation.
+slots (each a whole model in shared memory; more of them for small models). A worker trains
+a client *inside* a slot and answers with a few numbers; the engine folds the update
+straight from the slot and releases it. Each worker has at most two messages of work at a
+time (one running, one waiting in its pipe), so there is no idle gap between clients; when
+clients take only milliseconds, a message carries several of them (guided by what is still
+queued), so the per-message cost is paid per batch, not per client.
 
 A worker that dies is replaced; the jobs it had not finished are re-run (at most
 ``max_job_retries`` times each, then reported WORKER_LOST).
@@ -36,13 +38,22 @@ from fedloom.simulation.client import ClientJob, ClientOutcome
 from fedloom.simulation.pool_worker import PRELOAD, WorkerStart, decode, encode, worker_main
 from fedloom.simulation.shm import SharedBlock
 
-__all__ = ["DEFAULT_SLOTS", "ProcessPoolBackend"]
+__all__ = ["ProcessPoolBackend", "slots_for"]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_SLOTS = 3
+_MIN_SLOTS, _MAX_SLOTS = 3, 64
+_SLOT_BUDGET = 32 << 20  # bytes of slots per worker for small models
+_SHORT_JOB_SECONDS = 0.005  # clients shorter than this go several to a message
+_MAX_BATCH = 32
+
+
+def slots_for(model_bytes: int) -> int:
+    """Slots per worker: three for big models, up to 64 for small ones (cheap to hold,
+    and they let a worker take many short clients at once)."""
+    return max(_MIN_SLOTS, min(_MAX_SLOTS, _SLOT_BUDGET // max(1, model_bytes)))
 DEFAULT_START_TIMEOUT = 120.0
-_IN_FLIGHT = 2  # jobs handed to one worker at a time: one training, one queued
+_IN_FLIGHT = 2  # messages of work per worker: one running, one waiting in its pipe
 
 
 @dataclass
@@ -55,6 +66,8 @@ class _Worker:
     ready: bool = False
     free: list[int] = field(default_factory=list)
     running: dict[int, ClientJob] = field(default_factory=dict)  # slot → job sent
+    messages: int = 0  # fit messages sent and not answered yet
+    job_seconds: float | None = None  # moving average of its clients' training time
     restarts: int = 0
 
 
@@ -64,7 +77,7 @@ class ProcessPoolBackend:
     def __init__(
         self,
         *,
-        slots_per_worker: int = DEFAULT_SLOTS,
+        slots_per_worker: int | None = None,
         start_method: str = "spawn",
         start_timeout: float = DEFAULT_START_TIMEOUT,
         max_job_retries: int = 2,
@@ -77,7 +90,7 @@ class ProcessPoolBackend:
         if start_method == "forkserver":
             self._context.set_forkserver_preload(list(PRELOAD))
         self.start_method = start_method
-        self._slots_per_worker = max(1, slots_per_worker)
+        self._slots_per_worker = slots_per_worker
         self._start_timeout = start_timeout
         self._max_job_retries = max_job_retries
         self._stop = self._context.Event()
@@ -88,6 +101,8 @@ class ProcessPoolBackend:
         self._ready_results: deque[ClientResult] = deque()
         self._retries: dict[tuple[int, int], int] = {}
         self._closed = False
+        self._sent_messages = 0
+        self._sent_jobs = 0
 
     # --- contract -----------------------------------------------------------------------
 
@@ -96,8 +111,9 @@ class ProcessPoolBackend:
             return
         self._plan = plan
         self._global = SharedBlock.create(plan.layout)
+        count = self._slots_per_worker or slots_for(plan.layout.nbytes)
         for index, device in enumerate(plan.devices):
-            slots = [SharedBlock.create(plan.layout) for _ in range(self._slots_per_worker)]
+            slots = [SharedBlock.create(plan.layout) for _ in range(max(1, count))]
             worker = _Worker(index, device, slots, free=list(range(len(slots))))
             self._workers.append(worker)
             self._spawn(worker)
@@ -163,8 +179,10 @@ class ProcessPoolBackend:
             self._global.close()
 
     def statistics(self) -> dict[str, Any]:
-        """Workers alive, jobs queued and running, and worker restarts so far."""
+        """Workers alive, jobs queued and running, restarts, and jobs/messages sent."""
         return {
+            "jobs_sent": self._sent_jobs,
+            "messages_sent": self._sent_messages,
             "workers": sum(1 for w in self._workers if w.process and w.process.is_alive()),
             "queued": len(self._queue),
             "running": sum(len(w.running) for w in self._workers),
@@ -206,24 +224,44 @@ class ProcessPoolBackend:
 
     def _dispatch(self) -> None:
         while self._queue:
-            job = self._queue[0]
+            device = self._queue[0].device
             candidates = [
                 w
                 for w in self._workers
                 if w.ready
                 and w.free
-                and len(w.running) < _IN_FLIGHT
+                and w.messages < _IN_FLIGHT
                 and w.conn is not None
-                and job.device in (None, w.device)
+                and device in (None, w.device)
             ]
             if not candidates:
                 return
-            worker = min(candidates, key=lambda w: (len(w.running), w.index))
-            self._queue.popleft()
-            slot = worker.free.pop(0)
-            worker.running[slot] = job
+            worker = min(candidates, key=lambda w: (w.messages, len(w.running), w.index))
+            items = []
+            for _ in range(self._batch_size(worker)):
+                if not self._queue or self._queue[0].device not in (None, worker.device):
+                    break
+                job = self._queue.popleft()
+                slot = worker.free.pop(0)
+                worker.running[slot] = job
+                items.append({"slot": slot, "job": job.to_body()})
             assert worker.conn is not None
-            worker.conn.send_bytes(encode({"op": "fit", "slot": slot, "job": job.to_body()}))
+            worker.messages += 1
+            self._sent_messages += 1
+            self._sent_jobs += len(items)
+            worker.conn.send_bytes(encode({"op": "fit", "items": items}))
+
+    def _batch_size(self, worker: _Worker) -> int:
+        """Clients per message: one, unless they are short enough for messages to matter.
+
+        Then a share of what is queued (guided: large at first, small at the end, so
+        workers finish together), bounded by the worker's free slots.
+        """
+        if worker.job_seconds is None or worker.job_seconds > _SHORT_JOB_SECONDS:
+            return 1
+        alive = sum(1 for w in self._workers if w.ready) or 1
+        share = -(-len(self._queue) // (2 * alive))
+        return max(1, min(len(worker.free), share, _MAX_BATCH))
 
     def _pump(self, timeout: float | None, *, starting: bool = False) -> bool:
         """Handle what the workers said within ``timeout``; False if nothing came."""
@@ -264,31 +302,36 @@ class ProcessPoolBackend:
                 f"simulation worker {worker.index} could not start: "
                 f"{failure.get('error_type')}: {failure.get('message')}"
             )
+        worker.messages = max(0, worker.messages - 1)
+        for result in item["results"]:
+            self._ready_results.append(self._result(worker, result))
+
+    def _result(self, worker: _Worker, item: dict[str, Any]) -> ClientResult:
         slot = int(item["slot"])
         job = worker.running.pop(slot)
         if "outcome" in item:
-            self._ready_results.append(
-                ClientResult(
-                    job=job,
-                    worker=worker.index,
-                    outcome=ClientOutcome.from_body(item["outcome"]),
-                    flats=worker.slots[slot].flats,
-                    token=slot,
-                )
+            outcome = ClientOutcome.from_body(item["outcome"])
+            last = worker.job_seconds
+            worker.job_seconds = outcome.seconds if last is None else 0.8 * last + 0.2 * (
+                outcome.seconds
             )
-            return
-        worker.free.append(slot)
-        failure = item.get("failure") or {}
-        self._ready_results.append(
-            ClientResult(
+            return ClientResult(
                 job=job,
                 worker=worker.index,
-                failure=ClientFailure(
-                    FailureKind(failure.get("kind", "error")),
-                    str(failure.get("error_type", "")),
-                    str(failure.get("message", "")),
-                ),
+                outcome=outcome,
+                flats=worker.slots[slot].flats,
+                token=slot,
             )
+        worker.free.append(slot)
+        failure = item.get("failure") or {}
+        return ClientResult(
+            job=job,
+            worker=worker.index,
+            failure=ClientFailure(
+                FailureKind(failure.get("kind", "error")),
+                str(failure.get("error_type", "")),
+                str(failure.get("message", "")),
+            ),
         )
 
     def _lost(self, worker: _Worker, starting: bool) -> None:
@@ -301,6 +344,7 @@ class ProcessPoolBackend:
         if worker.conn is not None:
             worker.conn.close()
         worker.process, worker.conn, worker.ready = None, None, False
+        worker.messages = 0
         if starting:
             raise SimulationError(
                 f"simulation worker {worker.index} exited with code {code} while starting"
