@@ -8,6 +8,11 @@ so each round trains from the same kind of parameters a framework would send.
 
     python benchmarks/bare_loop.py --workload W1
 prints one JSON line: {"workload", "round_limit_s", "median_limit_s", "cores"}.
+
+With ``--parallel`` it also measures what two plain torch processes achieve on this
+machine: each trains every other sampled client of a round, the round lasting as long as
+the slower one ("parallel_round_s"). On machines whose two cores are not equally fast
+under load, this is below the ideal that the limit assumes.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -118,10 +124,59 @@ def run(name: str) -> dict[str, object]:
     }
 
 
+def _parallel_worker(name: str, index: int, barrier: Any, out: Any) -> None:
+    torch.set_num_threads(1)
+    workload = WORKLOADS[name]
+    torch.manual_seed(0)
+    model = workload.build()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    data = {c: client_data(workload, c) for c in range(workload.clients)}
+    for round_index in range(workload.rounds):
+        barrier.wait()
+        busy = 0.0
+        for client in workload.sampled(round_index)[index::CORES]:
+            model.load_state_dict(state)
+            began = time.perf_counter()
+            train(model, *data[client], workload.batch_size)
+            busy += time.perf_counter() - began
+        out.put((round_index, busy))
+
+
+def run_parallel(name: str) -> dict[str, object]:
+    """Two plain processes, every other client each (see the module docstring)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    barrier, out = context.Barrier(CORES), context.Queue()
+    processes = [
+        context.Process(target=_parallel_worker, args=(name, i, barrier, out))
+        for i in range(CORES)
+    ]
+    for process in processes:
+        process.start()
+    workload = WORKLOADS[name]
+    busy: dict[int, float] = {}
+    for _ in range(workload.rounds * CORES):
+        round_index, seconds = out.get()
+        busy[round_index] = max(busy.get(round_index, 0.0), seconds)
+    for process in processes:
+        process.join()
+    rounds = [busy[r] for r in range(workload.rounds)]
+    return {
+        "parallel_round_s": [round(v, 4) for v in rounds],
+        "median_parallel_s": round(statistics.median(rounds[workload.median_from :]), 4),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--workload", choices=sorted(WORKLOADS), required=True)
-    print(json.dumps(run(parser.parse_args().workload)))
+    parser.add_argument("--parallel", action="store_true", help="also two plain processes")
+    args = parser.parse_args()
+    result = run(args.workload)
+    if args.parallel:
+        result |= run_parallel(args.workload)
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -3,9 +3,10 @@
     python benchmarks/sim_workloads.py --workload W1 [--backend process|thread|ray]
         [--start-method spawn|forkserver|fork]
 
-First runs ``bare_loop.py`` for the same workload in a separate plain process (the limit:
-per-round training seconds summed over the sampled clients, divided by 2 cores), then the
-fedloom simulation, and prints one JSON line:
+First runs ``bare_loop.py --parallel`` for the same workload in separate plain processes
+(the limit: per-round training seconds summed over the sampled clients, divided by 2
+cores; and what two plain torch processes splitting the clients achieve on this machine),
+then the fedloom simulation, and prints one JSON line:
 {"system": "fedloom", "workload", "round_seconds", "median_round_s", "total_s",
  "startup_s", "median_limit_s", "efficiency", ...}. Medians are over rounds 2..5 (W1) and
 2..3 (W2, W3) as the workloads say. ``startup_s`` is from ``Simulation.run()`` to the
@@ -57,7 +58,7 @@ TARGETS = {"W1": "median <= 3x limit", "W2": "efficiency >= 0.90", "W3": "effici
 def bare_limit(workload: str) -> dict[str, Any]:
     script = Path(__file__).with_name("bare_loop.py")
     out = subprocess.run(
-        [sys.executable, str(script), "--workload", workload],
+        [sys.executable, str(script), "--workload", workload, "--parallel"],
         check=True, capture_output=True, text=True,
     ).stdout
     result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
@@ -106,6 +107,7 @@ def run(workload: str, backend: str, start_method: str) -> dict[str, Any]:
         "import_s": round(import_s, 3),
         "median_limit_s": limit["median_limit_s"],
         "limit_rounds_s": limit["round_limit_s"],
+        "median_parallel_bare_s": limit["median_parallel_s"],
         "efficiency": round(limit["median_limit_s"] / median, 3),
         "x_limit": round(median / limit["median_limit_s"], 2),
         "target": TARGETS[workload],
