@@ -28,9 +28,9 @@ never writes it, so these are points the pod acts on rather than hooks:
 
 - *save results*: ``RUN_END``'s ``info["released"]`` is the record the worker released (what
   ``run_worker`` returns); the pod saves it with the task run when the worker returns.
-- *save failed files*: ``RESILIENCE_END`` is where the batched-execution flow (issue 5) will
-  report the files that failed even when retried alone, for the pod to record for
-  force-rerun. No protocol fires it yet.
+- *save failed files*: ``RESILIENCE_END`` is fired by every batched protocol
+  (:class:`~fedloom.protocols.BatchedProtocol`) once its resilience phase has retried the
+  failed files alone; the pod records what still failed, for a later force-rerun.
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ class HookPoint(StrEnum):
     EPOCH_END = "epoch_end"
     """A local training epoch ended (info: round, epoch, step, loss, accuracy, ...)."""
     RESILIENCE_END = "resilience_end"
-    """The batched flow's resilience phase ended (issue 5; not fired yet)."""
+    """The batched flow's resilience phase ended (fired by every BatchedProtocol)."""
     PROGRESS = "progress"
     """A protocol step that is not an epoch or a batch (info: e.g. stage)."""
     RUN_END = "run_end"
