@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import shutil
 import tempfile
 import threading
 import uuid
@@ -34,11 +35,59 @@ MAX_CONTROL_BYTES = INLINE_FRAME_BYTES + (64 << 10)
 
 
 def exchange_folder(task_id: str) -> Path:
-    """A fresh folder for one task's large frames (memory-backed where possible)."""
+    """A fresh folder for one task's large frames (memory-backed where possible).
+
+    Folders left behind by pods that were killed (their pid is in the name and no longer
+    runs) are removed first, so a crash-looping pod cannot fill /dev/shm.
+    """
     base = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
-    folder = base / f"fedloom-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+    sweep_exchange_folders(base)
+    folder = base / f"{_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}"
     folder.mkdir(mode=0o700)
     return folder
+
+
+_PREFIX = "fedloom-"
+
+
+def sweep_exchange_folders(base: Path) -> list[Path]:
+    """Remove this user's exchange folders whose pod process is gone; return them."""
+    removed: list[Path] = []
+    try:
+        entries = list(base.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        owner = _owner_pid(entry.name)
+        if owner is None or _alive(owner):
+            continue
+        try:
+            if not entry.is_dir() or entry.is_symlink() or entry.stat().st_uid != os.getuid():
+                continue
+        except OSError:
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry)
+    return removed
+
+
+def _owner_pid(name: str) -> int | None:
+    if not name.startswith(_PREFIX):
+        return None
+    pid, _, token = name[len(_PREFIX) :].partition("-")
+    if not pid.isdigit() or len(token) != 12:
+        return None
+    return int(pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
 
 
 class Link:
