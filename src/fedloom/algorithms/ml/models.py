@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from fedloom.algorithms.ml.rng import seeded
 from fedloom.errors import ConfigError
 from fedloom.registry import Registry
 
@@ -91,8 +92,8 @@ class ModelSpec:
 def build_model(spec: ModelSpec, *, seed: int | None = None) -> nn.Module:
     """Build the model ``spec`` names; ``seed`` makes the initial weights reproducible.
 
-    Seeding happens inside :func:`torch.random.fork_rng`, so the global torch RNG is left
-    as it was.
+    Seeding happens inside :func:`~fedloom.algorithms.ml.rng.seeded`, so the global torch
+    RNG is left as it was.
 
     Raises:
         UnknownNameError: ``spec.name`` is not registered in :data:`MODELS`.
@@ -105,8 +106,7 @@ def build_model(spec: ModelSpec, *, seed: int | None = None) -> nn.Module:
     else:
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < _MAX_SEED:
             raise ConfigError(f"seed must be an int in [0, 2**64), got {seed!r}")
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded(seed, torch.device("cpu")):
             model = factory(_check_json_like("model config", spec.config))
     if not isinstance(model, nn.Module):
         raise ConfigError(

@@ -8,8 +8,7 @@ so the same seed gives bit-identical weights. The global torch RNG is left as it
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -19,6 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional
 
+from fedloom.algorithms.ml.rng import seeded
 from fedloom.errors import ConfigError, DataError, EmptyDatasetError
 
 __all__ = [
@@ -172,20 +172,6 @@ def _check_logits(logits: torch.Tensor, labels: torch.Tensor, max_label: int) ->
         )
 
 
-@contextmanager
-def _seeded(seed: int, device: torch.device) -> Iterator[None]:
-    """Seed torch's RNG for the block (dropout etc.) and restore it afterwards."""
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        # only the generators in use: torch.manual_seed would also queue lazy seeding of
-        # every accelerator backend, formatting a stack trace each time (0.2 ms a call)
-        torch.default_generator.manual_seed(seed)
-        if device.type == "cuda":
-            with torch.cuda.device(device):
-                torch.cuda.manual_seed(seed)
-        yield
-
-
 def _optimizer(model: nn.Module, config: TrainingConfig) -> torch.optim.Optimizer:
     parameters = [p for p in model.parameters() if p.requires_grad]
     if not parameters:
@@ -250,7 +236,7 @@ def train_local(
     model.train()
     loss_sum, correct = 0.0, 0
     try:
-        with _seeded(seed, device):
+        with seeded(seed, device):
             for epoch in range(config.epochs):
                 if config.shuffle:
                     order = torch.randperm(count, generator=generator).to(device)
