@@ -153,7 +153,11 @@ def test_short_clients_go_several_to_a_message() -> None:
 
 def test_thread_backend_gives_the_process_pools_result() -> None:
     cfg = config(rounds=2, sampling=Sampling("sequential", per_round=4))
-    assert_same(run(cfg).parameters, run(config_with(cfg, backend="thread")).parameters)
+    threaded = config_with(cfg, backend="thread")
+    expected = run(cfg).parameters
+    # repeated: the thread backend once raced the initial weights against its lanes' models
+    for _ in range(4):
+        assert_same(expected, run(threaded).parameters)
 
 
 def test_per_client_overrides_apply_to_that_client_only() -> None:

@@ -106,7 +106,7 @@ def build_model(spec: ModelSpec, *, seed: int | None = None) -> nn.Module:
     else:
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < _MAX_SEED:
             raise ConfigError(f"seed must be an int in [0, 2**64), got {seed!r}")
-        with seeded(seed, torch.device("cpu")):
+        with seeded(seed, torch.device("cpu"), exclusive=True):
             model = factory(_check_json_like("model config", spec.config))
     if not isinstance(model, nn.Module):
         raise ConfigError(

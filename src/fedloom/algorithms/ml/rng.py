@@ -15,7 +15,7 @@ import torch
 
 __all__ = ["seeded"]
 
-_RNG_LOCK = threading.Lock()
+_RNG_LOCK = threading.RLock()
 """Serialises reading, seeding and restoring torch's global generators across threads.
 
 torch holds a generator's C++ mutex while it builds the state tensor, and that allocation
@@ -26,26 +26,55 @@ with two in-process pods training at once). Waiting on this Python lock releases
 
 
 @contextmanager
-def seeded(seed: int, device: torch.device) -> Iterator[None]:
-    """Seed torch's RNG for the block (dropout etc.) and restore it afterwards.
+def seeded(seed: int, device: torch.device, *, exclusive: bool = False) -> Iterator[None]:
+    """Seed torch's RNG for the block (dropout, initialisation) and restore it afterwards.
 
-    Threads share torch's global generator: concurrent trainers each get their seed at the
-    start, but their random draws interleave (see the thread backend's notes).
+    ``exclusive`` holds the lock for the whole block, so no other thread draws from the
+    global generator meanwhile: use it for short blocks that must be reproducible while
+    other threads run (building a model). Without it only the seeding and the restoring
+    are locked: concurrent trainers each start from their seed, but if their models draw
+    random numbers (dropout) the draws interleave (see the thread backend's notes).
     """
-    cuda = device.type == "cuda"
+    if exclusive:
+        with _RNG_LOCK, _seeded_unlocked(seed, device):
+            yield
+        return
     with _RNG_LOCK:
-        cpu_state = torch.get_rng_state()
-        cuda_state = torch.cuda.get_rng_state(device) if cuda else None
-        # only the generators in use: torch.manual_seed would also queue lazy seeding of
-        # every accelerator backend, formatting a stack trace each time (0.2 ms a call)
-        torch.default_generator.manual_seed(seed)
-        if cuda:
-            with torch.cuda.device(device):
-                torch.cuda.manual_seed(seed)
+        states = _save(device)
+        _seed(seed, device)
     try:
         yield
     finally:
         with _RNG_LOCK:
-            torch.set_rng_state(cpu_state)
-            if cuda_state is not None:
-                torch.cuda.set_rng_state(cuda_state, device)
+            _restore(states, device)
+
+
+@contextmanager
+def _seeded_unlocked(seed: int, device: torch.device) -> Iterator[None]:
+    states = _save(device)
+    _seed(seed, device)
+    try:
+        yield
+    finally:
+        _restore(states, device)
+
+
+def _save(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return torch.get_rng_state(), cuda
+
+
+def _seed(seed: int, device: torch.device) -> None:
+    # only the generators in use: torch.manual_seed would also queue lazy seeding of
+    # every accelerator backend, formatting a stack trace each time (0.2 ms a call)
+    torch.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            torch.cuda.manual_seed(seed)
+
+
+def _restore(states: tuple[torch.Tensor, torch.Tensor | None], device: torch.device) -> None:
+    cpu, cuda = states
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state(cuda, device)
