@@ -22,7 +22,12 @@ from fedloom.algorithms.ml import (
     split_validation,
     state_to_arrays,
 )
-from fedloom.errors import ConfigError, InsufficientResourcesError, UnknownNameError
+from fedloom.errors import (
+    ConfigError,
+    InsufficientResourcesError,
+    SimulationError,
+    UnknownNameError,
+)
 from fedloom.scheduler import ResourceBudget, ResourceEstimate, TaskStatus
 from fedloom.simulation import (
     ClientResources,
@@ -253,6 +258,16 @@ def test_a_failing_client_is_left_out_and_reported(tmp_path: Path) -> None:
     assert '"ValueError"' in written[0].read_text()
 
 
+def test_a_missing_dataset_fails_the_round_with_every_clients_reason(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere.csv"
+    data = DataSpec(
+        "partitioned",
+        {"dataset": {"kind": "csv", "path": str(missing), "label_column": "y"}, "clients": 3},
+    )
+    with pytest.raises(SimulationError, match=r"nowhere\.csv"):
+        run(config(data=data, rounds=1))
+
+
 # --- scheduling ------------------------------------------------------------------------
 
 
@@ -346,6 +361,10 @@ def test_bad_config_is_a_typed_error(changes: dict[str, Any], error: type[Except
 def test_unknown_data_and_bad_sampling_fail_before_any_worker_starts() -> None:
     with pytest.raises(UnknownNameError):
         run(config(data=DataSpec("no-such-data")))
+    with pytest.raises(ConfigError, match="no_such_plugin"):
+        run(config(plugins=("no_such_plugin",)))
+    with pytest.raises(ConfigError, match="in_features"):
+        run(config(model=ModelSpec("mlp", {"hidden": [4], "out_features": 2})))
     with pytest.raises(ConfigError):
         Sampling("sequential")
     with pytest.raises(ConfigError):

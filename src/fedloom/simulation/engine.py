@@ -205,7 +205,10 @@ class Simulation:
         """
         began = time.perf_counter()
         config = self.config
-        import_plugins(config.plugins)
+        try:
+            import_plugins(config.plugins)
+        except ImportError as exc:
+            raise ConfigError(f"cannot import simulation plugin: {exc}") from exc
         self._num_clients = _num_clients(config)
         # shapes only (no memory, no init kernels): the workers can start right away
         layout = FlatLayout.of(_shapes(config.model))
