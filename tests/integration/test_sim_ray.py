@@ -96,6 +96,12 @@ def test_ray_gives_the_thread_backends_parameters_bit_for_bit(
     assert ray.is_initialized()  # the backend joined the module's instance: it stays up
 
 
+def test_the_ray_backend_conforms() -> None:
+    from fedloom.testing import check_backend
+
+    check_backend(RayBackend)
+
+
 def test_per_client_resources_become_actor_options() -> None:
     estimate = ResourceEstimate.of(cpus=1, memory="200 MB")
     backend = RayBackend(resources=ClientResources(estimate=estimate))

@@ -3,7 +3,15 @@
 Nothing in fedloom imports this package; tests and third-party implementations do.
 """
 
+from fedloom.testing.backend_conformance import BackendFactory, check_backend
 from fedloom.testing.mailbox_conformance import MailboxPairFactory, check_mailbox
 from fedloom.testing.store_conformance import check_experiment_store, check_pod_store
 
-__all__ = ["MailboxPairFactory", "check_experiment_store", "check_mailbox", "check_pod_store"]
+__all__ = [
+    "BackendFactory",
+    "MailboxPairFactory",
+    "check_backend",
+    "check_experiment_store",
+    "check_mailbox",
+    "check_pod_store",
+]
