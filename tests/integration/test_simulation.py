@@ -165,6 +165,13 @@ def test_thread_backend_gives_the_process_pools_result() -> None:
         assert_same(expected, run(threaded).parameters)
 
 
+def test_thread_backend_is_reproducible_with_dropout_too() -> None:
+    cfg = config(model=DROPOUT_MLP, rounds=2, num_parallels=3)
+    expected = run(cfg).parameters
+    for _ in range(2):
+        assert_same(expected, run(config_with(cfg, backend="thread")).parameters)
+
+
 def test_per_client_overrides_apply_to_that_client_only() -> None:
     cfg = config(rounds=1)
     changed = config_with(cfg, client_overrides={2: {"learning_rate": 0.5}})

@@ -44,6 +44,12 @@ __all__ = [
 ]
 
 DEFAULT_CACHE_BYTES = 1 << 30
+_RANDOM_LAYERS = (
+    torch.nn.modules.dropout._DropoutNd,
+    torch.nn.AlphaDropout,
+    torch.nn.FeatureAlphaDropout,
+    torch.nn.RReLU,
+)
 Array = npt.NDArray[Any]
 
 
@@ -179,6 +185,9 @@ class ClientRunner:
         self.device = torch.device(device)
         self.model = build_model(plan.model, seed=plan.seed).to(self.device)
         self._alias = ModuleAlias(self.model)
+        # set by backends whose runners share a process: models that draw random numbers
+        # then train one at a time, so their draws from torch's one generator never mix
+        self.exclusive_rng = False
         self._data: ClientData = build_client_data(plan.data)
         self._cache: OrderedDict[int, _Split] = OrderedDict()
         self._cached_bytes = 0
@@ -186,6 +195,11 @@ class ClientRunner:
     @property
     def num_clients(self) -> int:
         return self._data.num_clients
+
+    @property
+    def draws_random_numbers(self) -> bool:
+        """Whether the model has layers that draw from torch's RNG in training (dropout)."""
+        return any(isinstance(m, _RANDOM_LAYERS) for m in self.model.modules())
 
     def fit(
         self,
@@ -226,6 +240,7 @@ class ClientRunner:
             x_val=x_val,
             y_val=y_val,
             on_batch=on_batch,
+            exclusive_rng=self.exclusive_rng,
         )
         if not on_cpu:
             _store(self.model, slot)

@@ -3,7 +3,9 @@
 For free-threaded Python, or clients that mostly wait (I/O, a remote service): no
 processes to start, no shared memory; each thread keeps its own runner (model) and slots.
 On a GIL build, torch still releases the GIL inside its kernels, so CPU-bound clients
-overlap partly.
+overlap partly. Threads share torch's one global generator, so models with random layers
+(dropout) train one client at a time here, which keeps results bit-identical to the
+process pool at the cost of parallelism.
 """
 
 from __future__ import annotations
@@ -67,7 +69,9 @@ class ThreadPoolBackend:
                 {name: torch.zeros_like(flat) for name, flat in self._global.items()}
                 for _ in range(_SLOTS)
             ]
-            lane = _Lane(index, ClientRunner(plan.runner, device=device), slots)
+            runner = ClientRunner(plan.runner, device=device)
+            runner.exclusive_rng = runner.draws_random_numbers
+            lane = _Lane(index, runner, slots)
             lane.free = list(range(_SLOTS))
             lane.thread = threading.Thread(
                 target=self._serve, args=(lane,), name=f"fedloom-sim-{index}", daemon=True

@@ -72,6 +72,7 @@ def local_round(
     on_batch: BatchCallback | None = None,
     on_epoch_start: EpochStartCallback | None = None,
     on_epoch_end: EpochEndCallback | None = None,
+    exclusive_rng: bool = False,
 ) -> LocalRound:
     """Evaluate ``model`` (holding the global parameters) then train it in place.
 
@@ -90,5 +91,6 @@ def local_round(
         on_batch=on_batch,
         on_epoch_start=on_epoch_start,
         on_epoch_end=on_epoch_end,
+        exclusive_rng=exclusive_rng,
     )
     return LocalRound(train=train, validation=validation, num_samples=len(x_train))

@@ -201,8 +201,13 @@ def train_local(
     on_batch: BatchCallback | None = None,
     on_epoch_start: EpochStartCallback | None = None,
     on_epoch_end: EpochEndCallback | None = None,
+    exclusive_rng: bool = False,
 ) -> dict[str, float]:
     """Train ``model`` in place on ``(x, y)`` with cross-entropy; return last-epoch metrics.
+
+    ``exclusive_rng`` keeps torch's global generator to this call for its whole run, so a
+    model with random layers (dropout) trains reproducibly even while other threads train
+    (they wait): see :func:`~fedloom.algorithms.ml.rng.seeded`.
 
     Each call makes a fresh optimizer. Shuffling uses a ``torch.Generator`` seeded with
     ``seed`` and other randomness (dropout) a forked, seeded global RNG, so two calls with
@@ -236,7 +241,7 @@ def train_local(
     model.train()
     loss_sum, correct = 0.0, 0
     try:
-        with seeded(seed, device):
+        with seeded(seed, device, exclusive=exclusive_rng):
             for epoch in range(config.epochs):
                 if config.shuffle:
                     order = torch.randperm(count, generator=generator).to(device)
