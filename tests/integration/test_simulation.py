@@ -339,6 +339,13 @@ def test_stop_ends_the_run_promptly_and_leaves_no_worker(tmp_path: Path) -> None
     )
 
 
+def test_a_simulation_runs_once() -> None:
+    simulation = Simulation(config(rounds=1, backend="thread"))
+    simulation.run()
+    with pytest.raises(SimulationError, match="runs once"):
+        simulation.run()
+
+
 def test_progress_events_cover_every_client() -> None:
     events: list[SimulationEvent] = []
     run(config(rounds=2, backend="thread"), on_event=events.append)

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from fedloom.algorithms.ml import ModelSpec, TrainingConfig, build_model, load_arrays
-from fedloom.errors import ConfigError, UnknownNameError
+from fedloom.errors import ConfigError, SimulationError, UnknownNameError
 from fedloom.registry import import_plugins
 from fedloom.scheduler import (
     ResourceBudget,
@@ -182,6 +182,7 @@ class Simulation:
         self._on_event = on_event
         self._stop = threading.Event()
         self._num_clients = 0
+        self._ran = False
         self._buffers: FoldBuffers | None = None
         # Ray places clients by their actors' resources across the cluster; a ledger of
         # this machine would wrongly cap a cluster at the driver's size
@@ -200,9 +201,12 @@ class Simulation:
         """Run every round (or until :meth:`stop`); the workers are closed afterwards.
 
         Raises:
-            SimulationError: workers could not start, or no client of a round produced
-                an update (the error lists their failures).
+            SimulationError: workers could not start, no client of a round produced an
+                update (the error lists their failures), or this simulation already ran.
         """
+        if self._ran:
+            raise SimulationError("a Simulation runs once: its workers are closed; make a new one")
+        self._ran = True
         began = time.perf_counter()
         config = self.config
         try:
