@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import subprocess
 import sys
@@ -111,6 +112,9 @@ def run(workload: str, backend: str, start_method: str) -> dict[str, Any]:
         "efficiency": round(limit["median_limit_s"] / median, 3),
         "x_limit": round(median / limit["median_limit_s"], 2),
         "target": TARGETS[workload],
+        # the engine process (workers excluded); it counts the shared-memory global block
+        # and worker slots the engine reads, so: torch + model x (3 + workers x slots)
+        "engine_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
     }
 
 
