@@ -243,16 +243,21 @@ def train_local(
     try:
         with seeded(seed, device, exclusive=exclusive_rng):
             for epoch in range(config.epochs):
-                if config.shuffle:
-                    order = torch.randperm(count, generator=generator).to(device)
-                else:
-                    order = torch.arange(count, device=device)
+                order = (
+                    torch.randperm(count, generator=generator).to(device)
+                    if config.shuffle
+                    else None  # batches in row order: slices, no gathered copies
+                )
                 loss_sum, correct = 0.0, 0
                 if on_epoch_start is not None:
                     on_epoch_start(epoch)
                 for batch_index, start in enumerate(range(0, count, config.batch_size)):
-                    index = order[start : start + config.batch_size]
-                    batch_x, batch_y = features[index], labels[index]
+                    stop = start + config.batch_size
+                    if order is None:
+                        batch_x, batch_y = features[start:stop], labels[start:stop]
+                    else:
+                        index = order[start:stop]
+                        batch_x, batch_y = features[index], labels[index]
                     optimizer.zero_grad(set_to_none=True)
                     logits = model(batch_x)
                     if epoch == 0 and batch_index == 0:
@@ -266,7 +271,7 @@ def train_local(
                         )
                     torch.autograd.backward(loss)
                     optimizer.step()
-                    loss_sum += value * len(index)
+                    loss_sum += value * len(batch_y)
                     correct += int((logits.detach().argmax(dim=1) == batch_y).sum())
                     if on_batch is not None:
                         on_batch(epoch, batch_index, value)
