@@ -23,6 +23,7 @@ from fedloom import (
     MemoryPodStore,
     Message,
     MessageType,
+    ModelSpec,
     SqliteExperimentStore,
     SqlitePodStore,
     TableSource,
@@ -430,3 +431,15 @@ def test_a_pod_rejects_a_job_with_a_negative_learning_rate() -> None:
     assert accepted.type is MessageType.JOB_ACCEPT
     assert store.get_task_run(rejected.task_id).status == "rejected"
     assert store.get_task_run(rejected.task_id).reason == AbortReason.INVALID_TASK.value
+
+
+def test_in_process_pods_with_dropout_are_reproducible() -> None:
+    """Pods training in threads of one process take turns with torch's one generator."""
+    spec = ModelSpec(
+        "mlp", {"in_features": 4, "hidden": [32, 32], "out_features": 2, "dropout": 0.3}
+    )
+    protocol = fedavg(model=spec, rounds=2)
+    results = [run_local(protocol, honest_pods()).result.parameters for _ in range(3)]
+    for other in results[1:]:
+        for key, value in results[0].items():
+            assert np.array_equal(value, other[key]), key

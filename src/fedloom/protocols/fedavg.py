@@ -32,6 +32,7 @@ from fedloom.algorithms.ml import (
     split_validation,
     state_to_arrays,
 )
+from fedloom.algorithms.ml.rng import draws_random_numbers
 from fedloom.errors import (
     AggregationError,
     DataError,
@@ -263,6 +264,7 @@ class FedAvg(Protocol):
             x, y, self.validation_fraction, context.pod, self.seed
         )
         model = build_model(self.model)
+        exclusive_rng = draws_random_numbers(model)
         await hooks.fire(HookPoint.INIT_END, protocol=self.name)
         await hooks.fire(HookPoint.RUN_START, protocol=self.name)
         rounds: list[int] = []
@@ -291,6 +293,9 @@ class FedAvg(Protocol):
                     on_batch=_if_wanted(bridge, HookPoint.BATCH_END, events.on_batch),
                     on_epoch_start=_if_wanted(bridge, HookPoint.EPOCH_START, events.on_start),
                     on_epoch_end=_if_wanted(bridge, HookPoint.EPOCH_END, events.on_end),
+                    # in-process pods train in threads of one process and share torch's
+                    # generator: models with dropout take turns, so each pod's draws are its own
+                    exclusive_rng=exclusive_rng,
                 )
             body: dict[str, Body] = {
                 "round": round_index,

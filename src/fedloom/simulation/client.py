@@ -29,6 +29,7 @@ from fedloom.algorithms.ml import (
     round_seed,
     split_validation,
 )
+from fedloom.algorithms.ml.rng import draws_random_numbers
 from fedloom.errors import ConfigError
 from fedloom.registry import import_plugins
 from fedloom.simulation.data import ClientData, DataSpec, build_client_data
@@ -44,12 +45,7 @@ __all__ = [
 ]
 
 DEFAULT_CACHE_BYTES = 1 << 30
-_RANDOM_LAYERS = (
-    torch.nn.modules.dropout._DropoutNd,
-    torch.nn.AlphaDropout,
-    torch.nn.FeatureAlphaDropout,
-    torch.nn.RReLU,
-)
+
 Array = npt.NDArray[Any]
 
 
@@ -199,7 +195,7 @@ class ClientRunner:
     @property
     def draws_random_numbers(self) -> bool:
         """Whether the model has layers that draw from torch's RNG in training (dropout)."""
-        return any(isinstance(m, _RANDOM_LAYERS) for m in self.model.modules())
+        return draws_random_numbers(self.model)
 
     def fit(
         self,

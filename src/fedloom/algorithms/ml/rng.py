@@ -13,7 +13,7 @@ from contextlib import contextmanager
 
 import torch
 
-__all__ = ["seeded"]
+__all__ = ["draws_random_numbers", "seeded"]
 
 _RNG_LOCK = threading.RLock()
 """Serialises reading, seeding and restoring torch's global generators across threads.
@@ -78,3 +78,16 @@ def _restore(states: tuple[torch.Tensor, torch.Tensor | None], device: torch.dev
     torch.set_rng_state(cpu)
     if cuda is not None:
         torch.cuda.set_rng_state(cuda, device)
+
+
+_RANDOM_LAYERS = (
+    torch.nn.modules.dropout._DropoutNd,
+    torch.nn.AlphaDropout,
+    torch.nn.FeatureAlphaDropout,
+    torch.nn.RReLU,
+)
+
+
+def draws_random_numbers(model: torch.nn.Module) -> bool:
+    """Whether ``model`` has layers that draw from torch's RNG while training (dropout)."""
+    return any(isinstance(module, _RANDOM_LAYERS) for module in model.modules())
