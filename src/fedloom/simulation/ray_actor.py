@@ -7,7 +7,6 @@ error never kills the actor. See :mod:`fedloom.simulation.ray_backend` for the d
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -20,7 +19,7 @@ from fedloom.errors import ConfigError
 from fedloom.scheduler import is_out_of_memory
 from fedloom.simulation.backend import FailureKind
 from fedloom.simulation.client import ClientJob, ClientRunner, RunnerPlan
-from fedloom.simulation.shm import FlatLayout
+from fedloom.simulation.shm import FlatLayout, all_finite
 
 __all__ = ["Array", "ClientActor", "Reply", "import_ray"]
 
@@ -78,7 +77,8 @@ class ClientActor:
                 f"the worker's model packs into {layout.groups}, the engine's into {expected}"
             )
         self._slot = {name: np.zeros(count, dtype=np.dtype(name)) for name, count in expected}
-        self._views = layout.views({k: torch.from_numpy(v) for k, v in self._slot.items()})
+        self._flats = {k: torch.from_numpy(v) for k, v in self._slot.items()}
+        self._views = layout.views(self._flats)
 
     def ready(self) -> dict[str, Any]:
         if self._start_error is not None:
@@ -114,7 +114,7 @@ class ClientActor:
             for name, flat in self._slot.items():
                 np.copyto(flat, global_flats[name])
             outcome = self._runner.fit(job, self._views, on_batch=check_stop)
-            if not _is_finite(self._slot):
+            if not all_finite(self._flats):
                 return _failure(FailureKind.NON_FINITE, "UpdateRejectedError", "NaN/Inf"), None
             return {"outcome": outcome.to_body()}, self._slot
         except _StopRequestedError:
@@ -126,14 +126,3 @@ class ClientActor:
 
 def _failure(kind: FailureKind, error_type: str, message: str) -> dict[str, Any]:
     return {"failure": {"kind": kind.value, "error_type": error_type, "message": message}}
-
-
-def _is_finite(flats: Mapping[str, Array]) -> bool:
-    with np.errstate(over="ignore", invalid="ignore"):
-        for flat in flats.values():
-            if flat.dtype.kind != "f":
-                continue
-            # a finite sum proves every value finite; a non-finite one may be an overflow
-            if not math.isfinite(float(flat.sum())) and not bool(np.isfinite(flat).all()):
-                return False
-    return True

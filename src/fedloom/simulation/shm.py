@@ -27,7 +27,7 @@ import torch
 
 from fedloom.errors import ConfigError
 
-__all__ = ["FlatLayout", "ModuleAlias", "SharedBlock", "alias_module"]
+__all__ = ["FlatLayout", "ModuleAlias", "SharedBlock", "alias_module", "all_finite"]
 
 logger = logging.getLogger(__name__)
 
@@ -185,14 +185,8 @@ class SharedBlock:
             flat.copy_(source[name])
 
     def is_finite(self) -> bool:
-        """True when no float entry holds NaN or Inf (one summing pass, exact fallback)."""
-        for flat in self.flats.values():
-            if not flat.is_floating_point():
-                continue
-            # a finite sum proves every value finite; a non-finite one may be an overflow
-            if not math.isfinite(float(flat.sum())) and not bool(torch.isfinite(flat).all()):
-                return False
-        return True
+        """True when no float entry holds NaN or Inf (see :func:`all_finite`)."""
+        return all_finite(self.flats)
 
     def close(self) -> None:
         """Forget the views and unmap; the creator also removes the segment's name.
@@ -234,6 +228,20 @@ def _forget_lingering() -> None:
         memory._buf = None  # type: ignore[attr-defined]
         memory._mmap = None  # type: ignore[attr-defined]
     _LINGERING.clear()
+
+
+def all_finite(flats: Mapping[str, torch.Tensor]) -> bool:
+    """True when no float tensor of ``flats`` holds NaN or Inf.
+
+    One summing pass per tensor (a finite sum proves every value finite), and the exact,
+    slower check only when the sum is not finite, which may also be an overflow.
+    """
+    for flat in flats.values():
+        if not flat.is_floating_point():
+            continue
+        if not math.isfinite(float(flat.sum())) and not bool(torch.isfinite(flat).all()):
+            return False
+    return True
 
 
 def alias_module(module: torch.nn.Module, views: Mapping[str, torch.Tensor]) -> None:

@@ -21,6 +21,7 @@ import torch
 from fedloom.errors import SimulationError
 from fedloom.simulation.backend import BackendPlan, ClientFailure, ClientResult, FailureKind
 from fedloom.simulation.client import ClientJob, ClientRunner
+from fedloom.simulation.shm import all_finite
 
 __all__ = ["ThreadPoolBackend"]
 
@@ -152,7 +153,7 @@ class ThreadPoolBackend:
                 for name, flat in flats.items():
                     flat.copy_(self._global[name])
                 outcome = lane.runner.fit(job, plan.layout.views(flats), on_batch=check_stop)
-                if not all(bool(torch.isfinite(f).all()) for f in flats.values()):
+                if not all_finite(flats):
                     raise _NonFiniteError
                 result = ClientResult(job, lane.index, outcome, flats, token=slot_index)
             except _StoppedError:
