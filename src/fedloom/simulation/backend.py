@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -26,6 +26,9 @@ __all__ = [
     "FailureKind",
     "worker_devices",
 ]
+
+
+_MAX_MESSAGE = 2000
 
 
 def worker_devices(device: str, device_count: int, workers: int) -> list[str]:
@@ -60,9 +63,38 @@ class FailureKind(StrEnum):
 
 @dataclass(frozen=True)
 class ClientFailure:
+    """Why a job produced no update; travels between processes as :meth:`to_body`."""
+
     kind: FailureKind
     error_type: str
     message: str
+
+    @classmethod
+    def of(cls, exc: BaseException) -> ClientFailure:
+        """The failure an exception in a client's job means (out of memory, or an error)."""
+        from fedloom.scheduler import is_out_of_memory
+
+        kind = FailureKind.OUT_OF_MEMORY if is_out_of_memory(exc) else FailureKind.ERROR
+        return cls(kind, type(exc).__name__, f"{exc}"[:_MAX_MESSAGE] or type(exc).__name__)
+
+    def to_body(self) -> dict[str, Any]:
+        """``{"failure": {...}}``, to merge into a msgpack reply."""
+        return {
+            "failure": {
+                "kind": self.kind.value,
+                "error_type": self.error_type,
+                "message": self.message,
+            }
+        }
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> ClientFailure:
+        """Read :meth:`to_body`'s ``failure`` entry (missing fields read as an error)."""
+        return cls(
+            FailureKind(body.get("kind", FailureKind.ERROR.value)),
+            str(body.get("error_type", "")),
+            str(body.get("message", "")),
+        )
 
 
 @dataclass(frozen=True)

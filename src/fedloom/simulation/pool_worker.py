@@ -155,13 +155,13 @@ PRELOAD = ("torch", "torch._dynamo", "fedloom.simulation.client", "fedloom.simul
 
 
 def _failure(kind: str, error_type: str, message: str) -> dict[str, Any]:
-    return {"failure": {"kind": kind, "error_type": error_type, "message": message}}
+    from fedloom.simulation.backend import ClientFailure, FailureKind
+
+    return ClientFailure(FailureKind(kind), error_type, message).to_body()
 
 
 def _failure_body(exc: BaseException) -> dict[str, Any]:
-    from fedloom.scheduler import is_out_of_memory
+    from fedloom.simulation.backend import ClientFailure
 
-    kind = "out_of_memory" if is_out_of_memory(exc) else "error"
-    summary = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-    logger.debug("worker failure: %s", summary)
-    return _failure(kind, type(exc).__name__, f"{exc}"[:2000] or summary)
+    logger.debug("worker failure: %s", "".join(traceback.format_exception_only(exc)).strip())
+    return ClientFailure.of(exc).to_body()

@@ -323,16 +323,8 @@ class ProcessPoolBackend:
                 token=slot,
             )
         worker.free.append(slot)
-        failure = item.get("failure") or {}
-        return ClientResult(
-            job=job,
-            worker=worker.index,
-            failure=ClientFailure(
-                FailureKind(failure.get("kind", "error")),
-                str(failure.get("error_type", "")),
-                str(failure.get("message", "")),
-            ),
-        )
+        failure = ClientFailure.from_body(item.get("failure") or {})
+        return ClientResult(job=job, worker=worker.index, failure=failure)
 
     def _lost(self, worker: _Worker, starting: bool) -> None:
         process = worker.process

@@ -16,8 +16,7 @@ import numpy.typing as npt
 import torch
 
 from fedloom.errors import ConfigError
-from fedloom.scheduler import is_out_of_memory
-from fedloom.simulation.backend import FailureKind
+from fedloom.simulation.backend import ClientFailure, FailureKind
 from fedloom.simulation.client import ClientJob, ClientRunner, RunnerPlan
 from fedloom.simulation.shm import FlatLayout, all_finite
 
@@ -58,7 +57,9 @@ class ClientActor:
         try:
             self._build(runner, groups, device)
         except Exception as exc:
-            self._start_error = _failure(FailureKind.ERROR, type(exc).__name__, f"{exc}"[:2000])
+            self._start_error = ClientFailure(
+                FailureKind.ERROR, type(exc).__name__, ClientFailure.of(exc).message
+            ).to_body()
 
     def _build(
         self, runner: Mapping[str, Any], groups: Sequence[Sequence[Any]], device: str
@@ -120,9 +121,8 @@ class ClientActor:
         except _StopRequestedError:
             return _failure(FailureKind.STOPPED, "Stopped", "stopped by ray.cancel"), None
         except Exception as exc:  # one client's failure is a reply, never a dead actor
-            kind = FailureKind.OUT_OF_MEMORY if is_out_of_memory(exc) else FailureKind.ERROR
-            return _failure(kind, type(exc).__name__, f"{exc}"[:2000]), None
+            return ClientFailure.of(exc).to_body(), None
 
 
 def _failure(kind: FailureKind, error_type: str, message: str) -> dict[str, Any]:
-    return {"failure": {"kind": kind.value, "error_type": error_type, "message": message}}
+    return ClientFailure(kind, error_type, message).to_body()

@@ -403,13 +403,7 @@ class RayBackend:
         body, arrays = reply
         failure = body.get("failure")
         if failure is not None:
-            return _failed(
-                job,
-                index,
-                FailureKind(failure["kind"]),
-                str(failure["error_type"]),
-                str(failure["message"]),
-            )
+            return ClientResult(job, index, failure=ClientFailure.from_body(failure))
         plan = self._plan
         assert plan is not None and arrays is not None
         self._tokens += 1

@@ -164,10 +164,8 @@ class ThreadPoolBackend:
                     "the update holds NaN/Inf",
                 )
             except Exception as exc:
-                from fedloom.scheduler import is_out_of_memory
-
-                kind = FailureKind.OUT_OF_MEMORY if is_out_of_memory(exc) else FailureKind.ERROR
-                result = _failed(job, lane.index, slot_index, kind, type(exc).__name__, str(exc))
+                failure = ClientFailure.of(exc)
+                result = ClientResult(job, lane.index, failure=failure, token=slot_index)
             self._results.put(result)
 
 
