@@ -216,7 +216,7 @@ class Simulation:
         self._num_clients = _num_clients(config)
         # shapes only (no memory, no init kernels): the workers can start right away
         layout = FlatLayout.of(_shapes(config.model))
-        flats = {name: _zeros(name, count) for name, count in layout.groups}
+        flats = layout.zeros()
         devices = worker_devices(config.device, config.device_count, config.num_parallels)
         plan = BackendPlan(config.runner_plan(), layout, tuple(devices))
         # the initial weights are drawn while the workers import torch
@@ -361,10 +361,6 @@ def _num_clients(config: SimulationConfig) -> int:
     from fedloom.simulation.data import build_client_data
 
     return build_client_data(config.data).num_clients
-
-
-def _zeros(numpy_name: str, count: int) -> torch.Tensor:
-    return torch.from_numpy(np.zeros(count, dtype=np.dtype(numpy_name)))
 
 
 def _weighted_metrics(report: RoundReport) -> dict[str, float]:

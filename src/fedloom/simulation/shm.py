@@ -84,6 +84,13 @@ class FlatLayout:
         """Bytes of one block with this layout (alignment included)."""
         return sum(_aligned(count * np.dtype(name).itemsize) for name, count in self.groups)
 
+    def zeros(self) -> dict[str, torch.Tensor]:
+        """Fresh zeroed flat tensors, one per dtype group (private memory, not shared)."""
+        return {
+            name: torch.from_numpy(np.zeros(count, dtype=np.dtype(name)))
+            for name, count in self.groups
+        }
+
     def views(self, flats: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Per-key tensor views into the flat group tensors (no copies)."""
         return {

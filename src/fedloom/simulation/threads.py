@@ -62,9 +62,7 @@ class ThreadPoolBackend:
             return
         self._plan = plan
         torch.set_num_threads(plan.runner.torch_threads)
-        self._global = {
-            name: torch.zeros(count, dtype=_torch_dtype(name)) for name, count in plan.layout.groups
-        }
+        self._global = plan.layout.zeros()
         for index, device in enumerate(plan.devices):
             slots = [
                 {name: torch.zeros_like(flat) for name, flat in self._global.items()}
@@ -177,9 +175,3 @@ def _failed(  # noqa: PLR0917 - private shorthand
     job: ClientJob, lane: int, slot: int, kind: FailureKind, error_type: str, message: str = ""
 ) -> ClientResult:
     return ClientResult(job, lane, failure=ClientFailure(kind, error_type, message), token=slot)
-
-
-def _torch_dtype(numpy_name: str) -> torch.dtype:
-    import numpy as np
-
-    return torch.from_numpy(np.zeros(0, dtype=np.dtype(numpy_name))).dtype

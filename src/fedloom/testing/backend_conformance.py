@@ -62,7 +62,7 @@ def check_backend(factory: BackendFactory) -> None:
 def _initial() -> tuple[FlatLayout, dict[str, torch.Tensor]]:
     state = build_model(_PLAN.model, seed=_PLAN.seed).state_dict()
     layout = FlatLayout.of(state)
-    flats = {name: torch.zeros(count) for name, count in layout.groups}
+    flats = layout.zeros()
     layout.pack({k: v.numpy() for k, v in state.items()}, flats)
     return layout, flats
 
