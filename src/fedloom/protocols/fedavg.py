@@ -23,6 +23,7 @@ import torch
 
 from fedloom.algorithms.aggregation import WeightedMean
 from fedloom.algorithms.ml import (
+    METRIC_NAMES,
     ModelSpec,
     TrainingConfig,
     build_model,
@@ -31,6 +32,7 @@ from fedloom.algorithms.ml import (
     round_seed,
     split_validation,
     state_to_arrays,
+    weighted_metrics,
 )
 from fedloom.algorithms.ml.rng import draws_random_numbers
 from fedloom.errors import (
@@ -58,7 +60,6 @@ from fedloom.wire import Body, Message, MessageType
 
 logger = logging.getLogger(__name__)
 
-METRIC_NAMES = ("loss", "accuracy")
 
 
 @dataclass(frozen=True)
@@ -209,7 +210,7 @@ class FedAvg(Protocol):
             summary = RoundMetrics(
                 round_index=round_index,
                 pods=sorted(per_pod),
-                aggregated=_weighted_metrics(per_pod),
+                aggregated=weighted_metrics(per_pod.values()),
                 per_pod=per_pod,
                 rejected=rejected,
                 seconds=time.monotonic() - started,
@@ -378,16 +379,3 @@ def _parse_update(message: Message, round_index: int) -> dict[str, float]:
             ):
                 metrics[f"{phase}_{name}"] = float(value)
     return metrics
-
-
-def _weighted_metrics(per_pod: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
-    """Sample-weighted means of the pods' train and validation metrics."""
-    result: dict[str, float] = {"num_samples": sum(m["num_samples"] for m in per_pod.values())}
-    for phase, weight_key in (("train", "num_samples"), ("validation", "validation_num_samples")):
-        for name in METRIC_NAMES:
-            key = f"{phase}_{name}"
-            pairs = [(m[key], m.get(weight_key, 0.0)) for m in per_pod.values() if key in m]
-            total = sum(w for _, w in pairs)
-            if pairs and total > 0:
-                result[key] = sum(v * w for v, w in pairs) / total
-    return result

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -27,7 +26,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedloom.algorithms.ml import ModelSpec, TrainingConfig, build_model, load_arrays
+from fedloom.algorithms.ml import (
+    ModelSpec,
+    TrainingConfig,
+    build_model,
+    flat_metrics,
+    load_arrays,
+    weighted_metrics,
+)
 from fedloom.errors import ConfigError, SimulationError, UnknownNameError
 from fedloom.registry import import_plugins
 from fedloom.scheduler import (
@@ -285,7 +291,11 @@ class Simulation:
             buffers=self._buffers,
         )
         if not report.stopped:
-            report.metrics = _weighted_metrics(report)
+            report.metrics = weighted_metrics(
+                flat_metrics(r.outcome.num_samples, r.outcome.train, r.outcome.validation)
+                for r in report.clients
+                if r.outcome is not None
+            )
             self._emit(
                 SimulationEvent(
                     "round_end", round_index, len(clients), len(clients), metrics=report.metrics
@@ -363,19 +373,3 @@ def _num_clients(config: SimulationConfig) -> int:
     return build_client_data(config.data).num_clients
 
 
-def _weighted_metrics(report: RoundReport) -> dict[str, float]:
-    """Sample-weighted means of the finished clients' train and validation metrics."""
-    finished = [r for r in report.clients if r.outcome is not None]
-    samples = sum(r.outcome.num_samples for r in finished if r.outcome is not None)
-    metrics: dict[str, float] = {"num_samples": float(samples)}
-    for phase in ("train", "validation"):
-        for name in ("loss", "accuracy"):
-            pairs = [
-                (getattr(r.outcome, phase)[name], getattr(r.outcome, phase).get("num_samples", 0.0))
-                for r in finished
-                if r.outcome is not None and name in getattr(r.outcome, phase)
-            ]
-            total = sum(w for _, w in pairs)
-            if pairs and total > 0 and all(math.isfinite(v) for v, _ in pairs):
-                metrics[f"{phase}_{name}"] = sum(v * w for v, w in pairs) / total
-    return metrics

@@ -6,16 +6,20 @@ Models are rebuilt from a registered name plus JSON config (:data:`MODELS`,
 """
 
 from fedloom.algorithms.ml.local_round import (
+    METRIC_NAMES,
     LocalRound,
+    flat_metrics,
     local_round,
     round_seed,
     split_validation,
+    weighted_metrics,
 )
 from fedloom.algorithms.ml.models import MODELS, ModelFactory, ModelSpec, build_model
 from fedloom.algorithms.ml.torch_adapter import load_arrays, state_to_arrays
 from fedloom.algorithms.ml.training import TrainingConfig, evaluate, train_local
 
 __all__ = [
+    "METRIC_NAMES",
     "MODELS",
     "ModelFactory",
     "LocalRound",
@@ -23,10 +27,12 @@ __all__ = [
     "TrainingConfig",
     "build_model",
     "evaluate",
+    "flat_metrics",
     "load_arrays",
     "local_round",
     "round_seed",
     "split_validation",
     "state_to_arrays",
     "train_local",
+    "weighted_metrics",
 ]

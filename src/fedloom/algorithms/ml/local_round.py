@@ -9,6 +9,8 @@ does not depend on which process, thread or machine computed it.
 from __future__ import annotations
 
 import hashlib
+import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,9 +27,19 @@ from fedloom.algorithms.ml.training import (
     train_local,
 )
 
-__all__ = ["LocalRound", "local_round", "round_seed", "split_validation"]
+__all__ = [
+    "METRIC_NAMES",
+    "LocalRound",
+    "flat_metrics",
+    "local_round",
+    "round_seed",
+    "split_validation",
+    "weighted_metrics",
+]
 
 Array = npt.NDArray[Any]
+
+METRIC_NAMES = ("loss", "accuracy")
 
 
 def round_seed(*parts: object) -> int:
@@ -94,3 +106,33 @@ def local_round(
         exclusive_rng=exclusive_rng,
     )
     return LocalRound(train=train, validation=validation, num_samples=len(x_train))
+
+
+def flat_metrics(
+    num_samples: float, train: Mapping[str, float], validation: Mapping[str, float]
+) -> dict[str, float]:
+    """One participant's round as ``{"num_samples", "train_loss", ..., "validation_..."}``."""
+    flat = {"num_samples": float(num_samples)}
+    for phase, values in (("train", train), ("validation", validation)):
+        for name in (*METRIC_NAMES, "num_samples"):
+            if name in values:
+                flat[f"{phase}_{name}"] = float(values[name])
+    return flat
+
+
+def weighted_metrics(participants: Iterable[Mapping[str, float]]) -> dict[str, float]:
+    """Sample-weighted means of the participants' :func:`flat_metrics`.
+
+    Train metrics are weighted by ``num_samples``, validation ones by
+    ``validation_num_samples``; a metric with a non-finite value somewhere is left out.
+    """
+    rows = list(participants)
+    result: dict[str, float] = {"num_samples": float(sum(m["num_samples"] for m in rows))}
+    for phase, weight_key in (("train", "num_samples"), ("validation", "validation_num_samples")):
+        for name in METRIC_NAMES:
+            key = f"{phase}_{name}"
+            pairs = [(m[key], m.get(weight_key, 0.0)) for m in rows if key in m]
+            total = sum(w for _, w in pairs)
+            if pairs and total > 0 and all(math.isfinite(v) for v, _ in pairs):
+                result[key] = sum(v * w for v, w in pairs) / total
+    return result
