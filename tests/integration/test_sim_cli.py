@@ -57,6 +57,8 @@ def test_sim_runs_a_config_and_writes_its_report(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
     assert summary["rounds"] == 2 and not summary["stopped"]
+    # the progress bars run no thread, so the workers of `fedloom sim` are forked
+    assert summary["start_method"] == "fork"
     assert summary["clients"] == {"finished": 6, "failed": 0, "interrupted_and_retried": 0}
     assert 0.0 < summary["final"]["train_accuracy"] <= 1.0
     rounds = [json.loads((out / "rounds" / f"round-{i}.json").read_text()) for i in range(2)]

@@ -24,8 +24,12 @@ __all__ = [
     "ClientFailure",
     "ClientResult",
     "FailureKind",
+    "START_METHODS",
     "worker_devices",
 ]
+
+START_METHODS = ("auto", "spawn", "forkserver", "fork")
+"""How the process pool starts its workers; ``auto`` forks when that is safe."""
 
 
 _MAX_MESSAGE = 2000

@@ -8,7 +8,7 @@ backend = "process"        # process | thread | ray
 num_parallels = 2
 device = "cpu"             # or "cuda" with device_count = N
 validation_fraction = 0.2
-start_method = "spawn"     # process backend: spawn | forkserver | fork
+start_method = "auto"      # process backend: auto (fork when safe) | spawn | forkserver | fork
 plugins = []               # modules that register models or client data
 ray_address = "ray://head:10001"   # backend = "ray" only; default: a local Ray
 

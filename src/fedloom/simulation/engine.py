@@ -41,7 +41,13 @@ from fedloom.scheduler import (
     ResourceEstimate,
     ResourceLedger,
 )
-from fedloom.simulation.backend import Backend, BackendPlan, ClientResult, worker_devices
+from fedloom.simulation.backend import (
+    START_METHODS,
+    Backend,
+    BackendPlan,
+    ClientResult,
+    worker_devices,
+)
 from fedloom.simulation.client import ClientJob, RunnerPlan
 from fedloom.simulation.data import DataSpec
 from fedloom.simulation.fold import FoldBuffers
@@ -62,7 +68,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("process", "thread", "ray")
-START_METHODS = ("spawn", "forkserver", "fork")
 
 
 @dataclass(frozen=True)
@@ -95,7 +100,7 @@ class SimulationConfig:
     round_timeout: float | None = None
     torch_threads: int = 1
     plugins: tuple[str, ...] = ()
-    start_method: str = "spawn"
+    start_method: str = "auto"
 
     def __post_init__(self) -> None:
         for name in ("rounds", "num_parallels", "device_count", "torch_threads"):
@@ -198,6 +203,11 @@ class Simulation:
             else ResourceLedger(config.resources.budget)
         )
 
+    @property
+    def backend(self) -> Backend:
+        """The backend the clients run on (e.g. its ``start_method`` once started)."""
+        return self._backend
+
     def stop(self) -> None:
         """Stop promptly (from any thread): running clients are interrupted."""
         self._stop.set()
@@ -225,8 +235,13 @@ class Simulation:
         flats = layout.zeros()
         devices = worker_devices(config.device, config.device_count, config.num_parallels)
         plan = BackendPlan(config.runner_plan(), layout, tuple(devices))
-        # the initial weights are drawn while the workers import torch
-        initial = _Initialiser(config, layout, flats)
+        # the initial weights are drawn while the workers start, unless they are forked: a
+        # forked child would inherit the locks a half-done build holds in another thread
+        initial = _Initialiser(config, layout, flats, threaded=not _forks(self._backend, plan))
+        # the workers have the cores: folds on more torch threads would spin against them
+        engine_threads = torch.get_num_threads()
+        if config.backend != "thread":
+            torch.set_num_threads(1)
         # what exists now (torch's many objects included) is kept out of the collector's
         # full passes for the run: one such pass costs ~90 ms in the middle of a round
         gc.freeze()
@@ -247,6 +262,7 @@ class Simulation:
         finally:
             self._backend.close()
             gc.unfreeze()
+            torch.set_num_threads(engine_threads)
         return SimulationResult(
             model_spec=config.model,
             parameters=layout.unpack(flats),
@@ -321,12 +337,21 @@ def _shapes(spec: ModelSpec) -> dict[str, torch.Tensor]:
 
 
 class _Initialiser:
-    """Builds the seeded initial model and packs it into ``flats``, in a thread."""
+    """Builds the seeded initial model and packs it into ``flats`` (in a thread or now)."""
 
     def __init__(
-        self, config: SimulationConfig, layout: FlatLayout, flats: dict[str, torch.Tensor]
+        self,
+        config: SimulationConfig,
+        layout: FlatLayout,
+        flats: dict[str, torch.Tensor],
+        *,
+        threaded: bool = True,
     ) -> None:
         self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        if not threaded:
+            self._run(config, layout, flats)
+            return
         self._thread = threading.Thread(
             target=self._run, args=(config, layout, flats), name="fedloom-sim-init"
         )
@@ -343,9 +368,16 @@ class _Initialiser:
 
     def wait(self) -> None:
         """Block until the weights are in ``flats``; re-raise what building them raised."""
-        self._thread.join()
+        if self._thread is not None:
+            self._thread.join()
         if self._error is not None:
             raise self._error
+
+
+def _forks(backend: Backend, plan: BackendPlan) -> bool:
+    """Whether ``backend`` will fork its workers for ``plan`` (only the process pool may)."""
+    forks = getattr(backend, "forks", None)
+    return bool(forks(plan)) if callable(forks) else False
 
 
 def make_backend(config: SimulationConfig, *, ray_address: str | None = None) -> Backend:

@@ -57,10 +57,14 @@ def decode(data: bytes) -> dict[str, Any]:
 def worker_main(start: WorkerStart, conn: Connection, stop: Event) -> None:
     """Serve fit requests until told to exit or the pipe closes. Never raises."""
     try:
+        from fedloom.worker.allocator import keep_freed_memory
         from fedloom.worker.lifetime import die_with_parent
 
         die_with_parent(signal.SIGKILL)
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+        # a forked worker would run the parent's SIGTERM handler (the CLI's: stop the run)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        keep_freed_memory()  # no page faults per training step
         _serve(start, conn, stop)
     except (EOFError, OSError, KeyboardInterrupt):
         pass

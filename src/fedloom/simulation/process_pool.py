@@ -1,4 +1,4 @@
-"""Process-pool backend: persistent spawned workers sharing parameters through memory.
+"""Process-pool backend: persistent worker processes sharing parameters through memory.
 
 One global block (the round's parameters, written once per round) and, per worker, a few
 slots (each a whole model in shared memory; more of them for small models). A worker trains
@@ -10,6 +10,12 @@ queued), so the per-message cost is paid per batch, not per client.
 
 A worker that dies is replaced; the jobs it had not finished are re-run (at most
 ``max_job_retries`` times each, then reported WORKER_LOST).
+
+Workers are forked when that is safe (start method ``auto``, see :func:`fork_hazard`):
+a forked worker has torch imported already and is ready in about half the time of a
+spawned one, which imports torch and TorchDynamo itself (~2 s on two cores). Otherwise
+they are spawned: a fork copies only the calling thread, so locks that other threads
+(gRPC's, Ray's, a progress bar's) hold at that moment stay locked in the child forever.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
+import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -29,6 +37,7 @@ import torch
 
 from fedloom.errors import ConfigError, SimulationError
 from fedloom.simulation.backend import (
+    START_METHODS,
     BackendPlan,
     ClientFailure,
     ClientResult,
@@ -38,7 +47,7 @@ from fedloom.simulation.client import ClientJob, ClientOutcome
 from fedloom.simulation.pool_worker import PRELOAD, WorkerStart, decode, encode, worker_main
 from fedloom.simulation.shm import SharedBlock
 
-__all__ = ["ProcessPoolBackend", "slots_for"]
+__all__ = ["ProcessPoolBackend", "fork_hazard", "slots_for"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +61,9 @@ def slots_for(model_bytes: int) -> int:
     """Slots per worker: three for big models, up to 64 for small ones (cheap to hold,
     and they let a worker take many short clients at once)."""
     return max(_MIN_SLOTS, min(_MAX_SLOTS, _SLOT_BUDGET // max(1, model_bytes)))
+
+
+_FORK_UNSAFE_MODULES = ("grpc", "ray")  # they run native threads once used
 DEFAULT_START_TIMEOUT = 120.0
 _IN_FLIGHT = 2  # messages of work per worker: one running, one waiting in its pipe
 
@@ -71,29 +83,52 @@ class _Worker:
     restarts: int = 0
 
 
+def fork_hazard(plan: BackendPlan) -> str | None:
+    """Why forking workers for ``plan`` from this process now could hang or crash, or None.
+
+    Forking is refused off Linux, for CUDA workers (CUDA does not survive a fork), for
+    workers with more than one torch thread (OpenMP's thread pool does not either), while
+    any other Python thread runs, and once gRPC or Ray is imported (their native threads).
+    """
+    if not sys.platform.startswith("linux"):
+        return f"fork is only used on Linux (this is {sys.platform})"
+    if any(device != "cpu" for device in plan.devices):
+        return "CUDA cannot be used in a forked child"
+    if plan.runner.torch_threads != 1:
+        return "workers with several torch threads: OpenMP's pool does not survive a fork"
+    if threading.active_count() > 1:
+        names = [t.name for t in threading.enumerate() if t is not threading.current_thread()]
+        return f"other threads are running: {', '.join(names)}"
+    loaded = [name for name in _FORK_UNSAFE_MODULES if name in sys.modules]
+    if loaded:
+        return f"{' and '.join(loaded)} imported (native threads)"
+    return None
+
+
 class ProcessPoolBackend:
-    """See the module docstring. ``start_method`` is ``spawn`` unless you know better."""
+    """See the module docstring. ``start_method`` ``auto`` forks when :func:`fork_hazard`
+    finds nothing, else spawns; ``spawn``, ``forkserver`` and ``fork`` force one."""
 
     def __init__(
         self,
         *,
         slots_per_worker: int | None = None,
-        start_method: str = "spawn",
+        start_method: str = "auto",
         start_timeout: float = DEFAULT_START_TIMEOUT,
         max_job_retries: int = 2,
     ) -> None:
-        if start_method not in ("spawn", "forkserver", "fork"):
+        if start_method not in START_METHODS:
             raise ConfigError(
-                f"start_method must be spawn, forkserver or fork, got {start_method!r}"
+                f"start_method must be one of {', '.join(START_METHODS)}, got {start_method!r}"
             )
-        self._context: Any = multiprocessing.get_context(start_method)
-        if start_method == "forkserver":
-            self._context.set_forkserver_preload(list(PRELOAD))
         self.start_method = start_method
+        self._auto = start_method == "auto"
+        self._context: Any = None  # chosen at start, from the state of this process then
         self._slots_per_worker = slots_per_worker
         self._start_timeout = start_timeout
         self._max_job_retries = max_job_retries
-        self._stop = self._context.Event()
+        # a spawn-context event works in forked children too (not the other way round)
+        self._stop = multiprocessing.get_context("spawn").Event()
         self._plan: BackendPlan | None = None
         self._global: SharedBlock | None = None
         self._workers: list[_Worker] = []
@@ -106,9 +141,25 @@ class ProcessPoolBackend:
 
     # --- contract -----------------------------------------------------------------------
 
+    def forks(self, plan: BackendPlan) -> bool:
+        """Whether :meth:`start` will fork the workers (decided once, on the first call)."""
+        if self._context is None:
+            method = self.start_method
+            if method == "auto":
+                hazard = fork_hazard(plan)
+                method = "spawn" if hazard else "fork"
+                if hazard:
+                    logger.debug("simulation workers are spawned: %s", hazard)
+            self._context = multiprocessing.get_context(method)
+            if method == "forkserver":
+                self._context.set_forkserver_preload(list(PRELOAD))
+            self.start_method = method
+        return self.start_method == "fork"
+
     def start(self, plan: BackendPlan) -> None:
         if self._plan is not None:
             return
+        self.forks(plan)
         self._plan = plan
         self._global = SharedBlock.create(plan.layout)
         count = self._slots_per_worker or slots_for(plan.layout.nbytes)
@@ -203,7 +254,11 @@ class ProcessPoolBackend:
     def _spawn(self, worker: _Worker) -> None:
         plan = self._plan
         assert plan is not None
-        parent_conn, child_conn = self._context.Pipe()
+        context = self._context
+        if self._auto and self.start_method == "fork" and fork_hazard(plan):
+            # a replacement while a thread runs in this process now: fork is no longer safe
+            context = multiprocessing.get_context("spawn")
+        parent_conn, child_conn = context.Pipe()
         start = WorkerStart(
             index=worker.index,
             runner=plan.runner.to_config(),
@@ -212,7 +267,7 @@ class ProcessPoolBackend:
             slots=tuple(slot.name for slot in worker.slots),
             device=worker.device,
         )
-        process = self._context.Process(
+        process = context.Process(
             target=worker_main,
             args=(start, child_conn, self._stop),
             name=f"fedloom-sim-worker-{worker.index}",

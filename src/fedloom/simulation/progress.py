@@ -1,7 +1,9 @@
 """A rich progress display for simulations: one bar for rounds, one for this round's clients.
 
 Pass :meth:`SimulationProgress.on_event` as a :class:`~fedloom.simulation.Simulation`'s
-``on_event`` hook, inside ``with SimulationProgress(console, rounds):``.
+``on_event`` hook, inside ``with SimulationProgress(console, rounds):``. The display is
+redrawn on each engine event rather than by a refresh thread: with no thread running, the
+process pool may fork its workers (see :func:`~fedloom.simulation.process_pool.fork_hazard`).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class SimulationProgress:
             TimeElapsedColumn(),
             console=console,
             transient=transient,
+            auto_refresh=False,
         )
         self._rounds: TaskID = self._progress.add_task("starting workers", total=rounds, note="")
         self._clients: TaskID | None = None
@@ -69,3 +72,4 @@ class SimulationProgress:
             accuracy = event.metrics.get("train_accuracy")
             note = "" if accuracy is None else f"train acc {accuracy:.3f}"
             progress.update(self._rounds, advance=1, note=note)
+        progress.refresh()

@@ -19,6 +19,7 @@ from fedloom.errors import ConfigError
 from fedloom.simulation.backend import ClientFailure, FailureKind
 from fedloom.simulation.client import ClientJob, ClientRunner, RunnerPlan
 from fedloom.simulation.shm import FlatLayout, all_finite
+from fedloom.worker.allocator import keep_freed_memory
 
 __all__ = ["Array", "ClientActor", "Reply", "import_ray"]
 
@@ -65,6 +66,7 @@ class ClientActor:
         self, runner: Mapping[str, Any], groups: Sequence[Sequence[Any]], device: str
     ) -> None:
         ray = import_ray()
+        keep_freed_memory()  # an actor is a worker process of its own: no faults per step
         plan = RunnerPlan.from_config(runner)
         torch.set_num_threads(plan.torch_threads)
         if device.startswith("cuda") and ray.get_gpu_ids():

@@ -40,6 +40,8 @@ def run_and_report(
     if not json_output:
         console.print(rounds_table(result))
     data = summary(config, result)
+    if config.backend == "process":
+        data["start_method"] = getattr(simulation.backend, "start_method", None)
     if out is not None:
         data["files"] = [str(p) for p in write_outputs(result, data, out)]
     print(json.dumps(data, indent=None if json_output else 2, default=str))
