@@ -86,6 +86,14 @@ def test_fork_hazards_are_named() -> None:
     assert hazard is not None and "OpenMP" in hazard
 
 
+def test_cuda_initialised_in_this_process_is_a_fork_hazard(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    hazard = fork_hazard(plan())
+    assert hazard is not None and "CUDA is initialised" in hazard
+
+
 def test_a_running_thread_is_a_fork_hazard() -> None:
     release = threading.Event()
     thread = threading.Thread(target=release.wait, name="busy-user-thread")

@@ -86,14 +86,17 @@ class _Worker:
 def fork_hazard(plan: BackendPlan) -> str | None:
     """Why forking workers for ``plan`` from this process now could hang or crash, or None.
 
-    Forking is refused off Linux, for CUDA workers (CUDA does not survive a fork), for
-    workers with more than one torch thread (OpenMP's thread pool does not either), while
-    any other Python thread runs, and once gRPC or Ray is imported (their native threads).
+    Forking is refused off Linux, for CUDA workers or once this process has initialised
+    CUDA (CUDA does not survive a fork), for workers with more than one torch thread
+    (OpenMP's thread pool does not either), while any other Python thread runs, and once
+    gRPC or Ray is imported (their native threads).
     """
     if not sys.platform.startswith("linux"):
         return f"fork is only used on Linux (this is {sys.platform})"
     if any(device != "cpu" for device in plan.devices):
         return "CUDA cannot be used in a forked child"
+    if torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
+        return "CUDA is initialised in this process (its driver threads do not survive a fork)"
     if plan.runner.torch_threads != 1:
         return "workers with several torch threads: OpenMP's pool does not survive a fork"
     if threading.active_count() > 1:
