@@ -10,10 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
 import sys
 import threading
 from typing import Any
+
+from sim_plugins import KillFirstWorkerOnce
 
 from fedloom import ModelSpec, TrainingConfig
 from fedloom.simulation import (
@@ -21,7 +22,6 @@ from fedloom.simulation import (
     ProcessPoolBackend,
     Simulation,
     SimulationConfig,
-    SimulationEvent,
 )
 
 THREADS_AT_FORK: list[list[str]] = []
@@ -99,18 +99,10 @@ def scenario_killed_worker(marker_dir: str) -> dict[str, Any]:
     cfg = config(data=data, plugins=("sim_plugins",), start_method="fork")
     _, clean = run(cfg)
     backend = ProcessPoolBackend(start_method="fork")
-    killed: list[int] = []
-
-    def kill_once(event: SimulationEvent) -> None:
-        if event.kind == "client_done" and event.round == 0 and not killed:
-            pid = backend.worker_pids()[0]
-            assert pid is not None
-            os.kill(pid, signal.SIGKILL)
-            killed.append(pid)
-
+    kill_once = KillFirstWorkerOnce(backend)
     _, result = run(cfg, backend=backend, on_event=kill_once)
     return {
-        "killed": len(killed),
+        "killed": len(kill_once.killed),
         "restarts": backend.statistics()["restarts"],
         "same_as_clean": clean == result,
     }

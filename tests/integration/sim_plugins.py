@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -52,3 +54,18 @@ class _Flaky:
 @CLIENT_DATA.register("flaky")
 def flaky(config: Mapping[str, Any]) -> ClientData:
     return _Flaky(config)
+
+
+class KillFirstWorkerOnce:
+    """An ``on_event`` hook: SIGKILL the pool's worker 0 when round 0's first client is in."""
+
+    def __init__(self, backend: Any) -> None:
+        self.backend = backend
+        self.killed: list[int] = []
+
+    def __call__(self, event: Any) -> None:
+        if event.kind == "client_done" and event.round == 0 and not self.killed:
+            pid = self.backend.worker_pids()[0]
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+            self.killed.append(pid)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -190,16 +188,9 @@ def test_a_killed_worker_is_replaced_and_its_clients_rerun(tmp_path: Path) -> No
     cfg = config(data=data, rounds=2, plugins=(PLUGIN,))
     clean = run(cfg)
     backend = ProcessPoolBackend()
-    killed: list[int] = []
-
-    def kill_once(event: SimulationEvent) -> None:
-        if event.kind == "client_done" and event.round == 0 and not killed:
-            pid = backend.worker_pids()[0]
-            assert pid is not None
-            os.kill(pid, signal.SIGKILL)
-            killed.append(pid)
-
+    kill_once = sim_plugins.KillFirstWorkerOnce(backend)
     result = run(cfg, backend=backend, on_event=kill_once)
+    killed = kill_once.killed
     assert killed
     assert backend.statistics()["restarts"] == 1
     assert_same(clean.parameters, result.parameters)
