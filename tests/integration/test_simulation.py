@@ -306,6 +306,18 @@ def test_a_client_that_can_never_fit_is_a_typed_error() -> None:
         run(config(rounds=1, resources=resources, backend="thread"))
 
 
+@pytest.mark.parametrize("backend", ["thread", "process"])
+def test_gpu_estimates_on_cpu_workers_run_on_the_cpu(backend: str) -> None:
+    # the budget names a GPU no worker is on: admission must not send clients there
+    # (they waited for a worker that never came)
+    resources = ClientResources(
+        estimate=ResourceEstimate.of(memory="1 MB", gpu_memory="1 MB", cpus=0.1),
+        budget=ResourceBudget.of(device_memory={"cuda:0": "1 GiB"}),
+    )
+    result = run(config(rounds=1, resources=resources, backend=backend, round_timeout=60))
+    assert all(r.status is TaskStatus.FINISHED for r in result.rounds[0].clients)
+
+
 # --- stopping, progress and bad config ------------------------------------------------
 
 

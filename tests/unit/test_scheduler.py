@@ -337,6 +337,22 @@ def test_device_choice_skips_gpus_too_small_and_honours_an_explicit_device() -> 
         book.try_reserve(ResourceEstimate(memory=1, cpus=0.1), "cuda:7")
 
 
+def test_a_ledger_limited_to_some_gpus_places_work_only_there() -> None:
+    budget = ResourceBudget(memory=10_000, cpus=2, device_memory=GPUS)
+    only_first = ResourceLedger(budget, gpus=["cuda:0"])
+    assert only_first.devices() == ["cpu", "cuda:0"]
+    placed = only_first.try_reserve(ResourceEstimate(memory=1, gpu_memory=900, cpus=0.1))
+    assert placed is not None and placed.device == "cuda:0"  # cuda:1 has more room
+    with pytest.raises(ConfigError, match="unknown device 'cuda:1'"):
+        only_first.try_reserve(ResourceEstimate(memory=1, cpus=0.1), "cuda:1")
+    cpu_only = ResourceLedger(budget, gpus=[])
+    on_cpu = cpu_only.try_reserve(ResourceEstimate(memory=1, gpu_memory=900, cpus=0.1))
+    assert on_cpu is not None and on_cpu.device == "cpu"
+    assert cpu_only.snapshot()["memory"] == {"reserved": 901, "limit": 10_000}
+    with pytest.raises(ConfigError, match="GPUs only"):
+        ResourceLedger(budget, gpus=["cpu"])
+
+
 def test_limits_are_the_smaller_of_budget_and_machine_less_the_margin() -> None:
     machine = Machine(memory=10_000, cpus=3, gpus={"cuda:0": 1000, "cuda:1": 5000})
     book = ResourceLedger(

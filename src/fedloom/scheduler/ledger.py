@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from fedloom.errors import ConfigError, InsufficientResourcesError
@@ -69,9 +70,12 @@ class ResourceLedger:
         probe: Where the machine's numbers come from; ``None`` is the real machine.
         safety_margin: Share of the *measured* free memory left unused (budgets are
             taken as given).
+        gpus: The only GPUs work may be placed on (e.g. those that have workers);
+            ``None``: every GPU the budget declares, or else every GPU the probe sees.
+            With an empty collection every task runs on the CPU.
 
     Raises:
-        ConfigError: ``safety_margin`` outside ``[0, 1)``.
+        ConfigError: ``safety_margin`` outside ``[0, 1)``, or ``gpus`` names the CPU.
     """
 
     def __init__(
@@ -80,9 +84,13 @@ class ResourceLedger:
         probe: ResourceProbe | None = None,
         *,
         safety_margin: float = DEFAULT_SAFETY_MARGIN,
+        gpus: Collection[str] | None = None,
     ) -> None:
         if not 0 <= safety_margin < 1:
             raise ConfigError(f"safety_margin must be in [0, 1), got {safety_margin!r}")
+        if gpus is not None and CPU_DEVICE in gpus:
+            raise ConfigError("gpus lists GPUs only; the CPU is always a device of the ledger")
+        self._allowed_gpus = None if gpus is None else frozenset(gpus)
         self.budget = budget if budget is not None else ResourceBudget()
         self.probe: ResourceProbe = probe if probe is not None else SystemProbe()
         self.safety_margin = safety_margin
@@ -105,6 +113,8 @@ class ResourceLedger:
             declared = self.budget.device_memory
             seen = [d for d in self.probe.devices() if d != CPU_DEVICE]
             names = list(declared) if declared is not None else seen
+            if self._allowed_gpus is not None:
+                names = [name for name in names if name in self._allowed_gpus]
             accounts: dict[str, _Account] = {}
             for name in sorted(names, key=_device_order):
                 limit = declared[name] if declared is not None else None

@@ -195,13 +195,7 @@ class Simulation:
         self._num_clients = 0
         self._ran = False
         self._buffers: FoldBuffers | None = None
-        # Ray places clients by their actors' resources across the cluster; a ledger of
-        # this machine would wrongly cap a cluster at the driver's size
-        self._ledger = (
-            None
-            if config.resources is None or config.backend == "ray"
-            else ResourceLedger(config.resources.budget)
-        )
+        self._ledger: ResourceLedger | None = None
 
     @property
     def backend(self) -> Backend:
@@ -235,6 +229,7 @@ class Simulation:
         flats = layout.zeros()
         devices = worker_devices(config.device, config.device_count, config.num_parallels)
         plan = BackendPlan(config.runner_plan(), layout, tuple(devices))
+        self._ledger = _ledger(config, devices)
         # the initial weights are drawn while the workers start, unless they are forked: a
         # forked child would inherit the locks a half-done build holds in another thread
         initial = _Initialiser(config, layout, flats, threaded=not _forks(self._backend, plan))
@@ -322,6 +317,19 @@ class Simulation:
     def _emit(self, event: SimulationEvent) -> None:
         if self._on_event is not None:
             self._on_event(event)
+
+
+def _ledger(config: SimulationConfig, devices: list[str]) -> ResourceLedger | None:
+    """Admission over this machine, placing GPU work only on GPUs that have workers.
+
+    None without resource estimates, and on Ray: Ray places clients by their actors'
+    resources across the cluster, and a ledger of this machine would cap a cluster at the
+    driver's size.
+    """
+    if config.resources is None or config.backend == "ray":
+        return None
+    gpus = sorted({device for device in devices if device != "cpu"})
+    return ResourceLedger(config.resources.budget, gpus=gpus)
 
 
 def _shapes(spec: ModelSpec) -> dict[str, torch.Tensor]:
