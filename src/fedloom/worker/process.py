@@ -113,7 +113,9 @@ class WorkerProcess:
         try:
             return await self._serve(events, mailbox, pump, watchdog)
         except _WorkerFailedError as failure:
-            report = ErrorReport(failure.reason, failure.message, failure.exception_type, "")
+            report = ErrorReport(
+                failure.reason, failure.message, failure.exception_type, failure.traceback_summary
+            )
             with contextlib.suppress(FedloomError):
                 await mailbox.send(MessageType.TASK_ABORT, report.to_body())
             raise TaskAbortedError(failure.reason, failure.message) from None
@@ -276,11 +278,23 @@ class WorkerProcess:
 
 
 class _WorkerFailedError(TaskAbortedError):
-    """The worker failed on this pod: the modeller still has to be told."""
+    """The worker failed on this pod: the modeller still has to be told.
 
-    def __init__(self, reason: AbortReason, message: str, exception_type: str = "") -> None:
+    ``exception_type`` and ``traceback_summary`` are the child's (its bounded
+    :meth:`~fedloom.errors.ErrorReport.from_exception`), empty when the pod saw the failure
+    from outside (a crash, a hang, the memory cap).
+    """
+
+    def __init__(
+        self,
+        reason: AbortReason,
+        message: str,
+        exception_type: str = "",
+        traceback_summary: str = "",
+    ) -> None:
         super().__init__(reason, message)
         self.exception_type = exception_type
+        self.traceback_summary = traceback_summary
 
 
 def _abort(reason: AbortReason, message: str) -> _WorkerFailedError:
@@ -300,7 +314,9 @@ def _outcome(item: Mapping[str, Any]) -> Mapping[str, Any] | None:
     if report.exception_type == "MemoryError":
         reason = AbortReason.WORKER_OUT_OF_MEMORY
     if item.get("notify", True):
-        raise _WorkerFailedError(reason, report.message, report.exception_type)
+        raise _WorkerFailedError(
+            reason, report.message, report.exception_type, report.traceback_summary
+        )
     raise TaskAbortedError(reason, report.message)
 
 

@@ -1,0 +1,41 @@
+"""What the modeller hears when a task fails inside a pod's child process: the reason,
+the exception type and a bounded traceback summary (DESIGN: TASK_ABORT)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fedloom import AbortReason, ArraySource, LocalFederation, MemoryPodStore
+from fedloom.worker import IsolationSettings
+
+from . import worker_plugins
+from .conftest import run_async, until_idle
+
+PLUGINS = (worker_plugins.__name__,)  # imported by the children (they share this sys.path)
+FAST = IsolationSettings(heartbeat_interval=0.5, heartbeat_patience=4, stop_grace=2.0)
+
+
+def _abort_of(error: str) -> tuple[object, MemoryPodStore]:
+    store = MemoryPodStore()
+    pods = {"pod-a": ArraySource(np.zeros((8, 2), dtype=np.float32))}
+
+    async def main() -> object:
+        async with LocalFederation(
+            pods, pod_stores={"pod-a": store}, isolation=FAST, plugins=PLUGINS
+        ) as federation:
+            run = await federation.run(worker_plugins.Failing(error=error))
+            await until_idle(federation.pods["pod-a"])
+        assert run.result == {}
+        return run.aborted["pod-a"]
+
+    return run_async(main(), timeout=120), store
+
+
+def test_the_modeller_gets_the_childs_traceback_summary() -> None:
+    report, store = _abort_of("runtime")
+    assert report.reason is AbortReason.WORKER_ERROR, report
+    assert report.exception_type == "RuntimeError"
+    assert "the named helper failed" in report.message
+    assert "explode_in_named_helper" in report.traceback_summary, report
+    assert "worker_plugins.py:" in report.traceback_summary
+    assert [r.reason for r in store.task_runs()] == ["WORKER_ERROR"]
