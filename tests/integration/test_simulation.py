@@ -368,11 +368,36 @@ def test_progress_events_cover_every_client() -> None:
         ({"num_parallels": 0}, ConfigError),
         ({"device": "tpu"}, ConfigError),
         ({"validation_fraction": 0.95}, ConfigError),
+        ({"validation_fraction": "0.1"}, ConfigError),
+        ({"round_timeout": "5"}, ConfigError),
+        ({"data": "synthetic"}, ConfigError),
+        ({"plugins": "a.module"}, ConfigError),  # a string, not a list of names
+        ({"resources": {"memory": "1 MB"}}, ConfigError),
     ],
 )
 def test_bad_config_is_a_typed_error(changes: dict[str, Any], error: type[Exception]) -> None:
     with pytest.raises(error):
         config(**changes)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"growth": 0.5},
+        {"growth": float("nan")},
+        {"max_retries": -1},
+        {"max_retries": 1.5},
+        {"estimate": "1 MB"},
+        {"budget": {"memory": "1 GiB"}},
+    ],
+)
+def test_bad_client_resources_are_config_errors(changes: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError):
+        ClientResources(**changes)
+
+
+def test_plugins_may_be_given_as_a_list() -> None:
+    assert config(plugins=[PLUGIN]).plugins == (PLUGIN,)
 
 
 def test_unknown_data_and_bad_sampling_fail_before_any_worker_starts() -> None:

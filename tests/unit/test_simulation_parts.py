@@ -287,6 +287,17 @@ def test_a_simulation_file_is_read_into_a_config(tmp_path: Path) -> None:
         ({"clients": {"two": {"learning_rate": 1.0}}}, "client number"),
         ({"sampling": {"kind": "lottery"}}, "lottery"),
         ({"simulation": {"rounds": "3"}}, "rounds"),
+        ({"simulation": {"device": 5}}, "device"),
+        ({"simulation": {"validation_fraction": "x"}}, "validation_fraction"),
+        ({"simulation": {"round_timeout": "5"}}, "round_timeout"),
+        ({"simulation": {"round_timeout": float("inf")}}, "round_timeout"),
+        ({"simulation": {"start_method": 7}}, "start_method"),
+        ({"resources": {"memory": "1 MB", "max_retries": "x"}}, r"\[resources\] max_retries"),
+        ({"resources": {"memory": "1 MB", "max_retries": -3}}, "max_retries"),
+        ({"resources": {"memory": "1 MB", "growth": "abc"}}, r"\[resources\] growth"),
+        ({"resources": {"memory": "1 MB", "growth": 0.5}}, "growth"),
+        ({"clients": {"2": {"learning_rate": "x"}}}, "client 2's overrides: learning_rate"),
+        ({"clients": {"2": {"speed": 1}}}, "client 2's overrides: unknown"),
     ],
 )
 def test_bad_simulation_files_are_config_errors(change: dict[str, Any], message: str) -> None:

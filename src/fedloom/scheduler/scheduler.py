@@ -54,6 +54,24 @@ class _Admitted:
     device_part: ResourceEstimate | None  # to reserve on a GPU once loaded; None: CPU task
 
 
+def check_retry_rules(max_retries: object, growth: object) -> None:
+    """Check the out-of-memory retry rules shared by the scheduler and the simulation.
+
+    Raises:
+        ConfigError: ``max_retries`` is not a whole number ≥ 0, or ``growth`` is not a
+            finite factor ≥ 1 (a smaller one would shrink the estimate that ran out).
+    """
+    if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+        raise ConfigError(f"max_retries must be a whole number ≥ 0, got {max_retries!r}")
+    if (
+        isinstance(growth, bool)
+        or not isinstance(growth, int | float)
+        or not math.isfinite(growth)
+        or growth < 1
+    ):
+        raise ConfigError(f"growth must be a finite factor ≥ 1, got {growth!r}")
+
+
 class Scheduler:
     """Runs :class:`SchedulableTask` objects as resources allow, and reports on each.
 
@@ -90,10 +108,7 @@ class Scheduler:
     ) -> None:
         if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
             raise ConfigError(f"max_workers must be a whole number ≥ 1, got {max_workers!r}")
-        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
-            raise ConfigError(f"max_retries must be a whole number ≥ 0, got {max_retries!r}")
-        if not isinstance(growth, int | float) or not math.isfinite(growth) or growth < 1:
-            raise ConfigError(f"growth must be a finite factor ≥ 1, got {growth!r}")
+        check_retry_rules(max_retries, growth)
         self.ledger = ledger if ledger is not None else ResourceLedger()
         self.max_workers = max_workers
         self.max_retries = max_retries

@@ -217,7 +217,7 @@ class ClientRunner:
         began = time.perf_counter()
         started = time.time()
         x_train, y_train, x_val, y_val = self._split(job.client)
-        config = _with_overrides(self.plan.training, job.overrides)
+        config = with_overrides(self.plan.training, job.overrides)
         on_cpu = self.device.type == "cpu"
         if start is not None:
             with torch.no_grad():
@@ -270,7 +270,12 @@ class ClientRunner:
         return split
 
 
-def _with_overrides(config: TrainingConfig, overrides: Mapping[str, Any]) -> TrainingConfig:
+def with_overrides(config: TrainingConfig, overrides: Mapping[str, Any]) -> TrainingConfig:
+    """``config`` with one client's overrides applied.
+
+    Raises:
+        ConfigError: an unknown training key, or a value the training config refuses.
+    """
     if not overrides:
         return config
     known = set(config.to_config())

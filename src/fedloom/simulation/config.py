@@ -161,16 +161,19 @@ def _resources(table: dict[str, Any], where: str) -> ClientResources | None:
             cpus=table.get("budget_cpus"),
             device_memory=device_memory,
         )
-    return ClientResources(
-        estimate=ResourceEstimate.of(
-            memory=table.get("memory", 0),
-            gpu_memory=table.get("gpu_memory", 0),
-            cpus=table.get("cpus", 1.0),
-        ),
-        budget=budget,
-        max_retries=int(table.get("max_retries", 3)),
-        growth=float(table.get("growth", 1.5)),
-    )
+    try:
+        return ClientResources(
+            estimate=ResourceEstimate.of(
+                memory=table.get("memory", 0),
+                gpu_memory=table.get("gpu_memory", 0),
+                cpus=table.get("cpus", 1.0),
+            ),
+            budget=budget,
+            max_retries=table.get("max_retries", 3),
+            growth=table.get("growth", 1.5),
+        )
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: [resources] {exc}") from exc
 
 
 def _clients(table: dict[str, Any], where: str) -> dict[int, dict[str, Any]]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -41,6 +42,7 @@ from fedloom.scheduler import (
     ResourceEstimate,
     ResourceLedger,
 )
+from fedloom.scheduler.scheduler import check_retry_rules
 from fedloom.simulation.backend import (
     START_METHODS,
     Backend,
@@ -48,7 +50,7 @@ from fedloom.simulation.backend import (
     ClientResult,
     worker_devices,
 )
-from fedloom.simulation.client import ClientJob, RunnerPlan
+from fedloom.simulation.client import ClientJob, RunnerPlan, with_overrides
 from fedloom.simulation.data import DataSpec
 from fedloom.simulation.fold import FoldBuffers
 from fedloom.simulation.report import RoundReport
@@ -78,6 +80,15 @@ class ClientResources:
     budget: ResourceBudget | None = None
     max_retries: int = 3
     growth: float = 1.5
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.estimate, ResourceEstimate):
+            raise ConfigError(
+                f"resources estimate must be a ResourceEstimate, got {self.estimate!r}"
+            )
+        if self.budget is not None and not isinstance(self.budget, ResourceBudget):
+            raise ConfigError(f"resources budget must be a ResourceBudget, got {self.budget!r}")
+        check_retry_rules(self.max_retries, self.growth)
 
 
 @dataclass(frozen=True)
@@ -109,6 +120,7 @@ class SimulationConfig:
                 raise ConfigError(f"simulation {name} must be an int >= 1, got {value!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"simulation seed must be an int >= 0, got {self.seed!r}")
+        _check_types(self)
         if self.backend not in BACKENDS:
             raise ConfigError(
                 f"unknown simulation backend {self.backend!r}; known: {', '.join(BACKENDS)}"
@@ -124,8 +136,12 @@ class SimulationConfig:
                 f"start_method must be one of {', '.join(START_METHODS)}, "
                 f"got {self.start_method!r}"
             )
-        if self.round_timeout is not None and not self.round_timeout > 0:
-            raise ConfigError(f"round_timeout must be > 0 seconds, got {self.round_timeout}")
+        if self.round_timeout is not None and not (
+            _is_number(self.round_timeout) and 0 < self.round_timeout < math.inf
+        ):
+            raise ConfigError(
+                f"round_timeout must be a number of seconds > 0, got {self.round_timeout!r}"
+            )
 
     def runner_plan(self) -> RunnerPlan:
         return RunnerPlan(
@@ -317,6 +333,48 @@ class Simulation:
     def _emit(self, event: SimulationEvent) -> None:
         if self._on_event is not None:
             self._on_event(event)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+_FIELD_TYPES: tuple[tuple[str, type | tuple[type, ...]], ...] = (
+    ("model", ModelSpec),
+    ("data", DataSpec),
+    ("training", TrainingConfig),
+    ("sampling", Sampling),
+    ("resources", (ClientResources, type(None))),
+    ("backend", str),
+    ("device", str),
+    ("start_method", str),
+    ("client_overrides", Mapping),
+    ("plugins", (tuple, list)),
+)
+
+
+def _check_types(config: SimulationConfig) -> None:
+    """Wrong types are ConfigErrors here, not AttributeErrors deep inside a run."""
+    for name, kind in _FIELD_TYPES:
+        value = getattr(config, name)
+        if not isinstance(value, kind):
+            raise ConfigError(f"simulation {name} has the wrong type: {value!r}")
+    if not all(isinstance(module, str) for module in config.plugins):
+        raise ConfigError(f"simulation plugins must be module names, got {config.plugins!r}")
+    object.__setattr__(config, "plugins", tuple(config.plugins))  # frozen: stays hashable
+    for client, overrides in config.client_overrides.items():
+        if isinstance(client, bool) or not isinstance(client, int) or client < 0:
+            raise ConfigError(f"client overrides are keyed by client number, got {client!r}")
+        if not isinstance(overrides, Mapping):
+            raise ConfigError(f"client {client}'s overrides must be a mapping, got {overrides!r}")
+        try:
+            with_overrides(config.training, overrides)
+        except ConfigError as exc:
+            raise ConfigError(f"client {client}'s overrides: {exc}") from exc
+    if not _is_number(config.validation_fraction):
+        raise ConfigError(
+            f"validation_fraction must be a number, got {config.validation_fraction!r}"
+        )
 
 
 def _ledger(config: SimulationConfig, devices: list[str]) -> ResourceLedger | None:
