@@ -23,3 +23,27 @@ def test_batches_drive_each_bar_and_the_slowest_pod() -> None:
         progress.on_progress("pod-b", MessageType.PROGRESS, {"epoch": 1, "batch": 5})
         assert any("epoch 1" in task.description for task in progress._progress.tasks)
         progress.on_progress("nobody", MessageType.PROGRESS, {"epoch": 9})  # ignored
+
+
+HOSTILE = ["[/x]", "[bold", "[/]", "[link=file:///etc/passwd]x[/link]", "a\\", "[red]red[/red]"]
+
+
+def test_text_from_pods_is_shown_literally_never_as_markup() -> None:
+    """Pods choose PROGRESS bodies (and their names): rich must not read them as markup,
+    or a stray "[/x]" raises MarkupError when the bars render and `fedloom run` loses
+    its summary."""
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=200)
+    with PodProgress(console, ["pod-a", "[/pod]"]) as progress:
+        for text in HOSTILE:
+            progress.on_progress("pod-a", MessageType.PROGRESS, {"stage": text})
+            progress.on_progress("pod-a", MessageType.PROGRESS, {text: 1})
+            progress.on_progress("[/pod]", MessageType.PROGRESS, {"stage": text})
+            progress._progress.refresh()
+            console.print(progress._progress.make_tasks_table(progress._progress.tasks))
+        progress.on_progress("[/pod]", MessageType.TASK_START, {})
+        progress._progress.refresh()
+    shown = out.getvalue()
+    assert "stage [/x]" in shown
+    assert "[/pod]: task_start" in shown
+    assert "[red]red[/red]" in shown

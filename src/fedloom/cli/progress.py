@@ -17,7 +17,9 @@ class PodProgress:
 
     def __init__(self, console: Console, pods: Iterable[str]) -> None:
         self._progress = Progress(
-            TextColumn("{task.description:<40}"),
+            # descriptions hold what pods send (names, PROGRESS bodies): plain text, never
+            # markup, or a stray "[/x]" makes rich raise MarkupError while rendering
+            TextColumn("{task.description:<40}", markup=False),
             BarColumn(),
             TextColumn("{task.completed}"),
             TimeElapsedColumn(),
