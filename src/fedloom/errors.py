@@ -1,4 +1,5 @@
-"""The fedloom error tree and the catalogues of abort reasons and exit codes.
+"""The fedloom error tree, the catalogues of abort reasons and exit codes, and how an
+out-of-memory failure is told apart from any other (:func:`is_out_of_memory`).
 
 Every failure fedloom raises on purpose is a :class:`FedloomError`. Each subclass names one
 kind of failure; callers catch the most specific one they can handle. Only
@@ -8,6 +9,7 @@ traceback or a repr of local state.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 
@@ -297,12 +299,75 @@ _ABORT_HELP: dict[AbortReason, str] = {
     AbortReason.WORKER_ERROR: "The task raised an error while running on the pod.",
     AbortReason.WORKER_UNRESPONSIVE: "The pod's worker stopped answering.",
     AbortReason.WORKER_CRASHED: "The pod's worker process died (exit code or signal).",
-    AbortReason.WORKER_OUT_OF_MEMORY: "The task used more memory than the pod allows.",
+    AbortReason.WORKER_OUT_OF_MEMORY: (
+        "The task ran out of memory (system or GPU), or used more than the pod allows."
+    ),
     AbortReason.NO_NEW_DATA: "There is no data the task has not already processed.",
     AbortReason.LIMITS_EXCEEDED: "The model used up the pod's usage limit.",
     AbortReason.MODELLER_TIMEOUT: "The modeller did not answer in time.",
     AbortReason.CANCELLED_BY_MODELLER: "The modeller cancelled the task.",
 }
+
+
+# --- out of memory ---------------------------------------------------------------------
+
+_OOM_PHRASES = ("out of memory", "not enough memory")
+"""RuntimeError texts of allocators: CUDA/MPS ("CUDA out of memory. Tried to allocate
+...") and torch's CPU allocator ("DefaultCPUAllocator: not enough memory: ...")."""
+
+
+def _torch_oom_class() -> type[BaseException] | None:
+    torch = sys.modules.get("torch")  # never import torch only to ask this
+    cuda = getattr(torch, "cuda", None)
+    found = getattr(cuda, "OutOfMemoryError", None)
+    return found if isinstance(found, type) and issubclass(found, BaseException) else None
+
+
+def _is_torch_oom(exc: BaseException) -> bool:
+    torch_oom = _torch_oom_class()
+    if torch_oom is not None and isinstance(exc, torch_oom):
+        return True
+    return any(cls.__name__ == "OutOfMemoryError" for cls in type(exc).__mro__)
+
+
+def _one_is_out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError) or _is_torch_oom(exc):
+        return True
+    if isinstance(exc, RuntimeError):
+        text = str(exc).lower()
+        return any(phrase in text for phrase in _OOM_PHRASES)
+    return False
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and the errors it was explicitly raised from (``raise ... from``)."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__
+    return chain
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an error it was raised from) means memory ran out.
+
+    True for :class:`MemoryError`, ``torch.cuda.OutOfMemoryError``, and a RuntimeError
+    whose message says "out of memory" or "not enough memory" (CUDA and CPU allocators).
+    """
+    return any(_one_is_out_of_memory(error) for error in _chain(exc))
+
+
+def is_device_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an out-of-memory error of a GPU rather than of system memory."""
+    for error in _chain(exc):
+        if _is_torch_oom(error):
+            return True
+        if isinstance(error, RuntimeError) and not isinstance(error, MemoryError):
+            text = str(error).lower()
+            if "cuda" in text and any(phrase in text for phrase in _OOM_PHRASES):
+                return True
+    return False
 
 
 def abort_reason_for(error: BaseException) -> AbortReason:
@@ -325,6 +390,8 @@ def abort_reason_for(error: BaseException) -> AbortReason:
         return AbortReason.INCOMPATIBLE_DATASOURCE
     if isinstance(error, RegistryError | ConfigError | WireError):
         return AbortReason.INVALID_TASK
+    if is_out_of_memory(error):
+        return AbortReason.WORKER_OUT_OF_MEMORY
     return AbortReason.WORKER_ERROR
 
 

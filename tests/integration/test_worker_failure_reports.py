@@ -1,9 +1,11 @@
-"""What the modeller hears when a task fails inside a pod's child process: the reason,
-the exception type and a bounded traceback summary (DESIGN: TASK_ABORT)."""
+"""What the modeller hears when a task fails inside a pod's child process: the reason
+(out of memory told apart from other errors, as the simulation does), the exception type
+and a bounded traceback summary (DESIGN: TASK_ABORT)."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from fedloom import AbortReason, ArraySource, LocalFederation, MemoryPodStore
 from fedloom.worker import IsolationSettings
@@ -39,3 +41,17 @@ def test_the_modeller_gets_the_childs_traceback_summary() -> None:
     assert "explode_in_named_helper" in report.traceback_summary, report
     assert "worker_plugins.py:" in report.traceback_summary
     assert [r.reason for r in store.task_runs()] == ["WORKER_ERROR"]
+
+
+@pytest.mark.parametrize(
+    ("error", "exception_type"),
+    [("torch-oom", "OutOfMemoryError"), ("cuda-text", "RuntimeError")],
+)
+def test_torch_out_of_memory_in_a_child_is_worker_out_of_memory(
+    error: str, exception_type: str
+) -> None:
+    report, store = _abort_of(error)
+    assert report.reason is AbortReason.WORKER_OUT_OF_MEMORY, report
+    assert report.exception_type == exception_type
+    assert "out of memory" in report.message
+    assert [r.reason for r in store.task_runs()] == ["WORKER_OUT_OF_MEMORY"]

@@ -1,17 +1,18 @@
-"""What the scheduler runs (:class:`SchedulableTask`), the states it goes through, and how
-an out-of-memory failure is told apart from any other."""
+"""What the scheduler runs (:class:`SchedulableTask`) and the states it goes through.
+
+How an out-of-memory failure is told apart from any other (:func:`is_out_of_memory`,
+:func:`is_device_out_of_memory`) lives in :mod:`fedloom.errors`, so that a pod's task child
+classifies its failures the same way; both are re-exported here."""
 
 from __future__ import annotations
 
-import sys
 from enum import StrEnum
 from typing import Protocol, runtime_checkable
 
+from fedloom.errors import is_device_out_of_memory, is_out_of_memory
 from fedloom.scheduler.resources import ResourceEstimate
 
-_OOM_PHRASES = ("out of memory", "not enough memory")
-"""RuntimeError texts of allocators: CUDA/MPS ("CUDA out of memory. Tried to allocate
-...") and torch's CPU allocator ("DefaultCPUAllocator: not enough memory: ...")."""
+__all__ = ["SchedulableTask", "TaskStatus", "is_device_out_of_memory", "is_out_of_memory"]
 
 
 class TaskStatus(StrEnum):
@@ -59,57 +60,3 @@ class SchedulableTask(Protocol):
     def train(self, device: str) -> object:
         """Compute on ``device`` (``"cpu"`` or ``"cuda:<i>"``); the value goes in the report."""
         ...
-
-
-def _torch_oom_class() -> type[BaseException] | None:
-    torch = sys.modules.get("torch")  # never import torch only to ask this
-    cuda = getattr(torch, "cuda", None)
-    found = getattr(cuda, "OutOfMemoryError", None)
-    return found if isinstance(found, type) and issubclass(found, BaseException) else None
-
-
-def _is_torch_oom(exc: BaseException) -> bool:
-    torch_oom = _torch_oom_class()
-    if torch_oom is not None and isinstance(exc, torch_oom):
-        return True
-    return any(cls.__name__ == "OutOfMemoryError" for cls in type(exc).__mro__)
-
-
-def _one_is_out_of_memory(exc: BaseException) -> bool:
-    if isinstance(exc, MemoryError) or _is_torch_oom(exc):
-        return True
-    if isinstance(exc, RuntimeError):
-        text = str(exc).lower()
-        return any(phrase in text for phrase in _OOM_PHRASES)
-    return False
-
-
-def _chain(exc: BaseException) -> list[BaseException]:
-    """``exc`` and the errors it was explicitly raised from (``raise ... from``)."""
-    chain: list[BaseException] = []
-    current: BaseException | None = exc
-    while current is not None and current not in chain:
-        chain.append(current)
-        current = current.__cause__
-    return chain
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """Whether ``exc`` (or an error it was raised from) means memory ran out.
-
-    True for :class:`MemoryError`, ``torch.cuda.OutOfMemoryError``, and a RuntimeError
-    whose message says "out of memory" or "not enough memory" (CUDA and CPU allocators).
-    """
-    return any(_one_is_out_of_memory(error) for error in _chain(exc))
-
-
-def is_device_out_of_memory(exc: BaseException) -> bool:
-    """Whether ``exc`` is an out-of-memory error of a GPU rather than of system memory."""
-    for error in _chain(exc):
-        if _is_torch_oom(error):
-            return True
-        if isinstance(error, RuntimeError) and not isinstance(error, MemoryError):
-            text = str(error).lower()
-            if "cuda" in text and any(phrase in text for phrase in _OOM_PHRASES):
-                return True
-    return False

@@ -310,9 +310,9 @@ def _outcome(item: Mapping[str, Any]) -> Mapping[str, Any] | None:
         report = ErrorReport.from_body(item.get("error"))
     except FedloomError:
         report = ErrorReport(AbortReason.WORKER_ERROR, "the worker failed", "", "")
+    # the child classified the error (out of memory or not) where it had the exception:
+    # ErrorReport.from_exception, through fedloom.errors.is_out_of_memory
     reason = report.reason
-    if report.exception_type == "MemoryError":
-        reason = AbortReason.WORKER_OUT_OF_MEMORY
     if item.get("notify", True):
         raise _WorkerFailedError(
             reason, report.message, report.exception_type, report.traceback_summary
