@@ -9,12 +9,14 @@ anything computed over fewer rows than their threshold.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Self
 
 import numpy as np
+import pandas as pd
 
 from fedloom.algorithms.analytics import (
     AnalyticsRequest,
@@ -153,7 +155,9 @@ class Analytics(Protocol):
     async def run_worker(self, mailbox: WorkerMailbox, context: WorkerContext) -> dict[str, Any]:
         hooks = context.hooks.bind(mailbox, context.pod)
         await hooks.fire(HookPoint.INIT_START, protocol=self.name)
-        frame = context.datasource.table()
+        # the table, the ranges and the partials are computed in a thread: in a pod's task
+        # child this loop beats the heartbeat, and a large table must not stop it
+        frame = await asyncio.to_thread(context.datasource.table)
         await hooks.fire(HookPoint.INIT_END, protocol=self.name)
         await hooks.fire(HookPoint.RUN_START, protocol=self.name)
         released: list[str] = []
@@ -165,7 +169,9 @@ class Analytics(Protocol):
                 return record
             step = message.body.get("step") if isinstance(message.body, dict) else None
             if step == "ranges":
-                ranges = column_ranges(frame, self.request, min_rows=context.min_rows)
+                ranges = await asyncio.to_thread(
+                    column_ranges, frame, self.request, min_rows=context.min_rows
+                )
                 await hooks.fire(HookPoint.PROGRESS, stage=step)
                 await mailbox.send(
                     MessageType.RESULTS, {"ranges": {c: [lo, hi] for c, (lo, hi) in ranges.items()}}
@@ -176,15 +182,22 @@ class Analytics(Protocol):
                     for name, values in message.tensors.items()
                     if name.startswith(EDGE_PREFIX)
                 }
-                partials = compute_partials(
-                    frame, self.request, edges=edges, min_rows=context.min_rows
+                body, tensors = await asyncio.to_thread(
+                    _partials_for_wire, frame, self.request, edges, context.min_rows
                 )
-                body, tensors = partials_to_wire(partials)
                 await hooks.fire(HookPoint.PROGRESS, stage=step)
                 await mailbox.send(MessageType.RESULTS, body, tensors)
             else:
                 raise ProtocolError(f"unknown analytics step {step!r}")
             released.append(str(step))
+
+
+def _partials_for_wire(
+    frame: pd.DataFrame, request: AnalyticsRequest, edges: dict[str, np.ndarray], min_rows: int
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The pod's partials in their wire form (run off the event loop)."""
+    partials = compute_partials(frame, request, edges=edges, min_rows=min_rows)
+    return partials_to_wire(partials)
 
 
 def _reason(report: ErrorReport) -> str:
