@@ -1,10 +1,17 @@
 """The pod: a data owner's node that accepts, runs and records tasks."""
 
 from fedloom.pod.config import PodConfig, load_pod_config
-from fedloom.pod.pod import DEFAULT_MAX_CONCURRENT_TASKS, DEFAULT_START_TIMEOUT, Pod, PodPolicy
+from fedloom.pod.pod import (
+    DEFAULT_MAX_CONCURRENT_TASKS,
+    DEFAULT_MODELLER_TIMEOUT,
+    DEFAULT_START_TIMEOUT,
+    Pod,
+    PodPolicy,
+)
 
 __all__ = [
     "DEFAULT_MAX_CONCURRENT_TASKS",
+    "DEFAULT_MODELLER_TIMEOUT",
     "DEFAULT_START_TIMEOUT",
     "Pod",
     "PodConfig",

@@ -19,6 +19,7 @@ Example (every key shown; the comments say which are optional)::
     protocols = ["fedavg", "analytics"]  # optional; absent = any registered protocol
     min_rows = 10                   # optional; results over fewer rows are never released
     start_timeout = 300             # optional; seconds to wait for the modeller's TASK_START
+    modeller_timeout = 300          # optional; a task whose modeller is silent this long ends
 
     [modeller_keys]                 # optional pinning: modeller -> public identity file
     alice = "keys/alice.pub.json"   # (each must be one of policy.modellers)
@@ -46,6 +47,7 @@ from fedloom.errors import ConfigError
 from fedloom.hooks import DEFAULT_WORKER_HOOKS
 from fedloom.pod.pod import (
     DEFAULT_MAX_CONCURRENT_TASKS,
+    DEFAULT_MODELLER_TIMEOUT,
     DEFAULT_START_TIMEOUT,
     PodPolicy,
 )
@@ -87,6 +89,7 @@ _POLICY_KEYS = frozenset(
         "algorithms",
         "min_rows",
         "start_timeout",
+        "modeller_timeout",
         "usage_limits",
         "approved_models",
     }
@@ -96,6 +99,7 @@ _HINTS = {
     "protocols": "protocols belongs in the [policy] table",
     "min_rows": "min_rows belongs in the [policy] table",
     "start_timeout": "start_timeout belongs in the [policy] table",
+    "modeller_timeout": "modeller_timeout belongs in the [policy] table",
 }
 _POLICY_HINTS = {
     "max_concurrent_tasks": "max_concurrent_tasks belongs at the top of the file",
@@ -267,6 +271,7 @@ def _read_policy(top: TomlTable, max_concurrent_tasks: int) -> PodPolicy:
         allowed_modellers=frozenset(modellers),
         min_rows=section.integer("min_rows", DEFAULT_MIN_ROWS),
         start_timeout=section.seconds("start_timeout", DEFAULT_START_TIMEOUT),
+        modeller_timeout=section.seconds("modeller_timeout", DEFAULT_MODELLER_TIMEOUT),
         max_concurrent_tasks=max_concurrent_tasks,
         usage_limits=_read_usage_limits(section),
         approved_models=_read_hashes(section),

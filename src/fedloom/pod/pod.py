@@ -18,11 +18,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from fedloom.datasources import Datasource
 from fedloom.errors import (
@@ -46,8 +47,14 @@ from fedloom.worker import IsolationSettings, WorkerConfig, WorkerProcess
 
 logger = logging.getLogger(__name__)
 
+_T = TypeVar("_T")
+
 DEFAULT_START_TIMEOUT = 300.0
 """Seconds an accepted task waits for the modeller's TASK_START before giving up."""
+
+DEFAULT_MODELLER_TIMEOUT = 300.0
+"""Seconds an accepted task may go without any message from its modeller (the modeller
+sends HEARTBEAT while a task runs) before the pod ends it with MODELLER_TIMEOUT."""
 
 DEFAULT_MAX_CONCURRENT_TASKS = 4
 """Tasks a pod runs at once; more are accepted and wait in arrival order."""
@@ -61,7 +68,7 @@ class PodPolicy:
 
     Raises:
         ConfigError: ``min_rows`` or ``max_concurrent_tasks`` is not an integer >= 1, or
-            ``start_timeout`` is not > 0.
+            ``start_timeout`` or ``modeller_timeout`` is not > 0.
     """
 
     allowed_protocols: frozenset[str] | None = None
@@ -70,6 +77,9 @@ class PodPolicy:
     """Registered model and algorithm names a task may run here (see Protocol.algorithms)."""
     min_rows: int = DEFAULT_MIN_ROWS
     start_timeout: float = DEFAULT_START_TIMEOUT
+    modeller_timeout: float = DEFAULT_MODELLER_TIMEOUT
+    """A task whose modeller sends nothing (not even HEARTBEAT) for this long is ended:
+    a modeller that died must not hold the pod's task slots for ever."""
     max_concurrent_tasks: int = DEFAULT_MAX_CONCURRENT_TASKS
     usage_limits: Mapping[str, int] = field(default_factory=dict)
     """Most predictions each model (by registered name) may make on this pod, ever."""
@@ -83,8 +93,10 @@ class PodPolicy:
             or self.min_rows < 1
         ):
             raise ConfigError(f"PodPolicy.min_rows must be an integer >= 1, got {self.min_rows!r}")
-        if not self.start_timeout > 0:
-            raise ConfigError("PodPolicy.start_timeout must be > 0")
+        for name in ("start_timeout", "modeller_timeout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+                raise ConfigError(f"PodPolicy.{name} must be a number of seconds > 0")
         if (
             isinstance(self.max_concurrent_tasks, bool)
             or not isinstance(self.max_concurrent_tasks, int)
@@ -153,20 +165,38 @@ class _HeldChannel(Channel):
     A queued task must read its channel to notice TASK_CANCEL / TASK_ABORT, but the
     modeller's TASK_START and first instruction may arrive meanwhile: those are held here
     and handed to the worker side first, in order.
+
+
+    It also keeps the time the modeller was last heard from: HEARTBEAT messages only
+    say that it is alive, so they are noted here and never reach the worker side.
     """
 
-    def __init__(self, inner: Channel) -> None:
+    def __init__(self, inner: Channel, modeller: str) -> None:
         super().__init__(inner.task_id)
         self.inner = inner
+        self.modeller = modeller
         self.held: deque[Message] = deque()
+        self.heard = time.monotonic()
 
     def put(self, item: Message | None) -> None:
         self.inner.put(item)
 
+    def note(self, message: Message) -> bool:
+        """Note that the modeller was heard; True if ``message`` says nothing more."""
+        if message.sender != self.modeller:
+            return False
+        self.heard = time.monotonic()
+        return message.type is MessageType.HEARTBEAT
+
     async def get(self, timeout: float | None = None) -> Message:
         if self.held:
             return self.held.popleft()
-        return await self.inner.get(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            message = await self.inner.get(left)
+            if not self.note(message):
+                return message
 
     def qsize(self) -> int:
         return len(self.held) + self.inner.qsize()
@@ -302,8 +332,10 @@ class Pod:
             protocol = requested[:64] if isinstance(requested, str) and requested else "?"
             self._record(request, protocol, "rejected", report.reason.value)
             return
-        channel = _HeldChannel(router.open_channel(request.task_id))
-        await router.send(reply)
+        channel = _HeldChannel(router.open_channel(request.task_id), request.sender)
+        # the modeller heartbeats well within the time this pod waits for it
+        timeout = self.policy.modeller_timeout
+        await router.send(reply.with_updates(body={"modeller_timeout": timeout}))
         self._record(request, accepted.protocol.name, "accepted")
         mailbox = WorkerMailbox(router, channel, request.sender)
         self._slots.admit(request.task_id, self.policy.max_concurrent_tasks)
@@ -349,6 +381,8 @@ class Pod:
 
     def _hold(self, mailbox: WorkerMailbox, channel: _HeldChannel, message: Message) -> None:
         """Act on a message that reached a queued task: end it, or keep it for later."""
+        if channel.note(message):
+            return
         if message.sender == mailbox.modeller and message.type is MessageType.TASK_CANCEL:
             raise TaskCancelledError()
         if message.sender == mailbox.modeller and message.type is MessageType.TASK_ABORT:
@@ -365,15 +399,19 @@ class Pod:
         accepted: _Accepted,
     ) -> None:
         name = accepted.protocol.name
-        try:
+
+        async def work() -> Mapping[str, Any] | None:
             await self._wait_for_slot(mailbox, channel)
             if self.isolation is not None:
-                released = await self._run_in_child(request, accepted, channel, mailbox)
-            else:
-                released = await self._run_inline(accepted, mailbox)
+                return await self._run_in_child(request, accepted, channel, mailbox)
+            return await self._run_inline(accepted, mailbox)
+
+        try:
+            released = await _while_heard(work(), channel, self.policy.modeller_timeout)
             self._record(request, name, "completed", result=released)
         except TaskAbortedError as exc:
-            if isinstance(exc, TaskCancelledError):  # DESIGN: the pod answers a TASK_CANCEL
+            # DESIGN: the pod answers a TASK_CANCEL; a modeller thought gone may come back
+            if isinstance(exc, TaskCancelledError | _ModellerSilentError):
                 report = ErrorReport(exc.reason, exc.message, type(exc).__name__, "")
                 with contextlib.suppress(FedloomError):
                     await mailbox.send(MessageType.TASK_ABORT, report.to_body())
@@ -469,3 +507,33 @@ class Pod:
             )
         except FedloomError as exc:
             logger.error("%s: could not record task %s: %s", self.name, request.task_id, exc)
+
+
+class _ModellerSilentError(TaskAbortedError):
+    def __init__(self, seconds: float) -> None:
+        super().__init__(
+            AbortReason.MODELLER_TIMEOUT, f"no message from the modeller for {seconds:.0f} s"
+        )
+
+
+async def _while_heard(
+    work: Coroutine[Any, Any, _T], channel: _HeldChannel, timeout: float
+) -> _T:
+    """Run ``work`` while the modeller is heard from at least every ``timeout`` seconds.
+
+    Raises:
+        _ModellerSilentError: it was not; ``work`` is cancelled (a task child is stopped).
+    """
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            left = timeout - (time.monotonic() - channel.heard)
+            if left <= 0:
+                raise _ModellerSilentError(timeout)
+            done, _ = await asyncio.wait({task}, timeout=left)
+            if done:
+                return task.result()
+    finally:
+        if not task.done():
+            task.cancel()
+            await asyncio.wait({task})  # its clean-up (stopping a child) runs to the end

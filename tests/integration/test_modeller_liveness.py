@@ -1,0 +1,123 @@
+"""A pod ends tasks whose modeller went silent (MODELLER_TIMEOUT); HEARTBEAT keeps them alive."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import psutil
+
+from fedloom import AbortReason, LocalFederation, MemoryPodStore, MessageType, PodPolicy
+from fedloom.worker import IsolationSettings
+
+from .conftest import REPLY_TIMEOUT, run_async, until_idle
+from .test_pod_concurrency import STARTING, SUMMARY, Script, settle, source
+
+FAST = IsolationSettings(heartbeat_interval=0.5, heartbeat_patience=2, stop_grace=2.0)
+SILENCE = 1.0
+
+
+def test_a_silent_modellers_task_ends_and_frees_its_slot() -> None:
+    store = MemoryPodStore()
+    policy = PodPolicy(max_concurrent_tasks=1, modeller_timeout=SILENCE)
+
+    async def main() -> tuple[str, str, float]:
+        async with LocalFederation(
+            {"pod-a": source()}, policy=policy, pod_stores={"pod-a": store}
+        ) as federation:
+            pod = federation.pods["pod-a"]
+            script = Script(federation.hub.connect("raw"), "pod-a")
+            held = await script.request()
+            await script.expect_start(held)
+            queued = await script.request()
+            assert await script.queued_at(queued) == 1
+            began = time.monotonic()
+            # the holder gets its TASK_START and answers, then its modeller says nothing more
+            await script.send(MessageType.TASK_START, held)
+            await script.send(MessageType.INSTRUCTION, held, {"step": "run"})
+            await script.expect(MessageType.RESULTS, held)
+            # the queued task is kept alive by HEARTBEAT; the held one times out
+            while pod.running_tasks() == [held]:
+                await script.send(MessageType.HEARTBEAT, queued)
+                await asyncio.sleep(SILENCE / 4)
+                assert time.monotonic() - began < REPLY_TIMEOUT, "the silent task never ended"
+            aborted = await script.expect(MessageType.TASK_ABORT, held)
+            assert aborted["reason"] == AbortReason.MODELLER_TIMEOUT.value
+            waited = time.monotonic() - began
+            # the slot went to the queued task, whose heartbeats never reached its worker
+            await script.expect_start(queued)
+            await script.send(MessageType.TASK_START, queued)
+            await script.send(MessageType.INSTRUCTION, queued, {"step": "run"})
+            await script.expect(MessageType.RESULTS, queued)
+            await script.send(MessageType.TASK_COMPLETE, queued)
+            await until_idle(pod)
+            return held, queued, waited
+
+    held, queued, waited = run_async(main())
+    assert SILENCE <= waited < SILENCE + 5
+    assert (store.get_task_run(held).status, store.get_task_run(held).reason) == (
+        "aborted",
+        AbortReason.MODELLER_TIMEOUT.value,
+    )
+    assert store.get_task_run(queued).status == "completed"
+
+
+def test_the_accept_tells_the_modeller_how_long_the_pod_waits() -> None:
+    policy = PodPolicy(modeller_timeout=42.0)
+
+    async def main() -> float:
+        async with LocalFederation({"pod-a": source()}, policy=policy) as federation:
+            script = Script(federation.hub.connect("raw"), "pod-a")
+            task_id = uuid.uuid4().hex
+            request = {"task": SUMMARY, "dataset": "default"}
+            await script.send(MessageType.JOB_REQUEST, task_id, request)
+            accept = await script.expect(MessageType.JOB_ACCEPT, task_id)
+            await script.send(MessageType.TASK_CANCEL, task_id)
+            return float(accept["modeller_timeout"])
+
+    assert run_async(main()) == 42.0
+
+
+def test_a_silent_modellers_task_child_is_stopped() -> None:
+    store = MemoryPodStore()
+    policy = PodPolicy(modeller_timeout=SILENCE)
+
+    async def main() -> int:
+        async with LocalFederation(
+            {"pod-a": source()}, policy=policy, pod_stores={"pod-a": store}, isolation=FAST
+        ) as federation:
+            pod = federation.pods["pod-a"]
+            script = Script(federation.hub.connect("raw"), "pod-a")
+            task_id = await script.request()
+            for kind in STARTING:
+                await script.expect(kind, task_id)
+            await settle(lambda: task_id in pod.workers)
+            pid = pod.workers[task_id].pid
+            assert pid is not None
+            await script.send(MessageType.TASK_START, task_id)
+            await script.send(MessageType.INSTRUCTION, task_id, {"step": "run"})
+
+            async def alive() -> None:  # while the child starts (longer than SILENCE)
+                while True:
+                    await script.send(MessageType.HEARTBEAT, task_id)
+                    await asyncio.sleep(SILENCE / 4)
+
+            beating = asyncio.create_task(alive())
+            try:
+                await script.expect(MessageType.RESULTS, task_id)
+            finally:
+                beating.cancel()
+            aborted = await script.expect(MessageType.TASK_ABORT, task_id)
+            assert aborted["reason"] == AbortReason.MODELLER_TIMEOUT.value
+            await until_idle(pod)
+            assert task_id not in pod.workers
+            return pid
+
+    pid = run_async(main(), timeout=120)
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() in (
+        psutil.STATUS_ZOMBIE,
+        psutil.STATUS_DEAD,
+    )
+    [run] = store.task_runs()
+    assert (run.status, run.reason) == ("aborted", AbortReason.MODELLER_TIMEOUT.value)
