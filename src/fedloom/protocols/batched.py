@@ -25,8 +25,12 @@ step; BATCHES_COMPLETE("TASK_COMPLETE") with its body; the modeller's TASK_COMPL
 
 The modeller side waits for every accepted pod to be ready, sends TASK_START and the setup
 values, feeds each pod's messages to the collector as they arrive, and leaves once every pod
-said TASK_COMPLETE (or aborted). A pod whose message the collector rejects as malformed is
-dropped from the task; the others go on.
+said TASK_COMPLETE (or left the task). A pod whose message the collector rejects as malformed
+is dropped from the task; the others go on. Both steps follow the task's request policy
+(:class:`~fedloom.modeller.RequestPolicy`): the ready step (``"ready"``) like any request, the
+stream (``"batches"``) with its time-out counted per pod as silence, so a pod that dies
+mid-stream without a word (SIGKILL) is dropped, or stops the task, once it has been silent
+that long (:meth:`~fedloom.transport.ModellerMailbox.collect_stream`).
 """
 
 from __future__ import annotations
@@ -58,12 +62,16 @@ from fedloom.protocols.base import ModellerContext, Protocol, WorkerContext, opt
 from fedloom.protocols.ledger import Ledger, StoreLedger
 from fedloom.store import FailedFile, task_hash
 from fedloom.transport import ModellerMailbox, WorkerMailbox
-from fedloom.wire import MessageType
+from fedloom.wire import Message, MessageType
 
 BATCHES_ONLY = "BATCHES_ONLY"
 """BATCHES_COMPLETE's stage once the batches are done (resilience and reduce may follow)."""
 FINISHED = "TASK_COMPLETE"
 """BATCHES_COMPLETE's stage once the worker is done; its body carries the final reduce."""
+READY_REQUEST = "ready"
+"""The name of the ready step (each pod's TASK_START) in :attr:`TaskResult.timings`."""
+BATCHES_REQUEST = "batches"
+"""The name of the streamed batches (up to each pod's last BATCHES_COMPLETE) in timings."""
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_MAX_CONSECUTIVE_BATCH_FAILURES = 5
 RUN_FLAGS = ("test_run", "run_on_new_data_only", "force_rerun_failed_files")
@@ -173,6 +181,9 @@ class BatchedProtocol(Protocol, Generic[StateT, ValueT, ResultT]):
     run_on_new_data_only: bool = False
     force_rerun_failed_files: bool = False
     timeout: float | None = None
+    """Seconds each pod has to be ready, and may then stay silent while it streams its
+    batches (each message restarts its timer); wins over the request policy's time-out.
+    ``None``: the policy's (no policy: forever)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int):
@@ -258,37 +269,29 @@ class BatchedProtocol(Protocol, Generic[StateT, ValueT, ResultT]):
     # --- modeller ------------------------------------------------------------------------
 
     async def run_modeller(self, mailbox: ModellerMailbox, context: ModellerContext) -> ResultT:
-        await mailbox.collect(MessageType.TASK_START, name="ready", timeout=self.timeout)
+        await mailbox.collect(MessageType.TASK_START, name=READY_REQUEST, timeout=self.timeout)
         if not mailbox.pods:
             raise PodResponseError(f"{self.name}: no pod is ready", _failures(mailbox))
         await mailbox.broadcast(MessageType.TASK_START)
         setup = self.setup_values()
         await mailbox.broadcast(MessageType.MODEL_PARAMETERS, setup.body, setup.tensors)
         collector = self.collector(list(mailbox.pods))
-        ready = set(mailbox.pods)
-        waiting = set(ready)
-        async for message in mailbox.stream(timeout=self.timeout):
+        # one request under the task's policy: a pod silent for longer than the time-out
+        # (per pod: another pod's messages do not keep it alive) is dropped or stops the task
+        async for message in mailbox.collect_stream(
+            _is_final, name=BATCHES_REQUEST, timeout=self.timeout
+        ):
             pod = message.sender
             body = message.body if isinstance(message.body, dict) else {}
             try:
-                if message.type is MessageType.EVALUATION_RESULTS and pod in ready:
+                if message.type is MessageType.EVALUATION_RESULTS:
                     collector.on_batch(pod, body, message.tensors)
-                elif (
-                    message.type is MessageType.BATCHES_COMPLETE
-                    and pod in ready
-                    and body.get("stage") == FINISHED
-                ):
+                elif _is_final(message):
                     collector.on_finish(pod, body, message.tensors)
-                    waiting.discard(pod)
             except (ProtocolError, ValueError, TypeError) as exc:
                 await mailbox.drop(
                     pod, AbortReason.WORKER_ERROR, f"malformed {message.type.value}: {exc}"
                 )
-            waiting &= set(mailbox.pods)  # pods that aborted are out
-            if not waiting:
-                break
-        for pod in waiting:
-            await mailbox.drop(pod, AbortReason.WORKER_UNRESPONSIVE, "no end of batches in time")
         return collector.result(list(mailbox.pods), _failures(mailbox))
 
     # --- worker --------------------------------------------------------------------------
@@ -505,6 +508,12 @@ class BatchRun(Generic[StateT, ValueT]):
             record.name, reason, type(error).__name__, level, time.time()
         )
         self._failed_records[record.name] = record
+
+
+def _is_final(message: Message) -> bool:
+    """A worker's last message of the stream: BATCHES_COMPLETE("TASK_COMPLETE")."""
+    body = message.body if isinstance(message.body, dict) else {}
+    return message.type is MessageType.BATCHES_COMPLETE and body.get("stage") == FINISHED
 
 
 def _failures(mailbox: ModellerMailbox) -> dict[str, str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -285,40 +286,73 @@ class ModellerMailbox:
         }
         waited = "forever" if timeout is None else f"{timeout:g} s"
         late = {pod: f"no answer within {waited}" for pod in gathered.missing}
+        usable = sum(1 for reply in gathered.replies.values() if reply.type not in refusing)
+        await self._judge(
+            request,
+            failed,
+            late,
+            usable,
+            dropping=f"no answer to request {request!r} within {waited}",
+        )
+        return gathered
+
+    async def _judge(
+        self,
+        request: str,
+        failed: Mapping[str, str],
+        late: Mapping[str, str],
+        usable: int,
+        *,
+        dropping: str,
+        ended: bool = True,
+    ) -> None:
+        """Apply :attr:`policy` to one request's outcome: drop the late pods, or stop the task.
+
+        Args:
+            failed: the asked pods that left the task (aborted, refused, dropped), with why.
+            late: the pods that did not answer in time, with why; dropped (TASK_ABORT
+                WORKER_UNRESPONSIVE, ``dropping`` saying why) unless ``on_timeout="stop"``.
+            usable: the usable replies; with ``ended=False`` (a request still under way),
+                the most it can still get once the late pods are gone.
+
+        Without a policy only the late pods are dropped; nothing is raised.
+
+        Raises:
+            PodResponseError: pods were late under ``on_timeout="stop"``; a pod failed under
+                ``require_all``; fewer usable replies than ``min_replies``.
+        """
+        rules = self.policy
         if late and rules is not None and rules.on_timeout == "stop":
             raise PodResponseError(
                 f"request {request!r} timed out (on_timeout='stop'); give the pods a longer "
                 "time-out or use on_timeout='discard' to go on without them",
-                failed | late,
+                {**failed, **late},
             )
         for pod in late:
-            logger.warning(
-                "dropping pod %r: no answer to request %r within %s", pod, request, waited
-            )
+            logger.warning("dropping pod %r from request %r: %s", pod, request, late[pod])
             try:
                 await self.drop(
                     pod,
                     AbortReason.WORKER_UNRESPONSIVE,
-                    f"no answer to request {request!r} within {waited}: "
-                    "the modeller left this pod out of the task",
+                    f"{dropping}: the modeller left this pod out of the task",
                 )
             except TransportError as exc:  # it is out of the task either way
                 logger.warning("could not tell pod %r it was dropped: %s", pod, exc)
         if rules is None:
-            return gathered
-        failed |= late
+            return
+        failed = {**failed, **late}
         if rules.require_all and failed:
             raise PodResponseError(
                 f"request {request!r}: not every pod answered (require_all)", failed
             )
-        usable = sum(1 for reply in gathered.replies.values() if reply.type not in refusing)
         if usable < rules.min_replies:
+            replies = f"{usable} usable repl{'y' if usable == 1 else 'ies'}"
+            outcome = f"got {replies}" if ended else f"can get at most {replies}"
             raise PodResponseError(
-                f"request {request!r} got {usable} usable repl{'y' if usable == 1 else 'ies'}; "
+                f"request {request!r} {outcome}; "
                 f"the request policy needs at least {rules.min_replies}",
                 failed,
             )
-        return gathered
 
     def _request_name(self, name: str | None) -> str:
         self._requests += 1
@@ -357,6 +391,141 @@ class ModellerMailbox:
         else:
             logger.warning("ignoring %s from %r for task %s", message.type, pod, self.task_id)
         return False
+
+    async def collect_stream(
+        self,
+        finished: Callable[[Message], bool],
+        *,
+        name: str | None = None,
+        timeout: float | None = None,
+    ) -> AsyncIterator[Message]:
+        """One streamed request, judged under :attr:`policy`: each active pod's messages as
+        they arrive, until every pod has sent its last one or left the task.
+
+        A pod has answered once it sent a message for which ``finished`` is true (asked
+        before the message is yielded); the stream then ends by itself. Iterate it to the
+        end: the request is judged when it ends. Status messages go to the progress
+        callback; TASK_ABORT is yielded after the pod has left :attr:`pods`.
+
+        Args:
+            finished: whether a message is its pod's last one of this request.
+            name: the request's name in :attr:`timings` (each pod's seconds to its last
+                message), as in :meth:`collect`.
+            timeout: this request's own time-out, which wins over the policy's; ``None``
+                uses the policy's (no policy: wait forever).
+
+        The time-out is per pod and counts silence: every message of a pod (status
+        messages too) restarts its timer, and no other pod's messages do. A pod silent for
+        longer is late, judged as in :meth:`collect`: dropped (TASK_ABORT with
+        WORKER_UNRESPONSIVE) while the others go on, unless ``on_timeout="stop"``. The
+        policy is applied as soon as a pod fails, not only at the end: ``require_all``
+        stops at the first pod that leaves, ``min_replies`` once too few pods are left to
+        reach it. A pod the caller drops (:meth:`drop`, e.g. for a malformed message) has
+        failed too; ``stop_on_error`` ignores it, as :meth:`collect` does.
+
+        Raises:
+            PodResponseError: the policy stops the task (see :meth:`collect`); ``failed_pods``
+                names each failing pod with why.
+            MailboxClosedError: the modeller's connection closed.
+        """
+        request = self._request_name(name)
+        rules = self.policy
+        if timeout is None and rules is not None:
+            timeout = rules.timeout
+        waited = "forever" if timeout is None else f"{timeout:g} s"
+        asked = list(self.pods)
+        start = time.monotonic()
+        heard = dict.fromkeys(asked, start)
+        done: set[str] = set()
+        backlog = deque(self._pending)
+        self._pending = []
+        try:
+            while True:
+                waiting = [pod for pod in asked if pod in self.pods and pod not in done]
+                now = time.monotonic()
+                late = {
+                    pod: f"no message for {waited}"
+                    for pod in waiting
+                    if timeout is not None and now - heard[pod] >= timeout
+                }
+                await self._judge_stream(request, asked, late, waiting, waited)
+                if late:
+                    continue  # dropped: judge what is left
+                if not waiting:
+                    return
+                message = await self._next_streamed(
+                    backlog, [heard[pod] for pod in waiting], timeout
+                )
+                if message is None or not self._file_streamed(message, heard):
+                    continue
+                pod = message.sender
+                if (
+                    message.type is not MessageType.TASK_ABORT
+                    and pod in waiting
+                    and finished(message)
+                ):
+                    done.add(pod)
+                    self.timings.setdefault(pod, {})[request] = time.monotonic() - start
+                yield message
+        finally:
+            self._pending[:0] = list(backlog)
+
+    async def _judge_stream(
+        self,
+        request: str,
+        asked: list[str],
+        late: Mapping[str, str],
+        waiting: list[str],
+        waited: str,
+    ) -> None:
+        """:meth:`collect_stream`'s policy, applied to where the stream stands now."""
+        left = {pod: failure_text(self.aborted[pod]) for pod in asked if pod in self.aborted}
+        errors = {pod: why for pod, why in left.items() if pod not in self.dropped}
+        if self.policy is not None and self.policy.stop_on_error and errors:
+            raise PodResponseError(
+                f"request {request!r} stopped at the first pod that failed (stop_on_error)",
+                errors,
+            )
+        in_task = sum(1 for pod in asked if pod in self.pods)
+        await self._judge(
+            request,
+            left,
+            late,
+            in_task - len(late),
+            dropping=f"no message in request {request!r} for {waited}",
+            ended=not waiting,
+        )
+
+    async def _next_streamed(
+        self, backlog: deque[Message], heard: list[float], timeout: float | None
+    ) -> Message | None:
+        """The next message of a stream; None once the first waiting pod's time is up."""
+        if backlog:
+            return backlog.popleft()
+        remaining = None
+        if timeout is not None:
+            remaining = max(0.0, min(heard) + timeout - time.monotonic())
+        try:
+            return await self._channel.get(remaining)
+        except ReceiveTimeoutError:
+            return None
+
+    def _file_streamed(self, message: Message, heard: dict[str, float]) -> bool:
+        """Note a streamed message; True when it is one to yield (not status, not stray)."""
+        pod = message.sender
+        if pod in self.dropped:
+            return False
+        if pod in heard:
+            heard[pod] = time.monotonic()
+        if message.type in STATUS_TYPES:
+            self._progress(message)
+            return False
+        if pod not in self.pods:
+            logger.warning("ignoring %s from %r for task %s", message.type, pod, self.task_id)
+            return False
+        if message.type is MessageType.TASK_ABORT:
+            self._leave(pod, report_of(message))
+        return True
 
     async def stream(self, timeout: float | None = None) -> AsyncIterator[Message]:
         """Yield this task's messages as they arrive (PROGRESS goes to the callback).
