@@ -6,10 +6,12 @@ from fedloom.protocols.base import (
     PROTOCOLS,
     ModellerContext,
     Protocol,
+    ResumePoint,
     RoundCallback,
     WorkerContext,
     load_protocol,
     register_protocol,
+    resume_experiment,
 )
 from fedloom.protocols.batched import (
     BatchCollector,
@@ -61,9 +63,11 @@ __all__ = [
     "Protocol",
     "ResultAlgorithm",
     "ResultsOnly",
+    "ResumePoint",
     "RoundCallback",
     "RoundMetrics",
     "WorkerContext",
     "load_protocol",
     "register_protocol",
+    "resume_experiment",
 ]

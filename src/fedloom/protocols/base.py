@@ -17,12 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Self, TypeVar
 
+import numpy as np
+import numpy.typing as npt
+
 from fedloom.datasources import Datasource
-from fedloom.errors import ConfigError, FedloomError
+from fedloom.errors import ConfigError, FedloomError, StoreError
 from fedloom.hooks import HookSet, default_worker_hooks
 from fedloom.protocols.ledger import Ledger
 from fedloom.registry import Registry
-from fedloom.store import ExperimentStore
+from fedloom.store import ExperimentStore, RoundRecord
 from fedloom.transport import ModellerMailbox, WorkerMailbox
 
 DEFAULT_MIN_ROWS = 10
@@ -51,14 +54,101 @@ class WorkerContext:
 RoundCallback = Callable[[Mapping[str, Any]], None]
 
 
+@dataclass(frozen=True, eq=False)
+class ResumePoint:
+    """Where a crashed or failed experiment goes on: built by :func:`resume_experiment`.
+
+    ``next_round`` is the first round still to run. ``parameters`` are the global model
+    arrays after round ``next_round - 1`` (its checkpoint), or None when ``next_round`` is
+    0: no round was complete and the protocol starts from scratch. ``rounds`` are the
+    metrics of the rounds already done, ordered by round index, all before ``next_round``.
+    Points compare by identity (they hold arrays).
+
+    Raises (at construction):
+        ConfigError: ``next_round`` is not an int >= 0, ``parameters`` is None although
+            ``next_round`` > 0 (or given although it is 0), a parameter is not a numpy
+            array, or a round is not a :class:`~fedloom.store.RoundRecord` before
+            ``next_round`` in increasing order.
+    """
+
+    next_round: int
+    parameters: dict[str, npt.NDArray[Any]] | None = None
+    rounds: tuple[RoundRecord, ...] = ()
+
+    def __post_init__(self) -> None:
+        positive_int("resume.next_round", self.next_round, minimum=0)
+        if (self.parameters is None) != (self.next_round == 0):
+            raise ConfigError(
+                "resume.parameters must be the model after round next_round - 1, and None "
+                f"only when next_round is 0; got next_round={self.next_round} with "
+                f"{'no' if self.parameters is None else 'some'} parameters"
+            )
+        for name, array in (self.parameters or {}).items():
+            if not isinstance(name, str) or not isinstance(array, np.ndarray):
+                raise ConfigError(f"resume.parameters[{name!r}] must be a numpy array")
+        previous = -1
+        for record in self.rounds:
+            if not isinstance(record, RoundRecord):
+                raise ConfigError(
+                    f"resume.rounds must hold RoundRecords, got a {type(record).__name__}"
+                )
+            if not previous < record.round_index < self.next_round:
+                raise ConfigError(
+                    f"resume.rounds must be in increasing order and before round "
+                    f"{self.next_round}, got round {record.round_index} after {previous}"
+                )
+            previous = record.round_index
+
+
+def resume_experiment(store: ExperimentStore, experiment_id: str) -> ResumePoint:
+    """Reopen a crashed or failed experiment in ``store`` and return where it goes on.
+
+    The last round with both its metrics and its checkpoint is the resume point: its
+    checkpoint is loaded (and verified) first, then
+    :meth:`~fedloom.store.ExperimentStore.reopen_experiment` drops the half-written
+    rounds after it and sets the experiment ``"running"`` again. Put the result in
+    :attr:`ModellerContext.resume` together with the same ``store`` and
+    ``experiment_id``, and run a protocol whose :attr:`Protocol.resumable` is True; it
+    records the remaining rounds into the same experiment, which the caller finishes as
+    usual (``"failed"`` again if the resumed run fails, so it can be resumed once more).
+
+    Raises:
+        NotFoundError: no experiment has this id; nothing is written.
+        StoreError: the experiment is ``"completed"``, the checkpoint of its last complete
+            round is missing or corrupted (nothing is written then), the experiment
+            changed while it was being reopened, or the store is closed or failed.
+    """
+    record = store.get_experiment(experiment_id)
+    last = record.last_complete_round
+    parameters = None
+    if last is not None and record.status != "completed":  # reopen refuses that one
+        parameters = store.load_checkpoint(experiment_id, last)
+    reopened = store.reopen_experiment(experiment_id)
+    if reopened.last_complete_round != last:
+        raise StoreError(
+            f"experiment {experiment_id} changed while it was being reopened (last complete "
+            f"round {last}, now {reopened.last_complete_round}); is another modeller "
+            "running it?"
+        )
+    if last is None:
+        return ResumePoint(next_round=0)
+    return ResumePoint(next_round=last + 1, parameters=parameters, rounds=tuple(reopened.rounds))
+
+
 @dataclass
 class ModellerContext:
-    """What a protocol's modeller side may use: the experiment store and UI callbacks."""
+    """What a protocol's modeller side may use: the experiment store and UI callbacks.
+
+    ``resume``, when set, says where an interrupted experiment goes on (see
+    :func:`resume_experiment`); only protocols with :attr:`Protocol.resumable` honour it,
+    and ``store``/``experiment_id`` should then name the experiment it came from.
+    """
 
     store: ExperimentStore | None = None
     experiment_id: str | None = None
     on_round: RoundCallback | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    resume: ResumePoint | None = None
 
     def report_round(self, summary: Mapping[str, Any]) -> None:
         if self.on_round is not None:
@@ -74,6 +164,11 @@ class Protocol(ABC):
     worker says it is ready with TASK_START, the modeller answers TASK_START once every pod
     is). Otherwise the modeller sends TASK_START right after the accepts and the pod waits
     for it before the worker side starts."""
+    resumable: ClassVar[bool] = False
+    """True for protocols whose :meth:`run_modeller` honours :attr:`ModellerContext.resume`
+    (goes on from a :class:`ResumePoint` instead of starting over). A caller must not
+    resume an experiment with a protocol where this is False: it would start from
+    round 0 and record rounds the experiment already has."""
 
     @abstractmethod
     def to_config(self) -> dict[str, Any]:

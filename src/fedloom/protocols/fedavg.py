@@ -6,6 +6,14 @@ and each sampled pod first evaluates them on its local validation split, then tr
 samples. The modeller folds the updates into a streaming weighted mean; an update that is
 malformed (NaN, wrong shape or dtype, unknown keys, weight ≤ 0) is left out with a typed
 reason and the round goes on without it.
+
+FedAvg is resumable (:attr:`~fedloom.protocols.Protocol.resumable`): given a
+:class:`~fedloom.protocols.ResumePoint` in its context it goes on at ``next_round`` from
+the checkpointed global model. Pods are sampled each round from one generator: a run
+that starts at round 0 seeds it with ``seed`` (so a fresh run samples exactly as before),
+a run resumed at round ``r > 0`` with ``(seed, r)``, i.e. ``np.random.default_rng((seed,
+r))``. Training itself is seeded per pod and round (``round_seed(seed, pod, round)``), so
+with ``fraction=1.0`` a resumed run ends with the same model as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ from fedloom.algorithms.ml import (
 from fedloom.algorithms.ml.rng import draws_random_numbers
 from fedloom.errors import (
     AggregationError,
+    ConfigError,
     DataError,
     PodResponseError,
     PrivacyThresholdError,
@@ -48,6 +57,7 @@ from fedloom.hooks import HookPoint, ThreadBridge
 from fedloom.protocols.base import (
     ModellerContext,
     Protocol,
+    ResumePoint,
     WorkerContext,
     check_keys,
     optional_timeout,
@@ -55,16 +65,21 @@ from fedloom.protocols.base import (
     real_in,
     register_protocol,
 )
+from fedloom.store import RoundRecord
 from fedloom.transport import ModellerMailbox, WorkerMailbox
 from fedloom.wire import Body, Message, MessageType
 
 logger = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True)
 class RoundMetrics:
-    """What one round produced, aggregated and per pod."""
+    """What one round produced, aggregated and per pod.
+
+    A round done before a resume is rebuilt from the experiment store
+    (:meth:`from_record`), which keeps neither ``rejected`` nor ``seconds``: they are
+    ``{}`` and ``0.0`` there.
+    """
 
     round_index: int
     pods: list[str]
@@ -82,6 +97,18 @@ class RoundMetrics:
             "rejected": dict(self.rejected),
             "seconds": self.seconds,
         }
+
+    @classmethod
+    def from_record(cls, record: RoundRecord) -> Self:
+        """The metrics of a round as the experiment store recorded them (see above)."""
+        return cls(
+            round_index=record.round_index,
+            pods=sorted(record.per_pod),
+            aggregated=dict(record.aggregated),
+            per_pod={pod: dict(metrics) for pod, metrics in record.per_pod.items()},
+            rejected={},
+            seconds=0.0,
+        )
 
 
 @dataclass(frozen=True)
@@ -114,6 +141,7 @@ class FedAvg(Protocol):
     """
 
     name = "fedavg"
+    resumable = True
 
     model: ModelSpec
     rounds: int = 10
@@ -165,10 +193,29 @@ class FedAvg(Protocol):
     async def run_modeller(
         self, mailbox: ModellerMailbox, context: ModellerContext
     ) -> FedAvgResult:
+        """Run rounds ``0 .. rounds - 1``, or with ``context.resume`` the ones still to run.
+
+        A resumed run starts from the resume point's parameters, keeps its rounds in the
+        history (see :meth:`RoundMetrics.from_record`) and sends no round at all when
+        ``next_round >= rounds``.
+
+        Raises:
+            ConfigError: the resume point's parameters do not fit the model (a name
+                missing or unknown, another shape or dtype; the message names it).
+            PodResponseError, AggregationError: as a round needs (see the class).
+        """
         global_arrays = state_to_arrays(build_model(self.model, seed=self.seed))
-        rng = np.random.default_rng(self.seed)
+        resume = context.resume
+        start = 0
         history: list[RoundMetrics] = []
-        for round_index in range(self.rounds):
+        if resume is not None:
+            if resume.parameters is not None:
+                global_arrays = self._resumed_parameters(resume, global_arrays)
+            start = resume.next_round
+            history = [RoundMetrics.from_record(record) for record in resume.rounds]
+        # a run from round 0 samples exactly as it always did; see the module docstring
+        rng = np.random.default_rng(self.seed if start == 0 else (self.seed, start))
+        for round_index in range(start, self.rounds):
             started = time.monotonic()
             if len(mailbox.pods) < self.min_pods:
                 raise PodResponseError(
@@ -228,6 +275,31 @@ class FedAvg(Protocol):
         if not isinstance(result, FedAvgResult) or not result.history:
             return {}
         return {"rounds": len(result.history), "final": result.history[-1].to_dict()}
+
+    def _resumed_parameters(
+        self, resume: ResumePoint, model_arrays: Mapping[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
+        """Copies of the resume point's arrays, checked against the model's state."""
+        arrays = resume.parameters or {}
+        where = (
+            f"the checkpoint of round {resume.next_round - 1} does not fit model "
+            f"{self.model.name!r}"
+        )
+        missing = sorted(set(model_arrays) - set(arrays))
+        unknown = sorted(set(arrays) - set(model_arrays))
+        if missing or unknown:
+            raise ConfigError(
+                f"{where}: missing {missing or 'nothing'}, unknown {unknown or 'nothing'}; "
+                "resume with the model the experiment was started with"
+            )
+        for key, expected in model_arrays.items():
+            array = arrays[key]
+            if array.shape != expected.shape or array.dtype != expected.dtype:
+                raise ConfigError(
+                    f"{where}: {key!r} is {array.dtype}{list(array.shape)}, the model has "
+                    f"{expected.dtype}{list(expected.shape)}"
+                )
+        return {key: np.array(arrays[key], copy=True, order="C") for key in model_arrays}
 
     def _sample(self, pods: list[str], rng: np.random.Generator) -> list[str]:
         active = sorted(pods)

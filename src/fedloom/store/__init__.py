@@ -4,7 +4,9 @@ Two small contracts, each with an in-memory and an SQLite implementation:
 :class:`ExperimentStore` (modeller: experiments, rounds, metrics, safetensors checkpoints)
 and :class:`PodStore` (pod: task runs, processed and failed files keyed by :func:`task_hash`,
 per-model usage). :mod:`fedloom.testing.store_conformance` checks
-any implementation against the contract.
+any implementation against the contract. An experiment whose modeller crashed or failed
+is made resumable by :meth:`ExperimentStore.reopen_experiment`, which keeps the rounds up
+to :func:`last_complete_round`.
 """
 
 from fedloom.store.base import (
@@ -22,6 +24,7 @@ from fedloom.store.base import (
     PodStoreStatistics,
     RoundRecord,
     TaskRunRecord,
+    last_complete_round,
     task_hash,
 )
 from fedloom.store.checkpoints import SUPPORTED_CHECKPOINT_DTYPES
@@ -51,5 +54,6 @@ __all__ = [
     "SqlitePodStore",
     "TASK_RUN_STATUSES",
     "TaskRunRecord",
+    "last_complete_round",
     "task_hash",
 ]

@@ -10,7 +10,7 @@ on all of them. Records are frozen dataclasses; every record a store returns is 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol, Self, runtime_checkable
@@ -22,8 +22,10 @@ from fedloom.store.jsonable import canonical_json
 
 #: Status of an experiment that is still going.
 RUNNING = "running"
+#: Status of an experiment that finished well: it cannot be reopened.
+COMPLETED = "completed"
 #: Every status an experiment can have; ``finish_experiment`` takes the last two.
-EXPERIMENT_STATUSES: tuple[str, ...] = (RUNNING, "completed", "failed")
+EXPERIMENT_STATUSES: tuple[str, ...] = (RUNNING, COMPLETED, "failed")
 #: Every status a pod's task run can have; all but ``"accepted"`` are final.
 TASK_RUN_STATUSES: tuple[str, ...] = ("accepted", "rejected", "completed", "aborted")
 #: The largest round index a store accepts (SQLite's INTEGER range).
@@ -32,6 +34,19 @@ MAX_ROUND_INDEX = 2**63 - 1
 FAILED_FILE_LEVELS: tuple[str, ...] = ("file", "batch")
 #: The longest file name (in characters) a pod store records.
 MAX_FILE_NAME_LENGTH = 4096
+
+
+def last_complete_round(
+    round_indices: Iterable[int], checkpoint_indices: Iterable[int]
+) -> int | None:
+    """The highest round index that has both its metrics and its checkpoint (None: none has).
+
+    A modeller records a round's metrics and then saves its checkpoint, two writes; a
+    crash between them leaves one without the other. An experiment resumes after this
+    round (see :meth:`ExperimentStore.reopen_experiment`).
+    """
+    complete = set(round_indices) & set(checkpoint_indices)
+    return max(complete) if complete else None
 
 
 def task_hash(task: Mapping[str, Any], datasource: Mapping[str, Any]) -> str:
@@ -87,6 +102,13 @@ class ExperimentRecord:
     rounds: list[RoundRecord]
     checkpoints: list[CheckpointRef]
 
+    @property
+    def last_complete_round(self) -> int | None:
+        """The highest round with both its metrics and its checkpoint (None: no such round)."""
+        return last_complete_round(
+            (r.round_index for r in self.rounds), (c.round_index for c in self.checkpoints)
+        )
+
 
 @dataclass(frozen=True)
 class TaskRunRecord:
@@ -137,6 +159,9 @@ class PodStoreStatistics:
 @runtime_checkable
 class ExperimentStore(Protocol):
     """The modeller's record of experiments, so that an experiment can resume after a crash.
+
+    Resuming: :meth:`reopen_experiment` trims the half-written round a crash left and sets
+    the experiment running again; :func:`fedloom.protocols.resume_experiment` builds on it.
 
     Safe to call from several threads. Every method of a closed store raises StoreError.
     """
@@ -205,6 +230,33 @@ class ExperimentStore(Protocol):
             NotFoundError: no experiment has this id.
             StoreError: the experiment is already finished, or the store is closed or
                 could not write.
+        """
+        ...
+
+    def reopen_experiment(self, experiment_id: str) -> ExperimentRecord:
+        """Make a crashed (``"running"``) or ``"failed"`` experiment resumable; return it.
+
+        Keeps the rounds up to the last one that has both its metrics and its checkpoint
+        (:func:`last_complete_round`) and removes every round record and checkpoint after
+        it (all of them when no round is complete): a crash between a round's
+        :meth:`record_round` and its :meth:`save_checkpoint` leaves half a round, and the
+        resumed experiment records and checkpoints that round again. The status goes back
+        to ``"running"``, ``finished_at`` and ``result`` to None. All of it is one
+        transaction: a crash leaves the experiment as it was or fully reopened. Files of
+        removed checkpoints are deleted only after the commit (a crash in between leaves
+        files no record points to, which a later save of the same round replaces).
+        Reopening an experiment that is already running and whole changes nothing, so a
+        crashed resume can simply be reopened again.
+
+        Returns:
+            A copy of the reopened experiment, as :meth:`get_experiment` would return it;
+            it resumes at round ``record.last_complete_round + 1`` (0 when that is None).
+
+        Raises:
+            NotFoundError: no experiment has this id; nothing is written.
+            StoreError: the experiment is ``"completed"`` (there is nothing to resume; a
+                new experiment must be started), or the store is closed or could not
+                write; nothing is written.
         """
         ...
 

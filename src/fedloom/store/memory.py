@@ -17,6 +17,7 @@ import numpy.typing as npt
 
 from fedloom.errors import NotFoundError, StoreError
 from fedloom.store.base import (
+    COMPLETED,
     EXPERIMENT_STATUSES,
     RUNNING,
     TASK_RUN_STATUSES,
@@ -28,6 +29,7 @@ from fedloom.store.base import (
     PodStoreStatistics,
     RoundRecord,
     TaskRunRecord,
+    last_complete_round,
 )
 from fedloom.store.checkpoints import copy_arrays, encode_arrays, prepare_arrays, sha256_hex
 from fedloom.store.validation import (
@@ -160,6 +162,23 @@ class MemoryExperimentStore(_Closable):
             experiment.status = status
             experiment.result_json = result_json
             experiment.finished_at = float(self._clock())
+
+    def reopen_experiment(self, experiment_id: str) -> ExperimentRecord:
+        with self._lock:
+            experiment = self._find(experiment_id)
+            if experiment.status == COMPLETED:
+                raise StoreError(
+                    f"experiment {experiment_id} is {COMPLETED}: there is nothing to resume; "
+                    "start a new experiment instead"
+                )
+            last = last_complete_round(experiment.rounds, experiment.checkpoints)
+            keep = -1 if last is None else last
+            experiment.rounds = {i: v for i, v in experiment.rounds.items() if i <= keep}
+            experiment.checkpoints = {i: v for i, v in experiment.checkpoints.items() if i <= keep}
+            experiment.status = RUNNING
+            experiment.finished_at = None
+            experiment.result_json = None
+            return self._record(experiment_id, experiment)
 
     def get_experiment(self, experiment_id: str) -> ExperimentRecord:
         with self._lock:

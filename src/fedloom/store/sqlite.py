@@ -7,7 +7,9 @@ as SQL parameters; the only text ever joined into SQL is constants of this modul
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import sqlite3
 import time
 import uuid
@@ -19,6 +21,7 @@ import numpy.typing as npt
 
 from fedloom.errors import NotFoundError, StoreError
 from fedloom.store.base import (
+    COMPLETED,
     EXPERIMENT_STATUSES,
     RUNNING,
     TASK_RUN_STATUSES,
@@ -30,8 +33,10 @@ from fedloom.store.base import (
     PodStoreStatistics,
     RoundRecord,
     TaskRunRecord,
+    last_complete_round,
 )
 from fedloom.store.checkpoints import (
+    CHECKPOINT_DIR_NAME,
     checkpoint_relpath,
     discard_file,
     encode_arrays,
@@ -60,7 +65,11 @@ from fedloom.store.validation import (
     to_json,
 )
 
+logger = logging.getLogger(__name__)
+
 Clock = Callable[[], float]
+#: Files a store writes in an experiment's checkpoint folder: published and staged ones.
+_CHECKPOINT_FILE = re.compile(r"round-\d{5,}\.safetensors|\.round-\d{5,}\.safetensors\..+\.tmp")
 _EXPERIMENT_COLUMNS = "experiment_id, name, task_json, status, created_at, finished_at, result_json"
 _TASK_RUN_COLUMNS = (
     "task_id, modeller, protocol, status, reason, result_json, started_at, finished_at"
@@ -177,6 +186,46 @@ class SqliteExperimentStore(ClosingContext):
                 (status, result_json, float(self._clock()), experiment_id),
             )
 
+    def reopen_experiment(self, experiment_id: str) -> ExperimentRecord:
+        action = f"reopen experiment {experiment_id}"
+        with self._db.transaction(action, write=True) as conn:
+            status = _require_experiment(conn, experiment_id)
+            if status == COMPLETED:
+                raise StoreError(
+                    f"experiment {experiment_id} is {COMPLETED}: there is nothing to resume; "
+                    "start a new experiment instead"
+                )
+            rounds = [
+                int(row[0])
+                for row in conn.execute(
+                    "SELECT round_index FROM rounds WHERE experiment_id = ?", (experiment_id,)
+                )
+            ]
+            checkpoints = conn.execute(
+                "SELECT round_index, relpath FROM checkpoints WHERE experiment_id = ?",
+                (experiment_id,),
+            ).fetchall()
+            last = last_complete_round(rounds, (int(row[0]) for row in checkpoints))
+            keep = -1 if last is None else last
+            removed = [relpath for index, relpath in checkpoints if index > keep]
+            conn.execute(
+                "DELETE FROM rounds WHERE experiment_id = ? AND round_index > ?",
+                (experiment_id, keep),
+            )
+            conn.execute(
+                "DELETE FROM checkpoints WHERE experiment_id = ? AND round_index > ?",
+                (experiment_id, keep),
+            )
+            conn.execute(
+                "UPDATE experiments SET status = ?, finished_at = NULL, result_json = NULL"
+                " WHERE experiment_id = ?",
+                (RUNNING, experiment_id),
+            )
+            record = self._read(conn, "WHERE experiment_id = ?", (experiment_id,))[0]
+        # only now that the commit is durable: a crash before it keeps every file
+        self._remove_stray_checkpoints(experiment_id, removed)
+        return record
+
     def get_experiment(self, experiment_id: str) -> ExperimentRecord:
         with self._db.transaction("read an experiment", write=False) as conn:
             _require_experiment(conn, experiment_id)
@@ -238,6 +287,42 @@ class SqliteExperimentStore(ClosingContext):
             )
             for row in rows
         ]
+
+    def _remove_stray_checkpoints(self, experiment_id: str, removed: Sequence[str]) -> None:
+        """Delete checkpoint files of ``experiment_id`` that no checkpoint row points to.
+
+        Those are the files of ``removed`` rows, and any file an earlier crash left behind
+        (published but never committed, or staged and never published). The deletion holds
+        the write lock, and a checkpoint is staged, published and committed under that
+        lock, so a file a concurrent save is writing (in this or another process) is never
+        taken. A failure here loses nothing: the files stay, unreferenced, and a later
+        save of the same round replaces them.
+        """
+        label = f"of experiment {experiment_id}"
+        try:
+            candidates = {self._checkpoint_path(relpath, label) for relpath in removed}
+            folder = self._checkpoint_path(checkpoint_relpath(experiment_id, 0), label).parent
+            if folder.parent == self._db.folder / CHECKPOINT_DIR_NAME and folder.is_dir():
+                candidates |= {
+                    path for path in folder.iterdir() if _CHECKPOINT_FILE.fullmatch(path.name)
+                }
+            if not candidates:
+                return
+            with self._db.transaction(f"remove stray checkpoints {label}", write=True) as conn:
+                referenced = {
+                    self._checkpoint_path(row[0], label)
+                    for row in conn.execute(
+                        "SELECT relpath FROM checkpoints WHERE experiment_id = ?",
+                        (experiment_id,),
+                    )
+                }
+                for path in sorted(candidates - referenced):
+                    try:
+                        path.unlink(missing_ok=True)
+                    except OSError as exc:
+                        logger.warning("could not remove stray checkpoint file %s: %s", path, exc)
+        except (OSError, StoreError) as exc:
+            logger.warning("could not remove stray checkpoint files %s: %s", label, exc)
 
     def _checkpoint_path(self, relpath: str, label: str) -> Path:
         parts = PurePosixPath(relpath)

@@ -12,7 +12,7 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 
 from fedloom.errors import ConfigError, NotFoundError, StoreError
-from fedloom.store import ExperimentStore
+from fedloom.store import ExperimentRecord, ExperimentStore
 
 
 class _Closable(Protocol):
@@ -182,6 +182,7 @@ def _unknown_experiment(store: ExperimentStore) -> None:
         ("save_checkpoint", lambda i: store.save_checkpoint(i, 0, {"w": np.zeros(2)})),
         ("load_checkpoint", store.load_checkpoint),
         ("finish_experiment", lambda i: store.finish_experiment(i, "completed", {})),
+        ("reopen_experiment", store.reopen_experiment),
         ("get_experiment", store.get_experiment),
     ]
     for name, call in calls:
@@ -305,6 +306,125 @@ def _list_experiments(store: ExperimentStore) -> None:
     expect(listed == [store.get_experiment(i) for i in ids], "listed records differ from get")
 
 
+def _rounds_and_checkpoints(
+    store: ExperimentStore, rounds: list[int], checkpoints: list[int], what: str
+) -> ExperimentRecord:
+    """A running experiment with these rounds recorded and these checkpoints saved."""
+    experiment_id = store.create_experiment(what, _TASK)
+    for index in rounds:
+        store.record_round(experiment_id, index, {"loss": float(index)}, _PER_POD)
+    for index in checkpoints:
+        store.save_checkpoint(experiment_id, index, {"w": np.full(3, float(index))})
+    return store.get_experiment(experiment_id)
+
+
+def _expect_rounds(record: ExperimentRecord, rounds: list[int], checkpoints: list[int]) -> None:
+    got = ([r.round_index for r in record.rounds], [c.round_index for c in record.checkpoints])
+    expect(
+        got == (rounds, checkpoints), f"rounds, checkpoints are {got}, not {rounds, checkpoints}"
+    )
+
+
+def _reopen_refuses_completed(store: ExperimentStore) -> None:
+    experiment_id = _rounds_and_checkpoints(store, [0, 1], [0], "done").experiment_id
+    store.finish_experiment(experiment_id, "completed", {"accuracy": 0.9})
+    before = store.list_experiments()
+    with raises(
+        StoreError, "reopen a completed experiment", mentions="completed", unless=NotFoundError
+    ):
+        store.reopen_experiment(experiment_id)
+    expect(store.list_experiments() == before, "a refused reopen changed the store")
+    with raises(StoreError, "record a round after a refused reopen", unless=NotFoundError):
+        store.record_round(experiment_id, 2, _AGG, {})
+
+
+def _reopen_failed(store: ExperimentStore) -> None:
+    experiment_id = _rounds_and_checkpoints(store, [0, 1], [0, 1], "failed").experiment_id
+    store.finish_experiment(experiment_id, "failed", {"error": "the hub went away"})
+    failed = store.get_experiment(experiment_id)
+    record = store.reopen_experiment(experiment_id)
+    expect(record == store.get_experiment(experiment_id), "reopen returned another record")
+    expect(record.status == "running", f"reopened status is {record.status}")
+    expect(record.finished_at is None and record.result is None, "finished_at/result kept")
+    expect(record.rounds == failed.rounds, "complete rounds were changed")
+    expect(record.checkpoints == failed.checkpoints, "complete checkpoints were changed")
+    expect(
+        (record.name, record.task, record.created_at)
+        == (failed.name, failed.task, failed.created_at),
+        "reopen changed the experiment's name, task or created_at",
+    )
+    expect(record.last_complete_round == 1, f"last complete round {record.last_complete_round}")
+    _same_arrays(store.load_checkpoint(experiment_id), {"w": np.full(3, 1.0)}, "kept checkpoint")
+    store.record_round(experiment_id, 2, _AGG, _PER_POD)
+    store.save_checkpoint(experiment_id, 2, {"w": np.full(3, 2.0)})
+    store.finish_experiment(experiment_id, "completed", {"rounds": 3})
+    done = store.get_experiment(experiment_id)
+    expect(done.status == "completed" and done.result == {"rounds": 3}, f"finished as {done}")
+    _expect_rounds(done, [0, 1, 2], [0, 1, 2])
+
+
+def _reopen_trims_half_rounds(store: ExperimentStore) -> None:
+    # metrics of round 2 recorded, the crash came before its checkpoint
+    metrics_only = _rounds_and_checkpoints(store, [0, 1, 2], [0, 1], "metrics only")
+    experiment_id = metrics_only.experiment_id
+    record = store.reopen_experiment(experiment_id)
+    _expect_rounds(record, [0, 1], [0, 1])
+    expect(record.rounds == metrics_only.rounds[:2], "kept rounds changed")
+    expect(record.last_complete_round == 1, f"last complete round {record.last_complete_round}")
+    expect(store.get_experiment(experiment_id) == record, "reopen returned another record")
+    store.record_round(experiment_id, 2, {"loss": 0.125}, {})
+    store.save_checkpoint(experiment_id, 2, {"w": np.full(2, 7.0)})
+    again = store.get_experiment(experiment_id)
+    expect(again.rounds[2].aggregated == {"loss": 0.125}, "round 2 not recorded again")
+    _same_arrays(store.load_checkpoint(experiment_id), {"w": np.full(2, 7.0)}, "new round 2")
+    # the checkpoint of round 2 saved, its metrics never recorded (the other order)
+    checkpoint_only = _rounds_and_checkpoints(store, [0, 1], [0, 1, 2], "checkpoint only")
+    experiment_id = checkpoint_only.experiment_id
+    _expect_rounds(store.reopen_experiment(experiment_id), [0, 1], [0, 1])
+    _same_arrays(store.load_checkpoint(experiment_id), {"w": np.full(3, 1.0)}, "latest kept")
+    with raises(NotFoundError, "load the removed checkpoint of round 2"):
+        store.load_checkpoint(experiment_id, 2)
+    store.save_checkpoint(experiment_id, 2, {"v": np.arange(4)})
+    store.record_round(experiment_id, 2, _AGG, {})
+    _same_arrays(store.load_checkpoint(experiment_id, 2), {"v": np.arange(4)}, "saved again")
+    # gaps: the last round with both decides; everything after it goes
+    gaps = _rounds_and_checkpoints(store, [0, 1, 3, 4], [0, 2, 3, 5], "gaps")
+    _expect_rounds(store.reopen_experiment(gaps.experiment_id), [0, 1, 3], [0, 2, 3])
+
+
+def _reopen_without_a_complete_round(store: ExperimentStore) -> None:
+    for rounds, checkpoints in (([], []), ([0], []), ([], [0]), ([0, 2], [1])):
+        record = _rounds_and_checkpoints(store, rounds, checkpoints, f"{rounds} {checkpoints}")
+        reopened = store.reopen_experiment(record.experiment_id)
+        _expect_rounds(reopened, [], [])
+        expect(reopened.last_complete_round is None, "a complete round appeared")
+        with raises(NotFoundError, f"load a checkpoint after reopening {rounds} {checkpoints}"):
+            store.load_checkpoint(record.experiment_id)
+        store.record_round(record.experiment_id, 0, _AGG, {})
+        store.save_checkpoint(record.experiment_id, 0, {"w": np.zeros(1)})
+
+
+def _reopen_running_is_idempotent(store: ExperimentStore) -> None:
+    record = _rounds_and_checkpoints(store, [0, 1], [0, 1], "running")
+    other = _rounds_and_checkpoints(store, [0, 1, 2], [0], "untouched")
+    first = store.reopen_experiment(record.experiment_id)
+    expect(first == record, "reopening a whole running experiment changed it")
+    expect(store.reopen_experiment(record.experiment_id) == first, "a second reopen changed it")
+    expect(store.get_experiment(other.experiment_id) == other, "reopen changed another experiment")
+    _same_arrays(store.load_checkpoint(other.experiment_id), {"w": np.zeros(3)}, "other's")
+
+
+def _reopen_bad_ids_change_nothing(store: ExperimentStore) -> None:
+    _rounds_and_checkpoints(store, [0, 1, 2], [0, 1], "crashed")
+    failed = _rounds_and_checkpoints(store, [0], [], "failed").experiment_id
+    store.finish_experiment(failed, "failed", {"error": "x"})
+    before = store.list_experiments()
+    for unknown in (_UNKNOWN_ID, "", None, 7, failed.upper(), failed + "0"):
+        with raises(NotFoundError, f"reopen_experiment({unknown!r})"):
+            store.reopen_experiment(unknown)  # type: ignore[arg-type]
+    expect(store.list_experiments() == before, "a reopen of an unknown id changed the store")
+
+
 def _experiment_statistics(store: ExperimentStore) -> None:
     statistics = getattr(store, "statistics", None)
     if statistics is None:
@@ -356,6 +476,7 @@ def _experiment_close(store: ExperimentStore) -> None:
         ("save_checkpoint", lambda: store.save_checkpoint(experiment_id, 0, {})),
         ("load_checkpoint", lambda: store.load_checkpoint(experiment_id)),
         ("finish_experiment", lambda: store.finish_experiment(experiment_id, "failed", {})),
+        ("reopen_experiment", lambda: store.reopen_experiment(experiment_id)),
         ("get_experiment", lambda: store.get_experiment(experiment_id)),
         ("list_experiments", store.list_experiments),
     ]
@@ -376,6 +497,12 @@ EXPERIMENT_CHECKS: list[Callable[[ExperimentStore], None]] = [
     _checkpoints,
     _bad_checkpoints_refused,
     _list_experiments,
+    _reopen_refuses_completed,
+    _reopen_failed,
+    _reopen_trims_half_rounds,
+    _reopen_without_a_complete_round,
+    _reopen_running_is_idempotent,
+    _reopen_bad_ids_change_nothing,
     _experiment_statistics,
     _experiment_threads,
     _experiment_close,
