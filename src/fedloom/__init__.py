@@ -99,6 +99,7 @@ if _typing.TYPE_CHECKING:
         Modeller,
         OnTimeout,
         RequestPolicy,
+        TaskCancellation,
         TaskResult,
     )
     from fedloom.modeller.remote import (
@@ -302,6 +303,7 @@ _EXPORTS: dict[str, str] = {
     "StoreError": "fedloom.errors",
     "TableSource": "fedloom.datasources",
     "TaskAbortedError": "fedloom.errors",
+    "TaskCancellation": "fedloom.modeller",
     "TaskCancelledError": "fedloom.errors",
     "TaskFile": "fedloom.modeller.task_file",
     "TaskResult": "fedloom.modeller",
@@ -441,6 +443,7 @@ __all__ = [
     "StoreError",
     "TableSource",
     "TaskAbortedError",
+    "TaskCancellation",
     "TaskCancelledError",
     "TaskFile",
     "TaskResult",

@@ -246,7 +246,13 @@ def _write_reports(result: Any, folder: Path) -> list[Path]:
 
 
 async def _cancel_on_sigterm(coro: Coroutine[Any, Any, T]) -> T:
-    """Await ``coro``; SIGTERM cancels it like Ctrl-C does (the pods are told first)."""
+    """Await ``coro``; SIGTERM cancels it like Ctrl-C does.
+
+    A cancelled run tells its pods first, in whatever phase it was: TASK_CANCEL, and each
+    pod's TASK_ABORT(CANCELLED_BY_MODELLER) answer awaited, within
+    ``fedloom.modeller.modeller.TELL_PODS_SECONDS`` (5 s) in all; closing the hub
+    connection afterwards is bounded too (5 s).
+    """
     import asyncio
     import signal
 

@@ -1,5 +1,6 @@
 """The modeller side: send tasks to pods, collect replies, record experiments."""
 
+from fedloom.modeller.cancel import TaskCancellation
 from fedloom.modeller.modeller import (
     ACCEPT_REQUEST,
     DEFAULT_ACCEPT_TIMEOUT,
@@ -15,5 +16,6 @@ __all__ = [
     "Modeller",
     "OnTimeout",
     "RequestPolicy",
+    "TaskCancellation",
     "TaskResult",
 ]

@@ -4,6 +4,8 @@ The handshake is the same for every protocol: JOB_REQUEST to each pod; JOB_ACCEP
 JOB_REJECT (typed reason) back; TASK_START to the pods that accepted; the protocol's
 conversation; TASK_COMPLETE (or TASK_ABORT when the modeller side failed). A
 :class:`~fedloom.modeller.policy.RequestPolicy` governs every request of that exchange.
+A run that is cancelled, in any phase, sends TASK_CANCEL instead and waits a bounded time
+for each pod's TASK_ABORT(CANCELLED_BY_MODELLER) (:mod:`fedloom.modeller.cancel`).
 """
 
 from __future__ import annotations
@@ -26,17 +28,20 @@ from fedloom.errors import (
     PodResponseError,
     UnknownRecipientError,
 )
+from fedloom.modeller.cancel import CANCEL_MESSAGE, TaskCancellation, cancel_pods
 from fedloom.modeller.policy import RequestPolicy
 from fedloom.protocols import ModellerContext, Protocol, RoundCallback
 from fedloom.store import ExperimentStore
-from fedloom.transport import Mailbox, ModellerMailbox, ProgressCallback, TaskRouter
+from fedloom.transport import Gathered, Mailbox, ModellerMailbox, ProgressCallback, TaskRouter
 from fedloom.transport.task import report_of
 from fedloom.wire import MessageType
 
 logger = logging.getLogger(__name__)
 
 TELL_PODS_SECONDS = 5.0
-"""How long a stopping modeller tries to tell the pods (TASK_ABORT) before it gives up."""
+"""How long a stopping modeller tries to tell the pods before it gives up: to send
+TASK_ABORT when it failed, or to send TASK_CANCEL and hear each pod's answer when it was
+cancelled."""
 
 DEFAULT_ACCEPT_TIMEOUT = 30.0
 """Seconds the modeller waits for pods to accept or reject a task run without a policy."""
@@ -59,8 +64,9 @@ class TaskResult:
         timings: pod → request name → seconds from the request to the pod's reply:
             ``"accept"`` for the accept phase, then the protocol's requests (``"round-0"``,
             ``"round-1"``, ... for FedAvg; ``"ranges"`` and ``"partials"`` for analytics;
-            ``"results"`` for results-only). A pod has no entry for a request it did not
-            answer.
+            ``"results"`` for results-only; ``"ready"`` and ``"batches"``, up to the pod's
+            last message, for batched protocols). A pod has no entry for a request it did
+            not answer.
         accept_seconds: pod → seconds to its JOB_ACCEPT or JOB_REJECT (``timings``'s
             ``"accept"`` entries).
     """
@@ -83,6 +89,9 @@ class Modeller:
 
     ``accept_timeout`` is how long pods have to accept a task run without a
     :class:`RequestPolicy`.
+
+    A task is cancelled by cancelling the asyncio task that awaits :meth:`run` (``task.cancel()``,
+    ``asyncio.timeout``, Ctrl-C under ``asyncio.run``) or with :meth:`cancel`.
     """
 
     def __init__(
@@ -97,6 +106,9 @@ class Modeller:
         self.store = store
         self.accept_timeout = accept_timeout
         self._router = TaskRouter(mailbox)
+        self._running: dict[str, asyncio.Task[Any]] = {}
+        self._cancel_requests: set[str] = set()
+        self._cancellations: dict[str, TaskCancellation] = {}
 
     @property
     def identity(self) -> str:
@@ -136,6 +148,11 @@ class Modeller:
                 rejected, aborted or did not answer, with the reason.
             FedloomError: whatever the protocol's modeller side raised (the pods are told
                 with TASK_ABORT first).
+            asyncio.CancelledError: the run was cancelled (see :meth:`cancel`). Whatever
+                the phase (sending the request, waiting for accepts, running), every pod
+                that may hold the task is sent TASK_CANCEL first, and the run waits up to
+                ``TELL_PODS_SECONDS`` in all for each one's TASK_ABORT(CANCELLED_BY_MODELLER):
+                the pod has stopped the task and freed its slot.
         """
         if not pods or len(set(pods)) != len(pods):
             raise ConfigError(f"pods must be a non-empty list of distinct names, got {list(pods)}")
@@ -156,79 +173,177 @@ class Modeller:
             on_progress=on_progress,
             policy=policy,
         )
+        asked: list[str] = []
+        current = asyncio.current_task()
+        if current is not None:
+            self._running[task_id] = current
         try:
-            refused = await self._request_job(mailbox, {"task": spec, "dataset": dataset})
-            try:
-                answers = await mailbox.collect(
-                    MessageType.JOB_ACCEPT,
-                    name=ACCEPT_REQUEST,
-                    timeout=None if policy is not None else self.accept_timeout,
-                    refusals={MessageType.JOB_REJECT},
-                )
-            except PodResponseError as exc:
-                # the pods that accepted, or have not answered yet, wait for TASK_START
-                await self._cancel(mailbox, "the modeller's request policy stopped the task")
-                if not refused:
-                    raise
-                reasons = {pod: f"{r.reason.value}: {r.message}" for pod, r in refused.items()}
-                raise PodResponseError(
-                    f"task {protocol.name!r} could not start", reasons | exc.failed_pods
-                ) from exc
-            accepted = sorted(
-                p for p, m in answers.replies.items() if m.type is MessageType.JOB_ACCEPT
+            return await self._run(
+                protocol,
+                mailbox,
+                spec=spec,
+                asked=asked,
+                started=started,
+                dataset=dataset,
+                name=name,
+                require_all=require_all,
+                on_round=on_round,
             )
-            rejected = refused | {
-                pod: report_of(m)
-                for pod, m in answers.replies.items()
-                if m.type is MessageType.JOB_REJECT
-            }
-            failed = {pod: report.reason.value for pod, report in rejected.items()}
-            failed |= {pod: "no answer" for pod in answers.missing}
-            # a pod may already have aborted (e.g. its data failed to load) right after accepting
-            mailbox.pods = [pod for pod in accepted if pod not in mailbox.aborted]
-            legacy_require_all = policy is None and require_all is not False
-            must_have_all = legacy_require_all or (policy is not None and policy.require_all)
-            if not accepted or (legacy_require_all and failed) or (must_have_all and refused):
-                await self._cancel(mailbox, "not every pod accepted the task")
-                raise PodResponseError(f"task {protocol.name!r} could not start", failed)
-            experiment_id = self._create_experiment(name or protocol.name, spec)
-            if not protocol.handles_start:
-                await mailbox.broadcast(MessageType.TASK_START)
-            context = ModellerContext(self.store, experiment_id, on_round)
-            try:
-                result = await protocol.run_modeller(mailbox, context)
-            except BaseException as exc:
-                await self._abort(mailbox, exc)
-                self._finish(experiment_id, "failed", {"error": str(exc)[:2000]})
-                raise
-            await mailbox.broadcast(MessageType.TASK_COMPLETE)
-            self._finish(experiment_id, "completed", protocol.summarise(result))
-            return TaskResult(
-                task_id=task_id,
-                protocol=protocol.name,
-                result=result,
-                accepted=accepted,
-                rejected=rejected,
-                aborted=dict(mailbox.aborted),
-                accept_seconds=dict(answers.seconds),
-                experiment_id=experiment_id,
-                seconds=time.monotonic() - started,
-                dropped=sorted(mailbox.dropped),
-                timings={pod: dict(times) for pod, times in sorted(mailbox.timings.items())},
-            )
+        except asyncio.CancelledError:
+            # any phase: every pod sent the request that has not left the task may hold it
+            holding = [pod for pod in asked if pod in mailbox.pods]
+            cancellation = await cancel_pods(mailbox, holding, TELL_PODS_SECONDS)
+            if task_id in self._cancel_requests:
+                self._cancellations[task_id] = cancellation
+            raise
         finally:
+            self._running.pop(task_id, None)
             self._router.close_channel(task_id)
 
+    async def _run(
+        self,
+        protocol: Protocol,
+        mailbox: ModellerMailbox,
+        *,
+        spec: dict[str, Any],
+        asked: list[str],
+        started: float,
+        dataset: str,
+        name: str | None,
+        require_all: bool | None,
+        on_round: RoundCallback | None,
+    ) -> TaskResult:
+        """:meth:`run` from the request on; ``asked`` gets each pod the request went to."""
+        refused = await self._request_job(mailbox, {"task": spec, "dataset": dataset}, asked)
+        answers, accepted, rejected = await self._accept(
+            mailbox, protocol.name, refused, require_all
+        )
+        experiment_id = self._create_experiment(name or protocol.name, spec)
+        if not protocol.handles_start:
+            await mailbox.broadcast(MessageType.TASK_START)
+        context = ModellerContext(self.store, experiment_id, on_round)
+        try:
+            result = await protocol.run_modeller(mailbox, context)
+        except asyncio.CancelledError:
+            self._finish(experiment_id, "failed", {"error": CANCEL_MESSAGE})
+            raise  # run() tells the pods
+        except BaseException as exc:
+            await self._abort(mailbox, exc)
+            self._finish(experiment_id, "failed", {"error": str(exc)[:2000]})
+            raise
+        await mailbox.broadcast(MessageType.TASK_COMPLETE)
+        self._finish(experiment_id, "completed", protocol.summarise(result))
+        return TaskResult(
+            task_id=mailbox.task_id,
+            protocol=protocol.name,
+            result=result,
+            accepted=accepted,
+            rejected=rejected,
+            aborted=dict(mailbox.aborted),
+            accept_seconds=dict(answers.seconds),
+            experiment_id=experiment_id,
+            seconds=time.monotonic() - started,
+            dropped=sorted(mailbox.dropped),
+            timings={pod: dict(times) for pod, times in sorted(mailbox.timings.items())},
+        )
+
+    async def _accept(
+        self,
+        mailbox: ModellerMailbox,
+        task: str,
+        refused: dict[str, ErrorReport],
+        require_all: bool | None,
+    ) -> tuple[Gathered, list[str], dict[str, ErrorReport]]:
+        """The accept phase: the answers, the pods that accepted, those that rejected.
+
+        Leaves :attr:`ModellerMailbox.pods` to the pods that accepted and are still in.
+
+        Raises:
+            PodResponseError: the task cannot start (the pods that may hold it were told).
+        """
+        policy = mailbox.policy
+        try:
+            answers = await mailbox.collect(
+                MessageType.JOB_ACCEPT,
+                name=ACCEPT_REQUEST,
+                timeout=None if policy is not None else self.accept_timeout,
+                refusals={MessageType.JOB_REJECT},
+            )
+        except PodResponseError as exc:
+            # the pods that accepted, or have not answered yet, wait for TASK_START
+            await self._cancel(mailbox, "the modeller's request policy stopped the task")
+            if not refused:
+                raise
+            reasons = {pod: f"{r.reason.value}: {r.message}" for pod, r in refused.items()}
+            raise PodResponseError(
+                f"task {task!r} could not start", reasons | exc.failed_pods
+            ) from exc
+        accepted = sorted(p for p, m in answers.replies.items() if m.type is MessageType.JOB_ACCEPT)
+        rejected = refused | {
+            pod: report_of(m)
+            for pod, m in answers.replies.items()
+            if m.type is MessageType.JOB_REJECT
+        }
+        failed = {pod: report.reason.value for pod, report in rejected.items()}
+        failed |= {pod: "no answer" for pod in answers.missing}
+        # a pod may already have aborted (e.g. its data failed to load) right after accepting
+        mailbox.pods = [pod for pod in accepted if pod not in mailbox.aborted]
+        legacy_require_all = policy is None and require_all is not False
+        must_have_all = legacy_require_all or (policy is not None and policy.require_all)
+        if not accepted or (legacy_require_all and failed) or (must_have_all and refused):
+            await self._cancel(mailbox, "not every pod accepted the task")
+            raise PodResponseError(f"task {task!r} could not start", failed)
+        return answers, accepted, rejected
+
+    def running_tasks(self) -> list[str]:
+        """Ids of the tasks this modeller is running (:meth:`run` calls under way), sorted."""
+        return sorted(self._running)
+
+    async def cancel(self, task_id: str | None = None) -> list[TaskCancellation]:
+        """Cancel the running task ``task_id`` (default: every task this modeller runs).
+
+        The same as cancelling the asyncio task that awaits :meth:`run`: in whatever phase
+        the run is, it sends TASK_CANCEL to every pod that may hold the task, waits up to
+        ``TELL_PODS_SECONDS`` for each pod's TASK_ABORT(CANCELLED_BY_MODELLER) (the pod
+        has stopped the task and freed its slot), then raises ``asyncio.CancelledError`` to
+        its caller. This method returns once each cancelled run has done so.
+
+        Returns:
+            What each cancelled task told its pods, by task id. A task id that is not
+            running (it ended meanwhile, or was never this modeller's) is left out.
+        """
+        current = asyncio.current_task()
+        targets = {
+            tid: task
+            for tid, task in self._running.items()
+            if (task_id is None or tid == task_id) and task is not current
+        }
+        self._cancel_requests |= set(targets)
+        try:
+            for task in targets.values():
+                task.cancel(CANCEL_MESSAGE)
+            if targets:
+                await asyncio.wait(targets.values())
+            return [
+                self._cancellations[tid] for tid in sorted(targets) if tid in self._cancellations
+            ]
+        finally:
+            self._cancel_requests -= set(targets)
+            for tid in targets:
+                self._cancellations.pop(tid, None)
+
     async def _request_job(
-        self, mailbox: ModellerMailbox, body: dict[str, Any]
+        self, mailbox: ModellerMailbox, body: dict[str, Any], asked: list[str]
     ) -> dict[str, ErrorReport]:
         """Send JOB_REQUEST to every pod; the pods the hub refused it for, with why.
 
         A hub refuses a request to a pod that does not accept this modeller or does not
-        exist; such a pod counts as having rejected the task.
+        exist; such a pod counts as having rejected the task. ``asked`` gets each pod as
+        its request goes out (a cancelled run tells those pods).
         """
         refused: dict[str, ErrorReport] = {}
         for pod in list(mailbox.pods):
+            asked.append(pod)
             try:
                 await mailbox.send(pod, MessageType.JOB_REQUEST, body)
             except (AccessDeniedError, UnknownRecipientError) as exc:

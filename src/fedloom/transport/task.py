@@ -188,6 +188,8 @@ class ModellerMailbox:
         are in ``missing``. ``stop_when`` ends the gather early, right after a reply or
         abort for which it is true (the pods not heard from yet are then in ``missing``).
         Never raises for a pod's failure: the caller's policy decides (see :meth:`collect`).
+        A gather that is cancelled (or fails) keeps the replies it had read for the next
+        call, so a caller that gives up still sees who answered.
         """
         wanted = set(self.pods if pods is None else pods) - set(self.aborted)
         types = frozenset({type} if isinstance(type, MessageType) else type)
@@ -202,15 +204,19 @@ class ModellerMailbox:
                 self._pending += backlog[index + 1 :]
                 stopped = True
                 break
-        while wanted and not stopped:
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            try:
-                message = await self._channel.get(remaining)
-            except ReceiveTimeoutError:
-                break
-            stopped = self._take(message, types, wanted, result, start) and _stops(
-                stop_when, message
-            )
+        try:
+            while wanted and not stopped:
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                try:
+                    message = await self._channel.get(remaining)
+                except ReceiveTimeoutError:
+                    break
+                stopped = self._take(message, types, wanted, result, start) and _stops(
+                    stop_when, message
+                )
+        except BaseException:
+            self._pending[:0] = list(result.replies.values())
+            raise
         result.missing = sorted(wanted)
         return result
 

@@ -1,0 +1,185 @@
+"""Cancelling a task with real pod processes: TASK_CANCEL, the pods' answers, their slots.
+
+DESIGN: the modeller may send TASK_CANCEL; the pod stops the child and answers
+TASK_ABORT(CANCELLED_BY_MODELLER). Each pod here runs one task at a time
+(``max_concurrent_tasks = 1``): a task that still held the slot would queue the next one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from fedloom import AbortReason, Modeller, SqlitePodStore
+from fedloom.cluster import LocalCluster, PodSpec
+from fedloom.modeller.modeller import TELL_PODS_SECONDS
+from fedloom.testing.faults import Fault
+from fedloom.wire import MessageType
+
+from .conftest import run_async
+
+CANCELLED = AbortReason.CANCELLED_BY_MODELLER.value
+
+
+def _specs(root: Path, pods: tuple[str, ...]) -> dict[str, PodSpec]:
+    data = root / "data.csv"
+    data.parent.mkdir(parents=True, exist_ok=True)
+    data.write_text("x,label\n" + "".join(f"{i},{i % 2}\n" for i in range(20)))
+    table = {"kind": "table", "path": str(data), "label_column": "label"}
+    return {
+        pod: PodSpec(
+            datasets={"default": table},
+            plugins=("fedloom.testing.faults",),
+            max_concurrent_tasks=1,
+            worker={"heartbeat_interval": 1.0},
+        )
+        for pod in pods
+    }
+
+
+async def _task_children(pid: int) -> list[psutil.Process]:
+    """The pod's task child processes (spawned, not its resource tracker), once there is one."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        found = [
+            child
+            for child in psutil.Process(pid).children()
+            if any("spawn_main" in part for part in child.cmdline())
+        ]
+        if found:
+            return found
+        await asyncio.sleep(0.1)
+    raise AssertionError("the pod started no task child")
+
+
+async def _task_runs(cluster: LocalCluster, pod: str, count: int) -> list[tuple[str, str | None]]:
+    """The pod's (status, reason) per task, once ``count`` have ended (the pod records the
+    end of a task right after it answered the modeller)."""
+    deadline = time.monotonic() + 20
+    while True:
+        with SqlitePodStore(cluster.pod_config_path(pod).parent / "pod.sqlite") as store:
+            runs = [(r.status, r.reason) for r in store.task_runs()]
+        ended = [run for run in runs if run[0] in ("completed", "aborted")]
+        if len(ended) >= count or time.monotonic() > deadline:
+            return runs
+        await asyncio.sleep(0.1)
+
+
+class Progress:
+    """Status messages the modeller hears; an event per (pod, type)."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, MessageType, dict[str, Any]]] = []
+        self.events: dict[tuple[str, MessageType], asyncio.Event] = {}
+
+    def event(self, pod: str, kind: MessageType) -> asyncio.Event:
+        return self.events.setdefault((pod, kind), asyncio.Event())
+
+    def __call__(self, pod: str, kind: MessageType, body: Mapping[str, object]) -> None:
+        self.seen.append((pod, kind, dict(body)))
+        self.event(pod, kind).set()
+
+    def queued(self) -> bool:
+        return any(body.get("state") == "queued" for _, _, body in self.seen)
+
+
+async def _next_task_is_not_queued(modeller: Modeller) -> dict[str, Any]:
+    """Run a quick task on pod-a: its slot must be free (no "queued" PROGRESS)."""
+    progress = Progress()
+    run = await modeller.run(Fault("ok"), ["pod-a"], on_progress=progress)
+    assert not progress.queued(), progress.seen
+    result: dict[str, Any] = run.result
+    return result
+
+
+def test_cancel_mid_task_stops_the_child_and_frees_the_slot(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with LocalCluster(tmp_path / "cluster", _specs(tmp_path, ("pod-a",))) as cluster:
+            modeller = Modeller(await cluster.connect_modeller())
+            progress = Progress()
+            run = asyncio.create_task(
+                modeller.run(
+                    Fault("sleep", seconds=120, timeout=300), ["pod-a"], on_progress=progress
+                )
+            )
+            # NUM_BATCHES comes once the pod started the child; the modeller has sent
+            # TASK_START by then: the task is running
+            await asyncio.wait_for(progress.event("pod-a", MessageType.NUM_BATCHES).wait(), 60)
+            children = await _task_children(cluster.pid("pod-a"))
+            await asyncio.sleep(2)  # the child gets to the task's long sleep
+            assert [child.is_running() for child in children] == [True] * len(children)
+            assert modeller.running_tasks() != []
+
+            started = time.monotonic()
+            (cancellation,) = await modeller.cancel()
+            seconds = time.monotonic() - started
+            with pytest.raises(asyncio.CancelledError):
+                await run
+
+            # the pod answered TASK_ABORT(CANCELLED_BY_MODELLER) once the child was gone
+            assert list(cancellation.acknowledged) == ["pod-a"], cancellation
+            assert cancellation.acknowledged["pod-a"].reason is AbortReason.CANCELLED_BY_MODELLER
+            assert cancellation.unanswered == []
+            assert seconds < TELL_PODS_SECONDS
+            _, alive = psutil.wait_procs(children, timeout=2)
+            assert alive == [], "the task's child outlived the cancel"
+            assert await _task_runs(cluster, "pod-a", 1) == [("aborted", CANCELLED)]
+
+            # the slot is free: the next task starts at once
+            result = await _next_task_is_not_queued(modeller)
+            assert set(result) == {"pod-a"}
+            assert await _task_runs(cluster, "pod-a", 2) == [
+                ("aborted", CANCELLED),
+                ("completed", None),
+            ]
+            await modeller.close()
+            await cluster.stop()
+
+    run_async(main(), timeout=240)
+
+
+def test_cancel_in_the_accept_phase_frees_the_slot_at_once(tmp_path: Path) -> None:
+    """pod-b is offline, so the modeller still waits for accepts when it is cancelled;
+    pod-a accepted and holds its only slot until it hears of the cancel (otherwise until its
+    start_timeout, 300 s)."""
+
+    async def main() -> None:
+        specs = _specs(tmp_path, ("pod-a", "pod-b"))
+        async with LocalCluster(tmp_path / "cluster", specs) as cluster:
+            await cluster.stop_process("pod-b")
+            modeller = Modeller(await cluster.connect_modeller())
+            progress = Progress()
+            run = asyncio.create_task(
+                modeller.run(Fault("ok"), ["pod-a", "pod-b"], on_progress=progress)
+            )
+            # PREPARING_DATA follows pod-a's JOB_ACCEPT: pod-a holds the task and its slot
+            await asyncio.wait_for(progress.event("pod-a", MessageType.PREPARING_DATA).wait(), 60)
+            children = await _task_children(cluster.pid("pod-a"))
+
+            started = time.monotonic()
+            (cancellation,) = await modeller.cancel()
+            seconds = time.monotonic() - started
+            with pytest.raises(asyncio.CancelledError):
+                await run
+
+            assert list(cancellation.acknowledged) == ["pod-a"], cancellation
+            assert cancellation.acknowledged["pod-a"].reason is AbortReason.CANCELLED_BY_MODELLER
+            assert cancellation.unanswered == ["pod-b"]  # offline: told, but no answer yet
+            assert seconds < TELL_PODS_SECONDS + 2, "waiting for the offline pod is bounded"
+            _, alive = psutil.wait_procs(children, timeout=2)
+            assert alive == []
+            assert await _task_runs(cluster, "pod-a", 1) == [("aborted", CANCELLED)]
+
+            result = await _next_task_is_not_queued(modeller)
+            assert set(result) == {"pod-a"}
+            assert time.monotonic() - started < 60, "the slot waited for the start time-out"
+            await modeller.close()
+            await cluster.stop()
+
+    run_async(main(), timeout=240)
