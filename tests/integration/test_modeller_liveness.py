@@ -121,3 +121,24 @@ def test_a_silent_modellers_task_child_is_stopped() -> None:
     )
     [run] = store.task_runs()
     assert (run.status, run.reason) == ("aborted", AbortReason.MODELLER_TIMEOUT.value)
+
+
+def test_no_task_start_in_time_is_a_modeller_timeout_in_process_too() -> None:
+    store = MemoryPodStore()
+    policy = PodPolicy(start_timeout=0.5)
+
+    async def main() -> tuple[str, str]:
+        async with LocalFederation(
+            {"pod-a": source()}, policy=policy, pod_stores={"pod-a": store}
+        ) as federation:
+            script = Script(federation.hub.connect("raw"), "pod-a")
+            task_id = await script.request()
+            await script.expect_start(task_id)
+            aborted = await script.expect(MessageType.TASK_ABORT, task_id)
+            await until_idle(federation.pods["pod-a"])
+            return task_id, aborted["reason"]
+
+    task_id, reason = run_async(main())
+    assert reason == AbortReason.MODELLER_TIMEOUT.value
+    run = store.get_task_run(task_id)
+    assert (run.status, run.reason) == ("aborted", AbortReason.MODELLER_TIMEOUT.value)

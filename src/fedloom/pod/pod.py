@@ -34,6 +34,7 @@ from fedloom.errors import (
     ErrorReport,
     FedloomError,
     MailboxClosedError,
+    ReceiveTimeoutError,
     TaskAbortedError,
     TaskCancelledError,
 )
@@ -48,6 +49,9 @@ from fedloom.worker import IsolationSettings, WorkerConfig, WorkerProcess
 logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
+
+_QUIET_AFTER_END = frozenset({MessageType.TASK_COMPLETE, MessageType.HEARTBEAT})
+"""What a modeller may still send a task the pod has already ended (not worth a log line)."""
 
 DEFAULT_START_TIMEOUT = 300.0
 """Seconds an accepted task waits for the modeller's TASK_START before giving up."""
@@ -257,7 +261,7 @@ class Pod:
                         logger.warning(
                             "%s: could not answer task %s: %s", self.name, message.task_id, exc
                         )
-                elif message.type is not MessageType.TASK_COMPLETE:
+                elif message.type not in _QUIET_AFTER_END:
                     logger.info(
                         "%s: ignoring %s for unknown task %s",
                         self.name,
@@ -411,7 +415,7 @@ class Pod:
             self._record(request, name, "completed", result=released)
         except TaskAbortedError as exc:
             # DESIGN: the pod answers a TASK_CANCEL; a modeller thought gone may come back
-            if isinstance(exc, TaskCancelledError | _ModellerSilentError):
+            if isinstance(exc, TaskCancelledError | _ModellerTimeoutError):
                 report = ErrorReport(exc.reason, exc.message, type(exc).__name__, "")
                 with contextlib.suppress(FedloomError):
                     await mailbox.send(MessageType.TASK_ABORT, report.to_body())
@@ -443,7 +447,13 @@ class Pod:
         if not accepted.protocol.handles_start:
             await mailbox.send(MessageType.NUM_BATCHES, {"count": 1})  # not batched
         if not accepted.protocol.handles_start:
-            await mailbox.receive(MessageType.TASK_START, timeout=self.policy.start_timeout)
+            timeout = self.policy.start_timeout
+            try:
+                await mailbox.receive(MessageType.TASK_START, timeout=timeout)
+            except ReceiveTimeoutError:  # as a task child's watchdog says it
+                raise _ModellerTimeoutError(
+                    f"no TASK_START from the modeller within {timeout:.0f} s"
+                ) from None
         context = WorkerContext(
             self.name,
             accepted.datasource,
@@ -509,11 +519,11 @@ class Pod:
             logger.error("%s: could not record task %s: %s", self.name, request.task_id, exc)
 
 
-class _ModellerSilentError(TaskAbortedError):
-    def __init__(self, seconds: float) -> None:
-        super().__init__(
-            AbortReason.MODELLER_TIMEOUT, f"no message from the modeller for {seconds:.0f} s"
-        )
+class _ModellerTimeoutError(TaskAbortedError):
+    """The pod gave up on the modeller (and tells it so, in case it comes back)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(AbortReason.MODELLER_TIMEOUT, message)
 
 
 async def _while_heard(
@@ -522,14 +532,14 @@ async def _while_heard(
     """Run ``work`` while the modeller is heard from at least every ``timeout`` seconds.
 
     Raises:
-        _ModellerSilentError: it was not; ``work`` is cancelled (a task child is stopped).
+        _ModellerTimeoutError: it was not; ``work`` is cancelled (a task child is stopped).
     """
     task = asyncio.ensure_future(work)
     try:
         while True:
             left = timeout - (time.monotonic() - channel.heard)
             if left <= 0:
-                raise _ModellerSilentError(timeout)
+                raise _ModellerTimeoutError(f"no message from the modeller for {timeout:.0f} s")
             done, _ = await asyncio.wait({task}, timeout=left)
             if done:
                 return task.result()
