@@ -208,7 +208,7 @@ class ModellerMailbox:
             while wanted and not stopped:
                 remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
                 try:
-                    message = await self._channel.get(remaining)
+                    message = await self._channel.get(self._read_timeout(remaining))
                 except ReceiveTimeoutError:
                     break
                 stopped = self._take(message, types, wanted, result, start) and _stops(
@@ -421,7 +421,8 @@ class ModellerMailbox:
                 uses the policy's (no policy: wait forever).
 
         The time-out is per pod and counts silence: every message of a pod (status
-        messages too) restarts its timer, and no other pod's messages do. A pod silent for
+        messages too) restarts its timer, and no other pod's messages do; a pod with a
+        message waiting to be read is not silent. A pod silent for
         longer is late, judged as in :meth:`collect`: dropped (TASK_ABORT with
         WORKER_UNRESPONSIVE) while the others go on, unless ``on_timeout="stop"``. The
         policy is applied as soon as a pod fails, not only at the end: ``require_all``
@@ -447,12 +448,14 @@ class ModellerMailbox:
         self._pending = []
         try:
             while True:
+                await self._drain(backlog)
                 waiting = [pod for pod in asked if pod in self.pods and pod not in done]
                 now = time.monotonic()
+                queued = {message.sender for message in backlog}  # here: not silent
                 late = {
                     pod: f"no message for {waited}"
                     for pod in waiting
-                    if timeout is not None and now - heard[pod] >= timeout
+                    if timeout is not None and pod not in queued and now - heard[pod] >= timeout
                 }
                 await self._judge_stream(request, asked, late, waiting, waited)
                 if late:
@@ -502,6 +505,11 @@ class ModellerMailbox:
             ended=not waiting,
         )
 
+    async def _drain(self, backlog: deque[Message]) -> None:
+        """Move the messages already queued on the channel to ``backlog`` (none awaited)."""
+        while self._channel.qsize() > 0:
+            backlog.append(await self._channel.get())
+
     async def _next_streamed(
         self, backlog: deque[Message], heard: list[float], timeout: float | None
     ) -> Message | None:
@@ -512,9 +520,21 @@ class ModellerMailbox:
         if timeout is not None:
             remaining = max(0.0, min(heard) + timeout - time.monotonic())
         try:
-            return await self._channel.get(remaining)
+            return await self._channel.get(self._read_timeout(remaining))
         except ReceiveTimeoutError:
             return None
+
+    def _read_timeout(self, remaining: float | None) -> float | None:
+        """The time-out to read the channel with when ``remaining`` seconds are left.
+
+        A message already queued is read even once the time is up (the event loop may have
+        been busy past the deadline while it waited): a reply that is here is not late.
+        ``asyncio.wait_for`` with no time left never returns a queued item, so a queued
+        message is read without a time-out (it returns at once).
+        """
+        if remaining is not None and remaining <= 0 and self._channel.qsize() > 0:
+            return None
+        return remaining
 
     def _file_streamed(self, message: Message, heard: dict[str, float]) -> bool:
         """Note a streamed message; True when it is one to yield (not status, not stray)."""
