@@ -35,6 +35,7 @@ from fedloom.hooks import (
     register_hook,
 )
 from fedloom.protocols import WorkerContext
+from fedloom.testing import FakeClock
 from fedloom.transport import Mailbox, MemoryHub, TaskRouter, WorkerMailbox
 from fedloom.wire import Message, MessageType
 
@@ -281,16 +282,8 @@ def test_the_log_hook_logs_batches_at_debug_and_the_rest_at_info(
 # --- the progress hook --------------------------------------------------------------------
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_progress_throttles_batches_but_always_sends_epoch_ends_and_progress() -> None:
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     progress = ProgressHook(max_per_second=5, clock=clock)
     hooks = HookSet([("progress", progress)])
 
@@ -298,12 +291,12 @@ def test_progress_throttles_batches_but_always_sends_epoch_ends_and_progress() -
         async with task_mailboxes() as (worker, modeller):
             bound = hooks.bind(worker, "pod-a")
             for step, at in enumerate([0.0, 0.1, 0.19, 0.2, 0.25, 0.39, 0.5]):
-                clock.now = 100.0 + at
+                clock.set(100.0 + at)
                 await bound.fire(HookPoint.BATCH_END, batch=step, step=step + 1)
-            clock.now = 100.51
+            clock.set(100.51)
             await bound.fire(HookPoint.EPOCH_END, epoch=0, step=7)
             await bound.fire(HookPoint.EPOCH_START, epoch=1)  # not a progress point
-            clock.now = 100.52
+            clock.set(100.52)
             await bound.fire(HookPoint.PROGRESS, stage="partials")
             await bound.fire(HookPoint.BATCH_END, batch=7, step=8)  # 0.01 s after the last
             return await received_progress(worker, modeller)

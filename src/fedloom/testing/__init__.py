@@ -1,14 +1,16 @@
-"""Public test kit: conformance suites for fedloom's contracts.
+"""Public test kit: conformance suites for fedloom's contracts, and a fake clock.
 
 Nothing in fedloom imports this package; tests and third-party implementations do.
 """
 
 from fedloom.testing.backend_conformance import BackendFactory, check_backend
+from fedloom.testing.clock import FakeClock
 from fedloom.testing.mailbox_conformance import MailboxPairFactory, check_mailbox
 from fedloom.testing.store_conformance import check_experiment_store, check_pod_store
 
 __all__ = [
     "BackendFactory",
+    "FakeClock",
     "MailboxPairFactory",
     "check_backend",
     "check_experiment_store",
