@@ -12,7 +12,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 import numpy as np
 import pytest
@@ -75,6 +75,14 @@ class Names(BatchedProtocol[None, list[str], dict[str, Any]]):
         self, state: None, values: list[list[str]], failed: Mapping[str, FailedFile]
     ) -> dict[str, Any]:
         return {"names": sorted(name for batch in values for name in batch)}
+
+
+@dataclass(frozen=True)
+class NamesAtEnd(Names):
+    """The same, but nothing leaves the pod before the final reduce step."""
+
+    name = "test_stream_names_at_end"
+    releases_per_batch: ClassVar[bool] = False
 
 
 class Finals(BatchCollector[dict[str, Any]]):
@@ -296,13 +304,31 @@ def test_stop_names_the_silent_pod_without_waiting_for_the_others() -> None:
 def test_require_all_and_min_replies_stop_once_a_pod_is_dropped(
     policy: RequestPolicy, match: str
 ) -> None:
-    pods = {"pod-busy": scripted(60, gap=0.05), "pod-dead": scripted(60, silent_after=1)}
+    # pod-dead dies before its first batch: it delivered nothing usable
+    pods = {"pod-busy": scripted(60, gap=0.05), "pod-dead": scripted(60, silent_after=0)}
     flow = run(Names(), pods, policy)
     assert isinstance(flow.result, PodResponseError)
     assert match in str(flow.result)
     assert flow.result.failed_pods == {"pod-dead": "no message for 0.3 s"}
     assert flow.mailbox.dropped == {"pod-dead"}
     assert flow.seconds < 2.5
+
+
+@pytest.mark.parametrize("per_batch", [True, False], ids=["per-batch", "at-end"])
+def test_batches_that_reached_the_modeller_count_for_min_replies(per_batch: bool) -> None:
+    """A pod killed after some batches still gave results when they leave with each batch
+    (inference rows): min_replies=1 is met and the task ends with what it sent. When nothing
+    leaves before the final reduce step (statistics), it gave nothing: the task stops."""
+    protocol = Names() if per_batch else NamesAtEnd()
+    flow = run(protocol, {"pod-dead": scripted(10, silent_after=3)}, RequestPolicy(timeout=0.3))
+    assert flow.mailbox.dropped == {"pod-dead"}
+    if per_batch:
+        assert not isinstance(flow.result, FedloomError), flow.result
+        assert flow.result["final"] == {} and list(flow.result["aborted"]) == ["pod-dead"]
+        return
+    assert isinstance(flow.result, PodResponseError)
+    assert "got 0 usable replies" in str(flow.result)
+    assert flow.result.failed_pods == {"pod-dead": "no message for 0.3 s"}
 
 
 def test_stop_on_error_stops_at_the_first_abort_mid_stream() -> None:

@@ -277,9 +277,14 @@ class BatchedProtocol(Protocol, Generic[StateT, ValueT, ResultT]):
         await mailbox.broadcast(MessageType.MODEL_PARAMETERS, setup.body, setup.tensors)
         collector = self.collector(list(mailbox.pods))
         # one request under the task's policy: a pod silent for longer than the time-out
-        # (per pod: another pod's messages do not keep it alive) is dropped or stops the task
+        # (per pod: another pod's messages do not keep it alive) is dropped or stops the
+        # task; a pod whose batches' results reached the modeller counts for min_replies
+        # even if it leaves before its final reduce step
         async for message in mailbox.collect_stream(
-            _is_final, name=BATCHES_REQUEST, timeout=self.timeout
+            _is_final,
+            usable=_is_batch if self.releases_per_batch else None,
+            name=BATCHES_REQUEST,
+            timeout=self.timeout,
         ):
             pod = message.sender
             body = message.body if isinstance(message.body, dict) else {}
@@ -508,6 +513,11 @@ class BatchRun(Generic[StateT, ValueT]):
             record.name, reason, type(error).__name__, level, time.time()
         )
         self._failed_records[record.name] = record
+
+
+def _is_batch(message: Message) -> bool:
+    """A batch's results (EVALUATION_RESULTS), which left the pod with the batch."""
+    return message.type is MessageType.EVALUATION_RESULTS
 
 
 def _is_final(message: Message) -> bool:

@@ -402,6 +402,7 @@ class ModellerMailbox:
         self,
         finished: Callable[[Message], bool],
         *,
+        usable: Callable[[Message], bool] | None = None,
         name: str | None = None,
         timeout: float | None = None,
     ) -> AsyncIterator[Message]:
@@ -415,6 +416,11 @@ class ModellerMailbox:
 
         Args:
             finished: whether a message is its pod's last one of this request.
+            usable: whether a message before the last one already is a usable (partial)
+                reply of its pod, one that counts for ``min_replies`` even if the pod leaves
+                before it finishes (a batch's results that left the pod with the batch).
+                Default: only its last message makes a pod's reply usable. A message the
+                caller drops the pod for (:meth:`drop`, e.g. malformed) does not count.
             name: the request's name in :attr:`timings` (each pod's seconds to its last
                 message), as in :meth:`collect`.
             timeout: this request's own time-out, which wins over the policy's; ``None``
@@ -422,13 +428,13 @@ class ModellerMailbox:
 
         The time-out is per pod and counts silence: every message of a pod (status
         messages too) restarts its timer, and no other pod's messages do; a pod with a
-        message waiting to be read is not silent. A pod silent for
-        longer is late, judged as in :meth:`collect`: dropped (TASK_ABORT with
-        WORKER_UNRESPONSIVE) while the others go on, unless ``on_timeout="stop"``. The
-        policy is applied as soon as a pod fails, not only at the end: ``require_all``
-        stops at the first pod that leaves, ``min_replies`` once too few pods are left to
-        reach it. A pod the caller drops (:meth:`drop`, e.g. for a malformed message) has
-        failed too; ``stop_on_error`` ignores it, as :meth:`collect` does.
+        message waiting to be read is not silent. A pod silent for longer is late, judged
+        as in :meth:`collect`: dropped (TASK_ABORT with WORKER_UNRESPONSIVE) while the
+        others go on, unless ``on_timeout="stop"``. The policy is applied as soon as a pod
+        fails, not only at the end: ``require_all`` stops at the first pod that leaves,
+        ``min_replies`` once too few pods have given or can still give a usable reply. A
+        pod the caller drops has failed too; ``stop_on_error`` ignores it, as
+        :meth:`collect` does.
 
         Raises:
             PodResponseError: the policy stops the task (see :meth:`collect`); ``failed_pods``
@@ -440,69 +446,70 @@ class ModellerMailbox:
         if timeout is None and rules is not None:
             timeout = rules.timeout
         waited = "forever" if timeout is None else f"{timeout:g} s"
-        asked = list(self.pods)
-        start = time.monotonic()
-        heard = dict.fromkeys(asked, start)
-        done: set[str] = set()
-        backlog = deque(self._pending)
+        stream = _Stream(list(self.pods), time.monotonic())
+        backlog: deque[Message] = deque(self._pending)
         self._pending = []
         try:
             while True:
                 await self._drain(backlog)
-                waiting = [pod for pod in asked if pod in self.pods and pod not in done]
+                waiting = stream.waiting(self.pods)
                 now = time.monotonic()
                 queued = {message.sender for message in backlog}  # here: not silent
                 late = {
                     pod: f"no message for {waited}"
                     for pod in waiting
-                    if timeout is not None and pod not in queued and now - heard[pod] >= timeout
+                    if timeout is not None
+                    and pod not in queued
+                    and now - stream.heard[pod] >= timeout
                 }
-                await self._judge_stream(request, asked, late, waiting, waited)
+                await self._judge_stream(request, stream, late, waiting, waited)
                 if late:
                     continue  # dropped: judge what is left
                 if not waiting:
                     return
                 message = await self._next_streamed(
-                    backlog, [heard[pod] for pod in waiting], timeout
+                    backlog, [stream.heard[pod] for pod in waiting], timeout
                 )
-                if message is None or not self._file_streamed(message, heard):
+                if message is None or not self._file_streamed(message, stream.heard):
                     continue
                 pod = message.sender
-                if (
-                    message.type is not MessageType.TASK_ABORT
-                    and pod in waiting
-                    and finished(message)
-                ):
-                    done.add(pod)
-                    self.timings.setdefault(pod, {})[request] = time.monotonic() - start
+                replied = message.type is not MessageType.TASK_ABORT and pod in waiting
+                last = replied and finished(message)
+                if last:
+                    stream.done.add(pod)
+                    self.timings.setdefault(pod, {})[request] = time.monotonic() - stream.start
+                counted = replied and (last or (usable is not None and usable(message)))
                 yield message
+                if counted and pod not in self.dropped:  # the caller kept it
+                    stream.usable.add(pod)
         finally:
             self._pending[:0] = list(backlog)
 
     async def _judge_stream(
         self,
         request: str,
-        asked: list[str],
+        stream: _Stream,
         late: Mapping[str, str],
         waiting: list[str],
         waited: str,
     ) -> None:
         """:meth:`collect_stream`'s policy, applied to where the stream stands now."""
-        left = {pod: failure_text(self.aborted[pod]) for pod in asked if pod in self.aborted}
+        left = {pod: failure_text(self.aborted[pod]) for pod in stream.asked if pod in self.aborted}
         errors = {pod: why for pod, why in left.items() if pod not in self.dropped}
         if self.policy is not None and self.policy.stop_on_error and errors:
             raise PodResponseError(
                 f"request {request!r} stopped at the first pod that failed (stop_on_error)",
                 errors,
             )
-        in_task = sum(1 for pod in asked if pod in self.pods)
+        # the pods with a usable reply, and (while it runs) those still streaming theirs
+        streaming = {pod for pod in waiting if pod not in late}
         await self._judge(
             request,
             left,
             late,
-            in_task - len(late),
+            len(stream.usable | streaming),
             dropping=f"no message in request {request!r} for {waited}",
-            ended=not waiting,
+            ended=not streaming,
         )
 
     async def _drain(self, backlog: deque[Message]) -> None:
@@ -608,6 +615,27 @@ class ModellerMailbox:
             logger.warning(
                 "could not tell %r it was dropped from task %s: %s", pod, self.task_id, exc
             )
+
+
+@dataclass
+class _Stream:
+    """Where one :meth:`ModellerMailbox.collect_stream` stands."""
+
+    asked: list[str]
+    start: float
+    heard: dict[str, float] = field(default_factory=dict)
+    """Pod → when it was last heard from (the start, before its first message)."""
+    done: set[str] = field(default_factory=set)
+    """The pods that sent their last message."""
+    usable: set[str] = field(default_factory=set)
+    """The pods that sent a usable reply (partial or last) the caller kept."""
+
+    def __post_init__(self) -> None:
+        self.heard = dict.fromkeys(self.asked, self.start)
+
+    def waiting(self, active: Collection[str]) -> list[str]:
+        """The asked pods still in the task that have not sent their last message."""
+        return [pod for pod in self.asked if pod in active and pod not in self.done]
 
 
 def _stops(stop_when: Callable[[Message], bool] | None, message: Message) -> bool:
