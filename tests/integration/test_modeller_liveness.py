@@ -9,6 +9,7 @@ import uuid
 import psutil
 
 from fedloom import AbortReason, LocalFederation, MemoryPodStore, MessageType, PodPolicy
+from fedloom.testing.faults import Fault
 from fedloom.worker import IsolationSettings
 
 from .conftest import REPLY_TIMEOUT, run_async, until_idle
@@ -142,3 +143,22 @@ def test_no_task_start_in_time_is_a_modeller_timeout_in_process_too() -> None:
     assert reason == AbortReason.MODELLER_TIMEOUT.value
     run = store.get_task_run(task_id)
     assert (run.status, run.reason) == ("aborted", AbortReason.MODELLER_TIMEOUT.value)
+
+
+def test_a_modeller_waiting_longer_than_the_pods_timeout_keeps_its_task_alive() -> None:
+    # the modeller says nothing while the pod works for 4x its modeller_timeout: only its
+    # heartbeats (sent within the timeout the pod named in JOB_ACCEPT) keep the task going
+    store = MemoryPodStore()
+    policy = PodPolicy(modeller_timeout=0.4)
+
+    async def main() -> dict[str, object]:
+        async with LocalFederation(
+            {"pod-a": source()}, policy=policy, pod_stores={"pod-a": store}
+        ) as federation:
+            run = await federation.run(Fault("sleep", seconds=1.6))
+            await until_idle(federation.pods["pod-a"])
+            return dict(run.aborted)
+
+    assert run_async(main()) == {}
+    [run] = store.task_runs()
+    assert run.status == "completed", run.reason

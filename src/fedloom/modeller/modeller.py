@@ -29,6 +29,7 @@ from fedloom.errors import (
     UnknownRecipientError,
 )
 from fedloom.modeller.cancel import CANCEL_MESSAGE, TaskCancellation, cancel_pods
+from fedloom.modeller.keepalive import KeepAlive
 from fedloom.modeller.policy import RequestPolicy
 from fedloom.protocols import ModellerContext, Protocol, RoundCallback
 from fedloom.store import ExperimentStore
@@ -214,10 +215,29 @@ class Modeller:
         on_round: RoundCallback | None,
     ) -> TaskResult:
         """:meth:`run` from the request on; ``asked`` gets each pod the request went to."""
-        refused = await self._request_job(mailbox, {"task": spec, "dataset": dataset}, asked)
-        answers, accepted, rejected = await self._accept(
-            mailbox, protocol.name, refused, require_all
-        )
+        async with KeepAlive(mailbox) as keepalive:
+            refused = await self._request_job(mailbox, {"task": spec, "dataset": dataset}, asked)
+            answers, accepted, rejected = await self._accept(
+                mailbox, protocol.name, refused, require_all
+            )
+            keepalive.fit(answers.replies.values())
+            return await self._started(
+                protocol, mailbox, spec, started, name, on_round, answers, accepted, rejected
+            )
+
+    async def _started(  # noqa: PLR0917 - private, called once from _run
+        self,
+        protocol: Protocol,
+        mailbox: ModellerMailbox,
+        spec: dict[str, Any],
+        started: float,
+        name: str | None,
+        on_round: RoundCallback | None,
+        answers: Gathered,
+        accepted: list[str],
+        rejected: dict[str, ErrorReport],
+    ) -> TaskResult:
+        """The task once the pods have accepted it: the protocol, then the record."""
         experiment_id = self._create_experiment(name or protocol.name, spec)
         if not protocol.handles_start:
             await mailbox.broadcast(MessageType.TASK_START)

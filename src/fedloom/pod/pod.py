@@ -181,11 +181,13 @@ class _HeldChannel(Channel):
         self.modeller = modeller
         self.held: deque[Message] = deque()
         self.heard = time.monotonic()
+        # on arrival: the task may be busy for long without reading its channel
+        inner.observe(self._note)
 
     def put(self, item: Message | None) -> None:
         self.inner.put(item)
 
-    def note(self, message: Message) -> bool:
+    def _note(self, message: Message) -> bool:
         """Note that the modeller was heard; True if ``message`` says nothing more."""
         if message.sender != self.modeller:
             return False
@@ -195,12 +197,7 @@ class _HeldChannel(Channel):
     async def get(self, timeout: float | None = None) -> Message:
         if self.held:
             return self.held.popleft()
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            message = await self.inner.get(left)
-            if not self.note(message):
-                return message
+        return await self.inner.get(timeout)
 
     def qsize(self) -> int:
         return len(self.held) + self.inner.qsize()
@@ -385,8 +382,6 @@ class Pod:
 
     def _hold(self, mailbox: WorkerMailbox, channel: _HeldChannel, message: Message) -> None:
         """Act on a message that reached a queued task: end it, or keep it for later."""
-        if channel.note(message):
-            return
         if message.sender == mailbox.modeller and message.type is MessageType.TASK_CANCEL:
             raise TaskCancelledError()
         if message.sender == mailbox.modeller and message.type is MessageType.TASK_ABORT:
@@ -539,7 +534,7 @@ async def _while_heard(
         while True:
             left = timeout - (time.monotonic() - channel.heard)
             if left <= 0:
-                raise _ModellerTimeoutError(f"no message from the modeller for {timeout:.0f} s")
+                raise _ModellerTimeoutError(f"no message from the modeller for {timeout:g} s")
             done, _ = await asyncio.wait({task}, timeout=left)
             if done:
                 return task.result()

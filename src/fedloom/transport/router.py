@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 
 from fedloom.errors import MailboxClosedError, ReceiveTimeoutError
 from fedloom.transport.base import Mailbox
@@ -28,8 +29,19 @@ class Channel:
         self.task_id = task_id
         self._queue: asyncio.Queue[Item] = asyncio.Queue()
         self._closed = False
+        self._observer: Callable[[Message], bool] | None = None
+
+    def observe(self, observer: Callable[[Message], bool] | None) -> None:
+        """Show every message to ``observer`` as it arrives; it keeps those it returns True for.
+
+        For what must be noticed on arrival, not when the task next reads its channel
+        (a pod notes that the modeller is alive while the task is busy elsewhere).
+        """
+        self._observer = observer
 
     def put(self, item: Item) -> None:
+        if item is not None and self._observer is not None and self._observer(item):
+            return
         self._queue.put_nowait(item)
 
     async def get(self, timeout: float | None = None) -> Message:
