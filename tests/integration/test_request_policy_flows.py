@@ -45,6 +45,9 @@ SIZES = {"pod-a": 30, "pod-b": 45, "pod-c": 60}
 HONEST = sorted(SIZES)
 Reply = tuple[MessageType, Any, dict[str, np.ndarray]] | None
 
+PATIENCE = 4.0
+"""Seconds a request waits for the silent pod: honest in-process pods answer well within
+it even on a loaded 2-core machine (1-2 s dropped honest pods now and then)."""
 
 def honest_pods() -> dict[str, ArraySource]:
     return {
@@ -108,7 +111,7 @@ async def with_scripted(
 
 
 def test_discard_finishes_fedavg_with_the_others_and_reports_the_silent_pod() -> None:
-    policy = RequestPolicy(timeout=2.0)
+    policy = RequestPolicy(timeout=PATIENCE)
 
     async def main() -> tuple[TaskResult, list[MessageType]]:
         async with LocalFederation(honest_pods()) as federation:
@@ -135,7 +138,7 @@ def test_discard_finishes_fedavg_with_the_others_and_reports_the_silent_pod() ->
 
 def test_stop_raises_naming_the_silent_pod_and_tells_every_pod() -> None:
     stores = {pod: MemoryPodStore() for pod in HONEST}
-    policy = RequestPolicy(timeout=1.0, on_timeout=OnTimeout.STOP)
+    policy = RequestPolicy(timeout=PATIENCE, on_timeout=OnTimeout.STOP)
 
     async def main() -> tuple[PodResponseError, list[MessageType]]:
         async with LocalFederation(honest_pods(), pod_stores=stores) as federation:
@@ -150,7 +153,7 @@ def test_stop_raises_naming_the_silent_pod_and_tells_every_pod() -> None:
             return await with_scripted(federation, {"pod-silent": silent}, body)
 
     error, silent_saw = run_async(main())
-    assert error.failed_pods == {"pod-silent": "no answer within 1 s"}
+    assert error.failed_pods == {"pod-silent": f"no answer within {PATIENCE:g} s"}
     assert "round-0" in str(error) and "pod-silent" in str(error)
     assert silent_saw[-1] is MessageType.TASK_ABORT
     for pod, store in stores.items():
@@ -169,7 +172,7 @@ def test_a_protocols_own_round_timeout_wins_over_the_policy() -> None:
 
             async def body(tasks: dict[str, asyncio.Task[list[MessageType]]]) -> Any:
                 return await federation.modeller.run(
-                    fedavg(rounds=1, round_timeout=1.0),
+                    fedavg(rounds=1, round_timeout=PATIENCE),
                     [*HONEST, "pod-silent"],
                     policy=RequestPolicy(timeout=None),
                 )
@@ -193,7 +196,7 @@ def test_discard_in_analytics_leaves_the_silent_pod_out_of_the_statistics() -> N
                 return await federation.modeller.run(
                     Analytics(request=request),
                     [*HONEST, "pod-silent"],
-                    policy=RequestPolicy(timeout=1.0),
+                    policy=RequestPolicy(timeout=PATIENCE),
                 )
 
             return await with_scripted(federation, {"pod-silent": silent}, body)
@@ -268,14 +271,14 @@ def test_min_replies() -> None:
                 return await federation.modeller.run(
                     fedavg(rounds=1),
                     [*HONEST, "pod-silent"],
-                    policy=RequestPolicy(timeout=1.0, min_replies=min_replies),
+                    policy=RequestPolicy(timeout=PATIENCE, min_replies=min_replies),
                 )
 
             return await with_scripted(federation, {"pod-silent": silent}, body)
 
     with pytest.raises(PodResponseError, match=r"3 usable replies; .* at least 4") as caught:
         run_async(main(4))
-    assert caught.value.failed_pods == {"pod-silent": "no answer within 1 s"}
+    assert caught.value.failed_pods == {"pod-silent": f"no answer within {PATIENCE:g} s"}
     assert run_async(main(3)).result.history[0].pods == HONEST
 
 
