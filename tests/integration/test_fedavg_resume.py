@@ -3,10 +3,8 @@
 Real in-process pods and hub (LocalFederation), a real SQLite experiment store. The
 modeller "crashes" in round 2 between recording the round's metrics and saving its
 checkpoint: the store it writes to stops taking writes there, as a dead process would,
-and the experiment stays "running" with half a round. The resumed run is wired as
-``Modeller.run(..., resume=experiment_id)`` will be: :func:`resume_experiment` on the
-same store, a :class:`ModellerContext` carrying the resume point and the old experiment,
-and the caller finishing that experiment.
+and the experiment stays "running" with half a round. ``Modeller.run(...,
+resume=experiment_id)`` goes on with it.
 """
 
 from __future__ import annotations
@@ -16,7 +14,6 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +21,8 @@ import numpy as np
 import pytest
 
 from fedloom import (
+    Analytics,
+    AnalyticsRequest,
     ArraySource,
     FedAvg,
     FedAvgResult,
@@ -34,8 +33,8 @@ from fedloom import (
     resume_experiment,
     run_local,
 )
-from fedloom.protocols import ModellerContext
-from fedloom.transport import ModellerMailbox
+from fedloom.errors import ConfigError, NotFoundError, StoreError
+from fedloom.protocols import Protocol
 
 from .conftest import TINY_MLP, labelled_arrays
 
@@ -84,20 +83,6 @@ class CrashingStore(SqliteExperimentStore):
             super().finish_experiment(experiment_id, status, result)
 
 
-@dataclass(frozen=True, eq=False)
-class ResumedFedAvg(FedAvg):
-    """FedAvg resumed into an earlier experiment (pods see plain FedAvg: same name, config)."""
-
-    store: SqliteExperimentStore | None = None
-    experiment_id: str = ""
-
-    async def run_modeller(self, mailbox: ModellerMailbox, context: ModellerContext) -> Any:
-        assert self.store is not None
-        point = resume_experiment(self.store, self.experiment_id)
-        resumed = ModellerContext(self.store, self.experiment_id, context.on_round, resume=point)
-        return await super().run_modeller(mailbox, resumed)
-
-
 def crash_in_round_2(path: Path, protocol: FedAvg) -> str:
     store = CrashingStore(path, crash_round=2)
     try:
@@ -113,12 +98,13 @@ def crash_in_round_2(path: Path, protocol: FedAvg) -> str:
 
 
 def resume(path: Path, protocol: FedAvg, experiment_id: str) -> tuple[TaskResult, dict[str, Any]]:
-    """Resume the experiment, finish it as the modeller will; the pods' released records."""
+    """Resume the experiment through the modeller; the pods' released records."""
     pod_stores = {pod: MemoryPodStore() for pod in SIZES}
     with SqliteExperimentStore(path) as store:
-        resumed = ResumedFedAvg(**vars(protocol), store=store, experiment_id=experiment_id)
-        run = run_local(resumed, pods(), pod_stores=pod_stores)
-        store.finish_experiment(experiment_id, "completed", protocol.summarise(run.result))
+        run = run_local(
+            protocol, pods(), pod_stores=pod_stores, modeller_store=store, resume=experiment_id
+        )
+    assert run.experiment_id == experiment_id
     released = {pod: s.get_task_run(run.task_id).result for pod, s in pod_stores.items()}
     return run, released
 
@@ -241,3 +227,32 @@ def test_a_process_killed_after_the_reopen_commit_leaves_only_harmless_files(
         assert sorted(os.listdir(folder)) == files[:2]
         record = store.get_experiment(experiment_id)
         assert record.status == "running" and len(record.rounds) == 2
+
+
+# --- what cannot be resumed is refused before any pod is asked ------------------------
+
+
+def _refused(path: Path | None, protocol: Protocol, experiment_id: str, error: type) -> None:
+    pod_stores = {pod: MemoryPodStore() for pod in SIZES}
+    store = None if path is None else SqliteExperimentStore(path)
+    try:
+        with pytest.raises(error):
+            run_local(
+                protocol, pods(), pod_stores=pod_stores, modeller_store=store, resume=experiment_id
+            )
+    finally:
+        if store is not None:
+            store.close()
+    assert all(s.task_runs() == [] for s in pod_stores.values())  # no pod was asked
+
+
+def test_resumes_that_cannot_work_are_typed_errors_and_ask_no_pod(tmp_path: Path) -> None:
+    path = tmp_path / "modeller.db"
+    experiment_id = crash_in_round_2(path, fedavg())
+    _refused(None, fedavg(), experiment_id, ConfigError)  # no store to resume from
+    _refused(path, fedavg(seed=12), experiment_id, ConfigError)  # another task
+    _refused(path, Analytics(AnalyticsRequest(("count",), ("f0",))), experiment_id, ConfigError)
+    _refused(path, fedavg(), "0" * 32, NotFoundError)
+    run, _ = resume(path, fedavg(rounds=4), experiment_id)  # more rounds: the same task
+    assert [m.round_index for m in run.result.history] == [0, 1, 2, 3]
+    _refused(path, fedavg(rounds=4), experiment_id, StoreError)  # completed: nothing left

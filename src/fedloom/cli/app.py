@@ -11,6 +11,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from fedloom.errors import ConfigError, ExitCode, FedloomError, exit_code_for
 
@@ -172,6 +173,13 @@ def run_task(
         Path | None,
         typer.Option(help="For inference tasks: write each pod's CSV report (<pod>.csv) here."),
     ] = None,
+    resume: Annotated[
+        str | None,
+        typer.Option(
+            help="Go on with this experiment of the task's store from its last checkpoint "
+            "(after a crash or a failed run); the task must be the same, rounds may grow."
+        ),
+    ] = None,
 ) -> None:
     """Run a task on pods through a hub, with a progress bar per pod."""
     import asyncio
@@ -185,7 +193,12 @@ def run_task(
     with PodProgress(console, task.pods) as progress:
         result = asyncio.run(
             _cancel_on_sigterm(
-                run_task_file(task, on_progress=progress.on_progress, on_round=progress.on_round)
+                run_task_file(
+                    task,
+                    on_progress=progress.on_progress,
+                    on_round=progress.on_round,
+                    resume=resume,
+                )
             )
         )
     summary = {**describe(result), "result": task.protocol.summarise(result.result)}
@@ -276,7 +289,8 @@ def main() -> None:
     try:
         app()
     except FedloomError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        # the message may quote a pod's words: shown as they are, never read as markup
+        console.print("[red]error:[/red]", Text(str(exc)))
         sys.exit(int(exit_code_for(exc)))
     except KeyboardInterrupt:
         console.print("[yellow]interrupted")

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -26,13 +26,15 @@ from fedloom.errors import (
     ErrorReport,
     FedloomError,
     PodResponseError,
+    StoreError,
     UnknownRecipientError,
 )
 from fedloom.modeller.cancel import CANCEL_MESSAGE, TaskCancellation, cancel_pods
 from fedloom.modeller.keepalive import KeepAlive
 from fedloom.modeller.policy import RequestPolicy
-from fedloom.protocols import ModellerContext, Protocol, RoundCallback
+from fedloom.protocols import ModellerContext, Protocol, RoundCallback, resume_experiment
 from fedloom.store import ExperimentStore
+from fedloom.store.base import COMPLETED
 from fedloom.transport import Gathered, Mailbox, ModellerMailbox, ProgressCallback, TaskRouter
 from fedloom.transport.task import report_of
 from fedloom.wire import MessageType
@@ -126,6 +128,7 @@ class Modeller:
         require_all: bool | None = None,
         on_round: RoundCallback | None = None,
         on_progress: ProgressCallback | None = None,
+        resume: str | None = None,
     ) -> TaskResult:
         """Run ``protocol`` on ``pods`` over their dataset ``dataset``.
 
@@ -140,10 +143,20 @@ class Modeller:
                 time-out says (forever when unset) and drop the pods that stay silent.
             require_all: with a policy, replaces ``policy.require_all``; without one,
                 whether every pod must accept the task (default True).
+            resume: the id of an experiment in this modeller's store that stopped before
+                its end (the modeller crashed, or the run failed): the run goes on from
+                the last round that has both its metrics and its checkpoint, records into
+                that experiment and finishes it. The protocol must be resumable and the
+                same task as the experiment's (only ``rounds`` may differ, to extend it).
 
         Raises:
-            ConfigError: no pods, duplicate pods, a protocol config that is not JSON, or a
-                ``policy`` that is not a :class:`RequestPolicy`.
+            ConfigError: no pods, duplicate pods, a protocol config that is not JSON, a
+                ``policy`` that is not a :class:`RequestPolicy`, or a ``resume`` without a
+                store, of a protocol that cannot resume, or of an experiment that ran
+                another task.
+            NotFoundError: ``resume`` names no experiment in the store.
+            StoreError: the ``resume`` experiment has completed, or its last checkpoint is
+                missing or damaged (nothing is sent to the pods then).
             PodResponseError: no pod accepted, or the request policy (or, without one,
                 ``require_all``) stopped the task; ``failed_pods`` names the pods that
                 rejected, aborted or did not answer, with the reason.
@@ -164,6 +177,8 @@ class Modeller:
         if policy is not None and require_all is not None:
             policy = replace(policy, require_all=require_all)
         spec = protocol.dump()
+        if resume is not None:
+            self._check_resume(protocol, spec, resume)
         self._router.start()
         started = time.monotonic()
         task_id = uuid.uuid4().hex
@@ -189,6 +204,7 @@ class Modeller:
                 name=name,
                 require_all=require_all,
                 on_round=on_round,
+                resume=resume,
             )
         except asyncio.CancelledError:
             # any phase: every pod sent the request that has not left the task may hold it
@@ -213,6 +229,7 @@ class Modeller:
         name: str | None,
         require_all: bool | None,
         on_round: RoundCallback | None,
+        resume: str | None,
     ) -> TaskResult:
         """:meth:`run` from the request on; ``asked`` gets each pod the request went to."""
         async with KeepAlive(mailbox) as keepalive:
@@ -221,27 +238,68 @@ class Modeller:
                 mailbox, protocol.name, refused, require_all
             )
             keepalive.fit(answers.replies.values())
-            return await self._started(
-                protocol, mailbox, spec, started, name, on_round, answers, accepted, rejected
+            context = await self._experiment(
+                protocol, mailbox, spec, name, on_round, resume
             )
+            return await self._started(
+                protocol, mailbox, started, context, answers, accepted, rejected
+            )
+
+    def _check_resume(self, protocol: Protocol, spec: dict[str, Any], resume: str) -> None:
+        """Refuse a resume that cannot work before any pod is asked (reads only)."""
+        if self.store is None:
+            raise ConfigError("resume needs the modeller's experiment store (store=...)")
+        if not protocol.resumable:
+            raise ConfigError(f"protocol {protocol.name!r} cannot resume an experiment")
+        record = self.store.get_experiment(resume)
+        if record.status == COMPLETED:
+            raise StoreError(f"experiment {resume} has completed: there is nothing to resume")
+        if _resumable_part(record.task) != _resumable_part(spec):
+            raise ConfigError(
+                f"experiment {resume} ran another task ({record.task.get('protocol')!r} with "
+                "another config); resume it with the same task (only rounds may change)"
+            )
+
+    async def _experiment(  # noqa: PLR0917 - private, called once from _run
+        self,
+        protocol: Protocol,
+        mailbox: ModellerMailbox,
+        spec: dict[str, Any],
+        name: str | None,
+        on_round: RoundCallback | None,
+        resume: str | None,
+    ) -> ModellerContext:
+        """The experiment the accepted task records into: a new one, or the resumed one.
+
+        Raises:
+            FedloomError: the store failed (the pods were told with TASK_ABORT).
+        """
+        try:
+            if resume is None:
+                experiment_id = self._create_experiment(name or protocol.name, spec)
+                return ModellerContext(self.store, experiment_id, on_round)
+            assert self.store is not None  # _check_resume said so
+            point = resume_experiment(self.store, resume)
+            logger.info("experiment %s goes on at round %d", resume, point.next_round)
+            return ModellerContext(self.store, resume, on_round, resume=point)
+        except FedloomError as exc:
+            await self._abort(mailbox, exc)
+            raise
 
     async def _started(  # noqa: PLR0917 - private, called once from _run
         self,
         protocol: Protocol,
         mailbox: ModellerMailbox,
-        spec: dict[str, Any],
         started: float,
-        name: str | None,
-        on_round: RoundCallback | None,
+        context: ModellerContext,
         answers: Gathered,
         accepted: list[str],
         rejected: dict[str, ErrorReport],
     ) -> TaskResult:
         """The task once the pods have accepted it: the protocol, then the record."""
-        experiment_id = self._create_experiment(name or protocol.name, spec)
+        experiment_id = context.experiment_id
         if not protocol.handles_start:
             await mailbox.broadcast(MessageType.TASK_START)
-        context = ModellerContext(self.store, experiment_id, on_round)
         try:
             result = await protocol.run_modeller(mailbox, context)
         except asyncio.CancelledError:
@@ -409,3 +467,11 @@ class Modeller:
                 self.store.finish_experiment(experiment_id, status, result)
             except FedloomError as exc:
                 logger.error("could not record the end of experiment %s: %s", experiment_id, exc)
+
+
+def _resumable_part(task: Mapping[str, Any]) -> dict[str, Any]:
+    """What must match to resume an experiment: the task less its number of rounds."""
+    config = task.get("config")
+    if isinstance(config, dict):
+        config = {key: value for key, value in config.items() if key != "rounds"}
+    return {"protocol": task.get("protocol"), "config": config}

@@ -76,5 +76,6 @@ def describe(result: TaskResult) -> Mapping[str, Any]:
         "accepted": result.accepted,
         "rejected": {pod: report.reason.value for pod, report in result.rejected.items()},
         "aborted": {pod: report.reason.value for pod, report in result.aborted.items()},
+        "experiment_id": result.experiment_id,
         "seconds": round(result.seconds, 3),
     }

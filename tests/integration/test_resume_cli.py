@@ -1,0 +1,135 @@
+"""`fedloom run` SIGKILLed mid-experiment, then `fedloom run --resume`: nothing is lost.
+
+Real processes throughout: a hub, a pod daemon (one task slot, modeller_timeout = 3 s)
+and two modeller processes. The killed modeller's task keeps the pod's only slot until
+the pod stops hearing from it; the resumed run then goes on from the last checkpoint and
+finishes the same experiment with every round recorded once.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fedloom import AbortReason, SqliteExperimentStore, SqlitePodStore
+
+from .test_cli_deployment import _daemon, _stop
+from .test_demo_cli import fedloom_command, run_cli
+
+ROUNDS = 40
+
+
+def _setup(folder: Path) -> None:
+    for name in ("alice", "pod-a"):
+        assert run_cli("keys", "new", name, "--dir", "keys", cwd=folder).returncode == 0
+    assert run_cli("hub", "init", "--data-dir", "hub", cwd=folder).returncode == 0
+    for name, role in (("alice", "modeller"), ("pod-a", "pod")):
+        done = run_cli(
+            "hub",
+            "register",
+            f"keys/{name}.pub.json",
+            "--role",
+            role,
+            "--data-dir",
+            "hub",
+            cwd=folder,
+        )
+        assert done.returncode == 0, done.stderr
+    rng = np.random.default_rng(0)
+    data = pd.DataFrame(rng.normal(size=(120, 4)), columns=["a", "b", "c", "d"])
+    data["label"] = (data["a"] > 0).astype(int)
+    data.to_csv(folder / "a.csv", index=False)
+
+
+def _checkpoints(store: Path) -> int:
+    if not store.exists():
+        return 0
+    connection = sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=5)
+    try:
+        return int(connection.execute("SELECT count(*) FROM checkpoints").fetchone()[0])
+    except sqlite3.OperationalError:  # the schema is not there yet
+        return 0
+    finally:
+        connection.close()
+
+
+def test_a_killed_modeller_resumes_its_experiment_from_the_command_line(tmp_path: Path) -> None:
+    _setup(tmp_path)
+    hub, ready = _daemon(
+        ["hub", "start", "--data-dir", "hub", "--port", "0"], tmp_path, "listening"
+    )
+    try:
+        address = ready.rsplit(" ", 1)[1]
+        (tmp_path / "pod.toml").write_text(
+            f'name = "pod-a"\nhub = "{address}"\nidentity = "keys/pod-a.key"\n'
+            'store = "pod-a.sqlite"\nmax_concurrent_tasks = 1\n[tls]\nca = "hub/tls/ca.crt"\n'
+            '[policy]\nmodellers = ["alice"]\nmodeller_timeout = 3\n'
+            '[datasets.default]\nkind = "csv"\npath = "a.csv"\nlabel_column = "label"\n'
+        )
+        pod, _ = _daemon(["pod", "start", "--config", "pod.toml"], tmp_path, "pod-a online")
+        try:
+            (tmp_path / "task.toml").write_text(
+                f'hub = "{address}"\nidentity = "keys/alice.key"\npods = ["pod-a"]\n'
+                'store = "alice.db"\nname = "resumable"\n[tls]\nca = "hub/tls/ca.crt"\n'
+                '[task]\nprotocol = "fedavg"\n'
+                f"[task.config]\nrounds = {ROUNDS}\nseed = 5\n"
+                "[task.config.training]\nepochs = 2\nbatch_size = 8\n"
+                '[task.config.model]\nname = "mlp"\n'
+                "[task.config.model.config]\nin_features = 4\nhidden = [16]\nout_features = 2\n"
+            )
+            modeller = subprocess.Popen(
+                [*fedloom_command(), "run", "task.toml", "--json"],
+                cwd=tmp_path,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            deadline = time.monotonic() + 120
+            while _checkpoints(tmp_path / "alice.db") < 2:
+                assert modeller.poll() is None, modeller.communicate()[1][-3000:]
+                assert time.monotonic() < deadline, "no round was checkpointed"
+                time.sleep(0.02)
+            modeller.send_signal(signal.SIGKILL)
+            modeller.communicate(timeout=30)
+            with SqliteExperimentStore(tmp_path / "alice.db") as store:
+                (crashed,) = store.list_experiments()
+            assert crashed.status == "running"
+            done_before = len(crashed.checkpoints)
+            assert 2 <= done_before < ROUNDS
+
+            done = run_cli(
+                "run", "task.toml", "--json", "--resume", crashed.experiment_id, cwd=tmp_path
+            )
+            assert done.returncode == 0, done.stderr[-3000:]
+            summary = json.loads(done.stdout)
+            assert summary["experiment_id"] == crashed.experiment_id
+            assert summary["result"]["rounds"] == ROUNDS
+        finally:
+            _stop(pod)
+    finally:
+        _stop(hub)
+
+    with SqliteExperimentStore(tmp_path / "alice.db") as store:
+        (record,) = store.list_experiments()
+        assert record.status == "completed" and record.name == "resumable"
+        assert [r.round_index for r in record.rounds] == list(range(ROUNDS))
+        assert [c.round_index for c in record.checkpoints] == list(range(ROUNDS))
+    with SqlitePodStore(tmp_path / "pod-a.sqlite") as pod_store:
+        runs = sorted(pod_store.task_runs(), key=lambda run: run.started_at)
+    # the killed modeller's task ended when the pod stopped hearing from it, freeing the
+    # pod's one slot for the resumed run
+    assert [(run.status, run.reason) for run in runs] == [
+        ("aborted", AbortReason.MODELLER_TIMEOUT.value),
+        ("completed", None),
+    ]
+    # FedAvg records a round's metrics before its checkpoint: every checkpointed round is
+    # complete, so the resumed run trained exactly the rounds that had none
+    assert runs[1].result is not None
+    assert runs[1].result["rounds"] == list(range(done_before, ROUNDS))
