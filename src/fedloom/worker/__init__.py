@@ -4,12 +4,22 @@
 :class:`ProxyMailbox` over a pipe (large frames through memory-mapped files), sets the
 start event on the modeller's TASK_START, and watches the child's exit, heartbeat and
 memory.
+
+The names are loaded on first use: the child's module imports torch, and commands that
+only need :mod:`fedloom.worker.lifetime` (every ``fedloom`` command does) must not pay
+for it.
 """
 
-from fedloom.registry import import_plugins
-from fedloom.worker.child import ProxyMailbox, child_main
-from fedloom.worker.config import IsolationSettings, WorkerConfig
-from fedloom.worker.process import WorkerProcess
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fedloom.registry import import_plugins
+    from fedloom.worker.child import ProxyMailbox, child_main
+    from fedloom.worker.config import IsolationSettings, WorkerConfig
+    from fedloom.worker.process import WorkerProcess
 
 __all__ = [
     "IsolationSettings",
@@ -19,3 +29,21 @@ __all__ = [
     "child_main",
     "import_plugins",
 ]
+
+_HOMES = {
+    "IsolationSettings": "fedloom.worker.config",
+    "ProxyMailbox": "fedloom.worker.child",
+    "WorkerConfig": "fedloom.worker.config",
+    "WorkerProcess": "fedloom.worker.process",
+    "child_main": "fedloom.worker.child",
+    "import_plugins": "fedloom.registry",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value
+    return value
