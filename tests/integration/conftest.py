@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from fedloom import (
+    ArraySource,
     MemoryHub,
     Message,
     MessageType,
@@ -64,6 +65,14 @@ def labelled_arrays(rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     x = rng.normal(size=(rows, 4)).astype(np.float32)
     y = (x[:, 0] + x[:, 1] > 0).astype(np.int64)
     return x, y
+
+
+def labelled_pods(sizes: Mapping[str, int]) -> dict[str, ArraySource]:
+    """One :func:`labelled_arrays` source per pod, of its size, seeded by its position."""
+    return {
+        pod: ArraySource(*labelled_arrays(rows, seed=i))
+        for i, (pod, rows) in enumerate(sizes.items())
+    }
 
 
 class FakePod:

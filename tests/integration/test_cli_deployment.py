@@ -7,40 +7,13 @@ fedloom pod start --config pod.toml → fedloom run TASK.toml.
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .test_demo_cli import fedloom_command, run_cli
-
-
-def _daemon(args: list[str], cwd: Path, ready: str) -> tuple[subprocess.Popen[str], str]:
-    """Start a daemon command and wait for its ready line (returned)."""
-    process = subprocess.Popen(
-        [*fedloom_command(), *args],
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stdout is not None
-    line = process.stdout.readline()
-    if ready not in line:
-        process.kill()
-        _, stderr = process.communicate(timeout=20)
-        raise AssertionError(f"{args[:2]} did not start: {line!r} {stderr}")
-    return process, line.strip()
-
-
-def _stop(process: subprocess.Popen[str]) -> str:
-    process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=20)
-    assert process.returncode == 0, stderr
-    assert "Traceback" not in stderr, stderr
-    return stderr
+from .cli_kit import daemon, pod_toml, register, start_hub, stop
+from .test_demo_cli import run_cli
 
 
 def test_keys_hub_pod_and_run_from_the_command_line(tmp_path: Path) -> None:
@@ -52,18 +25,8 @@ def test_keys_hub_pod_and_run_from_the_command_line(tmp_path: Path) -> None:
     assert again.returncode == 3 and "already exists" in again.stderr  # never overwritten
 
     assert run_cli("hub", "init", "--data-dir", "hub", cwd=tmp_path).returncode == 0
-    for name, role in (("alice", "modeller"), ("pod-a", "pod")):
-        done = run_cli(
-            "hub",
-            "register",
-            f"keys/{name}.pub.json",
-            "--role",
-            role,
-            "--data-dir",
-            "hub",
-            cwd=tmp_path,
-        )
-        assert done.returncode == 0, done.stderr
+    register(tmp_path, "alice", "modeller")
+    register(tmp_path, "pod-a", "pod")
     bad_role = run_cli(
         "hub",
         "register",
@@ -85,20 +48,14 @@ def test_keys_hub_pod_and_run_from_the_command_line(tmp_path: Path) -> None:
         pixels = np.full((4, 4, 3), index * 40, dtype=np.uint8)
         Image.fromarray(pixels).save(tmp_path / "images" / f"im{index}.png")
     (tmp_path / "images" / "broken.png").write_bytes(b"not a png")
-    hub, ready = _daemon(
-        ["hub", "start", "--data-dir", "hub", "--port", "0"], tmp_path, "listening on"
-    )
+    hub, address = start_hub(tmp_path)
     try:
-        address = ready.rsplit(" ", 1)[1]
         (tmp_path / "pod.toml").write_text(
-            f'name = "pod-a"\nhub = "{address}"\nidentity = "keys/pod-a.key"\n'
-            'store = "pod-a.sqlite"\n[tls]\nca = "hub/tls/ca.crt"\n'
-            '[policy]\nmodellers = ["alice"]\n[modeller_keys]\nalice = "keys/alice.pub.json"\n'
-            '[datasets.default]\nkind = "csv"\npath = "a.csv"\nlabel_column = "label"\n'
-            '[datasets.images]\nkind = "folder"\npath = "images"\npattern = "*.png"\n'
+            pod_toml(address, rest='[modeller_keys]\nalice = "keys/alice.pub.json"\n')
+            + '[datasets.images]\nkind = "folder"\npath = "images"\npattern = "*.png"\n'
             "[datasets.images.loader_options]\nsize = [4, 4]\n"
         )
-        pod, _ = _daemon(["pod", "start", "--config", "pod.toml"], tmp_path, "pod-a online")
+        pod, _ = daemon(["pod", "start", "--config", "pod.toml"], tmp_path, "pod-a online")
         try:
             (tmp_path / "task.toml").write_text(
                 f'hub = "{address}"\nidentity = "keys/alice.key"\npods = ["pod-a"]\n'
@@ -133,9 +90,9 @@ def test_keys_hub_pod_and_run_from_the_command_line(tmp_path: Path) -> None:
             assert sum(",ok" in line for line in report) == 3
             assert any("broken.png" in line and "failed" in line for line in report)
         finally:
-            _stop(pod)
+            stop(pod)
     finally:
-        _stop(hub)
+        stop(hub)
 
 
 def test_the_readme_config_files_load(tmp_path: Path) -> None:

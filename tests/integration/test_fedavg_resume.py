@@ -36,17 +36,14 @@ from fedloom import (
 from fedloom.errors import ConfigError, NotFoundError, StoreError
 from fedloom.protocols import Protocol
 
-from .conftest import TINY_MLP, labelled_arrays
+from .conftest import TINY_MLP, labelled_pods
 
 SIZES = {"pod-a": 40, "pod-b": 64, "pod-c": 90, "pod-d": 52}
 TRAINING = TrainingConfig(epochs=2, batch_size=16, learning_rate=0.1)
 
 
 def pods() -> dict[str, ArraySource]:
-    return {
-        pod: ArraySource(*labelled_arrays(rows, seed=i))
-        for i, (pod, rows) in enumerate(SIZES.items())
-    }
+    return labelled_pods(SIZES)
 
 
 def fedavg(**changes: Any) -> FedAvg:

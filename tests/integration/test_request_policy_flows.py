@@ -39,7 +39,7 @@ from fedloom import (
     run_local,
 )
 
-from .conftest import TINY_MLP, FakePod, labelled_arrays, run_async, until_idle
+from .conftest import TINY_MLP, FakePod, labelled_arrays, labelled_pods, run_async, until_idle
 
 SIZES = {"pod-a": 30, "pod-b": 45, "pod-c": 60}
 HONEST = sorted(SIZES)
@@ -49,11 +49,9 @@ PATIENCE = 4.0
 """Seconds a request waits for the silent pod: honest in-process pods answer well within
 it even on a loaded 2-core machine (1-2 s dropped honest pods now and then)."""
 
+
 def honest_pods() -> dict[str, ArraySource]:
-    return {
-        pod: ArraySource(*labelled_arrays(rows, seed=i))
-        for i, (pod, rows) in enumerate(SIZES.items())
-    }
+    return labelled_pods(SIZES)
 
 
 def fedavg(**changes: Any) -> FedAvg:

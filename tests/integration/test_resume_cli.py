@@ -20,28 +20,18 @@ import pandas as pd
 
 from fedloom import AbortReason, SqliteExperimentStore, SqlitePodStore
 
-from .test_cli_deployment import _daemon, _stop
+from .cli_kit import daemon, pod_toml, register, start_hub, stop
 from .test_demo_cli import fedloom_command, run_cli
 
-ROUNDS = 40
+ROUNDS = 12
 
 
 def _setup(folder: Path) -> None:
     for name in ("alice", "pod-a"):
         assert run_cli("keys", "new", name, "--dir", "keys", cwd=folder).returncode == 0
     assert run_cli("hub", "init", "--data-dir", "hub", cwd=folder).returncode == 0
-    for name, role in (("alice", "modeller"), ("pod-a", "pod")):
-        done = run_cli(
-            "hub",
-            "register",
-            f"keys/{name}.pub.json",
-            "--role",
-            role,
-            "--data-dir",
-            "hub",
-            cwd=folder,
-        )
-        assert done.returncode == 0, done.stderr
+    register(folder, "alice", "modeller")
+    register(folder, "pod-a", "pod")
     rng = np.random.default_rng(0)
     data = pd.DataFrame(rng.normal(size=(120, 4)), columns=["a", "b", "c", "d"])
     data["label"] = (data["a"] > 0).astype(int)
@@ -62,18 +52,12 @@ def _checkpoints(store: Path) -> int:
 
 def test_a_killed_modeller_resumes_its_experiment_from_the_command_line(tmp_path: Path) -> None:
     _setup(tmp_path)
-    hub, ready = _daemon(
-        ["hub", "start", "--data-dir", "hub", "--port", "0"], tmp_path, "listening"
-    )
+    hub, address = start_hub(tmp_path)
     try:
-        address = ready.rsplit(" ", 1)[1]
         (tmp_path / "pod.toml").write_text(
-            f'name = "pod-a"\nhub = "{address}"\nidentity = "keys/pod-a.key"\n'
-            'store = "pod-a.sqlite"\nmax_concurrent_tasks = 1\n[tls]\nca = "hub/tls/ca.crt"\n'
-            '[policy]\nmodellers = ["alice"]\nmodeller_timeout = 3\n'
-            '[datasets.default]\nkind = "csv"\npath = "a.csv"\nlabel_column = "label"\n'
+            pod_toml(address, top="max_concurrent_tasks = 1\n", policy="modeller_timeout = 3\n")
         )
-        pod, _ = _daemon(["pod", "start", "--config", "pod.toml"], tmp_path, "pod-a online")
+        pod, _ = daemon(["pod", "start", "--config", "pod.toml"], tmp_path, "pod-a online")
         try:
             (tmp_path / "task.toml").write_text(
                 f'hub = "{address}"\nidentity = "keys/alice.key"\npods = ["pod-a"]\n'
@@ -112,9 +96,9 @@ def test_a_killed_modeller_resumes_its_experiment_from_the_command_line(tmp_path
             assert summary["experiment_id"] == crashed.experiment_id
             assert summary["result"]["rounds"] == ROUNDS
         finally:
-            _stop(pod)
+            stop(pod)
     finally:
-        _stop(hub)
+        stop(hub)
 
     with SqliteExperimentStore(tmp_path / "alice.db") as store:
         (record,) = store.list_experiments()
