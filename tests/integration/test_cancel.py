@@ -16,7 +16,7 @@ from typing import Any
 import psutil
 import pytest
 
-from fedloom import AbortReason, Modeller, SqlitePodStore
+from fedloom import AbortReason, Modeller, SqlitePodStore, TaskCancellation
 from fedloom.cluster import LocalCluster, PodSpec
 from fedloom.modeller.modeller import TELL_PODS_SECONDS
 from fedloom.testing.faults import Fault
@@ -98,6 +98,16 @@ async def _next_task_is_not_queued(modeller: Modeller) -> dict[str, Any]:
     return result
 
 
+
+async def _cancel(modeller: Modeller, run: asyncio.Task[Any]) -> tuple[TaskCancellation, float]:
+    """Cancel the modeller's one task: what it told the pods, and the seconds it took."""
+    started = time.monotonic()
+    (cancellation,) = await modeller.cancel()
+    seconds = time.monotonic() - started
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    return cancellation, seconds
+
 def test_cancel_mid_task_stops_the_child_and_frees_the_slot(tmp_path: Path) -> None:
     async def main() -> None:
         async with LocalCluster(tmp_path / "cluster", _specs(tmp_path, ("pod-a",))) as cluster:
@@ -116,11 +126,7 @@ def test_cancel_mid_task_stops_the_child_and_frees_the_slot(tmp_path: Path) -> N
             assert [child.is_running() for child in children] == [True] * len(children)
             assert modeller.running_tasks() != []
 
-            started = time.monotonic()
-            (cancellation,) = await modeller.cancel()
-            seconds = time.monotonic() - started
-            with pytest.raises(asyncio.CancelledError):
-                await run
+            cancellation, seconds = await _cancel(modeller, run)
 
             # the pod answered TASK_ABORT(CANCELLED_BY_MODELLER) once the child was gone
             assert list(cancellation.acknowledged) == ["pod-a"], cancellation
@@ -163,10 +169,7 @@ def test_cancel_in_the_accept_phase_frees_the_slot_at_once(tmp_path: Path) -> No
             children = await _task_children(cluster.pid("pod-a"))
 
             started = time.monotonic()
-            (cancellation,) = await modeller.cancel()
-            seconds = time.monotonic() - started
-            with pytest.raises(asyncio.CancelledError):
-                await run
+            cancellation, seconds = await _cancel(modeller, run)
 
             assert list(cancellation.acknowledged) == ["pod-a"], cancellation
             assert cancellation.acknowledged["pod-a"].reason is AbortReason.CANCELLED_BY_MODELLER
