@@ -4,10 +4,11 @@
 per party (``fedloom keys new``), the hub's TLS material (``fedloom hub init``), registers
 the identities (``fedloom hub register``), writes one ``pod.toml`` per pod, then starts
 ``fedloom hub start`` and ``fedloom pod start`` as child processes on 127.0.0.1 (the hub
-on a port the OS picks). The modeller side stays in the calling process:
-:meth:`LocalCluster.connect_modeller` returns its hub connection. :meth:`stop` sends
-SIGTERM to every child and SIGKILL to any that has not exited after a grace period, so
-nothing is left behind. ``make demo`` and the integration tests use it.
+on a port the OS picks). The pods share this machine's cores: each gets an equal share
+(``[worker] cores``) for its task children's thread budgets. The modeller side stays in
+the calling process: :meth:`LocalCluster.connect_modeller` returns its hub connection.
+:meth:`stop` sends SIGTERM to every child and SIGKILL to any that has not exited after a
+grace period, so nothing is left behind. ``make demo`` and the integration tests use it.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from fedloom.transport.hub.config import HubAddress, TlsClientConfig
 from fedloom.transport.hub.store import HubStore
 from fedloom.transport.hub.tls import init_hub_tls
 from fedloom.worker.lifetime import PARENT_PID_ENV
+from fedloom.worker.threads import available_cores, share_of_cores
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +53,9 @@ class PodSpec:
     extra_modellers: tuple[str, ...] = ()
     plugins: tuple[str, ...] = ()
     worker: Mapping[str, int | float] = field(default_factory=dict)
-    """The pod's [worker] table: heartbeat_interval, heartbeat_patience, memory_limit_mb."""
+    """The pod's [worker] table: heartbeat_interval, heartbeat_patience, memory_limit_mb,
+    threads, cores. Without ``threads`` or ``cores`` the cluster gives each pod an equal
+    share of this machine's cores (``cores``), which the pod shares among its task slots."""
 
 
 @dataclass
@@ -154,9 +158,12 @@ class LocalCluster:
             lines.append(f"protocols = {_toml(list(spec.protocols))}")
         if spec.min_rows is not None:
             lines.append(f"min_rows = {spec.min_rows}")
-        if spec.worker:
-            lines.append("[worker]")
-            lines += [f"{key} = {_toml(value)}" for key, value in spec.worker.items()]
+        worker = dict(spec.worker)
+        if "threads" not in worker and "cores" not in worker:
+            # pods on one machine must not each think they have all of it
+            worker["cores"] = share_of_cores(available_cores(), len(self.pods))
+        lines.append("[worker]")
+        lines += [f"{key} = {_toml(value)}" for key, value in worker.items()]
         lines += ["[modeller_keys]"]
         lines += [
             f"{_toml(name)} = {_toml(str(self.keys_dir / f'{name}.pub.json'))}"

@@ -21,6 +21,13 @@ Example (every key shown; the comments say which are optional)::
     start_timeout = 300             # optional; seconds to wait for the modeller's TASK_START
     modeller_timeout = 300          # optional; a task whose modeller is silent this long ends
 
+    [worker]                        # optional: how each task's child process runs
+    threads = 2                     # its thread budget (torch, OpenMP, BLAS); default:
+    cores = 4                       # cores (default: the machine's) / max_concurrent_tasks
+    memory_limit_mb = 4096          # its resident-memory cap (default: none)
+    heartbeat_interval = 5          # seconds; no beat for interval * patience = hung
+    heartbeat_patience = 2
+
     [modeller_keys]                 # optional pinning: modeller -> public identity file
     alice = "keys/alice.pub.json"   # (each must be one of policy.modellers)
 
@@ -81,7 +88,9 @@ _TOP_KEYS = frozenset(
         "outputs",
     }
 )
-_WORKER_KEYS = frozenset({"heartbeat_interval", "heartbeat_patience", "memory_limit_mb"})
+_WORKER_KEYS = frozenset(
+    {"heartbeat_interval", "heartbeat_patience", "memory_limit_mb", "threads", "cores"}
+)
 _POLICY_KEYS = frozenset(
     {
         "modellers",
@@ -225,6 +234,8 @@ def _read_worker(top: TomlTable) -> IsolationSettings:
             heartbeat_interval=section.seconds("heartbeat_interval", DEFAULT_HEARTBEAT_INTERVAL),
             heartbeat_patience=section.integer("heartbeat_patience", DEFAULT_HEARTBEAT_PATIENCE),
             memory_limit_bytes=limit_mb << 20 if limit_mb else None,
+            threads=section.integer("threads", 1) if "threads" in section.data else None,
+            cores=section.integer("cores", 1) if "cores" in section.data else None,
         )
     except ConfigError as exc:
         raise ConfigError(f"{top.file}: worker: {exc}") from exc

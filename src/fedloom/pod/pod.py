@@ -480,6 +480,7 @@ class Pod:
                 heartbeat_interval=self.isolation.heartbeat_interval,
                 handles_start=accepted.protocol.handles_start,
                 outputs=self.outputs,
+                threads=self.isolation.thread_budget(self.policy.max_concurrent_tasks),
             ),
             self.isolation,
             ledger=self.ledger,

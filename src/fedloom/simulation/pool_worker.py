@@ -74,13 +74,12 @@ def worker_main(start: WorkerStart, conn: Connection, stop: Event) -> None:
 
 
 def _serve(start: WorkerStart, conn: Connection, stop: Event) -> None:
-    import torch
-
     from fedloom.simulation.client import ClientRunner, RunnerPlan
     from fedloom.simulation.shm import SharedBlock
+    from fedloom.worker.threads import apply_thread_budget
 
     plan = RunnerPlan.from_config(start.runner)
-    torch.set_num_threads(plan.torch_threads)
+    apply_thread_budget(plan.torch_threads)
     warm_up()
     runner = ClientRunner(plan, device=start.device)
     global_block = SharedBlock.attach(start.layout, start.global_block)

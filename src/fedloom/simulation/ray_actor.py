@@ -20,6 +20,7 @@ from fedloom.simulation.backend import ClientFailure, FailureKind
 from fedloom.simulation.client import ClientJob, ClientRunner, RunnerPlan
 from fedloom.simulation.shm import FlatLayout, all_finite
 from fedloom.worker.allocator import keep_freed_memory
+from fedloom.worker.threads import apply_thread_budget
 
 __all__ = ["Array", "ClientActor", "Reply", "import_ray"]
 
@@ -68,7 +69,7 @@ class ClientActor:
         ray = import_ray()
         keep_freed_memory()  # an actor is a worker process of its own: no faults per step
         plan = RunnerPlan.from_config(runner)
-        torch.set_num_threads(plan.torch_threads)
+        apply_thread_budget(plan.torch_threads)
         if device.startswith("cuda") and ray.get_gpu_ids():
             device = "cuda:0"  # Ray narrowed CUDA_VISIBLE_DEVICES to the GPU it assigned
         self._runner = ClientRunner(plan, device=device)

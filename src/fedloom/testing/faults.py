@@ -7,7 +7,8 @@ tool, never loaded by fedloom itself.
 Modes (``Fault(mode=...)``), on the pod's worker side:
 
 - ``ok``: answer RESULTS with facts about the process that ran it (pid, whether it holds a
-  network connection or the gRPC library), then wait for TASK_COMPLETE;
+  network connection or the gRPC library, its torch / OpenMP / BLAS thread counts), then
+  wait for TASK_COMPLETE;
 - ``raise``: raise an exception; ``exit``: ``os._exit(3)``; ``kill``: SIGKILL itself;
 - ``hang``: block the event loop for ``seconds`` (``time.sleep``);
 - ``sleep``: wait ``seconds`` without blocking (a long, well-behaved task), then answer;
@@ -100,10 +101,17 @@ class Fault(Protocol):
 
 
 def _process_facts() -> dict[str, Any]:
+    import torch
+    from threadpoolctl import threadpool_info
+
     process = psutil.Process()
     connections = [c for c in process.net_connections(kind="inet") if c.raddr]
     return {
         "pid": os.getpid(),
         "inet_connections": len(connections),
         "grpc_loaded": "grpc" in sys.modules,
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "library_threads": sorted({int(pool["num_threads"]) for pool in threadpool_info()}),
     }

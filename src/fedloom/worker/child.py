@@ -45,6 +45,7 @@ from fedloom.wire import Message
 from fedloom.worker.config import WorkerConfig
 from fedloom.worker.ipc import Link
 from fedloom.worker.lifetime import die_with_parent
+from fedloom.worker.threads import apply_thread_budget
 
 logger = logging.getLogger(__name__)
 
@@ -227,6 +228,8 @@ async def _main(
 async def _run(
     config: WorkerConfig, link: Link, proxy: ProxyMailbox, start: Event
 ) -> dict[str, Any]:
+    if config.threads is not None:  # before torch (or a plugin) starts any work
+        apply_thread_budget(config.threads)
     import_plugins(config.plugins)
     protocol = load_protocol(dict(config.protocol))
     context = _context(config, LinkLedger(proxy))

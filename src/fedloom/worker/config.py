@@ -11,6 +11,7 @@ from typing import Any
 from fedloom.datasources import Datasource
 from fedloom.errors import ConfigError
 from fedloom.hooks import DEFAULT_WORKER_HOOKS
+from fedloom.worker.threads import available_cores, check_threads, share_of_cores
 
 DEFAULT_HEARTBEAT_INTERVAL = 5.0
 DEFAULT_HEARTBEAT_PATIENCE = 2
@@ -47,6 +48,8 @@ class WorkerConfig:
     run_on_new_data_only: bool = False
     force_rerun_failed_files: bool = False
     extras: Mapping[str, Any] = field(default_factory=dict)
+    threads: int | None = None
+    """The child's thread budget (torch, OpenMP, BLAS); None leaves the libraries' defaults."""
 
 
 @dataclass(frozen=True)
@@ -56,12 +59,21 @@ class IsolationSettings:
     ``heartbeat_interval * heartbeat_patience`` seconds without a heartbeat from the
     child's event loop means the child hangs; ``memory_limit_bytes`` (``None``: no cap) is
     the most resident memory a child may use before it is stopped.
+
+    Each child computes with ``threads`` threads; by default the pod's ``cores`` (default:
+    every core this machine lets the pod use) shared among the tasks it runs at once
+    (:meth:`thread_budget`), so that concurrent children do not starve each other.
+
+    Raises:
+        ConfigError: a setting is of the wrong type or out of range.
     """
 
     heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
     heartbeat_patience: int = DEFAULT_HEARTBEAT_PATIENCE
     memory_limit_bytes: int | None = None
     stop_grace: float = DEFAULT_STOP_GRACE
+    threads: int | None = None
+    cores: int | None = None
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.heartbeat_interval) and self.heartbeat_interval > 0):
@@ -79,6 +91,19 @@ class IsolationSettings:
             raise ConfigError(f"memory_limit_bytes must be None or >= 1 MiB, got {limit!r}")
         if not (math.isfinite(self.stop_grace) and self.stop_grace >= 0):
             raise ConfigError(f"stop_grace must be >= 0 seconds, got {self.stop_grace!r}")
+        for name in ("threads", "cores"):
+            if getattr(self, name) is not None:
+                check_threads(getattr(self, name), name)
+
+    def thread_budget(self, max_concurrent_tasks: int) -> int:
+        """Threads for each task child of a pod that runs ``max_concurrent_tasks`` at once.
+
+        Raises:
+            ConfigError: ``max_concurrent_tasks`` is not an integer >= 1.
+        """
+        if self.threads is not None:
+            return self.threads
+        return share_of_cores(self.cores or available_cores(), max_concurrent_tasks)
 
     @property
     def hang_seconds(self) -> float:
