@@ -79,7 +79,7 @@ def test_pod_toml_sets_threads_or_cores(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("line", ["threads = 0", 'threads = "2"', "cores = 0", "cores = 1.5"])
 def test_a_bad_budget_in_pod_toml_names_the_key(tmp_path: Path, line: str) -> None:
-    key = line.split(" ")[0]
+    key = line.split(" ", maxsplit=1)[0]
     with pytest.raises(ConfigError, match=rf"pod\.toml: worker\.{key}: must be an integer >= 1"):
         load_pod_config(_pod_toml(tmp_path, f"[worker]\n{line}\n"))
 
