@@ -150,10 +150,13 @@ class Modeller:
                 same task as the experiment's (only ``rounds`` may differ, to extend it).
 
         Raises:
-            ConfigError: no pods, duplicate pods, a protocol config that is not JSON, a
+            ConfigError: no pods, duplicate pods, a protocol config that is not JSON or
+                that :meth:`Protocol.check_task` refuses (nothing is sent then), a
                 ``policy`` that is not a :class:`RequestPolicy`, or a ``resume`` without a
                 store, of a protocol that cannot resume, or of an experiment that ran
                 another task.
+            UnknownNameError: the task names a model or algorithm that is not registered
+                here (nothing is sent).
             NotFoundError: ``resume`` names no experiment in the store.
             StoreError: the ``resume`` experiment has completed, or its last checkpoint is
                 missing or damaged (nothing is sent to the pods then).
@@ -177,6 +180,7 @@ class Modeller:
         if policy is not None and require_all is not None:
             policy = replace(policy, require_all=require_all)
         spec = protocol.dump()
+        protocol.check_task()  # a task that cannot work leaves no trace on the pods
         if resume is not None:
             self._check_resume(protocol, spec, resume)
         self._router.start()

@@ -171,6 +171,7 @@ def _read_task(top: TomlTable) -> Protocol:
     try:
         protocol = load_protocol({"protocol": name, "config": config})
         protocol.dump()
+        protocol.check_task()  # e.g. the model is registered and takes its config
     except FedloomError as exc:
         raise task.error("config", str(exc)) from exc
     return protocol

@@ -204,6 +204,20 @@ class Protocol(ABC):
         """
         return frozenset()
 
+    def check_task(self) -> None:
+        """Check, on the modeller and before any pod is asked, what needs no pod's data.
+
+        :meth:`Modeller.run <fedloom.modeller.Modeller.run>` calls it first, so a task that
+        cannot work (a model name that is not registered, a model config its factory
+        refuses) fails at once and leaves no trace on the pods. Construction already
+        checks the config's types and ranges; this checks what takes the registries or
+        building something (e.g. the model). The default checks nothing more.
+
+        Raises:
+            UnknownNameError: a registered name the task uses is not registered here.
+            ConfigError: a config the named code refuses.
+        """
+
     def summarise(self, result: Any) -> dict[str, Any]:
         """A JSON-able summary of :meth:`run_modeller`'s result for the experiment store."""
         return {}

@@ -271,6 +271,10 @@ class FedAvg(Protocol):
         """The model the pods train, by its registered name."""
         return frozenset({self.model.name})
 
+    def check_task(self) -> None:
+        """The model is registered here and its factory takes its config (it is built)."""
+        build_model(self.model)
+
     def summarise(self, result: Any) -> dict[str, Any]:
         if not isinstance(result, FedAvgResult) or not result.history:
             return {}
