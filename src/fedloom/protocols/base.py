@@ -217,6 +217,7 @@ class Protocol(ABC):
             UnknownNameError: a registered name the task uses is not registered here.
             ConfigError: a config the named code refuses.
         """
+        return
 
     def summarise(self, result: Any) -> dict[str, Any]:
         """A JSON-able summary of :meth:`run_modeller`'s result for the experiment store."""
