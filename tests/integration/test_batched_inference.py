@@ -84,14 +84,22 @@ def test_corrupt_files_are_file_level_failures_and_new_data_only(
     second = run_async(_run(folder, store, again, isolation=isolation), timeout=120)
     assert sorted(row["file"] for row in second.result.rows["pod-a"]) == added
 
-    # nothing new: NO_NEW_DATA
+    # nothing new: the pod completes with 0 files, and the result says so
+    third = run_async(_run(folder, store, again, isolation=isolation), timeout=120)
+    assert third.result.rows == {"pod-a": []} and third.result.no_new_data == ("pod-a",)
+    assert third.aborted == {}
+    # unless the task asks to fail then: NO_NEW_DATA
+    strict = BatchedInference(
+        MODEL, batch_size=4, run_on_new_data_only=True, fail_on_no_new_data=True
+    )
     with pytest.raises(PodResponseError) as info:
-        run_async(_run(folder, store, again, isolation=isolation), timeout=120)
+        run_async(_run(folder, store, strict, isolation=isolation), timeout=120)
     assert info.value.failed_pods["pod-a"].startswith("NO_NEW_DATA")
 
     with SqlitePodStore(store) as pod_store:
         statuses = [(r.status, r.reason) for r in pod_store.task_runs()]
     assert statuses == [
+        ("completed", None),
         ("completed", None),
         ("completed", None),
         ("aborted", AbortReason.NO_NEW_DATA.value),

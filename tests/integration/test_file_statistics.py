@@ -133,15 +133,20 @@ def test_new_data_only_and_the_privacy_threshold(tmp_path: Path) -> None:
     run, _ = run_async(_run({"pod-a": folder}, new_only, stores, policy=policy), timeout=120)
     _check(run.result.pooled, third)
 
-    # nothing new: NO_NEW_DATA (the corrupt file is not retried without a forced re-run)
+    # nothing new (the corrupt file is not retried without a forced re-run): 0 files
+    run, _ = run_async(_run({"pod-a": folder}, new_only, stores, policy=policy), timeout=120)
+    assert run.result.no_new_data == ("pod-a",) and run.result.pooled.files == 0
+    # or, if the task asks for it, NO_NEW_DATA
+    strict = FileStatistics(batch_size=4, run_on_new_data_only=True, fail_on_no_new_data=True)
     with pytest.raises(PodResponseError) as info:
-        run_async(_run({"pod-a": folder}, new_only, stores, policy=policy), timeout=120)
+        run_async(_run({"pod-a": folder}, strict, stores, policy=policy), timeout=120)
     assert info.value.failed_pods["pod-a"].startswith("NO_NEW_DATA")
 
     with SqlitePodStore(stores["pod-a"]) as store:
         statuses = [(r.status, r.reason) for r in store.task_runs()]
     assert statuses == [
         ("aborted", AbortReason.PRIVACY_THRESHOLD.value),
+        ("completed", None),
         ("completed", None),
         ("completed", None),
         ("aborted", AbortReason.NO_NEW_DATA.value),

@@ -26,6 +26,7 @@ from fedloom.errors import (
     AbortReason,
     ConfigError,
     DataError,
+    EmptyDatasetError,
     ErrorReport,
     FedloomError,
     LimitsExceededError,
@@ -139,6 +140,7 @@ class NamesCollector(BatchCollector[dict[str, Any]]):
     def __init__(self) -> None:
         self.batches: list[tuple[str, int, list[str]]] = []
         self.final: dict[str, dict[str, Any]] = {}
+        self.no_new_data: list[str] = []
 
     def on_batch(self, pod: str, body: dict[str, Any], tensors: Mapping[str, np.ndarray]) -> None:
         self.batches.append((pod, body["batch"], list(body["names"])))
@@ -148,8 +150,17 @@ class NamesCollector(BatchCollector[dict[str, Any]]):
             raise ProtocolError("names must be a list")
         self.final[pod] = body
 
+    def on_no_new_data(self, pod: str) -> None:
+        self.no_new_data.append(pod)
+
     def result(self, active: Sequence[str], aborted: Mapping[str, str]) -> dict[str, Any]:
-        return {"batches": self.batches, "final": self.final, "aborted": dict(aborted)}
+        return {
+            "batches": self.batches,
+            "final": self.final,
+            "aborted": dict(aborted),
+            "no_new_data": sorted(self.no_new_data),
+            "active": sorted(active),
+        }
 
 
 class Recorder(Hook):
@@ -271,6 +282,8 @@ def kinds(flow: Flow, kind: MessageType) -> list[Any]:
         {"max_consecutive_batch_failures": -2},
         {"max_consecutive_batch_failures": True},
         {"resilience": False, "force_rerun_failed_files": True},
+        {"fail_on_no_new_data": True},
+        {"run_on_new_data_only": True, "fail_on_no_new_data": 1},
         {"test_run": "yes"},
         {"resilience": 1},
         {"timeout": -1.0},
@@ -295,17 +308,21 @@ def test_inference_keeps_its_config_keys_and_task_key(tmp_path: Path) -> None:
     config = task.to_config()
     assert set(config) == {
         "model", "batch_size", "resilience", "max_consecutive_batch_failures", "test_run",
-        "run_on_new_data_only", "force_rerun_failed_files", "timeout", "report_at_pod",
-        "output_images", "reduce", "send_rows",
+        "run_on_new_data_only", "force_rerun_failed_files", "fail_on_no_new_data", "timeout",
+        "report_at_pod", "output_images", "reduce", "send_rows",
     }  # fmt: skip
     assert load_protocol(task.dump()) == task
     source = folder(tmp_path, ["a.png"])
     # the pod's records of processed files are keyed as before: run flags left out
     flags = ("test_run", "run_on_new_data_only", "force_rerun_failed_files", "timeout")
-    kept = {k: v for k, v in config.items() if k not in flags}
+    kept = {k: v for k, v in config.items() if k not in (*flags, "fail_on_no_new_data")}
     expected = task_hash({"protocol": "inference", "config": kept}, source.identity())
     assert task.task_key(source) == expected
     assert BatchedInference(model, batch_size=4).task_key(source) == expected
+    strict = BatchedInference(
+        model, batch_size=4, run_on_new_data_only=True, fail_on_no_new_data=True
+    )
+    assert strict.task_key(source) == expected
 
 
 # --- the flow -------------------------------------------------------------------------------
@@ -400,10 +417,27 @@ def test_a_good_batch_resets_the_count_of_failures_in_a_row(tmp_path: Path) -> N
     assert flow.workers["pod-a"] == {"files": 6, "failed": 0, "batches": 3}
 
 
-def test_nothing_processed_at_all_is_too_many_failures(tmp_path: Path) -> None:
-    flow = run_flow(Names(batch_size=2), {"pod-a": folder(tmp_path, ["x-corrupt.png"])})
+def test_nothing_processed_at_all_is_too_many_failures_naming_the_first(tmp_path: Path) -> None:
+    names = ["x0-broken.png", "x1-corrupt.png", "x2-skip.png"]
+    flow = run_flow(Names(batch_size=2), {"pod-a": folder(tmp_path, names)})
     assert isinstance(flow.workers["pod-a"], TooManyFailuresError)
-    assert "no batch and no file" in str(flow.workers["pod-a"])
+    # the modeller hears why: the first file's failure, not only that everything failed
+    why = flow.result["aborted"]["pod-a"]
+    assert why == (
+        "WORKER_ERROR: no batch and no file could be processed; "
+        "first failure: x0-broken.png: a broken file"
+    )
+
+
+def test_a_protocol_that_keeps_file_names_on_the_pod_gives_the_reason_only(
+    tmp_path: Path,
+) -> None:
+    source = folder(tmp_path, ["scan-001-corrupt.png", "scan-002-corrupt.png"])
+    flow = run_flow(FileStatistics(batch_size=2), {"pod-a": source})
+    assert isinstance(flow.workers["pod-a"], TooManyFailuresError)
+    text = str(flow.result)
+    assert "first failure (file names stay on the pod): could not load file '<file>'" in text
+    assert "scan-" not in text
 
 
 def test_a_test_run_stops_after_the_first_batch(tmp_path: Path) -> None:
@@ -444,8 +478,7 @@ def test_new_data_only_and_forced_reruns_of_failed_files(tmp_path: Path) -> None
 
     new_only = Names(batch_size=2, run_on_new_data_only=True)
     again = run_flow(new_only, {"pod-a": source}, ledger=ledger)
-    assert isinstance(again.workers["pod-a"], NoNewDataError)
-    assert "NO_NEW_DATA" in str(again.result)  # no pod was ready
+    assert again.workers["pod-a"] == {"files": 0, "failed": 0, "batches": 0, "no_new_data": True}
 
     stat = (tmp_path / "b.png").stat()
     os.utime(tmp_path / "b.png", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
@@ -458,6 +491,57 @@ def test_new_data_only_and_forced_reruns_of_failed_files(tmp_path: Path) -> None
     assert repaired.result["final"]["pod-a"]["names"] == ["c-corrupt.png"]
     key = forced.task_key(source)
     assert asyncio.run(ledger.failed_files(key)) == []
+
+
+def test_nothing_new_completes_with_zero_files(tmp_path: Path) -> None:
+    names = ["a.png", "b.png", "c-corrupt.png"]
+    ledger = StoreLedger(MemoryPodStore())
+    source = folder(tmp_path / "a", names)
+    new_only = Names(batch_size=2, run_on_new_data_only=True)
+    run_flow(new_only, {"pod-a": source}, ledger=ledger)
+    recorder = Recorder()
+    # pod-b shares the ledger but has its own files: they are new to it
+    other = folder(tmp_path / "b", ["z.png"])
+    flow = run_flow(
+        new_only,
+        {"pod-a": source, "pod-b": other},
+        ledger=ledger,
+        hooks=HookSet([("recorder", recorder)]),
+    )
+    assert flow.workers["pod-a"] == {"files": 0, "failed": 0, "batches": 0, "no_new_data": True}
+    assert flow.workers["pod-b"] == {"files": 1, "failed": 0, "batches": 1}
+    result = flow.result
+    assert result["no_new_data"] == ["pod-a"] and result["aborted"] == {}
+    assert result["active"] == ["pod-a", "pod-b"]  # pod-a completed: it did not leave
+    assert list(result["final"]) == ["pod-b"]  # no final reduce step without files
+    assert [body for pod, kind, body in flow.status if pod == "pod-a"] == [{"count": 0}]
+    points = [event.point for event in recorder.events if event.pod == "pod-a"]
+    assert points == [
+        HookPoint.INIT_START,
+        HookPoint.INIT_END,
+        HookPoint.RUN_START,
+        HookPoint.RUN_END,
+    ]
+
+
+def test_nothing_new_fails_only_on_request_and_an_empty_folder_is_no_data(
+    tmp_path: Path,
+) -> None:
+    ledger = StoreLedger(MemoryPodStore())
+    source = folder(tmp_path / "a", ["a.png"])
+    run_flow(Names(), {"pod-a": source}, ledger=ledger)
+    strict = Names(run_on_new_data_only=True, fail_on_no_new_data=True)
+    flow = run_flow(strict, {"pod-a": source}, ledger=ledger)
+    assert isinstance(flow.workers["pod-a"], NoNewDataError)
+    assert "NO_NEW_DATA" in str(flow.result)  # no pod was ready
+
+    empty = folder(tmp_path / "empty", [])
+    flow = run_flow(Names(), {"pod-a": empty})
+    assert isinstance(flow.workers["pod-a"], EmptyDatasetError)
+    assert "NO_DATA" in str(flow.result)
+    # a run on new data only over an empty (drop) folder: nothing new, nothing to do
+    flow = run_flow(Names(run_on_new_data_only=True), {"pod-a": empty})
+    assert flow.result["no_new_data"] == ["pod-a"]
 
 
 @pytest.mark.parametrize("refuse", [False, True])
@@ -597,3 +681,49 @@ def test_file_statistics_over_the_base(tmp_path: Path) -> None:
     wrong = run_flow(FileStatistics(channels=3), {"pod-a": source})
     assert isinstance(wrong.workers["pod-a"], SchemaMismatchError)
     assert "INCOMPATIBLE_DATASOURCE" in str(wrong.result)
+
+
+def test_file_statistics_of_channels_first_images_are_the_same(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    for i in range(3):
+        pixels = rng.integers(0, 256, size=(4, 5, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(tmp_path / f"rgb{i}.png")
+    stats = {}
+    for first in (False, True):
+        source = FileSource(tmp_path, pattern="*.png", loader_options={"channels_first": first})
+        flow = run_flow(FileStatistics(channels=3, batch_size=2), {"pod-a": source})
+        assert flow.result.failed == {"pod-a": 0}
+        stats[first] = flow.result.pooled
+    assert stats[True].files == stats[False].files == 3
+    np.testing.assert_allclose(stats[True].mean, stats[False].mean, rtol=1e-12)
+    np.testing.assert_allclose(stats[True].std, stats[False].std, rtol=1e-12)
+
+
+def test_results_and_summaries_name_the_pods_with_nothing_new(tmp_path: Path) -> None:
+    from fedloom.algorithms.ml import ModelSpec
+
+    source = folder(tmp_path, ["a.png", "b.png"])
+    model = ModelSpec("mlp", {"in_features": 12, "hidden": [], "out_features": 2})
+    ledger = StoreLedger(MemoryPodStore())
+    inference = BatchedInference(model, run_on_new_data_only=True)
+    statistics = FileStatistics(run_on_new_data_only=True)
+    for protocol in (inference, statistics):
+        first = run_flow(protocol, {"pod-a": source}, ledger=ledger)
+        assert protocol.summarise(first.result)["files"] == {"pod-a": 2}
+        assert "no_new_data" not in protocol.summarise(first.result)
+
+    again = run_flow(inference, {"pod-a": source}, ledger=ledger).result
+    assert again.no_new_data == ("pod-a",) and again.rows == {"pod-a": []}
+    assert inference.summarise(again) == {
+        "files": {"pod-a": 0},
+        "failed": {"pod-a": 0},
+        "no_new_data": ["pod-a"],
+    }
+    stats = run_flow(statistics, {"pod-a": source}, ledger=ledger).result
+    assert stats.no_new_data == ("pod-a",) and stats.pods == {}
+    assert statistics.summarise(stats) == {
+        "files": {"pod-a": 0},
+        "failed": {},
+        "pooled": {"files": 0, "count": 0},
+        "no_new_data": ["pod-a"],
+    }

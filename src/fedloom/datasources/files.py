@@ -50,6 +50,8 @@ LABEL_SOURCES = ("parent",)
 """Values of ``label_from``: ``parent`` = the class folder that holds the file."""
 
 IMAGE_MODES = ("RGB", "L")
+IMAGE_OPTIONS = ("channels_first", "mode", "size")
+"""The image loader's options (see :func:`_load_image`)."""
 
 
 @dataclass(frozen=True)
@@ -441,6 +443,21 @@ class FileSource:
             f"loader={self._loader_name!r}, batch_size={self._batch_size})"
         )
 
+    def check(self) -> None:
+        """Check that the folder exists and can be listed; no file is opened.
+
+        Raises:
+            DatasetNotFoundError: the folder does not exist, or is not a folder.
+            DataError: it cannot be listed.
+        """
+        try:
+            with os.scandir(self._root()):
+                pass
+        except OSError as exc:
+            problem = exc.strerror or str(exc)
+            folder = self._folder.name
+            raise DataError(f"could not list the data folder {folder!r}: {problem}") from exc
+
 
 # --- helpers ------------------------------------------------------------------------------
 
@@ -498,16 +515,20 @@ def _stack_rows(values: Sequence[Any]) -> np.ndarray:
 # --- built-in loaders ---------------------------------------------------------------------
 
 
-def _image_options(options: Mapping[str, Any]) -> tuple[tuple[int, int] | None, str]:
-    unknown = sorted(str(k) for k in options if k not in ("size", "mode"))
+def _image_options(options: Mapping[str, Any]) -> tuple[tuple[int, int] | None, str, bool]:
+    """The image loader's ``size``, ``mode`` and ``channels_first``, checked."""
+    unknown = sorted(str(k) for k in options if k not in IMAGE_OPTIONS)
     if unknown:
-        raise ConfigError(f"unknown image loader options {unknown}; known: ['mode', 'size']")
+        raise ConfigError(f"unknown image loader options {unknown}; known: {list(IMAGE_OPTIONS)}")
     mode = options.get("mode", "RGB")
     if mode not in IMAGE_MODES:
         raise ConfigError(f"image mode must be one of {list(IMAGE_MODES)}, not {mode!r}")
+    channels_first = options.get("channels_first", False)
+    if not isinstance(channels_first, bool):
+        raise ConfigError(f"image channels_first must be true or false, not {channels_first!r}")
     size = options.get("size")
     if size is None:
-        return None, mode
+        return None, mode, channels_first
     if (
         isinstance(size, str | bytes)
         or not isinstance(size, Sequence)
@@ -515,7 +536,7 @@ def _image_options(options: Mapping[str, Any]) -> tuple[tuple[int, int] | None, 
         or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in size)
     ):
         raise ConfigError(f"image size must be [height, width] of ints >= 1, not {size!r}")
-    return (size[0], size[1]), mode
+    return (size[0], size[1]), mode, channels_first
 
 
 def _no_options(options: Mapping[str, Any]) -> None:
@@ -532,14 +553,17 @@ _OPTION_CHECKS: dict[str, Callable[[Mapping[str, Any]], object]] = {
 
 @LOADERS.register("image")
 def _load_image(path: Path, options: Mapping[str, Any]) -> np.ndarray:
-    """An image as float32 ``(h, w, c)`` in [0, 1]; options ``size=[h, w]``, ``mode``."""
-    size, mode = _image_options(options)
+    """An image as float32 ``(h, w, c)`` in [0, 1], or ``(c, h, w)`` with
+    ``channels_first=True`` (what torch's convolutions take); options ``size=[h, w]``,
+    ``mode`` ("RGB" or "L"), ``channels_first`` (default False)."""
+    size, mode, channels_first = _image_options(options)
     with Image.open(path) as image:
         converted = image.convert(mode)
     if size is not None and converted.size != (size[1], size[0]):
         converted = converted.resize((size[1], size[0]), Image.Resampling.BILINEAR)
     pixels = np.asarray(converted, dtype=np.float32) / np.float32(255.0)
-    return pixels[..., np.newaxis] if pixels.ndim == 2 else pixels
+    pixels = pixels[..., np.newaxis] if pixels.ndim == 2 else pixels
+    return np.ascontiguousarray(pixels.transpose(2, 0, 1)) if channels_first else pixels
 
 
 @LOADERS.register("bytes")

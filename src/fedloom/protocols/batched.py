@@ -13,7 +13,11 @@ the whole conversation on both sides; a subclass supplies only its computation:
 
 The worker side follows DESIGN.md's message flow: choose the files (all, or with
 ``run_on_new_data_only`` those not processed by this task definition since they were last
-modified, plus with ``force_rerun_failed_files`` the ones it failed on; none → ``NO_NEW_DATA``);
+modified, plus with ``force_rerun_failed_files`` the ones it failed on; no file at all in a
+run on every file is ``NO_DATA``; nothing new completes the task with 0 files: NUM_BATCHES 0,
+TASK_START (ready), the modeller's TASK_START and MODEL_PARAMETERS, BATCHES_COMPLETE
+("TASK_COMPLETE") with :data:`NO_NEW_DATA` true, or with ``fail_on_no_new_data`` aborts it
+with ``NO_NEW_DATA``);
 NUM_BATCHES -1, CURRENT_BATCH_ID 1, TASK_START (ready); the modeller's TASK_START, then its
 MODEL_PARAMETERS (setup); per batch: load (an unreadable file is a file-level failure),
 process, record, EVALUATION_RESULTS (a failed batch is recorded and the task goes on, unless
@@ -21,7 +25,8 @@ process, record, EVALUATION_RESULTS (a failed batch is recorded and the task goe
 ``test_run`` stops after batch 1); BATCHES_COMPLETE("BATCHES_ONLY"); resilience: each file of
 a failed batch, and each file that failed on its own, retried alone (success: a batch-level
 problem; failure: a file-level one); RESILIENCE_END; failed files recorded; the final reduce
-step; BATCHES_COMPLETE("TASK_COMPLETE") with its body; the modeller's TASK_COMPLETE.
+step (no file processed at all: ``TooManyFailuresError`` with the first file's failure);
+BATCHES_COMPLETE("TASK_COMPLETE") with its body; the modeller's TASK_COMPLETE.
 
 The modeller side waits for every accepted pod to be ready, sends TASK_START and the setup
 values, feeds each pod's messages to the collector as they arrive, and leaves once every pod
@@ -50,6 +55,7 @@ from fedloom.errors import (
     AbortReason,
     ConfigError,
     DataError,
+    EmptyDatasetError,
     FedloomError,
     NoNewDataError,
     PodResponseError,
@@ -74,10 +80,18 @@ BATCHES_REQUEST = "batches"
 """The name of the streamed batches (up to each pod's last BATCHES_COMPLETE) in timings."""
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_MAX_CONSECUTIVE_BATCH_FAILURES = 5
-RUN_FLAGS = ("test_run", "run_on_new_data_only", "force_rerun_failed_files")
+RUN_FLAGS = (
+    "test_run",
+    "run_on_new_data_only",
+    "force_rerun_failed_files",
+    "fail_on_no_new_data",
+)
 """Config keys that change how a task runs, not what it computes: left out of its task hash."""
 BATCH_ERRORS: tuple[type[Exception], ...] = (DataError, ValueError, RuntimeError)
 """What a batch may fail with and the task go on (resilience); anything else ends the task."""
+NO_NEW_DATA = "no_new_data"
+"""The key that says a pod had nothing new (``run_on_new_data_only``): True in its final
+BATCHES_COMPLETE and its released record; the pods' names in a result's summary."""
 _MAX_REASON_CHARS = 500
 
 StateT = TypeVar("StateT")
@@ -144,6 +158,11 @@ class BatchCollector(ABC, Generic[ResultT]):
     def on_finish(self, pod: str, body: dict[str, Any], tensors: Mapping[str, np.ndarray]) -> None:
         """``pod``'s BATCHES_COMPLETE("TASK_COMPLETE"), with its final reduce step's body."""
 
+    def on_no_new_data(self, pod: str) -> None:
+        """``pod`` had no file the task had not already processed (``run_on_new_data_only``):
+        it completed with 0 files, sent no batch and no final reduce step, and stays among
+        the active pods of :meth:`result`. Default: nothing to note."""
+
     @abstractmethod
     def result(self, active: Sequence[str], aborted: Mapping[str, str]) -> ResultT:
         """The task's result. ``active``: the pods still in the task; ``aborted``: each pod
@@ -167,6 +186,9 @@ class BatchedProtocol(Protocol, Generic[StateT, ValueT, ResultT]):
     """
 
     handles_start: ClassVar[bool] = True
+    sends_file_names: ClassVar[bool] = True
+    """True: file names may reach the modeller (inference's report rows carry them), so a
+    task that processed nothing names its first failed file. False: they stay on the pod."""
     releases_per_batch: ClassVar[bool] = True
     """True: each batch's results leave the pod with it, so its files are recorded as
     processed with the batch (a crash keeps them). False: nothing leaves before the final
@@ -180,6 +202,9 @@ class BatchedProtocol(Protocol, Generic[StateT, ValueT, ResultT]):
     test_run: bool = False
     run_on_new_data_only: bool = False
     force_rerun_failed_files: bool = False
+    fail_on_no_new_data: bool = False
+    """With ``run_on_new_data_only``: a pod with nothing new aborts the task with
+    ``NO_NEW_DATA`` instead of completing it with 0 files."""
     timeout: float | None = None
     """Seconds each pod has to be ready, and may then stay silent while it streams its
     batches (each message restarts its timer); wins over the request policy's time-out.
@@ -200,6 +225,11 @@ class BatchedProtocol(Protocol, Generic[StateT, ValueT, ResultT]):
                 raise ConfigError(f"{self.name}.{flag} must be true or false")
         if self.force_rerun_failed_files and not self.resilience:
             raise ConfigError("force_rerun_failed_files needs resilience (single-file retries)")
+        if self.fail_on_no_new_data and not self.run_on_new_data_only:
+            raise ConfigError(
+                f"{self.name}.fail_on_no_new_data needs run_on_new_data_only (only a run on new "
+                "data can find nothing new)"
+            )
         optional_timeout(f"{self.name}.timeout", self.timeout)
 
     def batch_config(self) -> dict[str, Any]:
@@ -211,6 +241,7 @@ class BatchedProtocol(Protocol, Generic[StateT, ValueT, ResultT]):
             "test_run": self.test_run,
             "run_on_new_data_only": self.run_on_new_data_only,
             "force_rerun_failed_files": self.force_rerun_failed_files,
+            "fail_on_no_new_data": self.fail_on_no_new_data,
             "timeout": self.timeout,
         }
 
@@ -291,6 +322,8 @@ class BatchedProtocol(Protocol, Generic[StateT, ValueT, ResultT]):
             try:
                 if message.type is MessageType.EVALUATION_RESULTS:
                     collector.on_batch(pod, body, message.tensors)
+                elif _is_final(message) and body.get(NO_NEW_DATA) is True:
+                    collector.on_no_new_data(pod)
                 elif _is_final(message):
                     collector.on_finish(pod, body, message.tensors)
             except (ProtocolError, ValueError, TypeError) as exc:
@@ -315,7 +348,7 @@ class BatchedProtocol(Protocol, Generic[StateT, ValueT, ResultT]):
         records = await self.select_files(source, ledger, worker.task_key)
         first = next(records, None)
         if first is None:
-            raise NoNewDataError("no file that this task has not already processed")
+            return await self._nothing_to_do(mailbox, hooks)
         count = source.count_in_background()
         await mailbox.send(MessageType.NUM_BATCHES, {"count": -1})
         await mailbox.send(MessageType.CURRENT_BATCH_ID, {"batch": 1})
@@ -338,7 +371,7 @@ class BatchedProtocol(Protocol, Generic[StateT, ValueT, ResultT]):
         if run.stop is not None:
             raise run.stop
         if run.succeeded == 0:
-            raise TooManyFailuresError("no batch and no file could be processed")
+            raise TooManyFailuresError(self._nothing_processed(run.failed))
         final = await self.final_reduce(state, run.values, dict(run.failed))
         await mailbox.send(MessageType.BATCHES_COMPLETE, {**final, "stage": FINISHED})
         if run.unrecorded:
@@ -347,6 +380,46 @@ class BatchedProtocol(Protocol, Generic[StateT, ValueT, ResultT]):
         released = {"files": run.succeeded, "failed": len(run.failed), "batches": run.batch_id}
         await hooks.fire(HookPoint.RUN_END, released=released)
         return released
+
+    async def _nothing_to_do(self, mailbox: WorkerMailbox, hooks: BoundHooks) -> dict[str, Any]:
+        """No file was selected. With ``run_on_new_data_only`` nothing is new (an empty drop
+        folder included): the task completes with 0 files (no batch, no final reduce step)
+        unless ``fail_on_no_new_data`` asks for NO_NEW_DATA. Otherwise the folder is empty.
+
+        Raises:
+            EmptyDatasetError: a run on every file, and no file matches the dataset's pattern.
+            NoNewDataError: nothing is new and ``fail_on_no_new_data`` is set.
+        """
+        if not self.run_on_new_data_only:
+            raise EmptyDatasetError(
+                "no file in the data folder matches the dataset's pattern (hidden files "
+                "are skipped)"
+            )
+        if self.fail_on_no_new_data:
+            raise NoNewDataError("no file that this task has not already processed")
+        await mailbox.send(MessageType.NUM_BATCHES, {"count": 0})
+        await mailbox.send(MessageType.TASK_START, {})
+        await mailbox.receive(MessageType.TASK_START)
+        await mailbox.receive(MessageType.MODEL_PARAMETERS)  # nothing to set up for
+        await hooks.fire(HookPoint.INIT_END)
+        await hooks.fire(HookPoint.RUN_START)
+        await mailbox.send(MessageType.BATCHES_COMPLETE, {"stage": FINISHED, NO_NEW_DATA: True})
+        await mailbox.receive(MessageType.TASK_COMPLETE)
+        released = {"files": 0, "failed": 0, "batches": 0, NO_NEW_DATA: True}
+        await hooks.fire(HookPoint.RUN_END, released=released)
+        return released
+
+    def _nothing_processed(self, failed: Mapping[str, FailedFile]) -> str:
+        """Why the task ends when no file succeeded: the failure of the first failed file
+        by name (the name left out for a protocol that keeps file names on the pod)."""
+        text = "no batch and no file could be processed"
+        if not failed:
+            return text
+        first = failed[min(failed)]
+        if self.sends_file_names:
+            return f"{text}; first failure: {first.name}: {first.reason}"
+        reason = first.reason.replace(first.name, "<file>")
+        return f"{text}; first failure (file names stay on the pod): {reason}"
 
     async def _run_batches(
         self,
@@ -513,6 +586,14 @@ class BatchRun(Generic[StateT, ValueT]):
             record.name, reason, type(error).__name__, level, time.time()
         )
         self._failed_records[record.name] = record
+
+
+def image_loader_options(source: FileSource) -> dict[str, Any] | None:
+    """The options of ``source``'s ``image`` loader, or None when it uses another loader."""
+    identity = source.identity()
+    if identity.get("loader") != "image":
+        return None
+    return dict(identity.get("loader_options") or {})
 
 
 def _is_batch(message: Message) -> bool:

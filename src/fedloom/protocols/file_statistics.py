@@ -38,11 +38,13 @@ from fedloom.errors import (
 )
 from fedloom.protocols.base import check_keys, register_protocol
 from fedloom.protocols.batched import (
+    NO_NEW_DATA,
     BatchCollector,
     BatchedProtocol,
     BatchOutput,
     BatchWorker,
     SetupValues,
+    image_loader_options,
 )
 from fedloom.store import FailedFile
 
@@ -150,12 +152,16 @@ class FileStatisticsResult:
         pods: each delivering pod's own statistics.
         failed: how many files each delivering pod could not use (never which).
         batches: the last batch id each pod reported.
+        no_new_data: the pods that had no file the task had not already processed
+            (``run_on_new_data_only``): they completed with 0 files and are in no other
+            field. If no pod delivered, ``pooled`` covers 0 files (no mean, no std).
     """
 
     pooled: ChannelStatistics
     pods: dict[str, ChannelStatistics]
     failed: dict[str, int]
     batches: dict[str, int]
+    no_new_data: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -165,6 +171,8 @@ class _Request:
     channels: int
     statistics: tuple[str, ...]
     min_rows: int
+    channels_first: bool = False
+    """The pod's images load as ``(c, h, w)`` (image loader option ``channels_first``)."""
 
 
 @dataclass(frozen=True)
@@ -193,6 +201,7 @@ class FileStatistics(BatchedProtocol[_Request, _Sums, FileStatisticsResult]):
 
     name = "file_statistics"
     releases_per_batch: ClassVar[bool] = False
+    sends_file_names: ClassVar[bool] = False
 
     channels: int = 3
     statistics: tuple[str, ...] = STATISTICS
@@ -243,11 +252,15 @@ class FileStatistics(BatchedProtocol[_Request, _Sums, FileStatisticsResult]):
     def summarise(self, result: Any) -> dict[str, Any]:
         if not isinstance(result, FileStatisticsResult):
             return {}
-        return {
+        summary: dict[str, Any] = {
             "files": {pod: stats.files for pod, stats in result.pods.items()},
             "failed": dict(result.failed),
             "pooled": result.pooled.to_body(),
         }
+        if result.no_new_data:
+            summary["files"].update(dict.fromkeys(result.no_new_data, 0))
+            summary[NO_NEW_DATA] = list(result.no_new_data)
+        return summary
 
     # --- modeller -----------------------------------------------------------------------
 
@@ -277,21 +290,22 @@ class FileStatistics(BatchedProtocol[_Request, _Sums, FileStatisticsResult]):
                 f"the modeller's setup step asks for {asked}, but the task the pod accepted "
                 f"asks for {agreed}; send the task again"
             )
-        identity = worker.source.identity()
-        if identity.get("loader") == "image":
-            mode = str(dict(identity.get("loader_options") or {}).get("mode", "RGB"))
+        options = image_loader_options(worker.source)
+        if options is not None:
+            mode = str(options.get("mode", "RGB"))
             loaded = _IMAGE_CHANNELS.get(mode)
             if loaded is not None and loaded != self.channels:
                 raise SchemaMismatchError(
                     f"this pod's images load as {mode} ({loaded} channels), but the task asks "
                     f"for {self.channels}; ask for channels={loaded}"
                 )
-        return _Request(self.channels, self.statistics, worker.context.min_rows)
+        channels_first = options is not None and options.get("channels_first") is True
+        return _Request(self.channels, self.statistics, worker.context.min_rows, channels_first)
 
     async def process_batch(
         self, state: _Request, loaded: list[tuple[FileRecord, Any]], batch_id: int
     ) -> BatchOutput[_Sums]:
-        return await asyncio.to_thread(_batch_sums, loaded, state.channels)
+        return await asyncio.to_thread(_batch_sums, loaded, state.channels, state.channels_first)
 
     async def final_reduce(
         self, state: _Request, values: list[_Sums], failed: Mapping[str, FailedFile]
@@ -318,8 +332,11 @@ class FileStatistics(BatchedProtocol[_Request, _Sums, FileStatisticsResult]):
         return {"statistics": stats.to_body(), "failed": len(failed)}
 
 
-def _batch_sums(loaded: list[tuple[FileRecord, Any]], channels: int) -> BatchOutput[_Sums]:
-    """Add up each usable file; the others are file-level failures (nothing is sent)."""
+def _batch_sums(
+    loaded: list[tuple[FileRecord, Any]], channels: int, channels_first: bool = False
+) -> BatchOutput[_Sums]:
+    """Add up each usable file; the others are file-level failures (nothing is sent).
+    ``channels_first``: the image loader gave ``(c, h, w)``, not ``(h, w, c)``."""
     done: list[FileRecord] = []
     failed: dict[str, BaseException] = {}
     count = 0
@@ -327,7 +344,7 @@ def _batch_sums(loaded: list[tuple[FileRecord, Any]], channels: int) -> BatchOut
     squares = np.zeros(channels, dtype=np.float64)
     for record, value in loaded:
         try:
-            pixels = _pixels(value, channels)
+            pixels = _pixels(value, channels, channels_first)
         except DataError as exc:
             failed[record.name] = exc
             continue
@@ -338,8 +355,9 @@ def _batch_sums(loaded: list[tuple[FileRecord, Any]], channels: int) -> BatchOut
     return BatchOutput(done, _Sums(len(done), count, total, squares), {}, failed=failed)
 
 
-def _pixels(value: object, channels: int) -> np.ndarray:
-    """One file's values as float64 ``(pixels, channels)``.
+def _pixels(value: object, channels: int, channels_first: bool = False) -> np.ndarray:
+    """One file's values as float64 ``(pixels, channels)``; ``channels_first``: a 3-D
+    value is ``(channels, h, w)``.
 
     Raises:
         SchemaMismatchError: not a numeric array of ``(h, w, channels)`` (or ``(h, w)``).
@@ -351,6 +369,8 @@ def _pixels(value: object, channels: int) -> np.ndarray:
         )
     if value.ndim == 2 and channels == 1:
         value = value[..., np.newaxis]
+    elif value.ndim == 3 and channels_first:
+        value = np.moveaxis(value, 0, -1)
     if value.ndim < 2 or value.shape[-1] != channels:
         raise SchemaMismatchError(
             f"a file's values have shape {value.shape}; the task asks for {channels} channels "
@@ -373,6 +393,7 @@ class _Collector(BatchCollector[FileStatisticsResult]):
         self.pods: dict[str, ChannelStatistics] = {}
         self.failed: dict[str, int] = {}
         self.batches: dict[str, int] = dict.fromkeys(pods, 0)
+        self.no_new_data: list[str] = []
 
     def on_batch(self, pod: str, body: dict[str, Any], tensors: Mapping[str, np.ndarray]) -> None:
         batch = body.get("batch")
@@ -388,14 +409,22 @@ class _Collector(BatchCollector[FileStatisticsResult]):
         self.pods[pod] = stats
         self.failed[pod] = failed
 
+    def on_no_new_data(self, pod: str) -> None:
+        self.no_new_data.append(pod)
+
     def result(self, active: Sequence[str], aborted: Mapping[str, str]) -> FileStatisticsResult:
-        """Raises PodResponseError: no pod delivered statistics (naming why each left)."""
+        """Raises PodResponseError: no pod delivered statistics or had nothing new (naming
+        why each left)."""
         delivered = {pod: stats for pod, stats in sorted(self.pods.items()) if pod in active}
-        if not delivered:
+        nothing_new = tuple(sorted(pod for pod in self.no_new_data if pod in active))
+        if not delivered and not nothing_new:
             raise PodResponseError("file_statistics: no pod delivered statistics", dict(aborted))
         return FileStatisticsResult(
-            pooled=pool_statistics(list(delivered.values())),
+            pooled=pool_statistics(list(delivered.values()))
+            if delivered
+            else ChannelStatistics(0, 0),
             pods=delivered,
             failed={pod: self.failed[pod] for pod in delivered},
             batches=self.batches,
+            no_new_data=nothing_new,
         )

@@ -44,11 +44,13 @@ from fedloom.protocols.base import WorkerContext, check_keys, register_protocol
 from fedloom.protocols.batched import (
     BATCHES_ONLY,
     FINISHED,
+    NO_NEW_DATA,
     BatchCollector,
     BatchedProtocol,
     BatchOutput,
     BatchWorker,
     SetupValues,
+    image_loader_options,
 )
 from fedloom.protocols.ledger import Ledger
 from fedloom.registry import Registry
@@ -88,12 +90,17 @@ def class_counts(rows: list[dict[str, str]]) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class InferenceResult:
-    """What the modeller collected: report rows, failures and reductions per pod."""
+    """What the modeller collected: report rows, failures and reductions per pod.
+
+    ``no_new_data``: the pods that had no file the task had not already processed
+    (``run_on_new_data_only``); they completed with 0 rows and 0 failures.
+    """
 
     rows: dict[str, list[dict[str, str]]]
     failures: dict[str, list[dict[str, str]]]
     batches: dict[str, int]
     reduced: dict[str, Any] = field(default_factory=dict)
+    no_new_data: tuple[str, ...] = ()
 
 
 @dataclass
@@ -105,6 +112,8 @@ class _State:
     ledger: Ledger
     outputs: Path | None
     delivered: int = 0
+    channels_first: bool = False
+    """The pod's images load as ``(c, h, w)`` (image loader option ``channels_first``)."""
 
 
 @register_protocol
@@ -113,7 +122,8 @@ class BatchedInference(BatchedProtocol[_State, Rows, InferenceResult]):
     """Run ``model`` over every pod's files in batches; see the module docstring.
 
     The batching settings (``batch_size``, ``resilience``, ``max_consecutive_batch_failures``,
-    ``test_run``, ``run_on_new_data_only``, ``force_rerun_failed_files``, ``timeout``) are
+    ``test_run``, ``run_on_new_data_only``, ``force_rerun_failed_files``,
+    ``fail_on_no_new_data``, ``timeout``) are
     :class:`~fedloom.protocols.batched.BatchedProtocol`'s keyword-only fields.
 
     Raises:
@@ -170,10 +180,13 @@ class BatchedInference(BatchedProtocol[_State, Rows, InferenceResult]):
     def summarise(self, result: Any) -> dict[str, Any]:
         if not isinstance(result, InferenceResult):
             return {}
-        return {
+        summary: dict[str, Any] = {
             "files": {pod: len(rows) for pod, rows in result.rows.items()},
             "failed": {pod: len(rows) for pod, rows in result.failures.items()},
         }
+        if result.no_new_data:
+            summary[NO_NEW_DATA] = list(result.no_new_data)
+        return summary
 
     # --- modeller -----------------------------------------------------------------------
 
@@ -207,7 +220,9 @@ class BatchedInference(BatchedProtocol[_State, Rows, InferenceResult]):
             outputs = worker.context.outputs / worker.task_id
             outputs.mkdir(parents=True, exist_ok=True)
         model = await self._model(tensors, worker.ledger)
-        return _State(model, worker.source, worker.ledger, outputs)
+        options = image_loader_options(worker.source) or {}
+        channels_first = options.get("channels_first") is True
+        return _State(model, worker.source, worker.ledger, outputs, channels_first=channels_first)
 
     async def process_batch(
         self, state: _State, loaded: list[tuple[FileRecord, Any]], batch_id: int
@@ -221,7 +236,9 @@ class BatchedInference(BatchedProtocol[_State, Rows, InferenceResult]):
         released = good[: usage.allowed]
         rows = report_rows(predictions) if released else []
         if released and self.output_images is not None and state.outputs is not None:
-            images = np.transpose(inputs[: usage.allowed], (0, 3, 1, 2))
+            images = inputs[: usage.allowed]
+            if not state.channels_first:  # (n, h, w, c) → (n, c, h, w), as models take them
+                images = np.transpose(images, (0, 3, 1, 2))
             await asyncio.to_thread(
                 write_output_images,
                 images,
@@ -292,6 +309,7 @@ class _Collector(BatchCollector[InferenceResult]):
         self.failures: dict[str, list[dict[str, str]]] = {}
         self.batches: dict[str, int] = dict.fromkeys(pods, 0)
         self.reduced: dict[str, Any] = {}
+        self.no_new_data: list[str] = []
 
     def on_batch(self, pod: str, body: dict[str, Any], tensors: Mapping[str, np.ndarray]) -> None:
         rows = rows_from_body(body.get("rows", []))
@@ -304,6 +322,10 @@ class _Collector(BatchCollector[InferenceResult]):
         if isinstance(body.get("reduced"), dict):
             self.reduced[pod] = body["reduced"]
 
+    def on_no_new_data(self, pod: str) -> None:
+        self.failures[pod] = []
+        self.no_new_data.append(pod)
+
     def result(self, active: Sequence[str], aborted: Mapping[str, str]) -> InferenceResult:
         # rows a pod delivered before it aborted (its usage limit, say) are kept
         return InferenceResult(
@@ -311,4 +333,5 @@ class _Collector(BatchCollector[InferenceResult]):
             failures=self.failures,
             batches=self.batches,
             reduced=self.reduced,
+            no_new_data=tuple(sorted(pod for pod in self.no_new_data if pod in active)),
         )

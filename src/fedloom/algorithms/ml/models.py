@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from fedloom.algorithms.ml.rng import seeded
-from fedloom.errors import ConfigError
+from fedloom.errors import ConfigError, SchemaMismatchError
 from fedloom.registry import Registry
 
 __all__ = ["MODELS", "ModelFactory", "ModelSpec", "build_model"]
@@ -210,6 +210,7 @@ def cnn(config: Mapping[str, Any]) -> nn.Module:
             f"(needs at least {2 ** len(channels)})"
         )
     layers: list[nn.Module] = []
+    in_channels, image_size = width, size
     for count in channels:
         layers += [nn.Conv2d(width, count, kernel_size=3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
         width = count
@@ -220,4 +221,54 @@ def cnn(config: Mapping[str, Any]) -> nn.Module:
         nn.ReLU(),
         nn.Linear(hidden, out_features),
     ]
-    return nn.Sequential(*layers)
+    return _ImageCNN(*layers, in_channels=in_channels, image_size=image_size, pools=len(channels))
+
+
+class _ImageCNN(nn.Sequential):
+    """The ``cnn`` model's layers, taking images channels first ``(N, C, H, W)`` or, when
+    that is unambiguous, channels last ``(N, H, W, C)`` (what the ``image`` loader gives
+    by default).
+
+    Input whose axis 1 is ``in_channels`` is channels first; otherwise input whose last
+    axis is ``in_channels`` is moved to channels first. The layers, their state_dict keys
+    and their initialisation are those of the plain ``nn.Sequential``.
+
+    Raises:
+        SchemaMismatchError: (on call) the input fits neither layout, or its height or
+            width do not pool down to what the linear layer takes (the message gives the
+            expected and the actual shape).
+    """
+
+    def __init__(
+        self, *layers: Any, in_channels: int = 0, image_size: int = 0, pools: int = 0
+    ) -> None:
+        super().__init__(*layers)
+        # 0: a slice of the network (``model[1:]``), which takes what its layers take
+        self.in_channels = in_channels
+        self.image_size = image_size
+        self.pools = pools
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        x = self._channels_first(input) if self.in_channels else input
+        for layer in self:  # nn.Sequential.forward
+            x = layer(x)
+        return x
+
+    def _channels_first(self, x: torch.Tensor) -> torch.Tensor:
+        channels, size = self.in_channels, self.image_size
+        shape = tuple(x.shape)
+        if x.ndim == 4 and shape[1] == channels:
+            height, width = shape[2], shape[3]
+        elif x.ndim == 4 and shape[3] == channels:
+            height, width = shape[1], shape[2]
+            x = x.permute(0, 3, 1, 2)
+        else:
+            height = width = -1
+        pooled = size >> self.pools
+        if height >> self.pools != pooled or width >> self.pools != pooled:
+            raise SchemaMismatchError(
+                f"the cnn model takes images of shape (N, {channels}, {size}, {size}) "
+                f"(channels first) or (N, {size}, {size}, {channels}) (channels last), "
+                f"got {shape}"
+            )
+        return x
