@@ -39,35 +39,63 @@ budget_memory = "8 GiB"    # at most this much for all clients at once
 [clients.3]                # per-client training overrides
 learning_rate = 0.01
 ```
+
+An error names the file, the section and the key, as in ``sim.toml: [training] epochs
+must be an int, got 'x'``; the checks themselves are the dataclasses' (see ``_build``).
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import tomllib
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from fedloom.algorithms.ml import ModelSpec, TrainingConfig
-from fedloom.errors import ConfigError
+from fedloom.algorithms.ml import MODELS, ModelSpec, TrainingConfig, build_model
+from fedloom.errors import ConfigError, UnknownNameError
+from fedloom.registry import import_plugins
 from fedloom.scheduler import ResourceBudget, ResourceEstimate
-from fedloom.simulation.data import DataSpec
+from fedloom.simulation.client import with_overrides
+from fedloom.simulation.data import CLIENT_DATA, DataSpec, build_client_data
 from fedloom.simulation.engine import ClientResources, SimulationConfig
 from fedloom.simulation.sampling import Sampling
 
 __all__ = ["SimulationFile", "load_simulation_file", "simulation_from_mapping"]
 
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
 _SECTIONS = {"simulation", "model", "data", "training", "sampling", "resources", "clients"}
 _SIMULATION_KEYS = {
-    "rounds", "seed", "backend", "num_parallels", "device", "device_count",
-    "validation_fraction", "start_method", "plugins", "round_timeout", "torch_threads",
+    "rounds",
+    "seed",
+    "backend",
+    "num_parallels",
+    "device",
+    "device_count",
+    "validation_fraction",
+    "start_method",
+    "plugins",
+    "round_timeout",
+    "torch_threads",
     "ray_address",
 }
-_RESOURCE_KEYS = {
-    "memory", "gpu_memory", "cpus", "budget_memory", "budget_cpus", "budget_device_memory",
-    "max_retries", "growth",
+_SIMULATION_STRINGS = ("backend", "device", "start_method", "ray_address")
+_MODEL_KEYS = {"name", "config"}
+_TRAINING_KEYS = {f.name for f in fields(TrainingConfig)}
+_SAMPLING_KEYS = {f.name for f in fields(Sampling)}
+_ESTIMATE_KEYS = ("memory", "gpu_memory", "cpus")  # ResourceEstimate.of's own names
+_BUDGET_KEYS = {  # [resources] key -> its ResourceBudget.of keyword
+    "budget_memory": "memory",
+    "budget_cpus": "cpus",
+    "budget_device_memory": "device_memory",
 }
+_RETRY_KEYS = ("max_retries", "growth")  # ClientResources' own names
+_RESOURCE_KEYS = {*_ESTIMATE_KEYS, *_BUDGET_KEYS, *_RETRY_KEYS}
 
 
 @dataclass(frozen=True)
@@ -100,8 +128,13 @@ def load_simulation_file(path: str | Path) -> SimulationFile:
 def simulation_from_mapping(raw: Mapping[str, Any], *, where: str = "config") -> SimulationFile:
     """Build a :class:`SimulationFile` from the TOML structure.
 
+    The plugins are imported, the model is built on the meta device and the client data
+    is set up (it loads nothing yet), so that their errors name their section here rather
+    than surfacing once the run starts.
+
     Raises:
-        ConfigError: unknown sections or keys, missing ``[model]``/``[data]``, bad values.
+        ConfigError: unknown sections or keys, missing ``[model]``/``[data]``, bad values;
+            the message starts with ``<where>: [<section>] <key>``.
     """
     unknown = sorted(set(raw) - _SECTIONS)
     if unknown:
@@ -111,27 +144,35 @@ def simulation_from_mapping(raw: Mapping[str, Any], *, where: str = "config") ->
             raise ConfigError(f"{where}: a [{required}] section is required")
     simulation = _table(raw, "simulation", where)
     _known(simulation, _SIMULATION_KEYS, "simulation", where)
+    for key in _SIMULATION_STRINGS:
+        if key in simulation and not isinstance(simulation[key], str):
+            raise ConfigError(
+                f"{where}: [simulation] {key} must be a string, got {simulation[key]!r}"
+            )
+    plugins = _plugins(simulation.get("plugins", []), where)
+    model = _model(_table(raw, "model", where), where)
+    data, num_clients = _data(_table(raw, "data", where), where)
+    training_table = _known(_table(raw, "training", where), _TRAINING_KEYS, "training", where)
+    training = _build("training", where, TrainingConfig, training_table)
+    sampling_table = _known(_table(raw, "sampling", where), _SAMPLING_KEYS, "sampling", where)
+    sampling = _build("sampling", where, Sampling, sampling_table)
     options = {k: v for k, v in simulation.items() if k not in {"ray_address", "plugins"}}
-    plugins = simulation.get("plugins", [])
-    if not isinstance(plugins, list) or not all(isinstance(m, str) for m in plugins):
-        raise ConfigError(f"{where}: [simulation] plugins must be a list of module names")
-    ray_address = simulation.get("ray_address")
-    if ray_address is not None and not isinstance(ray_address, str):
-        raise ConfigError(f"{where}: [simulation] ray_address must be a string")
-    try:
-        config = SimulationConfig(
-            model=ModelSpec.from_config(dict(raw["model"])),
-            data=DataSpec.from_config(dict(raw["data"])),
-            training=TrainingConfig.from_config(_table(raw, "training", where)),
-            sampling=Sampling.from_config(_table(raw, "sampling", where) or {"kind": "all"}),
+    config = _build(
+        "simulation",
+        where,
+        functools.partial(
+            SimulationConfig,
+            model=model,
+            data=data,
+            training=training,
+            sampling=sampling,
             resources=_resources(_table(raw, "resources", where), where),
-            client_overrides=_clients(_table(raw, "clients", where), where),
-            plugins=tuple(plugins),
-            **options,
-        )
-    except TypeError as exc:  # a value of the wrong type reached a dataclass
-        raise ConfigError(f"{where}: {exc}") from exc
-    return SimulationFile(config, ray_address)
+            client_overrides=_clients(_table(raw, "clients", where), training, num_clients, where),
+            plugins=plugins,
+        ),
+        options,
+    )
+    return SimulationFile(config, simulation.get("ray_address"))
 
 
 def _table(raw: Mapping[str, Any], name: str, where: str) -> dict[str, Any]:
@@ -141,10 +182,115 @@ def _table(raw: Mapping[str, Any], name: str, where: str) -> dict[str, Any]:
     return dict(value)
 
 
-def _known(table: Mapping[str, Any], known: set[str], name: str, where: str) -> None:
+def _known(table: dict[str, Any], known: set[str], name: str, where: str) -> dict[str, Any]:
     unknown = sorted(set(table) - known)
     if unknown:
         raise ConfigError(f"{where}: unknown keys in [{name}]: {unknown} (known: {sorted(known)})")
+    return table
+
+
+def _build(
+    section: str,
+    where: str,
+    make: Callable[..., T],
+    table: Mapping[str, Any],
+    keywords: Mapping[str, str] | None = None,
+) -> T:
+    """``make(**table)``, its ConfigError naming ``[section]`` and the key at fault.
+
+    The key at fault is the one that, passed alone, fails with the same message (the
+    dataclasses check each field on its own); ``keywords`` maps a TOML key to the keyword
+    it is passed as, where they differ.
+    """
+    names = keywords or {}
+
+    def call(keys: Iterable[str]) -> T:
+        return make(**{names.get(key, key): table[key] for key in keys})
+
+    try:
+        return call(table)
+    except (ConfigError, TypeError) as exc:  # TypeError: a value of the wrong type
+        message = str(exc)
+        key = next((k for k in table if _fails_alone(call, k, message)), None)
+        raise ConfigError(f"{where}: [{section}] {_keyed(section, key, message)}") from exc
+
+
+def _fails_alone(call: Callable[[Iterable[str]], object], key: str, message: str) -> bool:
+    try:
+        call([key])
+    except (ConfigError, TypeError) as exc:
+        return str(exc) == message
+    return False
+
+
+def _keyed(section: str, key: str | None, message: str) -> str:
+    """``message`` led by ``key`` ("simulation rounds must ..." -> "rounds must ...")."""
+    if key is None:
+        return message
+    for lead in (f"{section} {key} ", f"{key} "):
+        if message.startswith(lead):
+            return f"{key} {message[len(lead) :]}"
+    return f"{key}: {message}"
+
+
+def _plugins(plugins: object, where: str) -> tuple[str, ...]:
+    if not isinstance(plugins, list) or not all(isinstance(m, str) for m in plugins):
+        raise ConfigError(
+            f"{where}: [simulation] plugins must be a list of module names, got {plugins!r}"
+        )
+    try:
+        import_plugins(tuple(plugins))
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: [simulation] plugins: {exc}") from exc
+    except ImportError as exc:
+        raise ConfigError(f"{where}: [simulation] plugins: cannot import: {exc}") from exc
+    return tuple(plugins)
+
+
+def _model(table: dict[str, Any], where: str) -> ModelSpec:
+    _known(table, _MODEL_KEYS, "model", where)
+    name = _registered_name(table, MODELS.names(), "model", where)
+    spec = _build("model", where, functools.partial(ModelSpec, name), _without(table, "name"))
+    import torch
+
+    try:
+        with torch.device("meta"):  # shapes only: no memory, no init kernels
+            build_model(spec)
+    except UnknownNameError as exc:
+        raise ConfigError(f"{where}: [model] name: {exc}") from exc
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: [model] {exc}") from exc
+    except Exception:  # checked for real when the run builds it
+        logger.debug("model %s does not build on the meta device", spec.name)
+    return spec
+
+
+def _data(table: dict[str, Any], where: str) -> tuple[DataSpec, int]:
+    _registered_name(table, CLIENT_DATA.names(), "data", where)
+    try:
+        spec = DataSpec.from_config(table)
+        return spec, build_client_data(spec).num_clients
+    except UnknownNameError as exc:
+        raise ConfigError(f"{where}: [data] name: {exc}") from exc
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: [data] {exc}") from exc
+
+
+def _registered_name(table: dict[str, Any], known: list[str], section: str, where: str) -> str:
+    """The section's ``name``: it must be there, and a string."""
+    if "name" not in table:
+        raise ConfigError(f"{where}: [{section}] name is missing (registered: {', '.join(known)})")
+    name = table["name"]
+    if not isinstance(name, str):
+        raise ConfigError(
+            f"{where}: [{section}] name must be a string (registered: {', '.join(known)}), "
+            f"got {name!r}"
+        )
+    return name
+
+
+def _without(table: dict[str, Any], key: str) -> dict[str, Any]:
+    return {k: v for k, v in table.items() if k != key}
 
 
 def _resources(table: dict[str, Any], where: str) -> ClientResources | None:
@@ -153,33 +299,49 @@ def _resources(table: dict[str, Any], where: str) -> ClientResources | None:
     _known(table, _RESOURCE_KEYS, "resources", where)
     device_memory = table.get("budget_device_memory")
     if device_memory is not None and not isinstance(device_memory, Mapping):
-        raise ConfigError(f"{where}: budget_device_memory must map devices to sizes")
-    budget = None
-    if {"budget_memory", "budget_cpus", "budget_device_memory"} & set(table):
-        budget = ResourceBudget.of(
-            memory=table.get("budget_memory"),
-            cpus=table.get("budget_cpus"),
-            device_memory=device_memory,
+        raise ConfigError(
+            f"{where}: [resources] budget_device_memory must be a table of device sizes "
+            f'such as {{ "cuda:0" = "8 GiB" }}, got {device_memory!r}'
         )
-    try:
-        return ClientResources(
-            estimate=ResourceEstimate.of(
-                memory=table.get("memory", 0),
-                gpu_memory=table.get("gpu_memory", 0),
-                cpus=table.get("cpus", 1.0),
-            ),
-            budget=budget,
-            max_retries=table.get("max_retries", 3),
-            growth=table.get("growth", 1.5),
-        )
-    except ConfigError as exc:
-        raise ConfigError(f"{where}: [resources] {exc}") from exc
+
+    def part(keys: Iterable[str]) -> dict[str, Any]:
+        return {key: table[key] for key in keys if key in table}
+
+    estimate = _build("resources", where, ResourceEstimate.of, part(_ESTIMATE_KEYS))
+    budget_table = part(_BUDGET_KEYS)
+    budget = (
+        _build("resources", where, ResourceBudget.of, budget_table, _BUDGET_KEYS)
+        if budget_table
+        else None
+    )
+    return _build(
+        "resources",
+        where,
+        functools.partial(ClientResources, estimate=estimate, budget=budget),
+        part(_RETRY_KEYS),
+    )
 
 
-def _clients(table: dict[str, Any], where: str) -> dict[int, dict[str, Any]]:
+def _clients(
+    table: dict[str, Any], training: TrainingConfig, num_clients: int, where: str
+) -> dict[int, dict[str, Any]]:
     overrides: dict[int, dict[str, Any]] = {}
     for key, value in table.items():
-        if not key.isdigit() or not isinstance(value, Mapping):
+        if not key.isdigit():
             raise ConfigError(f"{where}: [clients.N] sections need a client number, got {key!r}")
-        overrides[int(key)] = dict(value)
+        section, client = f"clients.{key}", int(key)
+        if not isinstance(value, Mapping):
+            raise ConfigError(
+                f"{where}: [{section}] must be a table of training settings, got {value!r}"
+            )
+        if client >= num_clients:
+            raise ConfigError(
+                f"{where}: [{section}] there is no client {client}: [data] has "
+                f"{num_clients} clients, numbered from 0"
+            )
+        try:
+            with_overrides(training, value)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: [{section}] client {client}'s overrides: {exc}") from exc
+        overrides[client] = dict(value)
     return overrides
