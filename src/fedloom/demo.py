@@ -288,25 +288,11 @@ def _write_report(
 
 
 def _plot(history: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
+    """``training.png``: rounds from 0 as in the table, a thin line per pod (see ``plots``)."""
+    from fedloom.algorithms.ml.plots import RoundCurves, plot_training
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rounds = [row["round"] + 1 for row in history]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    for key, label in (("train_loss", "train"), ("validation_loss", "validation")):
-        left.plot(rounds, [row["aggregated"].get(key) for row in history], marker="o", label=label)
-    for key, label in (("train_accuracy", "train"), ("validation_accuracy", "validation")):
-        right.plot(rounds, [row["aggregated"].get(key) for row in history], marker="o", label=label)
-    left.set(title="loss per round", xlabel="round", ylabel="loss")
-    right.set(title="accuracy per round", xlabel="round", ylabel="accuracy", ylim=(0, 1))
-    for axis in (left, right):
-        axis.grid(alpha=0.3)
-        axis.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    rounds = [RoundCurves(row["round"], row["aggregated"], row["per_pod"]) for row in history]
+    plot_training(rounds, path, members="pod")
 
 
 def main(options: DemoOptions) -> DemoReport:

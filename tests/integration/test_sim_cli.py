@@ -59,10 +59,12 @@ def test_sim_runs_a_config_and_writes_its_report(tmp_path: Path) -> None:
     assert summary["rounds"] == 2 and not summary["stopped"]
     # the progress bars run no thread, so the workers of `fedloom sim` are forked
     assert summary["start_method"] == "fork"
-    assert summary["clients"] == {"finished": 6, "failed": 0, "interrupted_and_retried": 0}
+    # client-rounds: 3 of the 6 clients in each of 2 rounds; some may have been sampled twice
+    assert summary["client_rounds"] == {"finished": 6, "failed": 0, "interrupted_and_retried": 0}
     assert 0.0 < summary["final"]["train_accuracy"] <= 1.0
     rounds = [json.loads((out / "rounds" / f"round-{i}.json").read_text()) for i in range(2)]
     assert [r["summary"]["finished"] for r in rounds] == [3, 3]
+    assert summary["clients_sampled"] == len({c["client"] for r in rounds for c in r["clients"]})
     weights = load_file(str(out / "final_model.safetensors"))
     assert weights["1.weight"].shape == (16, 64)
     assert json.loads((out / "summary.json").read_text())["rounds"] == 2

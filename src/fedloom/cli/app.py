@@ -210,10 +210,17 @@ def run_task(
 @app.command("sim")
 def simulate(
     config_file: Annotated[Path, typer.Argument(help="The simulation's TOML file.")],
+    *,
     out: Annotated[
         Path | None,
-        typer.Option(help="Write per-round reports, summary.json and the final model here."),
+        typer.Option(
+            help="Write per-round reports, summary.json, training.png and the final model "
+            "here (a folder that already holds a report is refused unless --force)."
+        ),
     ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Overwrite the report already in --out.")
+    ] = False,
     backend: Annotated[
         str | None, typer.Option(help="Override [simulation] backend: process, thread, ray.")
     ] = None,
@@ -239,6 +246,7 @@ def simulate(
         config,
         console,
         out=out,
+        force=force,
         json_output=json_output,
         ray_address=loaded.ray_address,
     )

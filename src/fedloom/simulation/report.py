@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedloom.algorithms.ml import flat_metrics
 from fedloom.scheduler import ResourceEstimate, TaskStatus
 from fedloom.simulation.backend import ClientFailure
 from fedloom.simulation.client import ClientOutcome
@@ -41,8 +42,11 @@ class ClientRecord:
     def interrupt(self, estimate: ResourceEstimate, failure: ClientFailure) -> None:
         self.status = TaskStatus.INTERRUPT
         self.interrupts.append(
-            {"estimate": estimate.to_dict(), "error_type": failure.error_type,
-             "message": failure.message}
+            {
+                "estimate": estimate.to_dict(),
+                "error_type": failure.error_type,
+                "message": failure.message,
+            }
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -91,6 +95,16 @@ class RoundReport:
             "failed": sum(r.status is TaskStatus.EXCEPTION for r in self.clients),
             "interrupted_and_retried": sum(bool(r.interrupts) for r in self.clients),
             "exited": sum(r.status is TaskStatus.EXITED for r in self.clients),
+        }
+
+    def client_metrics(self) -> dict[str, dict[str, float]]:
+        """Each finished client's :func:`~fedloom.algorithms.ml.flat_metrics`, by client name."""
+        return {
+            f"client-{r.client}": flat_metrics(
+                r.outcome.num_samples, r.outcome.train, r.outcome.validation
+            )
+            for r in self.clients
+            if r.outcome is not None and r.status is TaskStatus.FINISHED
         }
 
     def failure_summary(self, limit: int = 5) -> str:
