@@ -83,14 +83,34 @@ class Registry(Generic[T]):
         return iter(self.names())
 
 
-def import_plugins(modules: tuple[str, ...]) -> None:
+def import_plugins(modules: tuple[str, ...], *, where: str = "plugins") -> None:
     """Import the plugin modules the pod's admin approved (they register names).
 
+    ``where`` says where the modules were listed (``"pod.toml: plugins"``); every error
+    message starts with it.
+
     Raises:
-        ConfigError: a name is not a dotted module name.
-        ImportError: a module cannot be imported.
+        ConfigError: a name is not a dotted module name, a module (or one it imports)
+            cannot be found, or importing it raised; the message names the module, and
+            the original error is the ``__cause__``.
     """
     for module in modules:
         if not module or not all(part.isidentifier() for part in module.split(".")):
-            raise ConfigError(f"plugin {module!r} is not a module name")
-        importlib.import_module(module)
+            raise ConfigError(f"{where}: plugin {module!r} is not a module name")
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            missing = exc.name or ""
+            if missing == module or module.startswith(missing + "."):
+                problem = "no such module (is it installed, or on PYTHONPATH?)"
+            else:
+                problem = f"it imports a module that is missing: {exc}"
+            raise ConfigError(
+                f"{where}: cannot import plugin module {module!r}: {problem}"
+            ) from exc
+        except Exception as exc:  # the plugin's own code failed: still the admin's to fix
+            detail = " ".join(str(exc).split()) or "no message"
+            raise ConfigError(
+                f"{where}: plugin module {module!r} failed to import: "
+                f"{type(exc).__name__}: {detail}"
+            ) from exc

@@ -157,10 +157,17 @@ def hub_start(
 def pod_start(
     config: Annotated[Path, typer.Option(help="The pod's TOML configuration.")],
 ) -> None:
-    """Run a pod until SIGTERM/SIGINT (reconnects when the hub goes away)."""
+    """Run a pod until SIGTERM/SIGINT (reconnects when the hub goes away).
+
+    Logs, without -v too, its connection attempts and one line per task it handles.
+    """
     from fedloom.pod.config import load_pod_config
     from fedloom.pod.daemon import run_pod
 
+    # the pod's own lines (connecting, one per task) at INFO; other libraries stay quiet
+    pod_logger = logging.getLogger("fedloom.pod")
+    if pod_logger.getEffectiveLevel() > logging.INFO:
+        pod_logger.setLevel(logging.INFO)
     pod = load_pod_config(config)
     run_pod(pod, on_ready=lambda: print(f"fedloom pod {pod.name} online", flush=True))
 

@@ -2,13 +2,14 @@
 files), and seeded partitions."""
 
 from fedloom.datasources.arrays import ArraySource
-from fedloom.datasources.base import Datasource
+from fedloom.datasources.base import Datasource, check_datasource
 from fedloom.datasources.files import LOADERS, FileCount, FileRecord, FileSource, Loader
 from fedloom.datasources.partition import dirichlet_partition, iid_partition
-from fedloom.datasources.table import TableSource, datasource_from_config
+from fedloom.datasources.table import DATASOURCE_KINDS, TableSource, datasource_from_config
 
 __all__ = [
     "ArraySource",
+    "DATASOURCE_KINDS",
     "Datasource",
     "FileCount",
     "FileRecord",
@@ -16,6 +17,7 @@ __all__ = [
     "LOADERS",
     "Loader",
     "TableSource",
+    "check_datasource",
     "datasource_from_config",
     "dirichlet_partition",
     "iid_partition",

@@ -28,6 +28,10 @@ class Datasource(Protocol):
           ``len(source)`` is their number.
         * Results are safe to mutate: changing a returned frame never changes the source.
 
+    A datasource may also offer ``check()``: a cheap look (a file's header, a folder's
+    existence) that raises the errors of this list a first use would, without loading
+    the data; :func:`check_datasource` calls it. The built-in sources all have one.
+
     Raises:
         DatasetNotFoundError: the file behind the source does not exist.
         EmptyDatasetError: the source has no rows.
@@ -52,6 +56,18 @@ class Datasource(Protocol):
     def describe(self) -> dict[str, Any]:
         """A JSON-able summary: ``kind``, ``rows`` and ``columns`` (name -> dtype string)."""
         ...
+
+
+def check_datasource(source: Datasource) -> None:
+    """Check that ``source`` can be used, without loading it: its ``check()`` if it has
+    one (a pod runs this for each dataset before it goes online); others pass.
+
+    Raises:
+        DataError: (a subclass of it) what the first use of the source would raise.
+    """
+    check = getattr(source, "check", None)
+    if callable(check):
+        check()
 
 
 def list_columns(columns: Sequence[object]) -> str:

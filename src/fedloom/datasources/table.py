@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from fedloom.datasources.base import Datasource, describe_frame, list_columns, require_column
 from fedloom.errors import (
@@ -21,12 +22,17 @@ from fedloom.errors import (
 )
 
 FileFormat = Literal["csv", "parquet"]
+_R = TypeVar("_R")
 
 SUFFIX_FORMATS: dict[str, FileFormat] = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 """File suffixes (lower-cased) that :class:`TableSource` recognises."""
 
 CONFIG_KINDS: dict[str, FileFormat | None] = {"csv": "csv", "parquet": "parquet", "table": None}
-"""``kind`` values of :func:`datasource_from_config`; ``table`` picks the format by suffix."""
+"""Table ``kind`` values of :func:`datasource_from_config`; ``table`` picks the format by
+suffix."""
+
+DATASOURCE_KINDS = (*sorted(CONFIG_KINDS), "folder")
+"""Every ``kind`` :func:`datasource_from_config` takes."""
 
 _CONFIG_KEYS = frozenset({"kind", "path", "label_column", "feature_columns"})
 
@@ -101,19 +107,56 @@ class TableSource:
         return self._frame
 
     def _read(self) -> pd.DataFrame:
+        if self._kind == "csv":
+            return self._reading(pd.read_csv)
+        return self._reading(lambda path: pd.read_parquet(path, engine="pyarrow"))
+
+    def _reading(self, read: Callable[[Path], _R]) -> _R:
+        """``read(path)``, with the file's problems as typed errors."""
         assert self._path is not None  # only called for file sources
         if not self._path.exists():
             raise DatasetNotFoundError(f"no such data file: {str(self._path)!r}")
         try:
-            if self._kind == "csv":
-                return pd.read_csv(self._path)
-            return pd.read_parquet(self._path, engine="pyarrow")
+            return read(self._path)
         except pd.errors.EmptyDataError as exc:
             raise EmptyDatasetError(f"the {self._where()} is empty: {exc}") from exc
         except FileNotFoundError as exc:
             raise DatasetNotFoundError(f"no such data file: {str(self._path)!r}") from exc
         except (ValueError, OSError, pa.ArrowException) as exc:
-            raise DataError(f"could not read the {self._where()}: {exc}") from exc
+            detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            raise DataError(f"could not read the {self._where()}: {detail}") from exc
+
+    def _head(self) -> tuple[list[str], bool]:
+        """The column names, and whether there is a row: a CSV file's header and first
+        row, a Parquet file's footer (schema and row count); nothing more is read."""
+        if self._source_frame is not None:
+            return [str(c) for c in self._source_frame.columns], len(self._source_frame) > 0
+        if self._kind == "csv":
+            head = self._reading(lambda path: pd.read_csv(path, nrows=1))
+            return [str(c) for c in head.columns], len(head) > 0
+        metadata = self._reading(pq.read_metadata)
+        return list(metadata.schema.to_arrow_schema().names), metadata.num_rows > 0
+
+    def check(self) -> None:
+        """Check, reading only what that needs (see ``_head``), that the table can be used:
+        the file exists and can be read, it has a row, and its label and feature columns.
+
+        Raises:
+            DatasetNotFoundError: the file does not exist.
+            EmptyDatasetError: the table has no rows.
+            DataError: the file could not be read or parsed.
+            MissingColumnError: the label or a feature column is not present.
+        """
+        if self._frame is not None:  # loaded, and checked then
+            return
+        columns, has_rows = self._head()
+        if not has_rows:
+            raise EmptyDatasetError(f"the {self._where()} has no rows")
+        header = pd.DataFrame(columns=columns)
+        for column in self._features or ():
+            require_column(header, column, "feature")
+        if self._label is not None:
+            require_column(header, self._label, "label")
 
     def _where(self) -> str:
         if self._path is None:
@@ -220,16 +263,18 @@ def datasource_from_config(config: Mapping[str, Any]) -> Datasource:
     """
     if not isinstance(config, Mapping):
         raise ConfigError(f"a datasource config must be a mapping, not {type(config).__name__}")
-    if config.get("kind") == "folder":
+    kind = config.get("kind")
+    if kind == "folder":
         return _folder_from_config(config)
+    if kind not in CONFIG_KINDS:  # before the keys, which depend on the kind
+        raise ConfigError(
+            f"unknown datasource kind {kind!r}; known kinds: {', '.join(DATASOURCE_KINDS)}"
+        )
     unknown = sorted(str(k) for k in config if k not in _CONFIG_KEYS)
     if unknown:
         raise ConfigError(
             f"unknown datasource config keys {unknown}; allowed: {sorted(_CONFIG_KEYS)}"
         )
-    kind = config.get("kind")
-    if kind not in CONFIG_KINDS:
-        raise ConfigError(f"unknown datasource kind {kind!r}; known kinds: {sorted(CONFIG_KINDS)}")
     path = config.get("path")
     if not isinstance(path, str) or not path:
         raise ConfigError(f"datasource kind {kind!r} needs 'path': a non-empty string")

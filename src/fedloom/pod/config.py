@@ -39,9 +39,10 @@ Example (every key shown; the comments say which are optional)::
 Relative paths (``identity``, ``store``, the ``[tls]`` files, ``[modeller_keys]`` and each
 dataset's ``path``) are relative to the folder of the TOML file, not to the working
 directory. Nothing is opened while the file is read, except that the identity file must
-exist. Any unknown key, a value of the wrong type or out of range, an unknown protocol
-name, or a missing required key raises :class:`~fedloom.errors.ConfigError` naming the
-file and the key.
+exist (``fedloom pod start`` then checks every dataset before it connects:
+:meth:`PodConfig.check_datasets`). Any unknown key, a value of the wrong type or out of
+range, an unknown protocol name, or a missing required key raises
+:class:`~fedloom.errors.ConfigError` naming the file and the key.
 """
 
 from __future__ import annotations
@@ -49,8 +50,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fedloom.datasources import Datasource, datasource_from_config
-from fedloom.errors import ConfigError
+from fedloom.datasources import Datasource, check_datasource, datasource_from_config
+from fedloom.errors import ConfigError, DataError
 from fedloom.hooks import DEFAULT_WORKER_HOOKS
 from fedloom.pod.pod import (
     DEFAULT_MAX_CONCURRENT_TASKS,
@@ -175,6 +176,33 @@ class PodConfig:
                 built[name] = datasource_from_config(description)
             except ConfigError as exc:
                 raise ConfigError(f"{where}datasets.{name}: {exc}") from exc
+        return built
+
+    def check_datasets(self) -> dict[str, Datasource]:
+        """The pod's datasources, each checked without loading it (``pod start`` does this
+        before it connects): the file or folder exists and can be read, a table has a row
+        and its label and feature columns (only a CSV file's header and first row, or a
+        Parquet file's footer, is read).
+
+        Raises:
+            ConfigError: a description is malformed (see :meth:`build_datasets`).
+            DataError: datasets cannot be used: one line per bad dataset, every one.
+        """
+        built = self.build_datasets()
+        problems: list[str] = []
+        for name, source in built.items():
+            try:
+                check_datasource(source)
+            except DataError as exc:
+                problems.append(f"datasets.{name}: {exc}")
+        where = f"{self.config_path}: " if self.config_path else ""
+        if len(problems) == 1:
+            raise DataError(f"{where}{problems[0]}")
+        if problems:
+            raise DataError(
+                f"{where}{len(problems)} of the {len(built)} datasets cannot be used:\n"
+                + "\n".join(f"  {problem}" for problem in problems)
+            )
         return built
 
 

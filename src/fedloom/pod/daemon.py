@@ -3,8 +3,9 @@
 It loads the pod's identity and datasets, opens its SQLite store, connects outbound to the
 hub (saying which modellers it accepts) and serves until SIGTERM or SIGINT. When the hub goes
 away the connection is re-opened with exponential back-off; tasks in flight wait for it.
-A pod started before its hub keeps trying to connect; a hub that refuses the pod's identity
-ends the daemon with a clear error (retrying would not help).
+A pod started before its hub keeps trying to connect, logging one line per attempt; a hub
+that refuses the pod's identity ends the daemon with a clear error (retrying would not
+help). Plugins and every dataset are checked before the pod connects.
 """
 
 from __future__ import annotations
@@ -19,14 +20,18 @@ from fedloom.crypto import load_identity, load_pinned_identities
 from fedloom.errors import ConfigError
 from fedloom.pod.config import PodConfig
 from fedloom.pod.pod import Pod
+from fedloom.registry import import_plugins
 from fedloom.store import SqlitePodStore
-from fedloom.transport.hub.client import GrpcMailbox
-from fedloom.worker import import_plugins
+from fedloom.transport.hub.client import ConnectionEvent, GrpcMailbox
 
 logger = logging.getLogger(__name__)
 
 DRAIN_SECONDS = 3.0
 """Seconds a stopping pod lets its running tasks finish before it cancels them."""
+
+RECONNECT_BACKOFF = (0.5, 10.0)
+"""Seconds between attempts to reach the hub: the first wait, doubled up to the second
+(each with jitter); the daemon logs one line per attempt."""
 
 
 async def connect_until(mailbox: GrpcMailbox, stop: asyncio.Event) -> bool:
@@ -65,7 +70,9 @@ async def serve_pod(
     rest, so it always exits well within 20 s.
 
     Raises:
-        ConfigError / KeyFileError: the identity, pinned keys or datasets cannot be loaded.
+        ConfigError / KeyFileError: the identity, pinned keys or plugins cannot be loaded,
+            or a dataset description is malformed.
+        DataError: datasets cannot be used (every bad one is named, one per line).
         AccessDeniedError (incl. UnknownIdentityError), AuthenticationError: the hub
             refused the pod.
     """
@@ -75,8 +82,10 @@ async def serve_pod(
             f"the key file {config.identity_path} is for {identity.name!r}, "
             f"but the pod is named {config.name!r}"
         )
-    import_plugins(config.plugins)  # before anything is rebuilt from the names they register
-    datasets = config.build_datasets()
+    where = f"{config.config_path}: plugins" if config.config_path else "plugins"
+    # before anything is rebuilt from the names they register
+    import_plugins(config.plugins, where=where)
+    datasets = config.check_datasets()  # every bad dataset is refused now, not per task
     pinned = load_pinned_identities(config.modeller_keys, config.config_path)
     stop = stop or _stop_on_signals()
     store = SqlitePodStore(config.store_path)
@@ -88,6 +97,8 @@ async def serve_pod(
             insecure=config.insecure,
             accepts=sorted(config.policy.allowed_modellers or ()),
             pinned=pinned,
+            backoff=RECONNECT_BACKOFF,
+            on_connection=lambda event: _log_connection(config.name, event),
         )
         logger.info("pod %s: connecting to the hub at %s", config.name, config.hub_address)
         if not await connect_until(mailbox, stop):
@@ -121,6 +132,23 @@ async def serve_pod(
         logger.info("pod %s stopped", config.name)
     finally:
         store.close()
+
+
+def _log_connection(pod: str, event: ConnectionEvent) -> None:
+    """One line per connection attempt that failed (with the wait before the next one),
+    and one when a lost connection is back."""
+    if event.state == "retrying":
+        what = "lost the connection to" if event.lost else "cannot reach"
+        logger.warning(
+            "pod %s: %s the hub at %s (%s); retrying in %.1f s",
+            pod,
+            what,
+            event.address,
+            event.reason,
+            event.retry_in,
+        )
+    elif event.state == "reconnected":
+        logger.info("pod %s: reconnected to the hub at %s", pod, event.address)
 
 
 def _stop_on_signals() -> asyncio.Event:

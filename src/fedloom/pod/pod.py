@@ -50,6 +50,9 @@ logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
+_OUTCOME_CHARACTERS = 300
+"""How much of a task's outcome (an error message) its log line shows."""
+
 _QUIET_AFTER_END = frozenset({MessageType.TASK_COMPLETE, MessageType.HEARTBEAT})
 """What a modeller may still send a task the pod has already ended (not worth a log line)."""
 
@@ -324,13 +327,13 @@ class Pod:
             accepted = self._decide(request)
         except FedloomError as exc:
             report = ErrorReport.from_exception(exc)
-            logger.info("%s: rejecting task %s: %s", self.name, request.task_id, report.message)
-            await router.send(
-                reply.with_updates(type=MessageType.JOB_REJECT, body=report.to_body())
-            )
             task = request.body.get("task") if isinstance(request.body, dict) else None
             requested = task.get("protocol") if isinstance(task, dict) else None
             protocol = requested[:64] if isinstance(requested, str) and requested else "?"
+            self._log_task(request, protocol, f"rejected ({report.reason.value}: {report.message})")
+            await router.send(
+                reply.with_updates(type=MessageType.JOB_REJECT, body=report.to_body())
+            )
             self._record(request, protocol, "rejected", report.reason.value)
             return
         channel = _HeldChannel(router.open_channel(request.task_id), request.sender)
@@ -405,9 +408,15 @@ class Pod:
                 return await self._run_in_child(request, accepted, channel, mailbox)
             return await self._run_inline(accepted, mailbox)
 
+        began = time.monotonic()
+
+        def took() -> str:
+            return f"{time.monotonic() - began:.1f} s"
+
         try:
             released = await _while_heard(work(), channel, self.policy.modeller_timeout)
             self._record(request, name, "completed", result=released)
+            self._log_task(request, name, f"completed in {took()}")
         except TaskAbortedError as exc:
             # DESIGN: the pod answers a TASK_CANCEL; a modeller thought gone may come back
             if isinstance(exc, TaskCancelledError | _ModellerTimeoutError):
@@ -415,17 +424,23 @@ class Pod:
                 with contextlib.suppress(FedloomError):
                     await mailbox.send(MessageType.TASK_ABORT, report.to_body())
             self._record(request, name, "aborted", exc.reason.value)
+            self._log_task(
+                request, name, f"aborted after {took()} ({exc.reason.value}: {exc.message})"
+            )
         except MailboxClosedError:
             self._record(request, name, "aborted", AbortReason.WORKER_UNRESPONSIVE.value)
+            self._log_task(request, name, f"aborted after {took()} (the hub connection closed)")
         except asyncio.CancelledError:
             self._record(request, name, "aborted", AbortReason.CANCELLED_BY_MODELLER.value)
+            self._log_task(request, name, f"aborted after {took()} (the pod is stopping)")
             raise
         except Exception as exc:  # a task must never take the pod down
             report = ErrorReport.from_exception(exc)
-            logger.warning("%s: task %s failed: %s", self.name, request.task_id, report.message)
             with contextlib.suppress(FedloomError):
                 await mailbox.send(MessageType.TASK_ABORT, report.to_body())
             self._record(request, name, "aborted", report.reason.value)
+            outcome = f"failed after {took()} ({report.reason.value}: {report.message})"
+            self._log_task(request, name, outcome, level=logging.WARNING)
         finally:
             self._slots.release(request.task_id, self.policy.max_concurrent_tasks)
             router.close_channel(request.task_id)
@@ -497,6 +512,24 @@ class Pod:
             await worker.stop()
             self.workers.pop(request.task_id, None)
 
+    def _log_task(
+        self, request: Message, protocol: str, outcome: str, *, level: int = logging.INFO
+    ) -> None:
+        """The one line a pod logs per task: who asked for what, on which data, and how
+        it ended (``pod-a: task 3f2a9c1d from alice: fedavg on dataset default:
+        completed in 4.2 s``). What the modeller sent is shown as text, bounded."""
+        body = request.body if isinstance(request.body, dict) else {}
+        logger.log(
+            level,
+            "%s: task %s from %s: %s on dataset %s: %s",
+            self.name,
+            _shown(request.task_id)[:8],
+            _shown(request.sender),
+            _shown(protocol),
+            _shown(body.get("dataset", "?")),
+            _shown(outcome, _OUTCOME_CHARACTERS),
+        )
+
     def _record(
         self,
         request: Message,
@@ -513,6 +546,13 @@ class Pod:
             )
         except FedloomError as exc:
             logger.error("%s: could not record task %s: %s", self.name, request.task_id, exc)
+
+
+def _shown(value: object, limit: int = 64) -> str:
+    """``value`` (from the network) as a log line may show it: printable, bounded."""
+    text = value if isinstance(value, str) else repr(value)
+    text = "".join(c if c.isprintable() else "?" for c in text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class _ModellerTimeoutError(TaskAbortedError):

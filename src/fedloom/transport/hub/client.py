@@ -22,10 +22,11 @@ import asyncio
 import contextlib
 import logging
 import random
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Self, cast
+from typing import Any, Literal, Self, cast
 
 import grpc
 import grpc.aio
@@ -57,12 +58,35 @@ _OFFLOAD_BYTES = 1 << 20
 _CLOSED = object()
 CLOSE_SECONDS = 5.0
 PARALLEL_SEALS = 2
+_REASON_CHARACTERS = 200
+_GRPC_DETAIL_PREFIX = re.compile(r"^(?:[A-Z_]+: )?(?:ipv[46]:\S+: )?")
 """Messages sealed and signed at once by one mailbox (bounds memory for large models)."""
 
 
 def _pass_turn(done: asyncio.Future[None]) -> None:
     if not done.done():
         done.set_result(None)
+
+
+def _reason(exc: BaseException) -> str:
+    """One line saying why a connection attempt failed or a connection ended."""
+    cause = exc.__cause__ if isinstance(exc, HubUnavailableError) else None
+    error = cause if isinstance(cause, grpc.aio.AioRpcError) else exc
+    if isinstance(error, grpc.aio.AioRpcError):
+        details = error.details() or ""
+        details = details.rsplit("last error: ", 1)[-1]
+        details = _GRPC_DETAIL_PREFIX.sub("", details).strip(" []")
+        text = f"{error.code().name}: {details}" if details else error.code().name
+    else:
+        text = str(error) or type(error).__name__
+    return " ".join(text.split())[:_REASON_CHARACTERS]
+
+
+def _mark_retrieved(future: asyncio.Future[None]) -> None:
+    """Mark an error as seen: close() may fail a future that nobody awaits any more (a
+    connect() that timed out), and asyncio would log "exception was never retrieved"."""
+    if not future.cancelled():
+        future.exception()
 
 
 class _FatalError(FedloomError):
@@ -80,10 +104,30 @@ class _InFlight:
     result: asyncio.Future[None]
 
 
+@dataclass(frozen=True)
+class ConnectionEvent:
+    """What a :class:`GrpcMailbox`'s connection just did, for a status line.
+
+    ``state`` is ``"connected"`` (the first time), ``"reconnected"``, or ``"retrying"``:
+    an attempt failed or the connection was lost (``lost``), and the next attempt follows
+    in ``retry_in`` seconds (exponential back-off with jitter).
+    """
+
+    state: Literal["connected", "reconnected", "retrying"]
+    address: HubAddress
+    reason: str = ""
+    """Why the attempt failed or the connection ended (one line; ``retrying`` only)."""
+    retry_in: float = 0.0
+    lost: bool = False
+    """``retrying`` after a connection that worked (not a failed attempt)."""
+
+
 class GrpcMailbox:
     """One identity's mailbox on a remote hub (implements ``Mailbox``).
 
     Use ``mailbox = await GrpcMailbox(...).connect()`` and ``await mailbox.close()``.
+    ``on_connection`` is called with a :class:`ConnectionEvent` whenever the connection
+    is made, lost, or an attempt fails (a daemon prints them; they are never raised).
     """
 
     def __init__(
@@ -99,6 +143,7 @@ class GrpcMailbox:
         backoff: tuple[float, float] = (0.1, 5.0),
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         clock: Callable[[], float] = time.time,
+        on_connection: Callable[[ConnectionEvent], None] | None = None,
     ) -> None:
         if (tls is None) == (not insecure):
             raise ConfigError(
@@ -117,6 +162,8 @@ class GrpcMailbox:
                 )
         self._reconnect = reconnect
         self._backoff = backoff
+        self._on_connection = on_connection
+        self._established = False  # the current session got past the handshake
         self._max_bytes = max_message_bytes
         self._clock = clock
         self._sealer = Sealer(identity, self.lookup, max_message_bytes=max_message_bytes)
@@ -159,6 +206,7 @@ class GrpcMailbox:
             raise ConfigError("this mailbox is already connected")
         loop = asyncio.get_running_loop()
         self._first = loop.create_future()
+        self._first.add_done_callback(_mark_retrieved)
         self._supervisor = loop.create_task(self._supervise(), name=f"hub:{self.identity}")
         self._opener = loop.create_task(self._open_deliveries(), name=f"open:{self.identity}")
         try:
@@ -362,23 +410,38 @@ class GrpcMailbox:
         delay = self._backoff[0]
         while not self._closed:
             connected_once = self._first is not None and self._first.done()
+            self._established = False
+            reason = "the hub closed the connection"
             try:
                 await self._session()
-                delay = self._backoff[0]
             except _FatalError as fatal:
                 if self._first is not None and not self._first.done():
                     self._first.set_exception(fatal.error)
                     return
-                logger.error("%s: the hub refused this identity: %s", self.identity, fatal.error)
+                reason = str(fatal.error)
+                logger.error("%s: the hub refused this identity: %s", self.identity, reason)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                logger.info("%s: hub connection lost: %s", self.identity, exc)
+                reason = _reason(exc)
+                logger.info("%s: hub connection lost: %s", self.identity, reason)
             if not self._reconnect and connected_once:
                 await self.close()
                 return
-            await asyncio.sleep(delay * (0.5 + random.random()))
+            if self._established:  # a connection that worked starts the back-off again
+                delay = self._backoff[0]
+            wait = delay * (0.5 + random.random())
+            self._notify(ConnectionEvent("retrying", self.address, reason, wait, self._established))
+            await asyncio.sleep(wait)
             delay = min(delay * 2, self._backoff[1])
+
+    def _notify(self, event: ConnectionEvent) -> None:
+        if self._on_connection is None:
+            return
+        try:
+            self._on_connection(event)
+        except Exception:  # a status line must never take the connection down
+            logger.exception("%s: on_connection callback failed", self.identity)
 
     async def _session(self) -> None:
         channel = self._channel()
@@ -389,11 +452,14 @@ class GrpcMailbox:
             self.role = str(welcome["role"])
             self._next_sequence = max(self._next_sequence, welcome["last_sequence"] + 1)
             self._connected.set()
+            self._established = True
             if self._first is not None and not self._first.done():
                 self._first.set_result(None)
+                self._notify(ConnectionEvent("connected", self.address))
             else:
                 self.reconnects += 1
                 logger.info("%s: reconnected to the hub", self.identity)
+                self._notify(ConnectionEvent("reconnected", self.address))
             flight = self._in_flight
             if flight is not None and not flight.result.done():
                 if flight.sequence <= welcome["last_sequence"]:

@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
+import socket
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -69,10 +71,15 @@ RECENT_FRAMES_BYTES = 1 << 30
 """Memory the hub spends on keeping recently stored frames for delivery."""
 _OFFLOAD_BYTES = 1 << 20  # frames above this are hashed and written off the event loop
 _OUTGOING_ITEMS = 16  # bounded so a slow reader holds back its own deliveries only
+_HANDLER_EXIT_SECONDS = 5.0  # a stopping hub waits this long for its connections to end
+SERVER_ONLY_OPTIONS = [("grpc.so_reuseport", 0)]
+"""gRPC turns SO_REUSEPORT on by default, so a second hub on a busy port would "listen"
+too and the kernel would share the connections out between the two; off, it cannot bind."""
 
 
 def grpc_options(max_message_bytes: int = frames.GRPC_MESSAGE_LIMIT) -> list[tuple[str, int]]:
-    """Channel options shared by the hub and its clients."""
+    """Channel options shared by the hub and its clients (the hub adds
+    :data:`SERVER_ONLY_OPTIONS`)."""
     return [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
@@ -173,22 +180,25 @@ class HubServer:
         self._accepts: dict[str, frozenset[str]] = load_accepts(self._accepts_file)
         self._stats = HubServerStatistics(connected=[])
         self._recent = FrameCache(RECENT_FRAMES_BYTES)
+        self._handlers: set[asyncio.Task[Any]] = set()  # every open connection's task
         self.port = 0
 
     async def start(self) -> int:
         """Listen; returns the bound port.
 
         Raises:
-            HubUnavailableError: the address cannot be bound.
+            HubUnavailableError: the address cannot be bound (the port is in use, by
+                another hub say, or the host is not an address of this machine).
             KeyFileError: TLS material is missing or unreadable.
         """
-        server = grpc.aio.server(options=grpc_options())
+        address = f"{self.settings.host}:{self.settings.port}"
+        _check_bindable(self.settings.host, self.settings.port, address)
+        server = grpc.aio.server(options=[*grpc_options(), *SERVER_ONLY_OPTIONS])
         handler: Any = grpc.stream_stream_rpc_method_handler(self._connect)
         service, method = frames.SERVICE_METHOD.rsplit("/", 1)
         server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(service.strip("/"), {method: handler}),)
         )
-        address = f"{self.settings.host}:{self.settings.port}"
         try:
             if self.settings.tls is not None:
                 tls = self.settings.tls
@@ -202,8 +212,10 @@ class HubServer:
                 port = server.add_secure_port(address, credentials)
             else:
                 port = server.add_insecure_port(address)
-        except RuntimeError as exc:
-            raise HubUnavailableError(f"cannot listen on {address}: {exc}") from exc
+        except RuntimeError as exc:  # taken between the check above and now
+            raise HubUnavailableError(
+                f"cannot listen on {address}: the address is in use or not available"
+            ) from exc
         if port == 0:
             raise HubUnavailableError(f"cannot listen on {address} (in use?)")
         await server.start()
@@ -213,11 +225,20 @@ class HubServer:
         return port
 
     async def stop(self, grace: float | None = 1.0) -> None:
-        """Stop serving (idempotent); the store keeps every undelivered message."""
+        """Stop serving (idempotent); the store keeps every undelivered message.
+
+        Every open connection is ended first (its handler returns), so the server has no
+        call left to abort when ``grace`` runs out.
+        """
         if self._server is not None:
             server, self._server = self._server, None
+            handlers = list(self._handlers)
             for session in list(self._sessions.values()):
                 session.kick()
+            for task in handlers:
+                task.cancel()
+            if handlers:
+                await asyncio.wait(handlers, timeout=_HANDLER_EXIT_SECONDS)
             await server.stop(grace)
         self.store.close()
 
@@ -235,10 +256,16 @@ class HubServer:
         session: _Session | None = None
         writer: asyncio.Task[None] | None = None
         outgoing: asyncio.Queue[bytes | None] = asyncio.Queue(_OUTGOING_ITEMS)
+        current = asyncio.current_task()
+        if current is not None:
+            self._handlers.add(current)
         try:
             writer = asyncio.get_running_loop().create_task(self._write(outgoing, context))
             iterator = aiter(requests)
-            session = await asyncio.wait_for(self._handshake(iterator, outgoing), HANDSHAKE_TIMEOUT)
+            # in this task (asyncio.wait_for would run it in another): the session's
+            # handler is this task, which kick() cancels
+            async with asyncio.timeout(HANDSHAKE_TIMEOUT):
+                session = await self._handshake(iterator, outgoing)
             previous = self._sessions.get(session.name)
             if previous is not None:
                 logger.info("%s reconnected; closing its previous connection", session.name)
@@ -257,6 +284,8 @@ class HubServer:
         except Exception:  # a connection's failure must never take the hub down
             logger.exception("hub: connection failed")
         finally:
+            if current is not None:
+                self._handlers.discard(current)
             if session is not None:
                 session.stop_delivery()
                 if self._sessions.get(session.name) is session:
@@ -473,6 +502,44 @@ class HubServer:
                 )
                 for chunk in frames.chunks(Kind.DELIVER_DATA, frame):
                     await session.outgoing.put(chunk)
+
+
+def _check_bindable(host: str, port: int, address: str) -> None:
+    """Refuse an address this machine cannot listen on, with the reason in one line.
+
+    gRPC's own failure is a RuntimeError after its C core has logged to stderr; a plain
+    bind (SO_REUSEADDR, like gRPC's) says first whether the port is taken or the host is
+    not ours. Port 0 (any free port) is always bindable.
+
+    Raises:
+        HubUnavailableError: the port is in use on one of the host's addresses, or none
+            of them can be bound.
+    """
+    if port == 0:
+        return
+    name = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        found = socket.getaddrinfo(
+            name or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except (socket.gaierror, UnicodeError) as exc:
+        raise HubUnavailableError(f"cannot listen on {address}: unknown host {host!r}") from exc
+    failures: list[OSError] = []
+    for family, kind, proto, _, sockaddr in found:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(sockaddr)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise HubUnavailableError(
+                        f"cannot listen on {address}: port {port} is already in use "
+                        "(is another hub running there?)"
+                    ) from exc
+                failures.append(exc)
+    if failures and len(failures) == len(found):
+        reason = failures[0].strerror or str(failures[0])
+        raise HubUnavailableError(f"cannot listen on {address}: {reason}") from failures[0]
 
 
 def _accepts_of(registered: RegisteredIdentity, value: object) -> frozenset[str] | None:
