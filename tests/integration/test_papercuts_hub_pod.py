@@ -253,3 +253,70 @@ def test_pod_start_names_every_bad_dataset_and_does_not_connect(deployment: Path
         "  datasets.nolabel: label column 'label' is not in the dataset; columns present: 'x', 'y'",
         f"  datasets.scans: the data folder '{deployment / 'scans'}' does not exist",
     ], done.stderr
+
+
+# --- items 6 and 2b: one line per task; a model file given by its path -----------------------
+
+
+def test_pod_start_logs_one_line_per_task_and_a_task_file_takes_a_model_file_path(
+    deployment: Path,
+) -> None:
+    from PIL import Image
+    from safetensors.numpy import save_file
+
+    from fedloom.algorithms.ml import ModelSpec, build_model, state_to_arrays
+
+    (deployment / "images").mkdir(exist_ok=True)
+    for index in range(3):
+        pixels = np.full((4, 4, 3), index * 40, dtype=np.uint8)
+        Image.fromarray(pixels).save(deployment / "images" / f"im{index}.png")
+    spec = ModelSpec("mlp", {"in_features": 48, "hidden": [4], "out_features": 2})
+    (deployment / "models").mkdir(exist_ok=True)
+    save_file(state_to_arrays(build_model(spec)), str(deployment / "models" / "m.safetensors"))
+    hub, address = start_hub(deployment)
+    try:
+        (deployment / "pod-lines.toml").write_text(
+            pod_toml(address)
+            + '[datasets.images]\nkind = "folder"\npath = "images"\npattern = "*.png"\n'
+            + "[datasets.images.loader_options]\nsize = [4, 4]\n"
+        )
+        pod, _ = daemon(["pod", "start", "--config", "pod-lines.toml"], deployment, "online")
+        try:
+            head = f'hub = "{address}"\nidentity = "keys/alice.key"\npods = ["pod-a"]\n'
+            head += '[tls]\nca = "hub/tls/ca.crt"\n'
+            analytics = (
+                '[task]\nprotocol = "analytics"\n[task.config.request]\n'
+                'statistics = ["count"]\ncolumns = ["x"]\n'
+            )
+            (deployment / "stats.toml").write_text(head + analytics)
+            (deployment / "nope.toml").write_text('dataset = "nope"\n' + head + analytics)
+            (deployment / "tasks").mkdir(exist_ok=True)
+            (deployment / "tasks" / "infer.toml").write_text(  # the model: ../models/
+                'dataset = "images"\n'
+                + head.replace("keys/", "../keys/").replace("hub/tls", "../hub/tls")
+                + '[task]\nprotocol = "inference"\n[task.config]\n'
+                'model_file = "../models/m.safetensors"\nbatch_size = 2\n'
+                '[task.config.model]\nname = "mlp"\n[task.config.model.config]\n'
+                "in_features = 48\nhidden = [4]\nout_features = 2\n"
+            )
+            done = _run("run", "stats.toml", "--json", cwd=deployment)
+            assert done.returncode == 0, done.stderr[-3000:]
+            refused = _run("run", "nope.toml", "--json", cwd=deployment)
+            assert refused.returncode == 5, refused.stderr[-3000:]
+            inferred = _run("run", "tasks/infer.toml", "--json", cwd=deployment)
+            assert inferred.returncode == 0, inferred.stderr[-3000:]
+            assert '"files": {"pod-a": 3}' in inferred.stdout
+        finally:
+            pod_err = stop(pod)
+    finally:
+        stop(hub)
+    tasks = [line for line in _lines(pod_err) if ": task " in line]
+    assert len(tasks) == 3, pod_err
+    task = r"INFO fedloom\.pod\.pod: pod-a: task [0-9a-f]{8} from alice: "
+    assert re.fullmatch(task + r"analytics on dataset default: completed in \d+\.\d s", tasks[0])
+    assert re.fullmatch(
+        task + r"analytics on dataset nope: rejected \(NO_DATA: pod 'pod-a' has no dataset "
+        r"'nope'; it has: \['default', 'images'\]\)",
+        tasks[1],
+    ), tasks[1]
+    assert re.fullmatch(task + r"inference on dataset images: completed in \d+\.\d s", tasks[2])

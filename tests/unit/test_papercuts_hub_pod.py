@@ -246,3 +246,85 @@ def test_what_a_modeller_sent_is_logged_as_bounded_printable_text(
     assert line == (
         f"pod-a: task tttttttt from alice: fedavg on dataset a?b{'x' * 58}...: completed in 1.0 s"
     )
+
+
+# --- inference's model_file: a path, as in a task file ------------------------------------
+
+INFER = """\
+hub = "127.0.0.1:7800"
+identity = "keys/alice.key"
+pods = ["pod-a"]
+insecure = true
+dataset = "images"
+[task]
+protocol = "inference"
+[task.config]
+model_file = "{model_file}"
+[task.config.model]
+name = "mlp"
+[task.config.model.config]
+in_features = 4
+hidden = [3]
+out_features = 2
+"""
+TINY = {"name": "mlp", "config": {"in_features": 4, "hidden": [3], "out_features": 2}}
+
+
+def _infer_task(folder: Path, model_file: str) -> Path:
+    (folder / "keys").mkdir(exist_ok=True)
+    (folder / "keys" / "alice.key").write_text("{}")  # only its existence is checked
+    path = folder / "infer.toml"
+    path.write_text(INFER.format(model_file=model_file))
+    return path
+
+
+def test_a_task_file_model_file_is_a_path_relative_to_the_task_file(tmp_path: Path) -> None:
+    from fedloom.modeller.task_file import load_task_file
+    from fedloom.protocols.inference import MODEL_FILE
+
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "m.safetensors").write_bytes(b"the model's bytes")
+    task = load_task_file(_infer_task(tmp_path, "models/m.safetensors"))
+    assert task.protocol.model_file == b"the model's bytes"  # type: ignore[attr-defined]
+    sent = task.protocol.setup_values().tensors[MODEL_FILE]  # type: ignore[attr-defined]
+    assert sent.tobytes() == b"the model's bytes"
+    assert "model_file" not in task.protocol.dump()["config"]  # never sent as config
+
+
+def test_a_missing_model_file_is_one_config_error_naming_the_path(tmp_path: Path) -> None:
+    from fedloom.modeller.task_file import load_task_file
+
+    path = _infer_task(tmp_path, "missing.safetensors")
+    with pytest.raises(ConfigError) as caught:
+        load_task_file(path)
+    assert str(caught.value) == (
+        f"{path}: task.config: inference.model_file: cannot read "
+        f"'{tmp_path / 'missing.safetensors'}': No such file or directory"
+    )
+    (tmp_path / "folder.safetensors").mkdir()
+    with pytest.raises(ConfigError, match="Is a directory"):
+        load_task_file(_infer_task(tmp_path, "folder.safetensors"))
+
+
+def test_model_file_takes_bytes_or_a_path_in_python(tmp_path: Path) -> None:
+    from fedloom.algorithms.ml import ModelSpec
+    from fedloom.protocols import BatchedInference
+
+    model = ModelSpec.from_config(TINY)
+    (tmp_path / "m.safetensors").write_bytes(b"weights")
+    assert BatchedInference(model, model_file=b"weights").model_file == b"weights"
+    assert BatchedInference(model, model_file=tmp_path / "m.safetensors").model_file == b"weights"
+    assert BatchedInference(model, model_file=str(tmp_path / "m.safetensors")).model_file == (
+        b"weights"
+    )
+    with pytest.raises(ConfigError, match="model_file must be"):
+        BatchedInference(model, model_file=3)  # type: ignore[arg-type]
+
+
+def test_a_pod_never_rebuilds_a_model_file_from_a_config(tmp_path: Path) -> None:
+    from fedloom.protocols import load_protocol
+
+    (tmp_path / "secret").write_bytes(b"the pod's file")
+    spec = {"protocol": "inference", "config": {"model": TINY, "model_file": str(tmp_path)}}
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_protocol(spec)

@@ -27,16 +27,21 @@ Example (every key shown; the comments say which are optional)::
     [task.config]                   # optional when the protocol needs no settings
     request = { statistics = ["mean"], columns = ["age"] }
 
-Relative paths are relative to the folder of the TOML file, not to the working directory.
-Nothing is opened while the file is read, except that the identity file must exist. Any
-unknown key, a value of the wrong type, an unknown protocol or a protocol config it
-refuses raises :class:`~fedloom.errors.ConfigError` naming the file and the key.
+Relative paths are relative to the folder of the TOML file, not to the working directory;
+so are the ``[task.config]`` settings a protocol takes as files on this machine (its
+``local_files``: inference's ``model_file = "model.safetensors"``), which are read when the
+file is. Nothing else is opened while the file is read, except that the identity file must
+exist. Any unknown key, a value of the wrong type, an unknown protocol, a protocol config it
+refuses or a file it cannot read raises :class:`~fedloom.errors.ConfigError` naming the
+file and the key.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 from fedloom.errors import ConfigError, FedloomError
 from fedloom.protocols import PROTOCOLS, Protocol, load_protocol
@@ -153,6 +158,16 @@ def load_task_file(path: str | Path) -> TaskFile:
     )
 
 
+def _local_files(protocol: type[Protocol], config: TomlTable | None) -> dict[str, Path]:
+    """The settings of ``[task.config]`` that the protocol takes as files on this machine
+    (its ``local_files``, e.g. inference's ``model_file``), as absolute paths: a relative
+    path is relative to the task file, like every other path in it."""
+    names: frozenset[str] = getattr(protocol, "local_files", frozenset())
+    if config is None:
+        return {}
+    return {name: config.resolve(name, config.data[name]) for name in names if config.has(name)}
+
+
 def _read_task(top: TomlTable) -> Protocol:
     task = top.table("task")
     if task is None:
@@ -168,8 +183,13 @@ def _read_task(top: TomlTable) -> Protocol:
         )
     config_table = task.table("config")
     config = {} if config_table is None else config_table.plain()
+    files = _local_files(PROTOCOLS.get(name), config_table)
     try:
-        protocol = load_protocol({"protocol": name, "config": config})
+        protocol = load_protocol(
+            {"protocol": name, "config": {k: v for k, v in config.items() if k not in files}}
+        )
+        if files:  # read by the protocol here; a pod never gets a path
+            protocol = dataclasses.replace(cast(Any, protocol), **files)
         protocol.dump()
         protocol.check_task()  # e.g. the model is registered and takes its config
     except FedloomError as exc:

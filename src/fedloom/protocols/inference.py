@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 import numpy as np
 
@@ -144,12 +145,25 @@ class BatchedInference(BatchedProtocol[_State, Rows, InferenceResult]):
     output_images: str | None = None
     """A registered image output ("overlay", "mask"): one PNG per input in the pod's outputs."""
     weights: Mapping[str, np.ndarray] = field(default_factory=dict, compare=False)
-    model_file: bytes | None = field(default=None, compare=False)
-    """A safetensors file's bytes to run instead of ``weights``; pods that list approved
-    model hashes only run a file whose SHA-256 they approved."""
+    model_file: bytes | str | os.PathLike[str] | None = field(default=None, compare=False)
+    """A safetensors file to run instead of ``weights``: its bytes, or its path (read at
+    construction; the attribute then holds the bytes). Pods that list approved model
+    hashes only run a file whose SHA-256 they approved."""
+
+    local_files: ClassVar[frozenset[str]] = frozenset({"model_file"})
+    """Settings that name a file on the modeller's machine: a task file gives them as
+    paths relative to itself; they are never part of the config a pod rebuilds the
+    protocol from (the file's bytes reach the pods as the setup tensors)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if isinstance(self.model_file, str | os.PathLike):
+            object.__setattr__(self, "model_file", _read_model_file(Path(self.model_file)))
+        elif self.model_file is not None and not isinstance(self.model_file, bytes):
+            raise ConfigError(
+                "inference.model_file must be a safetensors file's path or its bytes, "
+                f"not {type(self.model_file).__name__}"
+            )
         if self.output_images is not None:
             IMAGE_OUTPUTS.get(self.output_images)
         if self.reduce is not None:
@@ -172,7 +186,8 @@ class BatchedInference(BatchedProtocol[_State, Rows, InferenceResult]):
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Self:
-        optional = set(cls.__dataclass_fields__) - {"model", "weights"}
+        settings = {setting.name for setting in fields(cls)}  # not the ClassVars
+        optional = settings - {"model", "weights"} - cls.local_files
         check_keys("inference", config, {"model"}, optional)
         values = {key: config[key] for key in optional if key in config}
         return cls(model=ModelSpec.from_config(config["model"]), **values)
@@ -191,7 +206,7 @@ class BatchedInference(BatchedProtocol[_State, Rows, InferenceResult]):
     # --- modeller -----------------------------------------------------------------------
 
     def setup_values(self) -> SetupValues:
-        if self.model_file is not None:
+        if isinstance(self.model_file, bytes):  # a path was read at construction
             weights = {MODEL_FILE: np.frombuffer(self.model_file, dtype=np.uint8)}
         else:
             weights = dict(self.weights) or state_to_arrays(build_model(self.model))
@@ -299,6 +314,19 @@ class BatchedInference(BatchedProtocol[_State, Rows, InferenceResult]):
         model = build_model(self.model)
         load_arrays(model, tensors)
         return model
+
+
+def _read_model_file(path: Path) -> bytes:
+    """The bytes of a model file given by its path.
+
+    Raises:
+        ConfigError: the file is missing, unreadable or not a file (naming the path).
+    """
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        problem = exc.strerror or str(exc)
+        raise ConfigError(f"inference.model_file: cannot read {str(path)!r}: {problem}") from exc
 
 
 class _Collector(BatchCollector[InferenceResult]):
