@@ -205,7 +205,8 @@ def test_pod_and_modeller_against_a_hub_that_is_down(deployment: Path) -> None:
     # the modeller: one error line, nothing else
     assert done.returncode != 0
     assert _lines(done.stderr) == [
-        f"error: could not connect to the hub at {address} within 15.0 s"
+        f"error: could not connect to the hub at {address} within 15.0 s (last attempt: "
+        "UNAVAILABLE: Failed to connect to remote host: Connection refused)"
     ], done.stderr
     # the pod: one line per attempt, with back-off, without -v; never "online"
     assert pod.returncode == 0, pod_err
@@ -320,3 +321,25 @@ def test_pod_start_logs_one_line_per_task_and_a_task_file_takes_a_model_file_pat
         tasks[1],
     ), tasks[1]
     assert re.fullmatch(task + r"inference on dataset images: completed in \d+\.\d s", tasks[2])
+
+
+def test_a_pod_that_does_not_trust_the_hub_says_why_in_its_own_lines_only(
+    deployment: Path,
+) -> None:
+    init_hub_tls(deployment / "other" / "tls")
+    hub, address = start_hub(deployment)
+    try:
+        (deployment / "pod-ca.toml").write_text(
+            pod_toml(address).replace("hub/tls/ca.crt", "other/tls/ca.crt")
+        )
+        pod = _popen(["pod", "start", "--config", "pod-ca.toml"], deployment)
+        time.sleep(2.5)  # a few attempts
+        pod.send_signal(signal.SIGTERM)
+        out, err = _finish(pod)
+    finally:
+        stop(hub)
+    assert pod.returncode == 0 and "online" not in out
+    lines = _lines(err)
+    assert len([line for line in lines if "CERTIFICATE_VERIFY_FAILED" in line]) >= 2, err
+    # gRPC's C core writes its own lines (I1204 12:00:00.000 ... ssl_transport_security.cc)
+    assert all(line.startswith(("INFO ", "WARNING ")) for line in lines), err

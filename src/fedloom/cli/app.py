@@ -298,8 +298,13 @@ def main() -> None:
 
     Usage errors are typer's (exit code 2, its own message).
     """
+    import os
+
     from fedloom.worker.lifetime import follow_launcher
 
+    # gRPC's C core writes to stderr past logging (a line per failed TLS handshake, at
+    # every reconnect): errors only, unless the user set GRPC_VERBOSITY; before grpc loads
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     follow_launcher(signal.SIGTERM)
     try:
         app()

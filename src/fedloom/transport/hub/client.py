@@ -75,7 +75,7 @@ def _reason(exc: BaseException) -> str:
     if isinstance(error, grpc.aio.AioRpcError):
         details = error.details() or ""
         details = details.rsplit("last error: ", 1)[-1]
-        details = _GRPC_DETAIL_PREFIX.sub("", details).strip(" []")
+        details = _GRPC_DETAIL_PREFIX.sub("", details).strip(" []").removesuffix(": OK")
         text = f"{error.code().name}: {details}" if details else error.code().name
     else:
         text = str(error) or type(error).__name__
@@ -164,6 +164,7 @@ class GrpcMailbox:
         self._backoff = backoff
         self._on_connection = on_connection
         self._established = False  # the current session got past the handshake
+        self._last_reason = ""  # why the last attempt failed, for connect()'s error
         self._max_bytes = max_message_bytes
         self._clock = clock
         self._sealer = Sealer(identity, self.lookup, max_message_bytes=max_message_bytes)
@@ -213,8 +214,9 @@ class GrpcMailbox:
             await asyncio.wait_for(asyncio.shield(self._first), timeout)
         except TimeoutError:
             await self.close()
+            last = f" (last attempt: {self._last_reason})" if self._last_reason else ""
             raise HubUnavailableError(
-                f"could not connect to the hub at {self.address} within {timeout} s"
+                f"could not connect to the hub at {self.address} within {timeout} s{last}"
             ) from None
         except BaseException:
             await self.close()
@@ -430,6 +432,7 @@ class GrpcMailbox:
                 return
             if self._established:  # a connection that worked starts the back-off again
                 delay = self._backoff[0]
+            self._last_reason = reason
             wait = delay * (0.5 + random.random())
             self._notify(ConnectionEvent("retrying", self.address, reason, wait, self._established))
             await asyncio.sleep(wait)
