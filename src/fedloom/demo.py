@@ -25,7 +25,6 @@ import numpy as np
 import pandas as pd
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from fedloom.algorithms.analytics import AnalyticsRequest
 from fedloom.algorithms.ml import ModelSpec, TrainingConfig, evaluate, state_to_arrays
@@ -34,6 +33,7 @@ from fedloom.datasources import TableSource, dirichlet_partition
 from fedloom.errors import ConfigError
 from fedloom.local import LocalFederation
 from fedloom.modeller import Modeller, TaskResult
+from fedloom.modeller.report import rounds_table, statistics_table
 from fedloom.protocols import Analytics, AnalyticsResult, FedAvg, FedAvgResult, Protocol
 from fedloom.store import SqliteExperimentStore, SqlitePodStore
 from fedloom.wire import MessageType
@@ -124,7 +124,7 @@ async def run_demo(options: DemoOptions, console: Console | None = None) -> Demo
             console.rule("[bold]Federated analytics")
             analytics_run = await federation.run(analytics_task, name="digits-analytics")
             analytics: AnalyticsResult = analytics_run.result
-            console.print(_analytics_table(analytics.statistics))
+            console.print(statistics_table(analytics.statistics))
             console.rule("[bold]Federated averaging")
             with _progress(console) as progress:
                 rounds = progress.add_task("rounds", total=options.rounds)
@@ -148,7 +148,7 @@ async def run_demo(options: DemoOptions, console: Console | None = None) -> Demo
         fedavg: FedAvgResult = fedavg_run.result
         final = evaluate(fedavg.model(), x_test, y_test)
         history = [r.to_dict() for r in fedavg.history]
-        console.print(_rounds_table(history))
+        console.print(rounds_table(history))
         console.print(f"[bold green]final held-out accuracy: {final['accuracy']:.4f}")
         report = DemoReport(final["accuracy"], analytics.statistics, history, out)
         _write_report(report, fedavg, final, fedavg_run.experiment_id)
@@ -231,42 +231,6 @@ def _progress(console: Console) -> Progress:
         console=console,
         transient=True,
     )
-
-
-def _analytics_table(statistics: Mapping[str, Mapping[str, Any]]) -> Table:
-    table = Table(title="pixel statistics over all pods (no raw data left a pod)")
-    for heading in ("column", "count", "mean", "std", "min", "max", "median"):
-        table.add_column(heading, justify="right")
-    for column, stats in statistics.items():
-        median = stats.get("quantiles", {}).get("0.5", float("nan"))
-        table.add_row(
-            column,
-            f"{stats['count']:.0f}",
-            f"{stats['mean']:.3f}",
-            f"{stats['std']:.3f}",
-            f"{stats['min']:.3f}",
-            f"{stats['max']:.3f}",
-            f"{median:.3f}",
-        )
-    return table
-
-
-def _rounds_table(history: list[dict[str, Any]]) -> Table:
-    table = Table(title="FedAvg rounds")
-    for heading in ("round", "pods", "train loss", "train acc", "val loss", "val acc", "s"):
-        table.add_column(heading, justify="right")
-    for row in history:
-        m = row["aggregated"]
-        table.add_row(
-            str(row["round"]),
-            str(len(row["pods"])),
-            *(
-                f"{m.get(k, float('nan')):.4f}"
-                for k in ("train_loss", "train_accuracy", "validation_loss", "validation_accuracy")
-            ),
-            f"{row['seconds']:.2f}",
-        )
-    return table
 
 
 def _write_report(

@@ -278,6 +278,7 @@ def test_stores_record_the_run_and_survive_a_reopen(tmp_path: Path) -> None:
             modeller_store=experiments,
             pod_stores=pod_stores,
             name="stored-run",
+            keep_checkpoints="all",
         )
     finally:
         experiments.close()
@@ -359,8 +360,9 @@ def test_a_failing_pod_aborts_cleanly_and_keeps_serving(case: str, tmp_path: Pat
             assert (run_record.status, run_record.reason) == ("aborted", reason.value)
 
             # 2. alone: no usable update at all is an AggregationError that says why
-            with pytest.raises(AggregationError, match="pod-bad"):
+            with pytest.raises(AggregationError, match="pod-bad") as caught:
                 await federation.modeller.run(fedavg(), ["pod-bad"])
+            assert hint in str(caught.value)  # what the pod said, not only its name
 
             # 3. the same pod, same federation, a valid dataset: it still works
             good = await federation.modeller.run(fedavg(rounds=2), ["pod-bad"], dataset="good")

@@ -84,7 +84,7 @@ def crash_in_round_2(path: Path, protocol: FedAvg) -> str:
     store = CrashingStore(path, crash_round=2)
     try:
         with pytest.raises(_CrashError):
-            run_local(protocol, pods(), modeller_store=store, name="crashy")
+            run_local(protocol, pods(), modeller_store=store, name="crashy", keep_checkpoints="all")
         (record,) = store.list_experiments()
     finally:
         store.close()
@@ -99,7 +99,12 @@ def resume(path: Path, protocol: FedAvg, experiment_id: str) -> tuple[TaskResult
     pod_stores = {pod: MemoryPodStore() for pod in SIZES}
     with SqliteExperimentStore(path) as store:
         run = run_local(
-            protocol, pods(), pod_stores=pod_stores, modeller_store=store, resume=experiment_id
+            protocol,
+            pods(),
+            pod_stores=pod_stores,
+            modeller_store=store,
+            resume=experiment_id,
+            keep_checkpoints="all",
         )
     assert run.experiment_id == experiment_id
     released = {pod: s.get_task_run(run.task_id).result for pod, s in pod_stores.items()}
@@ -144,6 +149,28 @@ def test_a_crashed_experiment_resumes_and_ends_as_an_uninterrupted_one(tmp_path:
         latest = store.load_checkpoint(experiment_id)
         assert all(np.array_equal(latest[k], v) for k, v in straight.parameters.items())
         assert len(store.list_experiments()) == 1
+
+
+def test_an_experiment_that_kept_only_its_last_and_best_checkpoints_resumes(
+    tmp_path: Path,
+) -> None:
+    """The default retention drops checkpoints as rounds go; the last one is always kept,
+    so a crash still resumes from the round before it, bit for bit."""
+    path = tmp_path / "modeller.db"
+    store = CrashingStore(path, crash_round=3)
+    try:
+        with pytest.raises(_CrashError):
+            run_local(fedavg(rounds=5), pods(), modeller_store=store, name="pruned")
+        (record,) = store.list_experiments()
+    finally:
+        store.close()
+    kept = [c.round_index for c in record.checkpoints]
+    assert kept[-1] == 2 and len(kept) <= 2  # the last, and the best when it is another
+    run, _ = resume(path, fedavg(rounds=5), record.experiment_id)
+    assert list(run.timings["pod-a"]) == ["accept", "round-3", "round-4"]
+    straight = run_local(fedavg(rounds=5), pods()).result
+    for key, array in straight.parameters.items():
+        assert np.array_equal(run.result.parameters[key], array), key
 
 
 def test_a_resumed_run_samples_from_seed_and_next_round(tmp_path: Path) -> None:

@@ -51,6 +51,11 @@ def fedavg() -> FedAvg:
 VALID_TASK = {"protocol": "results_only", "config": {"algorithm": "dataset_summary"}}
 
 
+def reasons(error: PodResponseError) -> dict[str, str]:
+    """Each failed pod's reason code (its entry is "CODE: what the pod said")."""
+    return {pod: why.split(":")[0] for pod, why in error.failed_pods.items()}
+
+
 def reason_of(reply: Message) -> str:
     assert reply.type is MessageType.JOB_REJECT, reply
     assert isinstance(reply.body, dict)
@@ -192,7 +197,8 @@ def test_an_unknown_dataset_is_rejected_with_no_data() -> None:
 
     with pytest.raises(PodResponseError) as caught:
         run_local(summary_task(), sources(), dataset="nope")
-    assert caught.value.failed_pods == {pod: AbortReason.NO_DATA.value for pod in SIZES}
+    assert reasons(caught.value) == {pod: AbortReason.NO_DATA.value for pod in SIZES}
+    assert "has no dataset 'nope'" in caught.value.failed_pods["pod-a"]  # and what it said
 
 
 def test_a_dataset_one_pod_lacks_is_a_typed_rejection_in_the_result() -> None:
@@ -215,7 +221,9 @@ def test_allowed_protocols_rejects_others_with_no_access() -> None:
     store = MemoryPodStore()
     with pytest.raises(PodResponseError) as caught:
         run_local(fedavg(), sources(), policies=policies, pod_stores={"pod-a": store})
-    assert caught.value.failed_pods == {"pod-a": AbortReason.NO_ACCESS.value}
+    assert caught.value.failed_pods == {
+        "pod-a": "NO_ACCESS: protocol 'fedavg' is not allowed on this pod"
+    }
     assert "pod-a" in str(caught.value)
     (rejected,) = store.task_runs()
     assert (rejected.status, rejected.reason) == ("rejected", AbortReason.NO_ACCESS.value)
@@ -237,7 +245,9 @@ def test_allowed_algorithms_rejects_other_models_and_algorithms() -> None:
     store = MemoryPodStore()
     with pytest.raises(PodResponseError) as caught:
         run_local(fedavg(), sources(), policies={"pod-a": policy}, pod_stores={"pod-a": store})
-    assert caught.value.failed_pods == {"pod-a": AbortReason.NO_ACCESS.value}
+    assert caught.value.failed_pods == {
+        "pod-a": "NO_ACCESS: algorithms ['mlp'] are not allowed on this pod"
+    }
     (rejected,) = store.task_runs()
     assert (rejected.status, rejected.reason) == ("rejected", AbortReason.NO_ACCESS.value)
     assert fedavg().algorithms() == frozenset({"mlp"})
@@ -252,7 +262,8 @@ def test_allowed_modellers_rejects_other_modellers_with_no_access() -> None:
     policy = PodPolicy(allowed_modellers=frozenset({"alice"}))
     with pytest.raises(PodResponseError) as caught:
         run_local(summary_task(), sources(), policies={"pod-b": policy}, modeller_name="mallory")
-    assert caught.value.failed_pods == {"pod-b": AbortReason.NO_ACCESS.value}
+    assert reasons(caught.value) == {"pod-b": AbortReason.NO_ACCESS.value}
+    assert "'mallory' is not allowed" in caught.value.failed_pods["pod-b"]
 
     run = run_local(summary_task(), sources(), policy=policy, modeller_name="alice")
     assert run.accepted == sorted(SIZES)
@@ -299,4 +310,4 @@ def test_model_evaluation_equals_a_local_evaluation() -> None:
 def test_model_evaluation_without_a_model_aborts_with_invalid_task() -> None:
     with pytest.raises(PodResponseError) as caught:
         run_local(ResultsOnly("model_evaluation"), sources())
-    assert caught.value.failed_pods == {pod: AbortReason.INVALID_TASK.value for pod in SIZES}
+    assert reasons(caught.value) == {pod: AbortReason.INVALID_TASK.value for pod in SIZES}

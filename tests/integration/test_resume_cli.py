@@ -61,7 +61,8 @@ def test_a_killed_modeller_resumes_its_experiment_from_the_command_line(tmp_path
         try:
             (tmp_path / "task.toml").write_text(
                 f'hub = "{address}"\nidentity = "keys/alice.key"\npods = ["pod-a"]\n'
-                'store = "alice.db"\nname = "resumable"\n[tls]\nca = "hub/tls/ca.crt"\n'
+                'store = "alice.db"\nname = "resumable"\nkeep_checkpoints = "all"\n'
+                '[tls]\nca = "hub/tls/ca.crt"\n'
                 '[task]\nprotocol = "fedavg"\n'
                 f"[task.config]\nrounds = {ROUNDS}\nseed = 5\n"
                 "[task.config.training]\nepochs = 2\nbatch_size = 8\n"

@@ -233,7 +233,9 @@ def test_min_replies() -> None:
         await workers["a"].send(MessageType.RESULTS)
         with pytest.raises(PodResponseError, match=r"1 usable reply; .* at least 2") as caught:
             await modeller.collect(MessageType.RESULTS)
-        assert caught.value.failed_pods == {"b": "no answer within 0.2 s"}
+        assert caught.value.failed_pods["b"] == "no answer within 0.2 s"
+        # c, dropped from the first request, is part of why there are too few
+        assert caught.value.failed_pods["c"].startswith("WORKER_UNRESPONSIVE: no answer")
         assert modeller.dropped == {"b", "c"}
 
     run_task(["a", "b", "c"], RequestPolicy(timeout=0.2, min_replies=2), scenario)
@@ -301,3 +303,22 @@ def test_stream_and_progress_ignore_a_dropped_pod() -> None:
         assert seen == [], "a dropped pod's progress is not reported either"
 
     run_task(["a", "b"], RequestPolicy(timeout=1), scenario)
+
+
+def test_a_min_replies_shortfall_says_why_earlier_pods_left_too() -> None:
+    async def scenario(modeller: ModellerMailbox, workers: dict[str, WorkerMailbox]) -> None:
+        for pod in ("a", "b"):
+            await workers[pod].send(MessageType.RESULTS)
+        await workers["c"].send(MessageType.TASK_ABORT, abort_body(AbortReason.NO_DATA))
+        await modeller.collect(MessageType.RESULTS, name="first")  # 2 usable: enough
+        await workers["a"].send(MessageType.RESULTS)
+        await workers["b"].send(MessageType.TASK_ABORT, abort_body())
+        with pytest.raises(PodResponseError, match="got 1 usable reply") as caught:
+            await modeller.collect(MessageType.RESULTS, name="second")
+        # c left in the first request; it is part of why the second has too few
+        assert caught.value.failed_pods == {
+            "b": "WORKER_ERROR: it broke",
+            "c": "NO_DATA: it broke",
+        }
+
+    run_task(["a", "b", "c"], RequestPolicy(timeout=20, min_replies=2), scenario)

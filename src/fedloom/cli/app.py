@@ -5,17 +5,14 @@ from __future__ import annotations
 import logging
 import signal
 import sys
-from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.text import Text
 
-from fedloom.errors import ConfigError, ExitCode, FedloomError, exit_code_for
-
-T = TypeVar("T")
+from fedloom.errors import ExitCode, FedloomError, exit_code_for
 
 app = typer.Typer(
     name="fedloom",
@@ -175,7 +172,9 @@ def pod_start(
 @app.command("run")
 def run_task(
     task_file: Annotated[Path, typer.Argument(help="The task's TOML file.")],
-    json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print only the summary, as one JSON document.")
+    ] = False,
     report_dir: Annotated[
         Path | None,
         typer.Option(help="For inference tasks: write each pod's CSV report (<pod>.csv) here."),
@@ -187,31 +186,23 @@ def run_task(
             "(after a crash or a failed run); the task must be the same, rounds may grow."
         ),
     ] = None,
+    force: Annotated[bool, typer.Option(help="Replace reports already in --report-dir.")] = False,
 ) -> None:
-    """Run a task on pods through a hub, with a progress bar per pod."""
-    import asyncio
-    import json
+    """Run a task on pods through a hub: a progress bar per pod, then a summary.
 
-    from fedloom.cli.progress import PodProgress
-    from fedloom.modeller.remote import describe, run_task_file
-    from fedloom.modeller.task_file import load_task_file
+    Without --json the summary is for people (what each pod did, the rounds or the
+    statistics, where the checkpoints are); with --json stdout holds one JSON document.
+    """
+    from fedloom.cli.run import run_command
 
-    task = load_task_file(task_file)
-    with PodProgress(console, task.pods) as progress:
-        result = asyncio.run(
-            _cancel_on_sigterm(
-                run_task_file(
-                    task,
-                    on_progress=progress.on_progress,
-                    on_round=progress.on_round,
-                    resume=resume,
-                )
-            )
-        )
-    summary = {**describe(result), "result": task.protocol.summarise(result.result)}
-    if report_dir is not None:
-        summary["reports"] = [str(path) for path in _write_reports(result.result, report_dir)]
-    print(json.dumps(summary, indent=None if json_output else 2, default=str))
+    run_command(
+        console,
+        task_file,
+        json_output=json_output,
+        report_dir=report_dir,
+        resume=resume,
+        force=force,
+    )
 
 
 @app.command("sim")
@@ -259,40 +250,6 @@ def simulate(
     )
 
 
-def _write_reports(result: Any, folder: Path) -> list[Path]:
-    """Each pod's inference report rows (and failures) as ``<folder>/<pod>.csv``."""
-    from fedloom.algorithms.inference import write_report_csv
-    from fedloom.protocols import InferenceResult
-
-    if not isinstance(result, InferenceResult):
-        raise ConfigError("--report-dir is for inference tasks, which return report rows")
-    folder.mkdir(parents=True, exist_ok=True)
-    return [
-        write_report_csv([*rows, *result.failures.get(pod, [])], folder / f"{pod}.csv")
-        for pod, rows in sorted(result.rows.items())
-    ]
-
-
-async def _cancel_on_sigterm(coro: Coroutine[Any, Any, T]) -> T:
-    """Await ``coro``; SIGTERM cancels it like Ctrl-C does.
-
-    A cancelled run tells its pods first, in whatever phase it was: TASK_CANCEL, and each
-    pod's TASK_ABORT(CANCELLED_BY_MODELLER) answer awaited, within
-    ``fedloom.modeller.modeller.TELL_PODS_SECONDS`` (5 s) in all; closing the hub
-    connection afterwards is bounded too (5 s).
-    """
-    import asyncio
-    import signal
-
-    task = asyncio.current_task()
-    assert task is not None
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-    try:
-        return await coro
-    except asyncio.CancelledError:
-        raise KeyboardInterrupt from None
-
-
 def main() -> None:
     """Entry point: run the app and turn fedloom errors into exit codes, no traceback.
 
@@ -309,8 +266,9 @@ def main() -> None:
     try:
         app()
     except FedloomError as exc:
-        # the message may quote a pod's words: shown as they are, never read as markup
-        console.print("[red]error:[/red]", Text(str(exc)))
+        # the message may quote a pod's words: shown as they are, never read as markup;
+        # one line, however narrow the terminal (or 80 columns when stderr is a pipe)
+        console.print("[red]error:[/red]", Text(str(exc)), soft_wrap=True)
         sys.exit(int(exit_code_for(exc)))
     except KeyboardInterrupt:
         console.print("[yellow]interrupted")

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -33,10 +33,11 @@ from fedloom.modeller.cancel import CANCEL_MESSAGE, TaskCancellation, cancel_pod
 from fedloom.modeller.keepalive import KeepAlive
 from fedloom.modeller.policy import RequestPolicy
 from fedloom.protocols import ModellerContext, Protocol, RoundCallback, resume_experiment
-from fedloom.store import ExperimentStore
+from fedloom.store import CheckpointRetention, ExperimentStore
 from fedloom.store.base import COMPLETED
+from fedloom.store.retention import KEEP_LAST
 from fedloom.transport import Gathered, Mailbox, ModellerMailbox, ProgressCallback, TaskRouter
-from fedloom.transport.task import report_of
+from fedloom.transport.task import failure_text, report_of
 from fedloom.wire import MessageType
 
 logger = logging.getLogger(__name__)
@@ -48,6 +49,9 @@ cancelled."""
 
 DEFAULT_ACCEPT_TIMEOUT = 30.0
 """Seconds the modeller waits for pods to accept or reject a task run without a policy."""
+
+ExperimentCallback = Callable[[str], None]
+"""Called with an experiment's id (see :meth:`Modeller.run`'s ``on_experiment``)."""
 
 ACCEPT_REQUEST = "accept"
 """The name of the accept phase in :attr:`TaskResult.timings`."""
@@ -129,6 +133,8 @@ class Modeller:
         on_round: RoundCallback | None = None,
         on_progress: ProgressCallback | None = None,
         resume: str | None = None,
+        keep_checkpoints: str | int | CheckpointRetention = KEEP_LAST,
+        on_experiment: ExperimentCallback | None = None,
     ) -> TaskResult:
         """Run ``protocol`` on ``pods`` over their dataset ``dataset``.
 
@@ -148,6 +154,13 @@ class Modeller:
                 the last round that has both its metrics and its checkpoint, records into
                 that experiment and finishes it. The protocol must be resumable and the
                 same task as the experiment's (only ``rounds`` may differ, to extend it).
+            keep_checkpoints: which round checkpoints the experiment keeps in the store:
+                ``"last"`` (default: the latest, which a resume goes on from, and the best
+                round's by validation loss), ``"all"``, the latest ``N`` (and the best), or
+                a :class:`~fedloom.store.CheckpointRetention`.
+            on_experiment: called with the experiment's id once the pods accepted and the
+                experiment is created in (or reopened from) the store, e.g. to tell a
+                person how to resume it should the run fail.
 
         Raises:
             ConfigError: no pods, duplicate pods, a protocol config that is not JSON or
@@ -181,6 +194,7 @@ class Modeller:
             policy = replace(policy, require_all=require_all)
         spec = protocol.dump()
         protocol.check_task()  # a task that cannot work leaves no trace on the pods
+        retention = CheckpointRetention.of(keep_checkpoints)
         if resume is not None:
             self._check_resume(protocol, spec, resume)
         self._router.start()
@@ -209,6 +223,8 @@ class Modeller:
                 require_all=require_all,
                 on_round=on_round,
                 resume=resume,
+                retention=retention,
+                on_experiment=on_experiment,
             )
         except asyncio.CancelledError:
             # any phase: every pod sent the request that has not left the task may hold it
@@ -234,6 +250,8 @@ class Modeller:
         require_all: bool | None,
         on_round: RoundCallback | None,
         resume: str | None,
+        retention: CheckpointRetention,
+        on_experiment: ExperimentCallback | None,
     ) -> TaskResult:
         """:meth:`run` from the request on; ``asked`` gets each pod the request went to."""
         async with KeepAlive(mailbox) as keepalive:
@@ -242,9 +260,10 @@ class Modeller:
                 mailbox, protocol.name, refused, require_all
             )
             keepalive.fit(answers.replies.values())
-            context = await self._experiment(
-                protocol, mailbox, spec, name, on_round, resume
-            )
+            context = await self._experiment(protocol, mailbox, spec, name, on_round, resume)
+            context.checkpoints = retention
+            if on_experiment is not None and context.experiment_id is not None:
+                on_experiment(context.experiment_id)
             return await self._started(
                 protocol, mailbox, started, context, answers, accepted, rejected
             )
@@ -366,7 +385,7 @@ class Modeller:
             for pod, m in answers.replies.items()
             if m.type is MessageType.JOB_REJECT
         }
-        failed = {pod: report.reason.value for pod, report in rejected.items()}
+        failed = {pod: failure_text(report) for pod, report in rejected.items()}
         failed |= {pod: "no answer" for pod in answers.missing}
         # a pod may already have aborted (e.g. its data failed to load) right after accepting
         mailbox.pods = [pod for pod in accepted if pod not in mailbox.aborted]
@@ -429,7 +448,7 @@ class Modeller:
             try:
                 await mailbox.send(pod, MessageType.JOB_REQUEST, body)
             except (AccessDeniedError, UnknownRecipientError) as exc:
-                refused[pod] = ErrorReport.from_exception(exc)
+                refused[pod] = mailbox.refused[pod] = ErrorReport.from_exception(exc)
                 mailbox.pods.remove(pod)
         return refused
 

@@ -7,7 +7,6 @@ on its pods under its request policy, and closes the connection.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
 from typing import Any
 
 from fedloom.crypto import load_identity, load_pinned_identities
@@ -61,21 +60,9 @@ async def run_task_file(task: TaskFile, **options: Any) -> TaskResult:
                 dataset=task.dataset,
                 name=task.name,
                 policy=policy,
+                keep_checkpoints=task.keep_checkpoints,
                 **options,
             )
         finally:
             await modeller.close()
     raise AssertionError("unreachable")  # pragma: no cover - ExitStack does not swallow
-
-
-def describe(result: TaskResult) -> Mapping[str, Any]:
-    """A JSON-able summary of a task's outcome for people and logs."""
-    return {
-        "task_id": result.task_id,
-        "protocol": result.protocol,
-        "accepted": result.accepted,
-        "rejected": {pod: report.reason.value for pod, report in result.rejected.items()},
-        "aborted": {pod: report.reason.value for pod, report in result.aborted.items()},
-        "experiment_id": result.experiment_id,
-        "seconds": round(result.seconds, 3),
-    }

@@ -8,6 +8,8 @@ Example (every key shown; the comments say which are optional)::
     dataset = "default"             # optional (default "default"): the pods' dataset name
     name = "my-experiment"          # optional experiment name (default: the protocol's)
     store = "alice.db"              # optional experiment store (SQLite)
+    keep_checkpoints = "last"       # optional: "last" (default: the latest and the best
+                                    # by validation loss), "all", or the latest N
     # insecure = true               # plaintext to the hub (tests only); excludes [tls]
 
     [tls]                           # how to reach the hub: [tls], or insecure = true above
@@ -46,6 +48,8 @@ from typing import Any, cast
 from fedloom.errors import ConfigError, FedloomError
 from fedloom.protocols import PROTOCOLS, Protocol, load_protocol
 from fedloom.registry import NAME_PATTERN
+from fedloom.store import CheckpointRetention
+from fedloom.store.retention import KEEP_LAST
 from fedloom.transport.hub.config import (
     HubAddress,
     TlsClientConfig,
@@ -70,6 +74,7 @@ _TOP_KEYS = frozenset(
         "dataset",
         "name",
         "store",
+        "keep_checkpoints",
         "insecure",
         "tls",
         "pod_keys",
@@ -105,6 +110,7 @@ class TaskFile:
     pod_keys: dict[str, Path] = field(default_factory=dict)
     policy: dict[str, object] = field(default_factory=dict)
     path: Path | None = None
+    keep_checkpoints: CheckpointRetention = field(default_factory=CheckpointRetention)
 
     def __post_init__(self) -> None:
         if not self.pods or len(set(self.pods)) != len(self.pods):
@@ -155,7 +161,15 @@ def load_task_file(path: str | Path) -> TaskFile:
         pod_keys=pod_keys,
         policy=policy,
         path=top.file,
+        keep_checkpoints=_read_retention(top),
     )
+
+
+def _read_retention(top: TomlTable) -> CheckpointRetention:
+    try:
+        return CheckpointRetention.of(top.data.get("keep_checkpoints", KEEP_LAST))
+    except ConfigError as exc:
+        raise top.error("keep_checkpoints", str(exc)) from exc
 
 
 def _local_files(protocol: type[Protocol], config: TomlTable | None) -> dict[str, Path]:

@@ -25,7 +25,8 @@ from fedloom.errors import ConfigError, FedloomError, StoreError
 from fedloom.hooks import HookSet, default_worker_hooks
 from fedloom.protocols.ledger import Ledger
 from fedloom.registry import Registry
-from fedloom.store import ExperimentStore, RoundRecord
+from fedloom.store import CheckpointRetention, ExperimentStore, RoundRecord
+from fedloom.store.retention import KEEP_ALL
 from fedloom.transport import ModellerMailbox, WorkerMailbox
 
 DEFAULT_MIN_ROWS = 10
@@ -149,10 +150,41 @@ class ModellerContext:
     on_round: RoundCallback | None = None
     extras: dict[str, Any] = field(default_factory=dict)
     resume: ResumePoint | None = None
+    checkpoints: CheckpointRetention = field(default_factory=CheckpointRetention)
+    """Which round checkpoints :meth:`record_round` keeps (default: the last and the best
+    by validation loss)."""
 
     def report_round(self, summary: Mapping[str, Any]) -> None:
         if self.on_round is not None:
             self.on_round(summary)
+
+    def record_round(
+        self,
+        round_index: int,
+        aggregated: Mapping[str, float],
+        per_pod: Mapping[str, Mapping[str, float]],
+        arrays: Mapping[str, npt.NDArray[Any]],
+    ) -> None:
+        """Record a finished round in the experiment: its metrics, then its checkpoint, then
+        drop the checkpoints :attr:`checkpoints` no longer keeps (none without a store).
+
+        The latest checkpoint is always kept, so the experiment can resume from it.
+
+        Raises:
+            ConfigError, StoreError: as the store's record_round / save_checkpoint.
+        """
+        if self.store is None or self.experiment_id is None:
+            return
+        self.store.record_round(self.experiment_id, round_index, aggregated, per_pod)
+        self.store.save_checkpoint(self.experiment_id, round_index, arrays)
+        if self.checkpoints.keep == KEEP_ALL:
+            return
+        record = self.store.get_experiment(self.experiment_id)
+        dropped = self.checkpoints.to_delete(
+            record.rounds, (ref.round_index for ref in record.checkpoints)
+        )
+        if dropped:
+            self.store.delete_checkpoints(self.experiment_id, dropped)
 
 
 class Protocol(ABC):

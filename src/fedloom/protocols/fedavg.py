@@ -67,6 +67,7 @@ from fedloom.protocols.base import (
 )
 from fedloom.store import RoundRecord
 from fedloom.transport import ModellerMailbox, WorkerMailbox
+from fedloom.transport.task import failure_text
 from fedloom.wire import Body, Message, MessageType
 
 logger = logging.getLogger(__name__)
@@ -221,7 +222,10 @@ class FedAvg(Protocol):
                 raise PodResponseError(
                     f"fedavg round {round_index} needs at least {self.min_pods} pod(s), "
                     f"{len(mailbox.pods)} left",
-                    {pod: report.reason.value for pod, report in mailbox.aborted.items()},
+                    {
+                        pod: failure_text(report)
+                        for pod, report in (mailbox.refused | mailbox.aborted).items()
+                    },
                 )
             sampled = self._sample(mailbox.pods, rng)
             await mailbox.broadcast(
@@ -248,10 +252,10 @@ class FedAvg(Protocol):
                 per_pod[pod] = metrics | {"seconds": gathered.seconds[pod]}
             rejected = {pod: exc.reason.value for pod, exc in mean.rejected.items()}
             if not per_pod:
+                aborted = {pod: failure_text(r) for pod, r in sorted(gathered.aborted.items())}
                 raise AggregationError(
                     f"round {round_index}: no usable update (rejected: {rejected or 'none'}, "
-                    f"aborted: {sorted(gathered.aborted) or 'none'}, "
-                    f"missing: {gathered.missing or 'none'})"
+                    f"aborted: {aborted or 'none'}, missing: {gathered.missing or 'none'})"
                 )
             global_arrays = mean.result()
             summary = RoundMetrics(
@@ -263,7 +267,7 @@ class FedAvg(Protocol):
                 seconds=time.monotonic() - started,
             )
             history.append(summary)
-            self._record(context, summary, global_arrays)
+            context.record_round(round_index, summary.aggregated, summary.per_pod, global_arrays)
             context.report_round(summary.to_dict())
         return FedAvgResult(self.model, global_arrays, history)
 
@@ -310,17 +314,6 @@ class FedAvg(Protocol):
         count = min(len(active), max(self.min_pods, math.ceil(self.fraction * len(active))))
         chosen = rng.choice(len(active), size=count, replace=False)
         return [active[i] for i in sorted(chosen)]
-
-    @staticmethod
-    def _record(
-        context: ModellerContext, summary: RoundMetrics, arrays: Mapping[str, np.ndarray]
-    ) -> None:
-        if context.store is None or context.experiment_id is None:
-            return
-        context.store.record_round(
-            context.experiment_id, summary.round_index, summary.aggregated, summary.per_pod
-        )
-        context.store.save_checkpoint(context.experiment_id, summary.round_index, arrays)
 
     # --- worker side ---------------------------------------------------------------
 

@@ -28,6 +28,7 @@ from fedloom.protocols.base import (
 )
 from fedloom.registry import Registry
 from fedloom.transport import ModellerMailbox, WorkerMailbox
+from fedloom.transport.task import failure_text
 from fedloom.wire import Body, MessageType
 
 ResultAlgorithm = Callable[
@@ -100,12 +101,32 @@ class ResultsOnly(Protocol):
             require_all=bool(config.get("require_all")),
         )
 
+    def summarise(self, result: Any) -> dict[str, Any]:
+        """Each pod's result body, and the shapes of the tensors it sent (if any)."""
+        if not isinstance(result, Mapping):
+            return {}
+        summary: dict[str, Any] = {
+            "results": {
+                pod: pod_result.body
+                for pod, pod_result in result.items()
+                if isinstance(pod_result, PodResults)
+            }
+        }
+        tensors = {
+            pod: {name: list(array.shape) for name, array in pod_result.tensors.items()}
+            for pod, pod_result in result.items()
+            if isinstance(pod_result, PodResults) and pod_result.tensors
+        }
+        if tensors:
+            summary["tensors"] = tensors
+        return summary
+
     async def run_modeller(
         self, mailbox: ModellerMailbox, context: ModellerContext
     ) -> dict[str, PodResults]:
         await mailbox.broadcast(MessageType.INSTRUCTION, {"step": "run"}, self.inputs)
         gathered = await mailbox.collect(MessageType.RESULTS, name="results", timeout=self.timeout)
-        failed = {pod: report.reason.value for pod, report in mailbox.aborted.items()}
+        failed = {pod: failure_text(report) for pod, report in mailbox.aborted.items()}
         failed |= {pod: "no answer in time" for pod in gathered.missing}
         if failed and (self.require_all or not gathered.replies):
             raise PodResponseError("results_only: pods did not return results", failed)

@@ -6,7 +6,8 @@ and :class:`PodStore` (pod: task runs, processed and failed files keyed by :func
 per-model usage). :mod:`fedloom.testing.store_conformance` checks
 any implementation against the contract. An experiment whose modeller crashed or failed
 is made resumable by :meth:`ExperimentStore.reopen_experiment`, which keeps the rounds up
-to :func:`last_complete_round`.
+to :func:`last_complete_round`; :class:`CheckpointRetention` says which round checkpoints
+an experiment keeps (:meth:`ExperimentStore.delete_checkpoints` drops the others).
 """
 
 from fedloom.store.base import (
@@ -29,11 +30,13 @@ from fedloom.store.base import (
 )
 from fedloom.store.checkpoints import SUPPORTED_CHECKPOINT_DTYPES
 from fedloom.store.memory import MemoryExperimentStore, MemoryPodStore
+from fedloom.store.retention import CheckpointRetention
 from fedloom.store.schema import DEFAULT_BUSY_TIMEOUT_S, SCHEMA_VERSION
 from fedloom.store.sqlite import SqliteExperimentStore, SqlitePodStore
 
 __all__ = [
     "CheckpointRef",
+    "CheckpointRetention",
     "DEFAULT_BUSY_TIMEOUT_S",
     "EXPERIMENT_STATUSES",
     "ExperimentRecord",

@@ -221,6 +221,22 @@ class ExperimentStore(Protocol):
         """
         ...
 
+    def delete_checkpoints(self, experiment_id: str, round_indices: Iterable[int]) -> None:
+        """Remove the checkpoints of these rounds (a round without one is skipped).
+
+        For a checkpoint retention policy (e.g. keep the last and the best): the rounds'
+        metrics stay. Removing the last complete round's checkpoint makes an earlier round
+        the resume point. The records go in one transaction; their files are deleted after
+        the commit (a crash in between leaves files no record points to, which a later
+        save of the same round replaces).
+
+        Raises:
+            ConfigError: a round index is invalid; nothing is removed.
+            NotFoundError: no experiment has this id.
+            StoreError: the store is closed or could not write.
+        """
+        ...
+
     def finish_experiment(self, experiment_id: str, status: str, result: Mapping[str, Any]) -> None:
         """Mark a running experiment ``"completed"`` or ``"failed"`` and keep its result.
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -162,6 +162,13 @@ class MemoryExperimentStore(_Closable):
             experiment.status = status
             experiment.result_json = result_json
             experiment.finished_at = float(self._clock())
+
+    def delete_checkpoints(self, experiment_id: str, round_indices: Iterable[int]) -> None:
+        indices = {check_round_index(index) for index in round_indices}
+        with self._lock:
+            experiment = self._find(experiment_id)
+            for index in indices:
+                experiment.checkpoints.pop(index, None)
 
     def reopen_experiment(self, experiment_id: str) -> ExperimentRecord:
         with self._lock:

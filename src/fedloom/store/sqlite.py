@@ -13,7 +13,7 @@ import re
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -174,6 +174,26 @@ class SqliteExperimentStore(ClosingContext):
             raise NotFoundError(f"experiment {experiment_id} has no checkpoint ({which})")
         label = f"of round {row[0]} of experiment {experiment_id}"
         return read_verified(self._checkpoint_path(row[1], label), row[2], label)
+
+    def delete_checkpoints(self, experiment_id: str, round_indices: Iterable[int]) -> None:
+        indices = sorted({check_round_index(index) for index in round_indices})
+        action = f"delete checkpoints of experiment {experiment_id}"
+        with self._db.transaction(action, write=True) as conn:
+            _require_experiment(conn, experiment_id)
+            removed = [
+                str(row[0])
+                for index in indices
+                for row in conn.execute(
+                    "SELECT relpath FROM checkpoints WHERE experiment_id = ? AND round_index = ?",
+                    (experiment_id, index),
+                )
+            ]
+            conn.executemany(
+                "DELETE FROM checkpoints WHERE experiment_id = ? AND round_index = ?",
+                [(experiment_id, index) for index in indices],
+            )
+        if removed:  # only now that the commit is durable
+            self._remove_stray_checkpoints(experiment_id, removed)
 
     def finish_experiment(self, experiment_id: str, status: str, result: Mapping[str, Any]) -> None:
         check_status(status, EXPERIMENT_STATUSES[1:], "finished experiment status")

@@ -425,6 +425,31 @@ def _reopen_bad_ids_change_nothing(store: ExperimentStore) -> None:
     expect(store.list_experiments() == before, "a reopen of an unknown id changed the store")
 
 
+def _delete_checkpoints(store: ExperimentStore) -> None:
+    record = _rounds_and_checkpoints(store, [0, 1, 2, 3], [0, 1, 2, 3], "retention")
+    other = _rounds_and_checkpoints(store, [0], [0], "untouched")
+    experiment_id = record.experiment_id
+    store.delete_checkpoints(experiment_id, [0, 2, 9])  # 9 has none: skipped
+    pruned = store.get_experiment(experiment_id)
+    _expect_rounds(pruned, [0, 1, 2, 3], [1, 3])
+    expect(pruned.rounds == record.rounds, "deleting checkpoints changed the rounds' metrics")
+    with raises(NotFoundError, "load a deleted checkpoint"):
+        store.load_checkpoint(experiment_id, 2)
+    _same_arrays(store.load_checkpoint(experiment_id, 1), {"w": np.full(3, 1.0)}, "a kept one")
+    store.delete_checkpoints(experiment_id, [3])
+    expect(store.get_experiment(experiment_id).last_complete_round == 1, "resume point not 1")
+    store.finish_experiment(experiment_id, "completed", {})
+    store.delete_checkpoints(experiment_id, [1])  # a finished experiment may be pruned too
+    _expect_rounds(store.get_experiment(experiment_id), [0, 1, 2, 3], [])
+    expect(store.get_experiment(other.experiment_id) == other, "another experiment changed")
+    with raises(NotFoundError, "delete checkpoints of an unknown experiment"):
+        store.delete_checkpoints(_UNKNOWN_ID, [0])
+    for bad in (-1, True, "0"):
+        with raises(ConfigError, f"delete_checkpoints with round {bad!r}"):
+            store.delete_checkpoints(other.experiment_id, [bad])  # type: ignore[list-item]
+    expect(store.get_experiment(other.experiment_id) == other, "a refused delete changed it")
+
+
 def _experiment_statistics(store: ExperimentStore) -> None:
     statistics = getattr(store, "statistics", None)
     if statistics is None:
@@ -475,6 +500,7 @@ def _experiment_close(store: ExperimentStore) -> None:
         ("record_round", lambda: store.record_round(experiment_id, 0, _AGG, {})),
         ("save_checkpoint", lambda: store.save_checkpoint(experiment_id, 0, {})),
         ("load_checkpoint", lambda: store.load_checkpoint(experiment_id)),
+        ("delete_checkpoints", lambda: store.delete_checkpoints(experiment_id, [0])),
         ("finish_experiment", lambda: store.finish_experiment(experiment_id, "failed", {})),
         ("reopen_experiment", lambda: store.reopen_experiment(experiment_id)),
         ("get_experiment", lambda: store.get_experiment(experiment_id)),
@@ -503,6 +529,7 @@ EXPERIMENT_CHECKS: list[Callable[[ExperimentStore], None]] = [
     _reopen_without_a_complete_round,
     _reopen_running_is_idempotent,
     _reopen_bad_ids_change_nothing,
+    _delete_checkpoints,
     _experiment_statistics,
     _experiment_threads,
     _experiment_close,

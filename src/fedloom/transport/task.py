@@ -127,6 +127,9 @@ class ModellerMailbox:
         self.task_id = channel.task_id
         self.pods: list[str] = list(pods)
         self.aborted: dict[str, ErrorReport] = {}
+        self.refused: dict[str, ErrorReport] = {}
+        """Pods that answered a request with a refusal (JOB_REJECT) or that the hub
+        refused the task for, with why; they are not in :attr:`pods`."""
         self.dropped: set[str] = set()
         self.policy = policy
         self.timings: dict[str, dict[str, float]] = {}
@@ -279,7 +282,8 @@ class ModellerMailbox:
         }
         for pod, reply in gathered.replies.items():
             if reply.type in refusing:
-                errors[pod] = failure_text(report_of(reply))
+                self.refused[pod] = report_of(reply)
+                errors[pod] = failure_text(self.refused[pod])
                 if pod in self.pods:
                     self.pods.remove(pod)
         if stop_on_error and errors:
@@ -354,10 +358,16 @@ class ModellerMailbox:
         if usable < rules.min_replies:
             replies = f"{usable} usable repl{'y' if usable == 1 else 'ies'}"
             outcome = f"got {replies}" if ended else f"can get at most {replies}"
+            # the pods that left before this request are part of why: say what they said
+            gone = {
+                pod: failure_text(report)
+                for pod, report in (self.refused | self.aborted).items()
+                if pod not in failed
+            }
             raise PodResponseError(
                 f"request {request!r} {outcome}; "
                 f"the request policy needs at least {rules.min_replies}",
-                failed,
+                gone | failed,
             )
 
     def _request_name(self, name: str | None) -> str:
