@@ -1,4 +1,4 @@
-"""The "bare loop" limit of the standard simulation workloads (../shared/bench/WORKLOADS.md).
+"""The "bare loop" limit of the standard simulation workloads (docs/benchmarks.md).
 
 The same local training as a framework would run for the same clients, in this one plain
 process: plain torch, no fedloom, no serialisation, no IPC. Per round, the seconds each

@@ -1,4 +1,4 @@
-"""The standard simulation workloads W1-W3 (../shared/bench/WORKLOADS.md) on fedloom.
+"""The standard simulation workloads W1-W3 (docs/benchmarks.md) on fedloom.
 
     python benchmarks/sim_workloads.py --workload W1 [--backend process|thread|ray]
         [--start-method auto|spawn|forkserver|fork] [--tuned-limit]

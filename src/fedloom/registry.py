@@ -76,6 +76,10 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         return sorted(self._entries)
 
+    def items(self) -> list[tuple[str, T]]:
+        """``(name, entry)`` pairs, sorted by name."""
+        return sorted(self._entries.items(), key=lambda item: item[0])
+
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and name in self._entries
 

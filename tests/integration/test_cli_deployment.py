@@ -114,3 +114,14 @@ def test_the_readme_config_files_load(tmp_path: Path) -> None:
     assert pod.policy.usage_limits == {"mlp": 100000}
     task = load_task_file(tmp_path / "task.toml")
     assert task.pods == ("pod-a",) and task.protocol.name == "analytics"
+    fedavg = load_task_file(tmp_path / "fedavg.toml")
+    assert fedavg.protocol.name == "fedavg" and fedavg.keep_checkpoints.keep == "last"
+    # the inference task runs the model file it names: one that fits its cnn
+    from safetensors.numpy import save_file
+
+    from fedloom.algorithms.ml import ModelSpec, build_model, state_to_arrays
+
+    cnn = {"in_channels": 3, "image_size": 16, "channels": [8], "hidden": 16, "out_features": 2}
+    save_file(state_to_arrays(build_model(ModelSpec("cnn", cnn))), tmp_path / "model.safetensors")
+    inference = load_task_file(tmp_path / "inference.toml")
+    assert inference.protocol.name == "inference" and inference.dataset == "inbox"

@@ -278,16 +278,40 @@ def _infer_task(folder: Path, model_file: str) -> Path:
     return path
 
 
+def _model_file_bytes(**config: object) -> bytes:
+    """A safetensors file of the INFER task's mlp (or of one with another ``config``)."""
+    import safetensors.numpy
+
+    from fedloom.algorithms.ml import ModelSpec, build_model, state_to_arrays
+
+    layout = {"in_features": 4, "hidden": [3], "out_features": 2} | config
+    return safetensors.numpy.save(state_to_arrays(build_model(ModelSpec("mlp", layout))))
+
+
+def test_a_model_file_that_does_not_fit_the_model_is_refused_by_the_modeller(
+    tmp_path: Path,
+) -> None:
+    from fedloom.modeller.task_file import load_task_file
+
+    (tmp_path / "other.safetensors").write_bytes(_model_file_bytes(hidden=[5]))
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ConfigError, match="model_file does not fit model 'mlp'"):
+        load_task_file(_infer_task(tmp_path, "other.safetensors"))
+    with pytest.raises(ConfigError, match="model_file is not a valid safetensors file"):
+        load_task_file(_infer_task(tmp_path, "junk.safetensors"))
+
+
 def test_a_task_file_model_file_is_a_path_relative_to_the_task_file(tmp_path: Path) -> None:
     from fedloom.modeller.task_file import load_task_file
     from fedloom.protocols.inference import MODEL_FILE
 
     (tmp_path / "models").mkdir()
-    (tmp_path / "models" / "m.safetensors").write_bytes(b"the model's bytes")
+    weights = _model_file_bytes()
+    (tmp_path / "models" / "m.safetensors").write_bytes(weights)
     task = load_task_file(_infer_task(tmp_path, "models/m.safetensors"))
-    assert task.protocol.model_file == b"the model's bytes"  # type: ignore[attr-defined]
+    assert task.protocol.model_file == weights  # type: ignore[attr-defined]
     sent = task.protocol.setup_values().tensors[MODEL_FILE]  # type: ignore[attr-defined]
-    assert sent.tobytes() == b"the model's bytes"
+    assert sent.tobytes() == weights
     assert "model_file" not in task.protocol.dump()["config"]  # never sent as config
 
 

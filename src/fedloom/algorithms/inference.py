@@ -699,11 +699,25 @@ def load_approved_model_bytes(
             f"{name} has SHA-256 {digest}, which this pod has not "
             "approved; add the hash to the pod's approved model hashes to allow it"
         )
+    return load_model_bytes(data, spec, name=name)
+
+
+def load_model_bytes(data: bytes, spec: ModelSpec, *, name: str = "model file") -> nn.Module:
+    """``spec``'s model with the weights of a safetensors file's bytes, in eval mode.
+
+    Raises:
+        ConfigError: the bytes are not a safetensors file, or its arrays do not fit the
+            model (a key missing or unknown, another shape or dtype: named).
+        UnknownNameError: ``spec`` names no registered model.
+    """
     try:
         arrays = safetensors.numpy.load(data)
     except Exception as exc:  # safetensors raises its own untyped errors
         raise ConfigError(f"{name} is not a valid safetensors file: {exc}") from exc
     model = build_model(spec)
-    load_arrays(model, arrays)
+    try:
+        load_arrays(model, arrays)
+    except ConfigError as exc:
+        raise ConfigError(f"{name} does not fit model {spec.name!r}: {exc}") from exc
     model.eval()
     return model

@@ -205,6 +205,36 @@ def run_task(
     )
 
 
+@app.command("list")
+def list_names(
+    kind: Annotated[
+        str | None,
+        typer.Argument(
+            help="Only this kind: protocols, models, algorithms, statistics, datasources, "
+            "loaders, hooks, reducers, image-outputs, client-data."
+        ),
+    ] = None,
+    plugin: Annotated[
+        list[str] | None,
+        typer.Option(help="Import this module first, to list its names too (repeatable)."),
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
+) -> None:
+    """List the names tasks, pod.toml files and simulations may use (plugins included)."""
+    import json
+
+    from fedloom.cli.catalogue import catalogue, catalogue_table
+    from fedloom.registry import import_plugins
+
+    import_plugins(tuple(plugin or ()), where="--plugin")
+    listing = catalogue(kind)
+    if json_output:
+        print(json.dumps(listing))
+        return
+    width = None if sys.stdout.isatty() else 160
+    Console(width=width, highlight=False).print(catalogue_table(listing))
+
+
 @app.command("sim")
 def simulate(
     config_file: Annotated[Path, typer.Argument(help="The simulation's TOML file.")],

@@ -10,6 +10,9 @@ Example (every key shown; the comments say which are optional)::
     store = "alice.db"              # optional experiment store (SQLite)
     keep_checkpoints = "last"       # optional: "last" (default: the latest and the best
                                     # by validation loss), "all", or the latest N
+    plugins = ["my_models"]         # optional: modules imported here first, so the task
+                                    # may name what they register (the pods import their
+                                    # own copy: their admin lists it in pod.toml)
     # insecure = true               # plaintext to the hub (tests only); excludes [tls]
 
     [tls]                           # how to reach the hub: [tls], or insecure = true above
@@ -47,7 +50,7 @@ from typing import Any, cast
 
 from fedloom.errors import ConfigError, FedloomError
 from fedloom.protocols import PROTOCOLS, Protocol, load_protocol
-from fedloom.registry import NAME_PATTERN
+from fedloom.registry import NAME_PATTERN, import_plugins
 from fedloom.store import CheckpointRetention
 from fedloom.store.retention import KEEP_LAST
 from fedloom.transport.hub.config import (
@@ -75,6 +78,7 @@ _TOP_KEYS = frozenset(
         "name",
         "store",
         "keep_checkpoints",
+        "plugins",
         "insecure",
         "tls",
         "pod_keys",
@@ -111,6 +115,8 @@ class TaskFile:
     policy: dict[str, object] = field(default_factory=dict)
     path: Path | None = None
     keep_checkpoints: CheckpointRetention = field(default_factory=CheckpointRetention)
+    plugins: tuple[str, ...] = ()
+    """Modules imported before the task was read (they register models, protocols, ...)."""
 
     def __post_init__(self) -> None:
         if not self.pods or len(set(self.pods)) != len(self.pods):
@@ -148,6 +154,9 @@ def load_task_file(path: str | Path) -> TaskFile:
     if policy_table is not None:
         policy_table.check_keys(REQUEST_POLICY_KEYS)
         policy = policy_table.plain()
+    plugins = top.module_list("plugins")
+    # before the task: its names (a model, a protocol) may be the plugins' own
+    import_plugins(plugins, where=f"{top.file}: plugins")
     return TaskFile(
         hub_address=address,
         identity_path=identity,
@@ -162,6 +171,7 @@ def load_task_file(path: str | Path) -> TaskFile:
         policy=policy,
         path=top.file,
         keep_checkpoints=_read_retention(top),
+        plugins=plugins,
     )
 
 

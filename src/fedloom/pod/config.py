@@ -243,8 +243,8 @@ def load_pod_config(path: str | Path) -> PodConfig:
         modeller_keys=modeller_keys,
         config_path=top.file,
         isolation=_read_worker(top),
-        plugins=_read_modules(top, "plugins"),
-        hooks=_read_modules(top, "hooks") if "hooks" in top.data else DEFAULT_WORKER_HOOKS,
+        plugins=top.module_list("plugins"),
+        hooks=top.module_list("hooks") if "hooks" in top.data else DEFAULT_WORKER_HOOKS,
         outputs=top.path("outputs", 'outputs = "reports"') if "outputs" in top.data else None,
     )
     config.build_datasets()  # a malformed description fails now, naming its key
@@ -267,24 +267,6 @@ def _read_worker(top: TomlTable) -> IsolationSettings:
         )
     except ConfigError as exc:
         raise ConfigError(f"{top.file}: worker: {exc}") from exc
-
-
-def _read_modules(top: TomlTable, name: str) -> tuple[str, ...]:
-    """A list of dotted module names (plugins) or registered names (hooks)."""
-    if name not in top.data:
-        return ()
-    value = top.raw(name, f'{name} = ["..."]')
-    if not isinstance(value, list) or not all(_is_module_name(item) for item in value):
-        raise top.error(name, "must be a list of names")
-    return tuple(value)
-
-
-def _is_module_name(item: object) -> bool:
-    return (
-        isinstance(item, str)
-        and bool(item)
-        and all(part.replace("-", "_").isidentifier() for part in item.split("."))
-    )
 
 
 def _read_policy(top: TomlTable, max_concurrent_tasks: int) -> PodPolicy:

@@ -31,6 +31,7 @@ from fedloom.algorithms.inference import (
     Predictions,
     cut,
     load_approved_model_bytes,
+    load_model_bytes,
     predict,
     report_rows,
     rows_from_body,
@@ -173,6 +174,16 @@ class BatchedInference(BatchedProtocol[_State, Rows, InferenceResult]):
 
     def algorithms(self) -> frozenset[str]:
         return frozenset({self.model.name})
+
+    def check_task(self) -> None:
+        """The model is registered and built; a model file or weights fit it."""
+        if self.model_file is not None:
+            assert isinstance(self.model_file, bytes)  # __post_init__ read a path
+            load_model_bytes(self.model_file, self.model, name="inference.model_file")
+        else:
+            model = build_model(self.model)
+            if self.weights:
+                load_arrays(model, dict(self.weights))
 
     def to_config(self) -> dict[str, Any]:
         return {

@@ -3,7 +3,7 @@
 Every worker rebuilds the same :class:`ClientData` from its :class:`DataSpec` and loads the
 clients it is given, so no training data ever crosses a process boundary. Built-ins:
 
-- ``synthetic``: the standard benchmark generator (``../shared/bench/WORKLOADS.md``): for
+- ``synthetic``: the standard benchmark generator (docs/benchmarks.md): for
   client ``c``, ``g = torch.Generator().manual_seed(seed_base + c)``, ``x = randn(samples,
   *shape)``, ``y = randint(0, classes, (samples,))``;
 - ``partitioned``: one dataset (a datasource config: CSV, Parquet, ...) split over the

@@ -5,7 +5,7 @@ with a fresh ``mmap`` (above its mmap threshold: 128 KiB, raised on the fly to a
 32 MiB) and unmaps it again on ``free``; freed memory at the top of the heap goes back to
 the kernel past the trim threshold. A training step therefore page-faults on each large
 tensor it makes, every step: about 20,000 faults per client for the W2 CNN of
-``shared/bench`` and 16,000 for W3's MLP, none once warm with these settings (W3: 88 ->
+docs/benchmarks.md and 16,000 for W3's MLP, none once warm with these settings (W3: 88 ->
 42 ms per client). Faults are costly in a virtual machine, and more so when two processes
 fault at the same time: on the 2-core development machine two plain torch processes got
 0.77-0.89 of twice one process's speed, 0.92-0.99 with the heap kept

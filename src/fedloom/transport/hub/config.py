@@ -229,6 +229,15 @@ class TomlTable:
             raise self.error(name, f"lists {', '.join(repeated)} more than once")
         return names
 
+    def module_list(self, name: str) -> tuple[str, ...]:
+        """An optional list of dotted module names (plugins) or registered names (hooks)."""
+        if name not in self.data:
+            return ()
+        value = self.raw(name, f'{name} = ["..."]')
+        if not isinstance(value, list) or not all(_is_module_name(item) for item in value):
+            raise self.error(name, "must be a list of names")
+        return tuple(value)
+
     def integer(self, name: str, default: int, *, minimum: int = 1) -> int:
         """An optional integer >= ``minimum``."""
         value = self.data.get(name, default)
@@ -366,3 +375,11 @@ def read_hub_connection(top: TomlTable) -> tuple[HubAddress, TlsClientConfig | N
             missing, "missing: certificate and key go together (mutual TLS), give both or neither"
         )
     return address, TlsClientConfig(ca, certificate, key), False
+
+
+def _is_module_name(item: object) -> bool:
+    return (
+        isinstance(item, str)
+        and bool(item)
+        and all(part.replace("-", "_").isidentifier() for part in item.split("."))
+    )
