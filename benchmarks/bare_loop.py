@@ -58,19 +58,45 @@ def _mlp(*sizes: int) -> Callable[[], nn.Module]:
 
 def _cnn() -> nn.Module:
     return nn.Sequential(
-        nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(64 * 8 * 8, 256), nn.ReLU(), nn.Linear(256, 10),
+        nn.Conv2d(3, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(64 * 8 * 8, 256),
+        nn.ReLU(),
+        nn.Linear(256, 10),
     )
 
 
 WORKLOADS = {
-    "W1": Workload("W1", 100, 5, 32, (64,), 16, _mlp(64, 32, 10),
-                   lambda r: list(range(100)), median_from=1),
-    "W2": Workload("W2", 20, 3, 256, (3, 32, 32), 32, _cnn,
-                   lambda r: sorted((r * 10 + i) % 20 for i in range(10)), median_from=1),
-    "W3": Workload("W3", 8, 3, 16, (1024,), 16, _mlp(1024, 4096, 4096, 10),
-                   lambda r: list(range(8)), median_from=1),
+    "W1": Workload(
+        "W1", 100, 5, 32, (64,), 16, _mlp(64, 32, 10), lambda r: list(range(100)), median_from=1
+    ),
+    "W2": Workload(
+        "W2",
+        20,
+        3,
+        256,
+        (3, 32, 32),
+        32,
+        _cnn,
+        lambda r: sorted((r * 10 + i) % 20 for i in range(10)),
+        median_from=1,
+    ),
+    "W3": Workload(
+        "W3",
+        8,
+        3,
+        16,
+        (1024,),
+        16,
+        _mlp(1024, 4096, 4096, 10),
+        lambda r: list(range(8)),
+        median_from=1,
+    ),
 }
 
 
@@ -149,8 +175,7 @@ def run_parallel(name: str) -> dict[str, object]:
     context = multiprocessing.get_context("spawn")
     barrier, out = context.Barrier(CORES), context.Queue()
     processes = [
-        context.Process(target=_parallel_worker, args=(name, i, barrier, out))
-        for i in range(CORES)
+        context.Process(target=_parallel_worker, args=(name, i, barrier, out)) for i in range(CORES)
     ]
     for process in processes:
         process.start()

@@ -45,8 +45,13 @@ SPECS: dict[str, dict[str, Any]] = {
     "W2": {
         "model": (
             "cnn",
-            {"in_channels": 3, "image_size": 32, "channels": [32, 64], "hidden": 256,
-             "out_features": 10},
+            {
+                "in_channels": 3,
+                "image_size": 32,
+                "channels": [32, 64],
+                "hidden": 256,
+                "out_features": 10,
+            },
         ),
         "data": {"clients": 20, "samples": 256, "shape": [3, 32, 32]},
         "rounds": 3,
@@ -73,7 +78,10 @@ def bare_limit(workload: str, *, tuned: bool = False) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     out = subprocess.run(
         [sys.executable, str(script), "--workload", workload, "--parallel"],
-        check=True, capture_output=True, text=True, env=env | (TUNED_MALLOC if tuned else {}),
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env | (TUNED_MALLOC if tuned else {}),
     ).stdout
     result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
     return result
@@ -96,8 +104,12 @@ def run(workload: str, backend: str, start_method: str, tuned_limit: bool) -> di
         data=DataSpec("synthetic", spec["data"]),
         rounds=spec["rounds"],
         training=TrainingConfig(
-            epochs=1, batch_size=spec["batch_size"], optimizer="sgd", learning_rate=0.05,
-            momentum=0.0, shuffle=False,
+            epochs=1,
+            batch_size=spec["batch_size"],
+            optimizer="sgd",
+            learning_rate=0.05,
+            momentum=0.0,
+            shuffle=False,
         ),
         sampling=Sampling.from_config(spec["sampling"]),
         seed=0,

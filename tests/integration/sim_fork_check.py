@@ -25,17 +25,13 @@ from fedloom.simulation import (
 )
 
 THREADS_AT_FORK: list[list[str]] = []
-os.register_at_fork(
-    before=lambda: THREADS_AT_FORK.append([t.name for t in threading.enumerate()])
-)
+os.register_at_fork(before=lambda: THREADS_AT_FORK.append([t.name for t in threading.enumerate()]))
 
 
 def config(**changes: Any) -> SimulationConfig:
     options: dict[str, Any] = {
         "model": ModelSpec("mlp", {"in_features": 12, "hidden": [8], "out_features": 4}),
-        "data": DataSpec(
-            "synthetic", {"clients": 6, "samples": 24, "shape": [12], "classes": 4}
-        ),
+        "data": DataSpec("synthetic", {"clients": 6, "samples": 24, "shape": [12], "classes": 4}),
         "rounds": 2,
         "training": TrainingConfig(epochs=1, batch_size=8, learning_rate=0.1),
         "seed": 3,

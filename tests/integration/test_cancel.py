@@ -98,7 +98,6 @@ async def _next_task_is_not_queued(modeller: Modeller) -> dict[str, Any]:
     return result
 
 
-
 async def _cancel(modeller: Modeller, run: asyncio.Task[Any]) -> tuple[TaskCancellation, float]:
     """Cancel the modeller's one task: what it told the pods, and the seconds it took."""
     started = time.monotonic()
@@ -107,6 +106,7 @@ async def _cancel(modeller: Modeller, run: asyncio.Task[Any]) -> tuple[TaskCance
     with pytest.raises(asyncio.CancelledError):
         await run
     return cancellation, seconds
+
 
 def test_cancel_mid_task_stops_the_child_and_frees_the_slot(tmp_path: Path) -> None:
     async def main() -> None:

@@ -52,7 +52,10 @@ def test_sim_runs_a_config_and_writes_its_report(tmp_path: Path) -> None:
     out = tmp_path / "report"
     done = subprocess.run(
         [*FEDLOOM, "sim", str(config), "--out", str(out), "--json"],
-        capture_output=True, text=True, timeout=240, check=False,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
     )
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
@@ -74,7 +77,10 @@ def test_sim_options_override_the_file(tmp_path: Path) -> None:
     config = write_config(tmp_path, rounds=1)
     done = subprocess.run(
         [*FEDLOOM, "sim", str(config), "--backend", "thread", "--num-parallels", "3", "--json"],
-        capture_output=True, text=True, timeout=240, check=False,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
     )
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
@@ -95,7 +101,9 @@ def test_sigterm_stops_the_simulation_and_its_workers(tmp_path: Path) -> None:
     config = write_config(tmp_path, rounds=500)
     process = subprocess.Popen(
         [*FEDLOOM, "sim", str(config), "--json"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         parent = psutil.Process(process.pid)

@@ -37,7 +37,11 @@ DATA = DataSpec("synthetic", {"clients": 6, "samples": 24, "shape": [12], "class
 def scenario(*args: str) -> dict[str, Any]:
     done = subprocess.run(
         [sys.executable, str(SCRIPT), *args],
-        check=False, capture_output=True, text=True, timeout=240, cwd=SCRIPT.parent,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=SCRIPT.parent,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
@@ -45,8 +49,9 @@ def scenario(*args: str) -> dict[str, Any]:
 
 
 def plan(devices: tuple[str, ...] = ("cpu", "cpu"), torch_threads: int = 1) -> BackendPlan:
-    runner = RunnerPlan(model=MLP, data=DATA, training=TrainingConfig(),
-                        torch_threads=torch_threads)
+    runner = RunnerPlan(
+        model=MLP, data=DATA, training=TrainingConfig(), torch_threads=torch_threads
+    )
     layout = FlatLayout.of({"w": torch.zeros(3)})
     return BackendPlan(runner, layout, devices)
 

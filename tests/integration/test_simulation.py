@@ -93,8 +93,13 @@ def reference_fedavg(cfg: SimulationConfig) -> dict[str, np.ndarray]:
             )
             load_arrays(model, global_arrays)
             outcome = local_round(
-                model, x_train, y_train, cfg.training,
-                seed=round_seed(cfg.seed, name, round_index), x_val=x_val, y_val=y_val,
+                model,
+                x_train,
+                y_train,
+                cfg.training,
+                seed=round_seed(cfg.seed, name, round_index),
+                x_val=x_val,
+                y_val=y_val,
             )
             mean.add(name, state_to_arrays(model), outcome.num_samples)
         global_arrays = mean.result()
@@ -121,7 +126,10 @@ def test_a_virtual_client_gives_what_a_pod_with_its_data_gives() -> None:
     data = build_client_data(cfg.data)
     pods = {participant(c): ArraySource(*data.load(c)) for c in range(data.num_clients)}
     protocol = FedAvg(
-        model=cfg.model, rounds=2, training=cfg.training, seed=cfg.seed,
+        model=cfg.model,
+        rounds=2,
+        training=cfg.training,
+        seed=cfg.seed,
         validation_fraction=0.25,
     )
     federated = run_local(protocol, pods).result
@@ -132,8 +140,11 @@ def test_a_virtual_client_gives_what_a_pod_with_its_data_gives() -> None:
 
 def test_bit_identical_for_one_two_and_three_workers() -> None:
     cfg = config(
-        model=DROPOUT_MLP, data=synthetic(clients=7), rounds=2,
-        sampling=Sampling("random", fraction=0.7), validation_fraction=0.2,
+        model=DROPOUT_MLP,
+        data=synthetic(clients=7),
+        rounds=2,
+        sampling=Sampling("random", fraction=0.7),
+        validation_fraction=0.2,
     )
     results = [run(config_with(cfg, num_parallels=n)) for n in (1, 2, 3)]
     assert_same(results[0].parameters, results[1].parameters)
@@ -223,8 +234,12 @@ def test_torch_out_of_memory_is_requeued_on_the_thread_backend(tmp_path: Path) -
     data = DataSpec(
         "flaky",
         {
-            "clients": 3, "samples": 24, "shape": [12], "marker_dir": str(tmp_path),
-            "fail": [0, 2], "error": "cuda",
+            "clients": 3,
+            "samples": 24,
+            "shape": [12],
+            "marker_dir": str(tmp_path),
+            "fail": [0, 2],
+            "error": "cuda",
         },
     )
     result = run(config(data=data, rounds=1, backend="thread"))
@@ -238,8 +253,12 @@ def test_a_failing_client_is_left_out_and_reported(tmp_path: Path) -> None:
     data = DataSpec(
         "flaky",
         {
-            "clients": 4, "samples": 24, "shape": [12], "marker_dir": str(tmp_path),
-            "fail": [2], "error": "value",
+            "clients": 4,
+            "samples": 24,
+            "shape": [12],
+            "marker_dir": str(tmp_path),
+            "fail": [2],
+            "error": "value",
         },
     )
     result = run(config(data=data, rounds=1, plugins=(PLUGIN,)))
@@ -248,7 +267,10 @@ def test_a_failing_client_is_left_out_and_reported(tmp_path: Path) -> None:
     assert failed.status is TaskStatus.EXCEPTION
     assert failed.failure is not None and failed.failure.error_type == "ValueError"
     assert report.counts() == {
-        "finished": 3, "failed": 1, "interrupted_and_retried": 0, "exited": 0,
+        "finished": 3,
+        "failed": 1,
+        "interrupted_and_retried": 0,
+        "exited": 0,
     }
     assert report.metrics["num_samples"] == 3 * 24
     written = result.write_reports(tmp_path / "reports")
@@ -328,7 +350,8 @@ def test_stop_ends_the_run_promptly_and_leaves_no_worker(tmp_path: Path) -> None
     )
     backend = ProcessPoolBackend()
     simulation = Simulation(
-        config(data=data, rounds=5, plugins=(PLUGIN,)), backend=backend,
+        config(data=data, rounds=5, plugins=(PLUGIN,)),
+        backend=backend,
         on_event=lambda e: simulation.stop() if e.kind == "client_done" else None,
     )
     began = time.monotonic()

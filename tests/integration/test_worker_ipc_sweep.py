@@ -14,7 +14,9 @@ def test_exchange_folders_of_dead_pods_are_swept(tmp_path: Path) -> None:
 
     gone = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     dead_pid = int(gone.stdout)  # exited; Linux hands out pids in sequence, so not reused yet
     dead = tmp_path / f"fedloom-{dead_pid}-0123456789ab"

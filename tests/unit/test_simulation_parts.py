@@ -175,8 +175,14 @@ def test_sampling_kinds() -> None:
 
 @pytest.mark.parametrize(
     "config",
-    [{"kind": "lottery"}, {"kind": "random", "fraction": 0}, {"kind": "sequential"},
-     {"kind": "all", "per_round": 0}, {"kind": "all", "extra": 1}, "all"],
+    [
+        {"kind": "lottery"},
+        {"kind": "random", "fraction": 0},
+        {"kind": "sequential"},
+        {"kind": "all", "per_round": 0},
+        {"kind": "all", "extra": 1},
+        "all",
+    ],
 )
 def test_bad_sampling_is_a_config_error(config: Any) -> None:
     with pytest.raises(ConfigError):

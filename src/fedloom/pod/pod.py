@@ -562,9 +562,7 @@ class _ModellerTimeoutError(TaskAbortedError):
         super().__init__(AbortReason.MODELLER_TIMEOUT, message)
 
 
-async def _while_heard(
-    work: Coroutine[Any, Any, _T], channel: _HeldChannel, timeout: float
-) -> _T:
+async def _while_heard(work: Coroutine[Any, Any, _T], channel: _HeldChannel, timeout: float) -> _T:
     """Run ``work`` while the modeller is heard from at least every ``timeout`` seconds.
 
     Raises:

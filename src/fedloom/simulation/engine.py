@@ -133,8 +133,7 @@ class SimulationConfig:
             raise ConfigError(f"device must be 'cpu' or 'cuda[:N]', got {self.device!r}")
         if self.start_method not in START_METHODS:
             raise ConfigError(
-                f"start_method must be one of {', '.join(START_METHODS)}, "
-                f"got {self.start_method!r}"
+                f"start_method must be one of {', '.join(START_METHODS)}, got {self.start_method!r}"
             )
         if self.round_timeout is not None and not (
             _is_number(self.round_timeout) and 0 < self.round_timeout < math.inf
@@ -469,5 +468,3 @@ def _num_clients(config: SimulationConfig) -> int:
     from fedloom.simulation.data import build_client_data
 
     return build_client_data(config.data).num_clients
-
-

@@ -370,8 +370,8 @@ class ProcessPoolBackend:
         if "outcome" in item:
             outcome = ClientOutcome.from_body(item["outcome"])
             last = worker.job_seconds
-            worker.job_seconds = outcome.seconds if last is None else 0.8 * last + 0.2 * (
-                outcome.seconds
+            worker.job_seconds = (
+                outcome.seconds if last is None else 0.8 * last + 0.2 * (outcome.seconds)
             )
             return ClientResult(
                 job=job,

@@ -44,7 +44,6 @@ def import_ray() -> Any:
     return ray
 
 
-
 class _StopRequestedError(Exception):
     """ray.cancel was called on the running job."""
 

@@ -62,7 +62,6 @@ _GPU_SHARE_DIGITS = 4  # Ray reads fractional GPUs to 1e-4
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
-
 def ray_actor_options(
     estimate: ResourceEstimate, device: str, *, workers_on_device: int = 1
 ) -> dict[str, Any]:

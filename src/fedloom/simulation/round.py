@@ -122,7 +122,9 @@ class _Round:
         if not fold.done:  # stopped before every client was admitted
             self.stopped = True
         report = RoundReport(
-            self.index, list(self.records.values()), time.perf_counter() - self.began,
+            self.index,
+            list(self.records.values()),
+            time.perf_counter() - self.began,
             stopped=self.stopped,
         )
         if self.stopped:

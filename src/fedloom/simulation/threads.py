@@ -158,7 +158,11 @@ class ThreadPoolBackend:
                 result = _failed(job, lane.index, slot_index, FailureKind.STOPPED, "Stopped")
             except _NonFiniteError:
                 result = _failed(
-                    job, lane.index, slot_index, FailureKind.NON_FINITE, "UpdateRejectedError",
+                    job,
+                    lane.index,
+                    slot_index,
+                    FailureKind.NON_FINITE,
+                    "UpdateRejectedError",
                     "the update holds NaN/Inf",
                 )
             except Exception as exc:

@@ -88,7 +88,7 @@ def _every_job_once(
 ) -> dict[int, dict[str, torch.Tensor]]:
     # three times as many jobs as a small pool has slots: slots must be released and reused
     jobs = [ClientJob(client % _CLIENTS, 0) for client in range(3 * _CLIENTS)]
-    backend.submit(jobs[: _CLIENTS])
+    backend.submit(jobs[:_CLIENTS])
     seen: list[int] = []
     updates: dict[int, dict[str, torch.Tensor]] = {}
     submitted = _CLIENTS
@@ -140,9 +140,9 @@ def _broadcast_changes_updates(
     backend.submit([ClientJob(1, 0)])
     result = _next(backend)
     assert result.flats is not None, result.failure
-    assert any(
-        not torch.equal(flat, first[1][name]) for name, flat in result.flats.items()
-    ), "a new broadcast did not reach the workers"
+    assert any(not torch.equal(flat, first[1][name]) for name, flat in result.flats.items()), (
+        "a new broadcast did not reach the workers"
+    )
     backend.release(result)
 
 
