@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import signal
+import sqlite3
 import subprocess
+import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from .test_demo_cli import fedloom_command, run_cli
@@ -49,6 +52,43 @@ def register(folder: Path, name: str, role: str) -> None:
         cwd=folder,
     )
     assert done.returncode == 0, done.stderr
+
+
+def identities(folder: Path, pods: Iterable[str] = ("pod-a",), modeller: str = "alice") -> None:
+    """``fedloom keys new`` for the modeller and each pod in ``folder/keys``, ``fedloom hub
+    init`` in ``folder/hub``, and ``fedloom hub register`` of each with its role."""
+    pods = list(pods)
+    for name in (modeller, *pods):
+        done = run_cli("keys", "new", name, "--dir", "keys", cwd=folder)
+        assert done.returncode == 0, done.stderr
+    assert run_cli("hub", "init", "--data-dir", "hub", cwd=folder).returncode == 0
+    register(folder, modeller, "modeller")
+    for pod in pods:
+        register(folder, pod, "pod")
+
+
+def rows_in(store: Path, table: str) -> int:
+    """Rows of ``table`` in a SQLite store another process writes (0 before it exists)."""
+    if not store.exists():
+        return 0
+    connection = sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=5)
+    try:
+        return int(connection.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+    except sqlite3.OperationalError:  # the schema is not written yet
+        return 0
+    finally:
+        connection.close()
+
+
+def wait_for_rows(
+    store: Path, table: str, count: int, process: subprocess.Popen[str], seconds: float = 120
+) -> None:
+    """Wait until ``table`` of ``store`` holds ``count`` rows while ``process`` runs."""
+    deadline = time.monotonic() + seconds
+    while rows_in(store, table) < count:
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, f"{store.name} never had {count} {table}"
+        time.sleep(0.02)
 
 
 def start_hub(folder: Path) -> tuple[subprocess.Popen[str], str]:

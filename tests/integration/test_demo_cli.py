@@ -145,9 +145,9 @@ def test_demo_with_zero_rounds_is_a_usage_error(tmp_path: Path) -> None:
 
 
 def readme_python_example() -> str:
-    text = README.read_text(encoding="utf-8")
+    text = README.read_text(encoding="utf-8").split("\n## Python API\n", 1)[-1]
     match = re.search(r"^```python\n(.*?)^```", text, flags=re.DOTALL | re.MULTILINE)
-    assert match is not None, "README.md has no ```python block"
+    assert match is not None, "README.md's Python API section has no ```python block"
     return match.group(1)
 
 

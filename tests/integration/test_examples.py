@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from .cli_kit import daemon, register, start_hub, stop
+from .cli_kit import daemon, identities, start_hub, stop
 from .test_demo_cli import run_cli
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
@@ -73,12 +73,7 @@ def test_the_examples_run_as_their_readme_says(
     folder = tmp_path / "examples"
     shutil.copytree(EXAMPLES, folder, ignore=shutil.ignore_patterns("data", "__pycache__"))
     subprocess.run([sys.executable, "make_data.py"], cwd=folder, check=True, timeout=120)
-    for name in ("alice", "pod-a", "pod-b"):
-        assert run_cli("keys", "new", name, "--dir", "keys", cwd=folder).returncode == 0
-    assert run_cli("hub", "init", "--data-dir", "hub", cwd=folder).returncode == 0
-    register(folder, "alice", "modeller")
-    for pod in ("pod-a", "pod-b"):
-        register(folder, pod, "pod")
+    identities(folder, pods=("pod-a", "pod-b"))  # the README's keys and registrations
     monkeypatch.setenv("PYTHONPATH", str(folder / "plugins"))  # as the README says
     hub, address = start_hub(folder)
     pods = []

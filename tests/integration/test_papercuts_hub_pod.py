@@ -30,7 +30,7 @@ from fedloom.transport.hub.tls import init_hub_tls
 from .cli_kit import daemon, pod_toml, start_hub, stop
 from .hub_kit import connect, free_port, register
 from .hub_kit import start_hub as start_hub_in_process
-from .test_demo_cli import fedloom_command
+from .test_demo_cli import fedloom_command, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -56,20 +56,6 @@ def _popen(args: list[str], cwd: Path) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-    )
-
-
-def _run(*args: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """``run_cli`` on a wide terminal: rich wraps what is longer than it."""
-    env = os.environ | {"MPLCONFIGDIR": str(cwd / "mpl"), "COLUMNS": "300"}
-    return subprocess.run(
-        [*fedloom_command(), *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
     )
 
 
@@ -197,7 +183,7 @@ def test_pod_and_modeller_against_a_hub_that_is_down(deployment: Path) -> None:
     pod = _popen(["pod", "start", "--config", "pod-down.toml"], deployment)
     try:
         began = time.monotonic()
-        done = _run("run", "task-down.toml", cwd=deployment)
+        done = run_cli("run", "task-down.toml", cwd=deployment)
         waited = time.monotonic() - began
     finally:
         pod.send_signal(signal.SIGTERM)
@@ -226,7 +212,7 @@ def test_pod_start_with_a_plugin_that_cannot_be_imported_is_one_line(deployment:
     address = f"127.0.0.1:{free_port()}"
     config = deployment / "pod-plugin.toml"
     config.write_text(pod_toml(address, top='plugins = ["no_such_fedloom_plugin"]\n'))
-    done = _run("pod", "start", "--config", "pod-plugin.toml", cwd=deployment)
+    done = run_cli("pod", "start", "--config", "pod-plugin.toml", cwd=deployment)
     assert done.returncode == 3
     assert "online" not in done.stdout
     assert _lines(done.stderr) == [
@@ -245,7 +231,7 @@ def test_pod_start_names_every_bad_dataset_and_does_not_connect(deployment: Path
         + '[datasets.nolabel]\nkind = "csv"\npath = "nolabel.csv"\nlabel_column = "label"\n'
         + '[datasets.scans]\nkind = "folder"\npath = "scans"\n'
     )
-    done = _run("pod", "start", "--config", "pod-datasets.toml", cwd=deployment)
+    done = run_cli("pod", "start", "--config", "pod-datasets.toml", cwd=deployment)
     assert done.returncode == 4
     assert "online" not in done.stdout
     assert _lines(done.stderr) == [
@@ -300,11 +286,11 @@ def test_pod_start_logs_one_line_per_task_and_a_task_file_takes_a_model_file_pat
                 '[task.config.model]\nname = "mlp"\n[task.config.model.config]\n'
                 "in_features = 48\nhidden = [4]\nout_features = 2\n"
             )
-            done = _run("run", "stats.toml", "--json", cwd=deployment)
+            done = run_cli("run", "stats.toml", "--json", cwd=deployment)
             assert done.returncode == 0, done.stderr[-3000:]
-            refused = _run("run", "nope.toml", "--json", cwd=deployment)
+            refused = run_cli("run", "nope.toml", "--json", cwd=deployment)
             assert refused.returncode == 5, refused.stderr[-3000:]
-            inferred = _run("run", "tasks/infer.toml", "--json", cwd=deployment)
+            inferred = run_cli("run", "tasks/infer.toml", "--json", cwd=deployment)
             assert inferred.returncode == 0, inferred.stderr[-3000:]
             assert '"files": {"pod-a": 3}' in inferred.stdout
         finally:

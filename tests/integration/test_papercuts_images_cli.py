@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .cli_kit import daemon, pod_toml, register, start_hub, stop
+from .cli_kit import daemon, identities, pod_toml, start_hub, stop
 from .test_demo_cli import run_cli
 
 
@@ -36,11 +36,7 @@ def _task(address: str, extra: str = "") -> str:
 
 
 def test_a_second_run_on_new_data_only_succeeds_with_nothing_to_do(tmp_path: Path) -> None:
-    for name in ("alice", "pod-a"):
-        assert run_cli("keys", "new", name, "--dir", "keys", cwd=tmp_path).returncode == 0
-    assert run_cli("hub", "init", "--data-dir", "hub", cwd=tmp_path).returncode == 0
-    register(tmp_path, "alice", "modeller")
-    register(tmp_path, "pod-a", "pod")
+    identities(tmp_path)
     (tmp_path / "a.csv").write_text("x,label\n1.0,0\n2.0,1\n")
     (tmp_path / "images").mkdir()
     for index in range(2):
@@ -71,6 +67,9 @@ def test_a_second_run_on_new_data_only_succeeds_with_nothing_to_do(tmp_path: Pat
                 "failed": {"pod-a": 0},
                 "no_new_data": ["pod-a"],
             }
+            people = run_cli("run", "new.toml", cwd=tmp_path)  # the summary for people
+            assert people.returncode == 0, people.stderr[-3000:]
+            assert "pod-a: no new files since the last run: nothing to do" in people.stdout
 
             (tmp_path / "strict.toml").write_text(_task(address, "fail_on_no_new_data = true\n"))
             strict = run_cli("run", "strict.toml", "--json", cwd=tmp_path)

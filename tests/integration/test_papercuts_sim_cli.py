@@ -8,7 +8,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from .test_demo_cli import PNG_SIGNATURE, fedloom_command
+from .test_demo_cli import PNG_SIGNATURE, fedloom_command, run_cli
 
 CONFIG = """
 [simulation]
@@ -91,3 +91,10 @@ def test_a_config_error_names_its_section_and_key(tmp_path: Path) -> None:
     (line,) = done.stderr.strip().splitlines()
     assert line == "error: sim.toml: [training] epochs must be an int, got 'x'"
     assert not (tmp_path / "report").exists()
+
+
+def test_the_help_shows_toml_table_names_as_written(tmp_path: Path) -> None:
+    """rich reads "[simulation]" as markup unless it is escaped: the help lost the name."""
+    done = run_cli("sim", "--help", cwd=tmp_path)
+    assert done.returncode == 0
+    assert "the [simulation] table's backend" in " ".join(done.stdout.split())

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import signal
-import sqlite3
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,34 +18,18 @@ import pandas as pd
 
 from fedloom import AbortReason, SqliteExperimentStore, SqlitePodStore
 
-from .cli_kit import daemon, pod_toml, register, start_hub, stop
+from .cli_kit import daemon, identities, pod_toml, start_hub, stop, wait_for_rows
 from .test_demo_cli import fedloom_command, run_cli
 
 ROUNDS = 12
 
 
 def _setup(folder: Path) -> None:
-    for name in ("alice", "pod-a"):
-        assert run_cli("keys", "new", name, "--dir", "keys", cwd=folder).returncode == 0
-    assert run_cli("hub", "init", "--data-dir", "hub", cwd=folder).returncode == 0
-    register(folder, "alice", "modeller")
-    register(folder, "pod-a", "pod")
+    identities(folder)
     rng = np.random.default_rng(0)
     data = pd.DataFrame(rng.normal(size=(120, 4)), columns=["a", "b", "c", "d"])
     data["label"] = (data["a"] > 0).astype(int)
     data.to_csv(folder / "a.csv", index=False)
-
-
-def _checkpoints(store: Path) -> int:
-    if not store.exists():
-        return 0
-    connection = sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=5)
-    try:
-        return int(connection.execute("SELECT count(*) FROM checkpoints").fetchone()[0])
-    except sqlite3.OperationalError:  # the schema is not there yet
-        return 0
-    finally:
-        connection.close()
 
 
 def test_a_killed_modeller_resumes_its_experiment_from_the_command_line(tmp_path: Path) -> None:
@@ -76,11 +58,7 @@ def test_a_killed_modeller_resumes_its_experiment_from_the_command_line(tmp_path
                 stderr=subprocess.PIPE,
                 text=True,
             )
-            deadline = time.monotonic() + 120
-            while _checkpoints(tmp_path / "alice.db") < 2:
-                assert modeller.poll() is None, modeller.communicate()[1][-3000:]
-                assert time.monotonic() < deadline, "no round was checkpointed"
-                time.sleep(0.02)
+            wait_for_rows(tmp_path / "alice.db", "checkpoints", 2, modeller)
             modeller.send_signal(signal.SIGKILL)
             modeller.communicate(timeout=30)
             with SqliteExperimentStore(tmp_path / "alice.db") as store:

@@ -9,9 +9,7 @@ from __future__ import annotations
 import json
 import re
 import signal
-import sqlite3
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +19,7 @@ import pytest
 
 from fedloom import SqliteExperimentStore, SqlitePodStore
 
-from .cli_kit import daemon, pod_toml, register, start_hub, stop
+from .cli_kit import daemon, identities, pod_toml, start_hub, stop, wait_for_rows
 from .test_demo_cli import fedloom_command, run_cli
 
 REJECTION = "pod-b rejected: NO_ACCESS: protocol 'fedavg' is not allowed on this pod"
@@ -30,12 +28,7 @@ REJECTION = "pod-b rejected: NO_ACCESS: protocol 'fedavg' is not allowed on this
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     folder = tmp_path_factory.mktemp("run-cli")
-    for name in ("alice", "pod-a", "pod-b"):
-        assert run_cli("keys", "new", name, "--dir", "keys", cwd=folder).returncode == 0
-    assert run_cli("hub", "init", "--data-dir", "hub", cwd=folder).returncode == 0
-    register(folder, "alice", "modeller")
-    for pod in ("pod-a", "pod-b"):
-        register(folder, pod, "pod")
+    identities(folder, pods=("pod-a", "pod-b"))
     rng = np.random.default_rng(0)
     for pod in ("a", "b"):
         x = rng.normal(size=80)
@@ -145,16 +138,6 @@ def test_an_unknown_model_is_refused_before_any_pod_hears_of_it(deployment: Path
     assert _task_runs(deployment / "pod-a.sqlite") == before
 
 
-def _checkpoints(store: Path) -> int:
-    if not store.exists():
-        return 0
-    with sqlite3.connect(store) as connection:
-        try:
-            return int(connection.execute("SELECT count(*) FROM rounds").fetchone()[0])
-        except sqlite3.OperationalError:  # the schema is not there yet
-            return 0
-
-
 def test_an_interrupted_run_says_how_to_resume_and_that_command_works(deployment: Path) -> None:
     modeller = subprocess.Popen(
         [*fedloom_command(), "run", "long.toml"],
@@ -164,11 +147,7 @@ def test_an_interrupted_run_says_how_to_resume_and_that_command_works(deployment
         text=True,
     )
     try:
-        deadline = time.monotonic() + 120
-        while _checkpoints(deployment / "long.db") < 2:
-            assert modeller.poll() is None, modeller.communicate()[1][-3000:]
-            assert time.monotonic() < deadline, "no round was recorded"
-            time.sleep(0.05)
+        wait_for_rows(deployment / "long.db", "rounds", 2, modeller)
         modeller.send_signal(signal.SIGINT)
         _, stderr = modeller.communicate(timeout=30)
     finally:

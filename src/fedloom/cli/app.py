@@ -250,10 +250,11 @@ def simulate(
         bool, typer.Option("--force", help="Overwrite the report already in --out.")
     ] = False,
     backend: Annotated[
-        str | None, typer.Option(help="Override [simulation] backend: process, thread, ray.")
+        str | None,
+        typer.Option(help="Override the \\[simulation] table's backend: process, thread, ray."),
     ] = None,
     num_parallels: Annotated[
-        int | None, typer.Option(help="Override [simulation] num_parallels.")
+        int | None, typer.Option(help="Override the \\[simulation] table's num_parallels.")
     ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
