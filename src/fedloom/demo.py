@@ -33,7 +33,7 @@ from fedloom.datasources import TableSource, dirichlet_partition
 from fedloom.errors import ConfigError
 from fedloom.local import LocalFederation
 from fedloom.modeller import Modeller, TaskResult
-from fedloom.modeller.report import rounds_table, statistics_table
+from fedloom.modeller.report import people_console, rounds_table, statistics_table
 from fedloom.protocols import Analytics, AnalyticsResult, FedAvg, FedAvgResult, Protocol
 from fedloom.store import SqliteExperimentStore, SqlitePodStore
 from fedloom.wire import MessageType
@@ -113,7 +113,7 @@ def build_tasks(options: DemoOptions) -> tuple[Analytics, FedAvg]:
 
 async def run_demo(options: DemoOptions, console: Console | None = None) -> DemoReport:
     """Run the whole demo and write the report folder; returns what it wrote."""
-    console = console or Console()
+    console = console or people_console()
     out = options.out
     out.mkdir(parents=True, exist_ok=True)
     paths, x_test, y_test = split_digits(options.seed, options.alpha, out / "data")

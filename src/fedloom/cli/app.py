@@ -224,6 +224,7 @@ def list_names(
     import json
 
     from fedloom.cli.catalogue import catalogue, catalogue_table
+    from fedloom.modeller.report import people_console
     from fedloom.registry import import_plugins
 
     import_plugins(tuple(plugin or ()), where="--plugin")
@@ -231,8 +232,7 @@ def list_names(
     if json_output:
         print(json.dumps(listing))
         return
-    width = None if sys.stdout.isatty() else 160
-    Console(width=width, highlight=False).print(catalogue_table(listing))
+    people_console().print(catalogue_table(listing))
 
 
 @app.command("sim")

@@ -14,7 +14,6 @@ import asyncio
 import json
 import shlex
 import signal
-import sys
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ from fedloom.cli.progress import PodProgress
 from fedloom.errors import ConfigError, FedloomError
 from fedloom.modeller import TaskResult
 from fedloom.modeller.remote import run_task_file
-from fedloom.modeller.report import describe, task_report
+from fedloom.modeller.report import describe, people_console, task_report
 from fedloom.modeller.task_file import TaskFile, load_task_file
 from fedloom.store import SqliteExperimentStore
 from fedloom.store.checkpoints import CHECKPOINT_DIR_NAME
@@ -104,10 +103,7 @@ def run_command(
         return
     history = getattr(result.result, "history", None)
     statistics = getattr(result.result, "statistics", None)
-    # a pipe would get 80 columns and cut the tables' numbers; a table is only as wide as
-    # its content, so a wide console costs nothing
-    width = None if sys.stdout.isatty() else 200
-    Console(file=sys.stdout, highlight=False, width=width).print(
+    people_console().print(
         task_report(
             summary,
             task.pods,

@@ -9,10 +9,11 @@ plain text, never read as markup.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, TextIO
 
-from rich.console import Group, RenderableType
+from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
@@ -22,6 +23,18 @@ from fedloom.modeller.modeller import TaskResult
 ROUND_METRICS = ("train_loss", "train_accuracy", "validation_loss", "validation_accuracy")
 NO_NEW_DATA = "no_new_data"
 """The key of a batched protocol's summary that lists the pods with no new files."""
+
+
+PIPE_WIDTH = 200
+"""Columns of a console whose output is not a terminal: rich would take 80 and cut the
+tables' numbers; a table is only as wide as its content, so more costs nothing."""
+
+
+def people_console(file: TextIO | None = None) -> Console:
+    """A console for summaries people read, on stdout by default (see :data:`PIPE_WIDTH`)."""
+    stream = file or sys.stdout
+    width = None if stream.isatty() else PIPE_WIDTH
+    return Console(file=stream, width=width, highlight=False)
 
 
 def describe(result: TaskResult) -> dict[str, Any]:
@@ -174,8 +187,10 @@ def _number(value: object, digits: int = 4) -> str:
 
 __all__ = [
     "NO_NEW_DATA",
+    "PIPE_WIDTH",
     "describe",
     "outcome_lines",
+    "people_console",
     "rounds_table",
     "statistics_table",
     "task_report",
