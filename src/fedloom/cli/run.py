@@ -14,7 +14,7 @@ import asyncio
 import json
 import shlex
 import signal
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -29,7 +29,6 @@ from fedloom.modeller.remote import run_task_file
 from fedloom.modeller.report import describe, people_console, task_report
 from fedloom.modeller.task_file import TaskFile, load_task_file
 from fedloom.store import SqliteExperimentStore
-from fedloom.store.checkpoints import CHECKPOINT_DIR_NAME
 
 T = TypeVar("T")
 
@@ -44,8 +43,8 @@ class _Watch:
     def started(self, experiment_id: str) -> None:
         self.experiment_id = experiment_id
 
-    def round_done(self, summary: Any) -> None:
-        index = summary.get("round") if hasattr(summary, "get") else None
+    def round_done(self, summary: Mapping[str, Any]) -> None:
+        index = summary.get("round")
         if isinstance(index, int):
             self.last_round = index
 
@@ -75,7 +74,7 @@ def run_command(
             console, task.pods, rounds=rounds if isinstance(rounds, int) else None
         ) as progress:
 
-            def on_round(summary: Any) -> None:
+            def on_round(summary: Mapping[str, Any]) -> None:
                 watch.round_done(summary)
                 progress.on_round(summary)
 
@@ -122,18 +121,15 @@ def summarise(task: TaskFile, result: TaskResult) -> dict[str, Any]:
     if task.store_path is not None and result.experiment_id is not None:
         with SqliteExperimentStore(task.store_path) as store:
             kept = store.get_experiment(result.experiment_id).checkpoints
+            folder = store.checkpoint_folder(result.experiment_id)
         summary["checkpoints"] = {
-            "folder": str(_checkpoint_folder(task.store_path, result.experiment_id)),
+            "folder": str(folder),
             "keep": task.keep_checkpoints.describe(),
             "rounds": [ref.round_index for ref in kept],
             # the final model, e.g. for an inference task's model_file
             "final": kept[-1].path if kept else None,
         }
     return summary
-
-
-def _checkpoint_folder(store_path: Path, experiment_id: str) -> Path:
-    return store_path.parent / CHECKPOINT_DIR_NAME / experiment_id
 
 
 def _resume_hint(console: Console, task: TaskFile, task_file: Path, watch: _Watch) -> None:
@@ -144,7 +140,8 @@ def _resume_hint(console: Console, task: TaskFile, task_file: Path, watch: _Watc
     done = (
         "before its first round" if watch.last_round is None else f"after round {watch.last_round}"
     )
-    folder = _checkpoint_folder(task.store_path, watch.experiment_id)
+    with SqliteExperimentStore(task.store_path) as store:
+        folder = store.checkpoint_folder(watch.experiment_id)
     console.print(
         Text(f"experiment {watch.experiment_id} stopped {done}; its checkpoints are in {folder}"),
         soft_wrap=True,

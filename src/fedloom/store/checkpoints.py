@@ -97,9 +97,14 @@ def copy_arrays(arrays: Mapping[str, npt.NDArray[Any]]) -> dict[str, npt.NDArray
     return {name: np.array(array, copy=True) for name, array in arrays.items()}
 
 
+def checkpoint_folder_relpath(experiment_id: str) -> str:
+    """The folder of an experiment's checkpoint files relative to the workspace."""
+    return f"{CHECKPOINT_DIR_NAME}/{experiment_id}"
+
+
 def checkpoint_relpath(experiment_id: str, round_index: int) -> str:
     """The path of a checkpoint file relative to the workspace, with ``/`` separators."""
-    return f"{CHECKPOINT_DIR_NAME}/{experiment_id}/round-{round_index:05d}.safetensors"
+    return f"{checkpoint_folder_relpath(experiment_id)}/round-{round_index:05d}.safetensors"
 
 
 def stage_file(final_path: Path, data: bytes) -> Path:

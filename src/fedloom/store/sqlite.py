@@ -37,6 +37,7 @@ from fedloom.store.base import (
 )
 from fedloom.store.checkpoints import (
     CHECKPOINT_DIR_NAME,
+    checkpoint_folder_relpath,
     checkpoint_relpath,
     discard_file,
     encode_arrays,
@@ -90,6 +91,10 @@ class SqliteExperimentStore(ClosingContext):
     def path(self) -> Path:
         """The database file."""
         return self._db.path
+
+    def checkpoint_folder(self, experiment_id: str) -> Path:
+        """Where this store writes ``experiment_id``'s checkpoint files (it may not exist)."""
+        return self._db.folder / checkpoint_folder_relpath(experiment_id)
 
     def create_experiment(self, name: str, task: Mapping[str, Any]) -> str:
         check_text(name, "experiment name", allow_empty=True)
@@ -321,7 +326,7 @@ class SqliteExperimentStore(ClosingContext):
         label = f"of experiment {experiment_id}"
         try:
             candidates = {self._checkpoint_path(relpath, label) for relpath in removed}
-            folder = self._checkpoint_path(checkpoint_relpath(experiment_id, 0), label).parent
+            folder = self._checkpoint_path(checkpoint_folder_relpath(experiment_id), label)
             if folder.parent == self._db.folder / CHECKPOINT_DIR_NAME and folder.is_dir():
                 candidates |= {
                     path for path in folder.iterdir() if _CHECKPOINT_FILE.fullmatch(path.name)
