@@ -166,11 +166,16 @@ def test_an_experiment_that_kept_only_its_last_and_best_checkpoints_resumes(
         store.close()
     kept = [c.round_index for c in record.checkpoints]
     assert kept[-1] == 2 and len(kept) <= 2  # the last, and the best when it is another
-    run, _ = resume(path, fedavg(rounds=5), record.experiment_id)
+    with SqliteExperimentStore(path) as store:  # the default retention again
+        run = run_local(fedavg(rounds=5), pods(), modeller_store=store, resume=record.experiment_id)
+        done = store.get_experiment(record.experiment_id)
     assert list(run.timings["pod-a"]) == ["accept", "round-3", "round-4"]
     straight = run_local(fedavg(rounds=5), pods()).result
     for key, array in straight.parameters.items():
         assert np.array_equal(run.result.parameters[key], array), key
+    # over the whole experiment, rounds from before the crash included
+    best = min(done.rounds, key=lambda r: r.aggregated["validation_loss"]).round_index
+    assert [c.round_index for c in done.checkpoints] == sorted({best, 4})
 
 
 def test_a_resumed_run_samples_from_seed_and_next_round(tmp_path: Path) -> None:

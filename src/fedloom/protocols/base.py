@@ -153,6 +153,8 @@ class ModellerContext:
     checkpoints: CheckpointRetention = field(default_factory=CheckpointRetention)
     """Which round checkpoints :meth:`record_round` keeps (default: the last and the best
     by validation loss)."""
+    _kept: dict[int, RoundRecord] | None = field(default=None, init=False, repr=False)
+    """The rounds whose checkpoints are kept, read from the store once, then kept here."""
 
     def report_round(self, summary: Mapping[str, Any]) -> None:
         if self.on_round is not None:
@@ -179,12 +181,17 @@ class ModellerContext:
         self.store.save_checkpoint(self.experiment_id, round_index, arrays)
         if self.checkpoints.keep == KEEP_ALL:
             return
-        record = self.store.get_experiment(self.experiment_id)
-        dropped = self.checkpoints.to_delete(
-            record.rounds, (ref.round_index for ref in record.checkpoints)
-        )
+        if self._kept is None:  # once: a resumed experiment has rounds from before
+            record = self.store.get_experiment(self.experiment_id)
+            saved = {ref.round_index for ref in record.checkpoints}
+            self._kept = {r.round_index: r for r in record.rounds if r.round_index in saved}
+        else:
+            self._kept[round_index] = RoundRecord(round_index, dict(aggregated), {}, 0.0)
+        dropped = self.checkpoints.to_delete(list(self._kept.values()), self._kept)
         if dropped:
             self.store.delete_checkpoints(self.experiment_id, dropped)
+            for index in dropped:
+                del self._kept[index]
 
 
 class Protocol(ABC):
