@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
+from fedloom.config_file import TomlTable, read_toml
 from fedloom.errors import ConfigError, FedloomError
 from fedloom.protocols import PROTOCOLS, Protocol, load_protocol
 from fedloom.registry import NAME_PATTERN, import_plugins
@@ -56,9 +57,7 @@ from fedloom.store.retention import KEEP_LAST
 from fedloom.transport.hub.config import (
     HubAddress,
     TlsClientConfig,
-    TomlTable,
     read_hub_connection,
-    read_toml,
 )
 
 REQUEST_POLICY_KEYS = frozenset(
@@ -136,7 +135,7 @@ def load_task_file(path: str | Path) -> TaskFile:
             unknown, missing, of the wrong type or out of range, or the ``[task]`` does not
             rebuild into a protocol (naming file and key in every case).
     """
-    top = read_toml(path)
+    top = read_toml(path, kind="task file")
     top.check_keys(_TOP_KEYS)
     address, tls, insecure = read_hub_connection(top)
     identity = top.path("identity", 'identity = "keys/alice.key"')

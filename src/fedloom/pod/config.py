@@ -50,6 +50,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fedloom.config_file import TomlTable, read_toml
 from fedloom.datasources import Datasource, check_datasource, datasource_from_config
 from fedloom.errors import ConfigError, DataError
 from fedloom.hooks import DEFAULT_WORKER_HOOKS
@@ -64,9 +65,7 @@ from fedloom.registry import NAME_PATTERN
 from fedloom.transport.hub.config import (
     HubAddress,
     TlsClientConfig,
-    TomlTable,
     read_hub_connection,
-    read_toml,
 )
 from fedloom.worker import IsolationSettings
 from fedloom.worker.config import DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_PATIENCE
@@ -213,7 +212,7 @@ def load_pod_config(path: str | Path) -> PodConfig:
         ConfigError: the file is missing, unreadable or not TOML (with the line), or a key
             is unknown, missing, of the wrong type or out of range (naming file and key).
     """
-    top = read_toml(path)
+    top = read_toml(path, kind="pod config file")
     top.check_keys(_TOP_KEYS, _HINTS)
     name = top.name("name", 'name = "pod-a"')
     address, tls, insecure = read_hub_connection(top)

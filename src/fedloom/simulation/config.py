@@ -48,13 +48,13 @@ from __future__ import annotations
 
 import functools
 import logging
-import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
 from fedloom.algorithms.ml import MODELS, ModelSpec, TrainingConfig, build_model
+from fedloom.config_file import read_toml
 from fedloom.errors import ConfigError, UnknownNameError
 from fedloom.registry import import_plugins
 from fedloom.scheduler import ResourceBudget, ResourceEstimate
@@ -110,19 +110,13 @@ def load_simulation_file(path: str | Path) -> SimulationFile:
     """Read and check a simulation TOML file.
 
     Raises:
-        ConfigError: the file is missing, not TOML, or any section is wrong (the
-            message names the section and key).
+        ConfigError: the file is missing, unreadable or not TOML (with the line and
+            column; see :func:`fedloom.config_file.read_toml`), or any section is wrong
+            (the message names the section and key).
     """
-    file = Path(path)
-    try:
-        text = file.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read simulation file {file}: {exc.strerror}") from exc
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"simulation file {file} is not valid TOML: {exc}") from exc
-    return simulation_from_mapping(raw, where=str(file))
+    top = read_toml(path, kind="simulation file")
+    # errors name the file as it was given: that is what its author typed
+    return simulation_from_mapping(top.data, where=str(path))
 
 
 def simulation_from_mapping(raw: Mapping[str, Any], *, where: str = "config") -> SimulationFile:
