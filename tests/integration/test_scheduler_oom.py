@@ -21,10 +21,10 @@ from fedloom.scheduler import (
     ResourceBudget,
     ResourceEstimate,
     ResourceLedger,
-    Scheduler,
     TaskStatus,
     parse_size,
 )
+from fedloom.simulation._scheduler import Scheduler
 
 pytest.importorskip("resource", reason="RLIMIT_AS needs a POSIX system")
 

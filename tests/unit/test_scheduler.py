@@ -27,11 +27,10 @@ from fedloom.scheduler import (
     ResourceBudget,
     ResourceEstimate,
     ResourceLedger,
-    SchedulableTask,
-    Scheduler,
-    SchedulerReport,
     TaskStatus,
 )
+from fedloom.simulation._scheduler import SchedulableTask, Scheduler
+from fedloom.simulation._scheduler_report import SchedulerReport
 
 WAIT = 10.0
 """Seconds a test waits for another thread before it fails instead of hanging."""

@@ -12,23 +12,19 @@ stays within every limit, and raises :class:`~fedloom.errors.InsufficientResourc
 for an estimate that could never fit. On the ``"cpu"`` device GPU memory is charged to
 system memory.
 
-Statuses. The :class:`Scheduler` moves each task through INIT (submitted) → AVAILABLE
-(queued, FIFO) → LOADING (system memory and CPUs reserved, ``load()``) → WAITING (for GPU
-memory on the device with the most room) → TRAINING (``train(device)``) → FINISHED,
-releasing its reservations at the end. Any other error ends in EXCEPTION, recorded with
-its stage (``admission``, ``load``, ``train``); :meth:`Scheduler.stop` turns queued tasks
-into EXITED and lets running ones finish.
+Statuses. :class:`TaskStatus` names where a task is: INIT (submitted) → AVAILABLE (queued)
+→ LOADING / WAITING (resources being reserved) → TRAINING → FINISHED, or EXCEPTION, or
+EXITED once stopped.
 
 Re-queue. An out-of-memory error (:func:`is_out_of_memory`: ``MemoryError``,
-``torch.cuda.OutOfMemoryError``, an allocator's "out of memory") marks the task INTERRUPT,
-raises the estimate of the memory that ran out by ``growth`` and puts the task back at the
-front of the queue, up to ``max_retries`` times; then it ends in EXCEPTION.
-
-The :class:`SchedulerReport` lists every task's outcome and writes one JSON file per group.
+``torch.cuda.OutOfMemoryError``, an allocator's "out of memory") marks the task INTERRUPT;
+the runner raises the estimate of the memory that ran out by ``growth``
+(:meth:`ResourceEstimate.raised`) and puts the task back at the front of its queue, up to
+``max_retries`` times (:func:`check_retry_rules`); then it ends in EXCEPTION. The
+simulation's rounds admit their clients this way (:mod:`fedloom.simulation.round`).
 """
 
 from fedloom.scheduler.ledger import Reservation, ResourceLedger
-from fedloom.scheduler.report import GroupSummary, Interrupt, SchedulerReport, TaskEntry
 from fedloom.scheduler.resources import (
     CPU_DEVICE,
     ResourceBudget,
@@ -36,30 +32,24 @@ from fedloom.scheduler.resources import (
     ResourceProbe,
     SystemProbe,
 )
-from fedloom.scheduler.scheduler import Scheduler
 from fedloom.scheduler.sizes import format_size, parse_size
 from fedloom.scheduler.task import (
-    SchedulableTask,
     TaskStatus,
+    check_retry_rules,
     is_device_out_of_memory,
     is_out_of_memory,
 )
 
 __all__ = [
     "CPU_DEVICE",
-    "GroupSummary",
-    "Interrupt",
     "Reservation",
     "ResourceBudget",
     "ResourceEstimate",
     "ResourceLedger",
     "ResourceProbe",
-    "SchedulableTask",
-    "Scheduler",
-    "SchedulerReport",
     "SystemProbe",
-    "TaskEntry",
     "TaskStatus",
+    "check_retry_rules",
     "format_size",
     "is_device_out_of_memory",
     "is_out_of_memory",

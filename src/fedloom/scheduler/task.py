@@ -1,4 +1,4 @@
-"""What the scheduler runs (:class:`SchedulableTask`) and the states it goes through.
+"""The states a scheduled task goes through, and the rules for re-queuing it after an OOM.
 
 How an out-of-memory failure is told apart from any other (:func:`is_out_of_memory`,
 :func:`is_device_out_of_memory`) lives in :mod:`fedloom.errors`, so that a pod's task child
@@ -6,17 +6,16 @@ classifies its failures the same way; both are re-exported here."""
 
 from __future__ import annotations
 
+import math
 from enum import StrEnum
-from typing import Protocol, runtime_checkable
 
-from fedloom.errors import is_device_out_of_memory, is_out_of_memory
-from fedloom.scheduler.resources import ResourceEstimate
+from fedloom.errors import ConfigError, is_device_out_of_memory, is_out_of_memory
 
-__all__ = ["SchedulableTask", "TaskStatus", "is_device_out_of_memory", "is_out_of_memory"]
+__all__ = ["TaskStatus", "check_retry_rules", "is_device_out_of_memory", "is_out_of_memory"]
 
 
 class TaskStatus(StrEnum):
-    """Where a task is in its life in the :class:`~fedloom.scheduler.Scheduler`.
+    """Where a scheduled task (a virtual client's round) is in its life.
 
     INIT (submitted) → AVAILABLE (queued) → LOADING (system memory and CPUs reserved,
     ``load()`` runs) → WAITING (for room on a device) → TRAINING (device memory reserved,
@@ -36,27 +35,19 @@ class TaskStatus(StrEnum):
     INTERRUPT = "INTERRUPT"
 
 
-@runtime_checkable
-class SchedulableTask(Protocol):
-    """A unit of work the scheduler can admit: a virtual client's round, or any user task.
+def check_retry_rules(max_retries: object, growth: object) -> None:
+    """Check the out-of-memory retry rules (how often, and by how much the estimate grows).
 
-    Attributes:
-        name: Shown in status callbacks and the report.
-        group: Report file the task belongs to (for example the round).
-        estimate: What the task expects to use; the scheduler raises its own copy after an
-            out-of-memory error and never changes this attribute.
-
-    Both steps may run again after an out-of-memory error, so they must be safe to repeat.
+    Raises:
+        ConfigError: ``max_retries`` is not a whole number ≥ 0, or ``growth`` is not a
+            finite factor ≥ 1 (a smaller one would shrink the estimate that ran out).
     """
-
-    name: str
-    group: str
-    estimate: ResourceEstimate
-
-    def load(self) -> None:
-        """Read the task's data into system memory (``estimate.memory`` is reserved)."""
-        ...
-
-    def train(self, device: str) -> object:
-        """Compute on ``device`` (``"cpu"`` or ``"cuda:<i>"``); the value goes in the report."""
-        ...
+    if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+        raise ConfigError(f"max_retries must be a whole number ≥ 0, got {max_retries!r}")
+    if (
+        isinstance(growth, bool)
+        or not isinstance(growth, int | float)
+        or not math.isfinite(growth)
+        or growth < 1
+    ):
+        raise ConfigError(f"growth must be a finite factor ≥ 1, got {growth!r}")

@@ -41,8 +41,8 @@ from fedloom.scheduler import (
     ResourceBudget,
     ResourceEstimate,
     ResourceLedger,
+    check_retry_rules,
 )
-from fedloom.scheduler.scheduler import check_retry_rules
 from fedloom.simulation.backend import (
     START_METHODS,
     Backend,

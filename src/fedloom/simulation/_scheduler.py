@@ -1,5 +1,13 @@
-"""The scheduler: a FIFO queue of tasks, admitted against a :class:`ResourceLedger` and run
-on a pool of threads, with out-of-memory failures re-queued under a raised estimate."""
+"""A general task runner on the scheduler's admission: a FIFO queue of tasks, admitted
+against a :class:`~fedloom.scheduler.ResourceLedger` and run on a pool of threads, with
+out-of-memory failures re-queued under a raised estimate.
+
+Private to the simulation, and exported nowhere: the simulation's rounds admit their
+clients on the same ledger themselves (:mod:`fedloom.simulation.round`), and a pod queues
+its tasks by count (``fedloom.pod.pod``), since its tasks declare no resources. It is kept,
+with its tests, as the reference of the INIT → ... → FINISHED life that
+:class:`~fedloom.scheduler.TaskStatus` names, until a runner needs it.
+"""
 
 from __future__ import annotations
 
@@ -11,18 +19,20 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Protocol, cast, runtime_checkable
 
 from fedloom.errors import ConfigError, FedloomError
-from fedloom.scheduler.ledger import Reservation, ResourceLedger
-from fedloom.scheduler.report import Interrupt, SchedulerReport, TaskEntry
-from fedloom.scheduler.resources import CPU_DEVICE, ResourceEstimate
-from fedloom.scheduler.task import (
-    SchedulableTask,
+from fedloom.scheduler import (
+    CPU_DEVICE,
+    Reservation,
+    ResourceEstimate,
+    ResourceLedger,
     TaskStatus,
+    check_retry_rules,
     is_device_out_of_memory,
     is_out_of_memory,
 )
+from fedloom.simulation._scheduler_report import Interrupt, SchedulerReport, TaskEntry
 
 logger = logging.getLogger(__name__)
 
@@ -54,22 +64,30 @@ class _Admitted:
     device_part: ResourceEstimate | None  # to reserve on a GPU once loaded; None: CPU task
 
 
-def check_retry_rules(max_retries: object, growth: object) -> None:
-    """Check the out-of-memory retry rules shared by the scheduler and the simulation.
+@runtime_checkable
+class SchedulableTask(Protocol):
+    """A unit of work the scheduler can admit: a virtual client's round, or any user task.
 
-    Raises:
-        ConfigError: ``max_retries`` is not a whole number ≥ 0, or ``growth`` is not a
-            finite factor ≥ 1 (a smaller one would shrink the estimate that ran out).
+    Attributes:
+        name: Shown in status callbacks and the report.
+        group: Report file the task belongs to (for example the round).
+        estimate: What the task expects to use; the scheduler raises its own copy after an
+            out-of-memory error and never changes this attribute.
+
+    Both steps may run again after an out-of-memory error, so they must be safe to repeat.
     """
-    if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
-        raise ConfigError(f"max_retries must be a whole number ≥ 0, got {max_retries!r}")
-    if (
-        isinstance(growth, bool)
-        or not isinstance(growth, int | float)
-        or not math.isfinite(growth)
-        or growth < 1
-    ):
-        raise ConfigError(f"growth must be a finite factor ≥ 1, got {growth!r}")
+
+    name: str
+    group: str
+    estimate: ResourceEstimate
+
+    def load(self) -> None:
+        """Read the task's data into system memory (``estimate.memory`` is reserved)."""
+        ...
+
+    def train(self, device: str) -> object:
+        """Compute on ``device`` (``"cpu"`` or ``"cuda:<i>"``); the value goes in the report."""
+        ...
 
 
 class Scheduler:

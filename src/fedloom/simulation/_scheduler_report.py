@@ -1,4 +1,4 @@
-"""What happened to each task of a :class:`~fedloom.scheduler.Scheduler` run, by group.
+"""What happened to each task of a :class:`~fedloom.simulation._scheduler.Scheduler` run, by group.
 
 :meth:`SchedulerReport.write` puts one JSON file per group in a folder, each written to a
 temporary file first and renamed into place, so a reader never sees half a report.
@@ -16,8 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedloom.scheduler.resources import ResourceEstimate
-from fedloom.scheduler.task import TaskStatus
+from fedloom.scheduler import ResourceEstimate, TaskStatus
 
 MAX_RESULT_REPR_CHARS = 200
 """A result that is not JSON goes into the report files as a repr cut to this length."""
