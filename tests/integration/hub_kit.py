@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import socket
+import threading
 from collections.abc import Iterable, Mapping
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +22,9 @@ from fedloom.transport.hub.server import HubServer, HubSettings, grpc_options
 from fedloom.transport.hub.store import HubStore
 from fedloom.transport.sealing import sign_frame
 from fedloom.wire import Message, encode
+
+HUB_START_TIMEOUT = 30.0
+"""Seconds the shared hub may take to start or stop before the session gives up on it."""
 
 
 def free_port() -> int:
@@ -102,3 +109,55 @@ class RawSession:
 
     async def close(self) -> None:
         await self._channel.close(grace=None)
+
+
+class SharedHub:
+    """A hub serving the whole session on ``127.0.0.1:port`` (plaintext, default settings).
+
+    Attributes:
+        port: Where it listens.
+        data_dir: Its store; tests must not read or change its files.
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="shared-hub")
+        self._names = itertools.count(1)
+        self._lock = threading.Lock()
+        self._server = HubServer(HubSettings(data_dir=data_dir, insecure=True, port=0))
+        self.port = 0
+
+    def start(self) -> None:
+        self._thread.start()
+        self._call(self._server.start())
+        self.port = self._server.port
+
+    def stop(self) -> None:
+        try:
+            self._call(self._server.stop())
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(HUB_START_TIMEOUT)
+            self._loop.close()
+
+    def identities(self, **roles: str) -> dict[str, Identity]:
+        """A fresh registered identity per keyword (``alice="modeller"``), under a unique name.
+
+        The result maps each keyword to its identity; its ``.name`` (``alice-7``) is the
+        name to address messages to, so no two tests ever share a mailbox.
+        """
+        with self._lock:
+            serial = next(self._names)
+        made = {key: Identity.generate(f"{key}-{serial}") for key in roles}
+
+        async def register_all() -> None:  # in the hub's thread: its store is its own
+            for key, role in roles.items():
+                self._server.store.register(made[key].public(), role)
+
+        self._call(register_all())
+        return made
+
+    def _call(self, coro: Any) -> Any:
+        future: Future[Any] = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        return future.result(HUB_START_TIMEOUT)

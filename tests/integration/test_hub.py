@@ -27,7 +27,7 @@ from fedloom.transport.sealing import sign_frame
 from fedloom.wire import Message, MessageType, encode
 
 from .conftest import run_async
-from .hub_kit import RawSession, connect, free_port, register, start_hub
+from .hub_kit import RawSession, SharedHub, connect, free_port, register, start_hub
 
 MARKER = "SECRET-MARKER-9d1c5e"
 
@@ -223,26 +223,18 @@ def test_message_size_cap(tmp_path: Path) -> None:
     run_async(main())
 
 
-def test_unknown_recipient_and_offline_delivery(tmp_path: Path) -> None:
-    ids = register(tmp_path, {"alice": "modeller", "bob": "pod"})
-
-    async def main() -> None:
-        hub = await start_hub(tmp_path)
-        try:
-            alice = await connect(hub.port, ids["alice"])
-            with pytest.raises(UnknownRecipientError):
-                await alice.send(_message("nobody"))
-            for index in range(5):  # bob is offline: the hub keeps them
-                await alice.send(_message("bob", index=index))
-            bob = await connect(hub.port, ids["bob"], accepts=["alice"])
-            got = [await bob.receive(timeout=5) for _ in range(5)]
-            assert [m.body["index"] for m in got] == list(range(5))  # type: ignore[index]
-            await bob.close()
-            await alice.close()
-        finally:
-            await hub.stop()
-
-    run_async(main())
+async def test_unknown_recipient_and_offline_delivery(shared_hub: SharedHub) -> None:
+    ids = shared_hub.identities(alice="modeller", bob="pod")
+    alice = await connect(shared_hub.port, ids["alice"])
+    with pytest.raises(UnknownRecipientError):
+        await alice.send(_message("nobody"))
+    for index in range(5):  # bob is offline: the hub keeps them
+        await alice.send(_message(ids["bob"].name, index=index))
+    bob = await connect(shared_hub.port, ids["bob"], accepts=[ids["alice"].name])
+    got = [await bob.receive(timeout=5) for _ in range(5)]
+    assert [m.body["index"] for m in got] == list(range(5))  # type: ignore[index]
+    await bob.close()
+    await alice.close()
 
 
 def test_hub_restart_loses_and_duplicates_nothing(tmp_path: Path) -> None:
@@ -327,48 +319,41 @@ def test_plaintext_needs_an_explicit_choice(tmp_path: Path) -> None:
         GrpcMailbox(Identity.generate("alice"), "127.0.0.1:1")
 
 
-def test_answers_interleaved_with_a_large_delivery(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+async def test_answers_interleaved_with_a_large_delivery(
+    shared_hub: SharedHub, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The hub's RESULTs to bob may arrive between the chunks of a big delivery to bob."""
     from fedloom.transport.hub import frames
 
     monkeypatch.setattr(frames, "CHUNK_BYTES", 64 << 10)  # many chunks per delivery
-    ids = register(tmp_path, {"alice": "modeller", "bob": "pod"})
+    ids = shared_hub.identities(alice="modeller", bob="pod")
+    alice = await connect(shared_hub.port, ids["alice"])
+    bob = await connect(shared_hub.port, ids["bob"], accepts=[ids["alice"].name])
+    big = np.arange(1 << 20, dtype=np.float32)  # 4 MB: 64 chunks
 
-    async def main() -> None:
-        hub = await start_hub(tmp_path)
-        try:
-            alice = await connect(hub.port, ids["alice"])
-            bob = await connect(hub.port, ids["bob"], accepts=["alice"])
-            big = np.arange(1 << 20, dtype=np.float32)  # 4 MB: 64 chunks
+    sent_big = asyncio.Event()
 
-            sent_big = asyncio.Event()
+    async def bob_chatters() -> int:
+        index = 0
+        while not sent_big.is_set() or index < 20:
+            await bob.send(_message(ids["alice"].name, index=index))
+            index += 1
+        return index
 
-            async def bob_chatters() -> int:
-                index = 0
-                while not sent_big.is_set() or index < 20:
-                    await bob.send(_message("alice", index=index))
-                    index += 1
-                return index
+    async def alice_sends_big() -> None:
+        for index in range(6):
+            message = _message(ids["bob"].name, index=index)
+            await alice.send(message.with_updates(tensors={"w": big}))
+        sent_big.set()
 
-            async def alice_sends_big() -> None:
-                for index in range(6):
-                    await alice.send(_message("bob", index=index).with_updates(tensors={"w": big}))
-                sent_big.set()
-
-            chatter = asyncio.ensure_future(bob_chatters())
-            await alice_sends_big()
-            got = [await bob.receive(timeout=30) for _ in range(6)]
-            count = await chatter
-            assert [m.body["index"] for m in got] == list(range(6))  # type: ignore[index]
-            assert all(np.array_equal(m.tensors["w"], big) for m in got)
-            small = [await alice.receive(timeout=30) for _ in range(count)]
-            assert [m.body["index"] for m in small] == list(range(count))  # type: ignore[index]
-            assert bob.reconnects == 0 and alice.reconnects == 0
-            await alice.close()
-            await bob.close()
-        finally:
-            await hub.stop()
-
-    run_async(main())
+    chatter = asyncio.ensure_future(bob_chatters())
+    await alice_sends_big()
+    got = [await bob.receive(timeout=30) for _ in range(6)]
+    count = await chatter
+    assert [m.body["index"] for m in got] == list(range(6))  # type: ignore[index]
+    assert all(np.array_equal(m.tensors["w"], big) for m in got)
+    small = [await alice.receive(timeout=30) for _ in range(count)]
+    assert [m.body["index"] for m in small] == list(range(count))  # type: ignore[index]
+    assert bob.reconnects == 0 and alice.reconnects == 0
+    await alice.close()
+    await bob.close()
