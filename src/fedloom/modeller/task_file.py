@@ -182,9 +182,11 @@ def _read_retention(top: TomlTable) -> CheckpointRetention:
 
 
 def _local_files(protocol: type[Protocol], config: TomlTable | None) -> dict[str, Path]:
-    """The settings of ``[task.config]`` that the protocol takes as files on this machine
-    (its ``local_files``, e.g. inference's ``model_file``), as absolute paths: a relative
-    path is relative to the task file, like every other path in it."""
+    """The settings of ``[task.config]`` the protocol takes as files on this machine.
+
+    Those are its ``local_files`` (e.g. inference's ``model_file``), as absolute paths: a
+    relative path is relative to the task file, like every other path in it.
+    """
     names: frozenset[str] = getattr(protocol, "local_files", frozenset())
     if config is None:
         return {}

@@ -178,8 +178,10 @@ class PodConfig:
         return built
 
     def check_datasets(self) -> dict[str, Datasource]:
-        """The pod's datasources, each checked without loading it (``pod start`` does this
-        before it connects): the file or folder exists and can be read, a table has a row
+        """The pod's datasources, each checked without loading it.
+
+        ``pod start`` does this before it connects: the file or folder exists and can be
+        read, a table has a row
         and its label and feature columns (only a CSV file's header and first row, or a
         Parquet file's footer, is read).
 

@@ -221,11 +221,14 @@ class Pod:
         hooks: tuple[str, ...] = DEFAULT_WORKER_HOOKS,
         outputs: Path | None = None,
     ) -> None:
-        """``isolation``: run each task in a spawned child process watched with these
+        """A pod serving ``datasets`` under ``policy``.
+
+        ``isolation``: run each task in a spawned child process watched with these
         settings (the pod daemon always does); ``None`` runs tasks in this process (the
         in-memory federation, tests). ``plugins``: modules the pod's admin approved, imported
         in each child to register their protocols, models and algorithms. ``hooks``:
-        registered hook names built in each child."""
+        registered hook names built in each child.
+        """
         self.name = name
         self.datasets = dict(datasets)
         self.policy = policy or PodPolicy()
@@ -515,9 +518,11 @@ class Pod:
     def _log_task(
         self, request: Message, protocol: str, outcome: str, *, level: int = logging.INFO
     ) -> None:
-        """The one line a pod logs per task: who asked for what, on which data, and how
-        it ended (``pod-a: task 3f2a9c1d from alice: fedavg on dataset default:
-        completed in 4.2 s``). What the modeller sent is shown as text, bounded."""
+        """Log the one line a pod logs per task: who asked for what, on which data, and how.
+
+        For example ``pod-a: task 3f2a9c1d from alice: fedavg on dataset default:
+        completed in 4.2 s``. What the modeller sent is shown as text, bounded.
+        """
         body = request.body if isinstance(request.body, dict) else {}
         logger.log(
             level,

@@ -194,14 +194,17 @@ class SystemProbe:
     """
 
     def available_memory(self) -> int:
+        """Bytes of system memory free now (psutil's ``available``)."""
         return int(psutil.virtual_memory().available)
 
     def cpu_count(self) -> float:
+        """The cores this process may run on."""
         if hasattr(os, "sched_getaffinity"):  # the cores this process may run on
             return float(len(os.sched_getaffinity(0)))
         return float(psutil.cpu_count(logical=True) or 1)
 
     def devices(self) -> list[str]:
+        """``"cpu"`` and each CUDA device torch sees."""
         try:
             import torch
         except ImportError:  # pragma: no cover - torch is a dependency
@@ -211,6 +214,7 @@ class SystemProbe:
         return [CPU_DEVICE, *(f"cuda:{i}" for i in range(torch.cuda.device_count()))]
 
     def free_device_memory(self, device: str) -> int | None:
+        """Free bytes on a ``"cuda:<i>"`` device; ``None`` for any other name."""
         match = _CUDA_DEVICE.fullmatch(device)
         if match is None:
             return None

@@ -2,7 +2,8 @@
 
 How an out-of-memory failure is told apart from any other (:func:`is_out_of_memory`,
 :func:`is_device_out_of_memory`) lives in :mod:`fedloom.errors`, so that a pod's task child
-classifies its failures the same way; both are re-exported here."""
+classifies its failures the same way; both are re-exported here.
+"""
 
 from __future__ import annotations
 

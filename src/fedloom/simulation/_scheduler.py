@@ -1,6 +1,7 @@
-"""A general task runner on the scheduler's admission: a FIFO queue of tasks, admitted
-against a :class:`~fedloom.scheduler.ResourceLedger` and run on a pool of threads, with
-out-of-memory failures re-queued under a raised estimate.
+"""A general task runner on the scheduler's admission.
+
+A FIFO queue of tasks, admitted against a :class:`~fedloom.scheduler.ResourceLedger` and
+run on a pool of threads, with out-of-memory failures re-queued under a raised estimate.
 
 Private to the simulation, and exported nowhere: the simulation's rounds admit their
 clients on the same ledger themselves (:mod:`fedloom.simulation.round`), and a pod queues
