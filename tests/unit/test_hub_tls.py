@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import os
 import stat
@@ -339,54 +338,39 @@ async def _call(
     return reply
 
 
-def test_grpc_client_trusting_the_hub_ca_connects(tls: HubTlsFiles) -> None:
-    async def scenario() -> bytes:
-        async with _hub(tls) as port:
-            return await _call(port, read_pem(tls.ca_certificate))
-
-    assert asyncio.run(asyncio.wait_for(scenario(), 60)) == b"echo:ping"
+async def test_grpc_client_trusting_the_hub_ca_connects(tls: HubTlsFiles) -> None:
+    async with _hub(tls) as port:
+        assert await _call(port, read_pem(tls.ca_certificate)) == b"echo:ping"
 
 
-def test_grpc_client_trusting_another_ca_is_refused(tls: HubTlsFiles, tmp_path: Path) -> None:
+async def test_grpc_client_trusting_another_ca_is_refused(tls: HubTlsFiles, tmp_path: Path) -> None:
     other = init_hub_tls(tmp_path / "other")
-
-    async def scenario() -> None:
-        async with _hub(tls) as port:
-            with pytest.raises(grpc.aio.AioRpcError) as caught:
-                await _call(port, read_pem(other.ca_certificate))
-            assert caught.value.code() is grpc.StatusCode.UNAVAILABLE
-            # The refusal is about the peer, not the server: the right CA still gets in.
-            assert await _call(port, read_pem(tls.ca_certificate)) == b"echo:ping"
-
-    asyncio.run(asyncio.wait_for(scenario(), 60))
+    async with _hub(tls) as port:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await _call(port, read_pem(other.ca_certificate))
+        assert caught.value.code() is grpc.StatusCode.UNAVAILABLE
+        # The refusal is about the peer, not the server: the right CA still gets in.
+        assert await _call(port, read_pem(tls.ca_certificate)) == b"echo:ping"
 
 
-def test_grpc_client_refuses_a_host_the_certificate_does_not_name(tmp_path: Path) -> None:
+async def test_grpc_client_refuses_a_host_the_certificate_does_not_name(tmp_path: Path) -> None:
     tls = init_hub_tls(tmp_path, hostnames=["hub.example.org"])
-
-    async def scenario() -> None:
-        async with _hub(tls) as port:
-            with pytest.raises(grpc.aio.AioRpcError) as caught:
-                await _call(port, read_pem(tls.ca_certificate))
-            assert caught.value.code() is grpc.StatusCode.UNAVAILABLE
-
-    asyncio.run(asyncio.wait_for(scenario(), 60))
+    async with _hub(tls) as port:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await _call(port, read_pem(tls.ca_certificate))
+        assert caught.value.code() is grpc.StatusCode.UNAVAILABLE
 
 
-def test_grpc_mutual_tls_needs_an_issued_client_certificate(
+async def test_grpc_mutual_tls_needs_an_issued_client_certificate(
     tls: HubTlsFiles, tmp_path: Path
 ) -> None:
     issued = issue_client_certificate(tls, "pod-a", tmp_path / "clients")
     stranger_ca = init_hub_tls(tmp_path / "stranger")
     stranger = issue_client_certificate(stranger_ca, "pod-a", tmp_path / "stranger-clients")
     root = read_pem(tls.ca_certificate)
-
-    async def scenario() -> None:
-        async with _hub(tls, require_client_auth=True) as port:
-            for client in (None, stranger):
-                with pytest.raises(grpc.aio.AioRpcError) as caught:
-                    await _call(port, root, client)
-                assert caught.value.code() is grpc.StatusCode.UNAVAILABLE, client
-            assert await _call(port, root, issued) == b"echo:ping"
-
-    asyncio.run(asyncio.wait_for(scenario(), 60))
+    async with _hub(tls, require_client_auth=True) as port:
+        for client in (None, stranger):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await _call(port, root, client)
+            assert caught.value.code() is grpc.StatusCode.UNAVAILABLE, client
+        assert await _call(port, root, issued) == b"echo:ping"
