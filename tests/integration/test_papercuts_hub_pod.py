@@ -96,22 +96,19 @@ def test_a_second_hub_on_a_busy_port_fails_at_once_naming_the_port(deployment: P
         stop(hub)
 
 
-def test_hub_server_start_refuses_a_port_another_socket_listens_on(tmp_path: Path) -> None:
+async def test_hub_server_start_refuses_a_port_another_socket_listens_on(tmp_path: Path) -> None:
     import socket
 
-    async def main() -> None:
-        with socket.socket() as taken:
-            taken.bind(("127.0.0.1", 0))
-            taken.listen()
-            port = taken.getsockname()[1]
-            hub = HubServer(HubSettings(data_dir=tmp_path, insecure=True, port=port))
-            try:
-                with pytest.raises(HubUnavailableError, match=f"127.0.0.1:{port}.*in use"):
-                    await hub.start()
-            finally:
-                await hub.stop()
-
-    asyncio.run(main())
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        hub = HubServer(HubSettings(data_dir=tmp_path, insecure=True, port=port))
+        try:
+            with pytest.raises(HubUnavailableError, match=f"127.0.0.1:{port}.*in use"):
+                await hub.start()
+        finally:
+            await hub.stop()
 
 
 # --- item 2c: Ctrl-C on a hub with connected pods -------------------------------------------
@@ -134,21 +131,17 @@ def test_sigint_stops_a_hub_with_a_connected_pod_cleanly(deployment: Path) -> No
             stop(pod)
 
 
-def test_a_stopping_hub_ends_its_connections_instead_of_waiting_out_the_grace(
+async def test_a_stopping_hub_ends_its_connections_instead_of_waiting_out_the_grace(
     tmp_path: Path,
 ) -> None:
     identities = register(tmp_path, {"pod-a": "pod", "alice": "modeller"})
-
-    async def main() -> float:
-        hub = await start_hub_in_process(tmp_path)
-        mailbox = await connect(hub.port, identities["pod-a"], accepts=["alice"])
-        began = time.monotonic()
-        await hub.stop(grace=30.0)
-        took = time.monotonic() - began
-        await mailbox.close()
-        return took
-
-    assert asyncio.run(main()) < 10.0
+    hub = await start_hub_in_process(tmp_path)
+    mailbox = await connect(hub.port, identities["pod-a"], accepts=["alice"])
+    began = time.monotonic()
+    await hub.stop(grace=30.0)
+    took = time.monotonic() - began
+    await mailbox.close()
+    assert took < 10.0
 
 
 # --- items 2d and 6: a hub that is down -----------------------------------------------------
