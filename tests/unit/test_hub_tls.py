@@ -1,4 +1,5 @@
-"""fedloom.transport.hub.tls: the hub's CA, server and client certificates, and real TLS."""
+"""fedloom.transport.hub.tls: the hub's CA, server and client certificates, and real TLS;
+fedloom.crypto.pem: reading those files."""
 
 from __future__ import annotations
 
@@ -21,14 +22,13 @@ from cryptography.hazmat.primitives.serialization import (
 )
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from fedloom.crypto.pem import MAX_PEM_BYTES, read_pem
 from fedloom.errors import ConfigError, InsecureKeyFileError, KeyFileError
 from fedloom.transport.hub.tls import (
-    MAX_PEM_BYTES,
     HubTlsFiles,
     init_hub_tls,
     issue_client_certificate,
     load_hub_tls,
-    read_pem,
 )
 
 posix_only = pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")

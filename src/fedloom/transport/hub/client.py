@@ -32,6 +32,7 @@ import grpc
 import grpc.aio
 
 from fedloom.crypto import Identity, PublicIdentity, sign
+from fedloom.crypto.pem import read_pem
 from fedloom.errors import (
     AuthenticationError,
     ConfigError,
@@ -48,7 +49,6 @@ from fedloom.transport.hub import frames
 from fedloom.transport.hub.config import HubAddress, TlsClientConfig, parse_hub_address
 from fedloom.transport.hub.frames import Kind
 from fedloom.transport.hub.server import grpc_options
-from fedloom.transport.hub.tls import read_pem
 from fedloom.transport.sealing import Sealer, sign_frame, verify_frame
 from fedloom.wire import DEFAULT_MAX_MESSAGE_BYTES, Message, decode, encode
 

@@ -39,6 +39,7 @@ import grpc
 import grpc.aio
 
 from fedloom.crypto import verify
+from fedloom.crypto.pem import read_pem
 from fedloom.errors import (
     AccessDeniedError,
     BadSignatureError,
@@ -57,7 +58,7 @@ from fedloom.transport.hub import frames
 from fedloom.transport.hub.frames import Kind
 from fedloom.transport.hub.state import FrameCache, load_accepts, save_accepts
 from fedloom.transport.hub.store import HubStore, RegisteredIdentity
-from fedloom.transport.hub.tls import HubTlsFiles, read_pem
+from fedloom.transport.hub.tls import HubTlsFiles
 from fedloom.transport.sealing import verify_frame
 from fedloom.wire import DEFAULT_MAX_MESSAGE_BYTES, Message, decode
 
