@@ -55,7 +55,6 @@ from fedloom.errors import (
     ConfigError,
     DataError,
     PodResponseError,
-    PrivacyThresholdError,
     SchemaMismatchError,
     UpdateRejectedError,
     UpdateRejectionReason,
@@ -359,11 +358,6 @@ class FedAvg(Protocol):
         if y is None:
             raise SchemaMismatchError(
                 "fedavg needs a labelled dataset (the datasource has no label column)"
-            )
-        if len(x) < context.min_rows:
-            raise PrivacyThresholdError(
-                f"the dataset has {len(x)} rows; "
-                f"this pod trains on no fewer than {context.min_rows}"
             )
         x_train, y_train, x_val, y_val = split_validation(
             x, y, self.validation_fraction, context.pod, self.seed
