@@ -49,7 +49,7 @@ def _context(rows: int, min_rows: int) -> WorkerContext:
 def test_a_protocol_that_forgets_the_threshold_is_still_refused_below_it() -> None:
     protocol = _Forgetful([])
     mailbox: Any = None  # never reached
-    with pytest.raises(PrivacyThresholdError, match="cover 4 rows.*fewer than 5") as info:
+    with pytest.raises(PrivacyThresholdError, match=r"cover 4 rows.*fewer than 5") as info:
         asyncio.run(protocol.serve_worker(mailbox, _context(rows=4, min_rows=5)))
     assert protocol.ran == []
     assert abort_reason_for(info.value) is AbortReason.PRIVACY_THRESHOLD
