@@ -283,6 +283,7 @@ class AbortReason(StrEnum):
     LIMITS_EXCEEDED = "LIMITS_EXCEEDED"
     MODELLER_TIMEOUT = "MODELLER_TIMEOUT"
     CANCELLED_BY_MODELLER = "CANCELLED_BY_MODELLER"
+    UPDATE_REJECTED = "UPDATE_REJECTED"
 
     @property
     def help_text(self) -> str:
@@ -306,6 +307,7 @@ _ABORT_HELP: dict[AbortReason, str] = {
     AbortReason.LIMITS_EXCEEDED: "The model used up the pod's usage limit.",
     AbortReason.MODELLER_TIMEOUT: "The modeller did not answer in time.",
     AbortReason.CANCELLED_BY_MODELLER: "The modeller cancelled the task.",
+    AbortReason.UPDATE_REJECTED: "The update was left out of the aggregate (NaN/Inf, shape).",
 }
 
 
@@ -380,6 +382,8 @@ def abort_reason_for(error: BaseException) -> AbortReason:
         return AbortReason.NO_ACCESS
     if isinstance(error, PrivacyThresholdError):
         return AbortReason.PRIVACY_THRESHOLD
+    if isinstance(error, UpdateRejectedError):
+        return AbortReason.UPDATE_REJECTED
     if isinstance(error, NoNewDataError):
         return AbortReason.NO_NEW_DATA
     if isinstance(error, LimitsExceededError):

@@ -285,3 +285,34 @@ def test_resumes_that_cannot_work_are_typed_errors_and_ask_no_pod(tmp_path: Path
     run, _ = resume(path, fedavg(rounds=4), experiment_id)  # more rounds: the same task
     assert [m.round_index for m in run.result.history] == [0, 1, 2, 3]
     _refused(path, fedavg(rounds=4), experiment_id, StoreError)  # completed: nothing left
+
+
+def test_a_resumed_fedadam_run_is_bitwise_the_uninterrupted_one(tmp_path: Path) -> None:
+    """FedAdam's server state (m, v, steps) is in every checkpoint, so round 2 of the
+    resumed run starts from the momentum rounds 0 and 1 built up."""
+    from fedloom.strategies import STATE_PREFIX, StrategySpec
+
+    adam = fedavg(strategy=StrategySpec("fedadam", {"eta": 0.05}))
+    path = tmp_path / "modeller.db"
+    experiment_id = crash_in_round_2(path, adam)
+    with SqliteExperimentStore(path) as store:
+        saved = store.load_checkpoint(experiment_id, 1)
+    assert int(saved[f"{STATE_PREFIX}steps"]) == 2
+    assert any(name.startswith(f"{STATE_PREFIX}m/") for name in saved)
+
+    run, _ = resume(path, adam, experiment_id)
+    straight = run_local(adam, pods()).result
+    plain = run_local(fedavg(), pods()).result
+    assert sorted(run.result.parameters) == sorted(straight.parameters)
+    for key, array in straight.parameters.items():
+        assert np.array_equal(run.result.parameters[key], array), key
+    assert any(not np.array_equal(plain.parameters[k], v) for k, v in straight.parameters.items())
+
+
+def test_resuming_with_another_strategy_is_refused(tmp_path: Path) -> None:
+    from fedloom.strategies import StrategySpec
+
+    path = tmp_path / "modeller.db"
+    experiment_id = crash_in_round_2(path, fedavg())
+    with pytest.raises(ConfigError, match="ran another task"):
+        resume(path, fedavg(strategy=StrategySpec("fedadam")), experiment_id)

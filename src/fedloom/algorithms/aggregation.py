@@ -6,6 +6,12 @@ usually the number of samples a pod trained on. Each update is checked against a
 sum; a bad update is rejected with an :class:`~fedloom.errors.UpdateRejectedError` naming
 the reason, and the aggregate goes on without it. Memory is O(model): the running sum is
 one float64 array per key, never a list of updates.
+
+:class:`WeightedSum` is the one fold kernel of fedloom: the pods' :class:`WeightedMean`
+and the simulation's ordered fold (:mod:`fedloom.simulation.fold`) both add through it,
+with the same float64 operations (a rounded product, then a rounded sum, never a fused
+multiply-add), so a federation and a simulation folding the same updates in the same
+order give bit-identical parameters. :func:`all_finite` is the one finiteness check.
 """
 
 from __future__ import annotations
@@ -20,13 +26,14 @@ import numpy.typing as npt
 
 from fedloom.errors import AggregationError, UpdateRejectedError, UpdateRejectionReason
 
-__all__ = ["WeightedMean", "fedavg", "validate_update"]
+__all__ = ["WeightedMean", "WeightedSum", "all_finite", "fedavg", "validate_update"]
 
 Array = npt.NDArray[Any]
 
 #: dtype kinds that can be averaged: floats, signed/unsigned integers and booleans.
 SUPPORTED_KINDS = frozenset("fiub")
 _MAX_KEYS_IN_DETAIL = 5
+_CHUNK = 1 << 20  # elements converted to float64 at a time (8 MiB of scratch)
 
 _Spec = tuple[np.dtype[Any], tuple[int, ...]]
 
@@ -91,9 +98,29 @@ def _check_update(update: Mapping[Any, Any], specs: Mapping[str, _Spec], weight:
                 UpdateRejectionReason.WRONG_SHAPE,
                 f"{key!r} has shape {array.shape}, expected {shape}",
             )
-        if dtype.kind == "f" and not np.isfinite(array).all():
+        if dtype.kind == "f" and not _finite(array):
             raise _reject(UpdateRejectionReason.NON_FINITE, f"{key!r} contains NaN or Inf")
     return value
+
+
+def _finite(array: Array) -> bool:
+    # one summing pass (a finite sum proves every value finite); the exact, slower check
+    # only when the sum is not finite, which may also be an overflow of the sum
+    with np.errstate(over="ignore", invalid="ignore"):
+        return math.isfinite(float(np.sum(array))) or bool(np.isfinite(array).all())
+
+
+def all_finite(arrays: Mapping[str, Any]) -> bool:
+    """True when no float array of ``arrays`` holds NaN or Inf.
+
+    Values are numpy arrays or CPU tensors (read without a copy). This is the check of
+    every update, on a pod's modeller and in a simulation worker alike.
+    """
+    for value in arrays.values():
+        array = np.asarray(value)
+        if array.dtype.kind == "f" and not _finite(array):
+            return False
+    return True
 
 
 def _float_limits(dtype: np.dtype[Any]) -> tuple[float, float]:
@@ -134,6 +161,132 @@ def validate_update(
     _check_update(update, _specs_of(reference), weight)
 
 
+def _flat(value: Any) -> Array:
+    """A 1-D view of an array or CPU tensor (a copy only if it is not contiguous)."""
+    return np.asarray(value).reshape(-1)
+
+
+def _magnitude(flat: Array, scratch: npt.NDArray[np.float64]) -> float:
+    """An upper bound of ``|value|`` over ``flat``: the dtype's range, or for float64 the
+    largest magnitude present (float64 is the sum's own range)."""
+    dtype = flat.dtype
+    if dtype.kind == "b":
+        return 1.0
+    if dtype.kind in "iu":
+        limits = np.iinfo(dtype)
+        return float(max(-int(limits.min), int(limits.max)))
+    if dtype.itemsize < 8:
+        return float(np.finfo(dtype).max)
+    largest = 0.0
+    for start in range(0, flat.size, len(scratch)):
+        part = flat[start : start + len(scratch)]
+        np.abs(part, out=scratch[: part.size])
+        largest = max(largest, float(scratch[: part.size].max()))
+    return largest
+
+
+class WeightedSum:
+    """Float64 sums of ``weight * update`` per name: the fold kernel (module docstring).
+
+    Names map to (dtype, shape); updates are numpy arrays or CPU tensors of those sizes
+    (unchecked here: see :func:`validate_update`). Memory: one float64 array per name and
+    a scratch of at most 8 MiB, reused by :meth:`reset` from round to round.
+
+    Attributes:
+        total_weight: sum of the added weights.
+        count: how many updates were added.
+    """
+
+    def __init__(self, specs: Mapping[str, tuple[np.dtype[Any], tuple[int, ...]]]) -> None:
+        self._specs = dict(specs)
+        sizes = {name: math.prod(shape) for name, (_, shape) in self._specs.items()}
+        self._sums = {name: np.empty(size, dtype=np.float64) for name, size in sizes.items()}
+        self._scratch = np.empty(max(1, min(_CHUNK, max(sizes.values(), default=1))))
+        self._bounds = dict.fromkeys(self._specs, 0.0)
+        self.total_weight = 0.0
+        self.count = 0
+
+    def fits(self, specs: Mapping[str, tuple[np.dtype[Any], tuple[int, ...]]]) -> bool:
+        """Whether these sums can fold updates of ``specs`` (same names and sizes)."""
+        return {n: math.prod(s) for n, (_, s) in specs.items()} == {
+            n: total.size for n, total in self._sums.items()
+        }
+
+    def reset(self) -> None:
+        """Forget every update (the buffers are kept; the next add overwrites them)."""
+        self._bounds = dict.fromkeys(self._specs, 0.0)
+        self.total_weight = 0.0
+        self.count = 0
+
+    def add(self, update: Mapping[str, Any], weight: float) -> None:
+        """Fold ``weight * update`` in; nothing changes when it raises.
+
+        Raises:
+            UpdateRejectedError: ``BAD_WEIGHT`` when the total weight would overflow,
+                ``NON_FINITE`` when the weighted sum could overflow float64.
+        """
+        total = self.total_weight + weight
+        if not math.isfinite(total):
+            raise _reject(
+                UpdateRejectionReason.BAD_WEIGHT,
+                f"weight {weight!r} makes the total weight overflow",
+            )
+        flats = {name: _flat(update[name]) for name in self._sums}
+        bounds: dict[str, float] = {}
+        for name, flat in flats.items():
+            bounds[name] = self._bounds[name] + weight * _magnitude(flat, self._scratch)
+            if not math.isfinite(bounds[name]):
+                raise _reject(
+                    UpdateRejectionReason.NON_FINITE,
+                    f"{name!r} times weight {weight!r} overflows the float64 sum",
+                )
+        first = self.count == 0
+        for name, flat in flats.items():
+            self._fold(self._sums[name], flat, weight, first=first)
+        self._bounds = bounds
+        self.total_weight = total
+        self.count += 1
+
+    def _fold(
+        self, total: npt.NDArray[np.float64], flat: Array, weight: float, *, first: bool
+    ) -> None:
+        # chunks keep the float64 scratch small and in cache
+        scratch = self._scratch
+        for start in range(0, total.size, len(scratch)):
+            stop = min(start + len(scratch), total.size)
+            if first:  # the value 0 + w*u gives, without zeroing the sums first
+                np.multiply(flat[start:stop], weight, out=total[start:stop], dtype=np.float64)
+                continue
+            part = scratch[: stop - start]
+            np.multiply(flat[start:stop], weight, out=part, dtype=np.float64)
+            np.add(total[start:stop], part, out=total[start:stop])
+
+    def mean_into(self, target: Mapping[str, Any]) -> None:
+        """Write the weighted mean into ``target`` (arrays or CPU tensors per name, of the
+        specs' dtypes). Floats are rounded to their dtype; integers to the nearest value
+        in range; booleans are true from 0.5. The sums stay as they are.
+
+        Raises:
+            AggregationError: no update was added.
+        """
+        if not self.count:
+            raise AggregationError("no update was added")
+        scratch = self._scratch
+        for name, (dtype, _) in self._specs.items():
+            total, out = self._sums[name], _flat(target[name])
+            for start in range(0, total.size, len(scratch)):
+                stop = min(start + len(scratch), total.size)
+                mean = scratch[: stop - start]
+                np.divide(total[start:stop], self.total_weight, out=mean)
+                if dtype.kind == "f":
+                    np.copyto(out[start:stop], mean, casting="same_kind")
+                elif dtype.kind == "b":
+                    np.greater_equal(mean, 0.5, out=out[start:stop])
+                else:
+                    np.clip(np.rint(mean, out=mean), *_float_limits(dtype), out=mean)
+                    np.copyto(out[start:stop], mean, casting="unsafe")
+
+
 class WeightedMean:
     """Streaming weighted mean (FedAvg). Memory O(model), not O(number of updates).
 
@@ -164,12 +317,14 @@ class WeightedMean:
                     "(floats, integers and booleans can)"
                 )
         self._specs = specs
-        self._sums: dict[str, npt.NDArray[np.float64]] = {
-            key: np.zeros(shape, dtype=np.float64) for key, (_, shape) in specs.items()
-        }
+        self._sum = WeightedSum(specs)
         self.rejected: dict[str, UpdateRejectedError] = {}
         self.contributors: list[str] = []
-        self.total_weight: float = 0.0
+
+    @property
+    def total_weight(self) -> float:
+        """Sum of the accepted weights."""
+        return self._sum.total_weight
 
     def add(self, contributor: str, update: Mapping[str, Array], weight: float) -> None:
         """Validate ``update`` and fold ``weight * update`` into the running sum.
@@ -185,36 +340,11 @@ class WeightedMean:
         if contributor in self.rejected or contributor in self.contributors:
             raise AggregationError(f"contributor {contributor!r} already sent an update")
         try:
-            value = _check_update(update, self._specs, weight)
-            total = self.total_weight + value
-            if not math.isfinite(total):
-                raise _reject(
-                    UpdateRejectionReason.BAD_WEIGHT,
-                    f"weight {weight!r} makes the total weight overflow",
-                )
-            sums = self._next_sums(update, value)
+            self._sum.add(update, _check_update(update, self._specs, weight))
         except UpdateRejectedError as error:
             self.rejected[contributor] = error
             raise
-        self._sums = sums
-        self.total_weight = total
         self.contributors.append(contributor)
-
-    def _next_sums(
-        self, update: Mapping[str, Array], weight: float
-    ) -> dict[str, npt.NDArray[np.float64]]:
-        """The sums after adding ``update`` (new arrays: the current ones stay untouched)."""
-        sums: dict[str, npt.NDArray[np.float64]] = {}
-        with np.errstate(over="ignore", invalid="ignore"):
-            for key, current in self._sums.items():
-                new = current + weight * np.asarray(update[key], dtype=np.float64)
-                if not np.isfinite(new).all():
-                    raise _reject(
-                        UpdateRejectionReason.NON_FINITE,
-                        f"{key!r} times weight {weight!r} overflows the float64 sum",
-                    )
-                sums[key] = new
-        return sums
 
     def result(self) -> dict[str, Array]:
         """The weighted mean: same keys, dtypes and shapes as the reference.
@@ -228,15 +358,8 @@ class WeightedMean:
             )
             why = f"every update was rejected: {listing}" if listing else "no update was added"
             raise AggregationError(f"no aggregate can be formed: {why}")
-        out: dict[str, Array] = {}
-        for key, (dtype, _) in self._specs.items():
-            mean = self._sums[key] / self.total_weight
-            if dtype.kind == "f":
-                out[key] = mean.astype(dtype)
-            elif dtype.kind == "b":
-                out[key] = mean >= 0.5
-            else:
-                out[key] = np.clip(np.rint(mean), *_float_limits(dtype)).astype(dtype)
+        out = {key: np.empty(shape, dtype=dtype) for key, (dtype, shape) in self._specs.items()}
+        self._sum.mean_into(out)
         return out
 
     def statistics(self) -> dict[str, int | float]:

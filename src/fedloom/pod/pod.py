@@ -475,7 +475,7 @@ class Pod:
             ledger=self.ledger,
             outputs=self.outputs,
         )
-        return await accepted.protocol.run_worker(mailbox, context)
+        return await accepted.protocol.serve_worker(mailbox, context)
 
     async def _run_in_child(
         self,

@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from fedloom.datasources import Datasource
-from fedloom.errors import ConfigError, FedloomError, StoreError
+from fedloom.errors import ConfigError, FedloomError, PrivacyThresholdError, StoreError
 from fedloom.hooks import HookSet, default_worker_hooks
 from fedloom.protocols.ledger import Ledger
 from fedloom.registry import Registry
@@ -50,6 +50,24 @@ class WorkerContext:
     """The pod's processed/failed files and usage (None: the task keeps none)."""
     outputs: Path | None = None
     """The pod's folder for task outputs (reports, images); None: the pod keeps none."""
+
+    def release(self, count: int, unit: str = "rows") -> None:
+        """The pod's one release guard: refuse a result computed over fewer than
+        :attr:`min_rows` rows (or files, or whatever ``unit`` the result counts).
+
+        :meth:`Protocol.serve_worker` calls it with the datasource's size before any
+        protocol's worker runs, so a new protocol cannot forget it; a protocol whose
+        result covers less than the whole datasource (files that failed, a filter) calls
+        it again with what its result covers.
+
+        Raises:
+            PrivacyThresholdError: ``count < min_rows``.
+        """
+        if count < self.min_rows:
+            raise PrivacyThresholdError(
+                f"the result would cover {count} {unit}; this pod releases nothing "
+                f"over fewer than {self.min_rows}"
+            )
 
 
 RoundCallback = Callable[[Mapping[str, Any]], None]
@@ -234,6 +252,19 @@ class Protocol(ABC):
 
         Returns a JSON-able record of what the pod released (kept in the pod's store).
         """
+
+    async def serve_worker(
+        self, mailbox: WorkerMailbox, context: WorkerContext
+    ) -> dict[str, Any] | None:
+        """What a pod calls (never :meth:`run_worker` itself): the release guard, then the
+        protocol's worker side.
+
+        Raises:
+            PrivacyThresholdError: the datasource is smaller than the pod's threshold
+                (see :meth:`WorkerContext.release`); the worker side never runs.
+        """
+        context.release(len(context.datasource))
+        return await self.run_worker(mailbox, context)
 
     def algorithms(self) -> frozenset[str]:
         """Registered names of the code a pod runs for this task (models, algorithms).

@@ -14,6 +14,13 @@ that starts at round 0 seeds it with ``seed`` (so a fresh run samples exactly as
 a run resumed at round ``r > 0`` with ``(seed, r)``, i.e. ``np.random.default_rng((seed,
 r))``. Training itself is seeded per pod and round (``round_seed(seed, pod, round)``), so
 with ``fraction=1.0`` a resumed run ends with the same model as an uninterrupted one.
+
+What the pods are sent, how they train, how the updates are weighted and what the server
+does with their mean is the task's :class:`~fedloom.strategies.Strategy` (``strategy``:
+name + args, default ``fedavg``), the same object the simulation engine drives. Its
+server state is checkpointed with the global model (under
+:data:`~fedloom.strategies.STATE_PREFIX`), so a resumed FedAdam run is the uninterrupted
+one, bit for bit.
 """
 
 from __future__ import annotations
@@ -48,7 +55,6 @@ from fedloom.errors import (
     ConfigError,
     DataError,
     PodResponseError,
-    PrivacyThresholdError,
     SchemaMismatchError,
     UpdateRejectedError,
     UpdateRejectionReason,
@@ -66,6 +72,7 @@ from fedloom.protocols.base import (
     register_protocol,
 )
 from fedloom.store import RoundRecord
+from fedloom.strategies import Strategy, StrategySpec, split_state, with_state
 from fedloom.transport import ModellerMailbox, WorkerMailbox
 from fedloom.transport.task import failure_text
 from fedloom.wire import Body, Message, MessageType
@@ -152,8 +159,12 @@ class FedAvg(Protocol):
     seed: int = 0
     validation_fraction: float = 0.2
     round_timeout: float | None = None
+    strategy: StrategySpec = field(default_factory=StrategySpec)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.strategy, StrategySpec):
+            raise ConfigError(f"fedavg.strategy must be a StrategySpec, got {self.strategy!r}")
+        self.strategy.build()
         positive_int("fedavg.rounds", self.rounds)
         positive_int("fedavg.min_pods", self.min_pods)
         positive_int("fedavg.seed", self.seed, minimum=0)
@@ -171,7 +182,7 @@ class FedAvg(Protocol):
             "seed": self.seed,
             "validation_fraction": self.validation_fraction,
             "round_timeout": self.round_timeout,
-        }
+        } | ({} if self.strategy.is_default else {"strategy": self.strategy.to_config()})
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Self:
@@ -183,11 +194,18 @@ class FedAvg(Protocol):
             "seed",
             "validation_fraction",
             "round_timeout",
+            "strategy",
         }
         check_keys("fedavg", config, {"model"}, optional)
-        kwargs = {key: config[key] for key in optional - {"training"} if key in config}
+        kwargs = {key: config[key] for key in optional - {"training", "strategy"} if key in config}
         training = TrainingConfig.from_config(config.get("training", {}))
-        return cls(model=ModelSpec.from_config(config["model"]), training=training, **kwargs)
+        strategy = StrategySpec.from_config(config.get("strategy", "fedavg"))
+        return cls(
+            model=ModelSpec.from_config(config["model"]),
+            training=training,
+            strategy=strategy,
+            **kwargs,
+        )
 
     # --- modeller side -------------------------------------------------------------
 
@@ -205,13 +223,15 @@ class FedAvg(Protocol):
                 missing or unknown, another shape or dtype; the message names it).
             PodResponseError, AggregationError: as a round needs (see the class).
         """
+        strategy = self.strategy.build()
         global_arrays = state_to_arrays(build_model(self.model, seed=self.seed))
+        state = strategy.initial_state(global_arrays)
         resume = context.resume
         start = 0
         history: list[RoundMetrics] = []
         if resume is not None:
             if resume.parameters is not None:
-                global_arrays = self._resumed_parameters(resume, global_arrays)
+                global_arrays, state = self._resumed_parameters(resume, global_arrays, state)
             start = resume.next_round
             history = [RoundMetrics.from_record(record) for record in resume.rounds]
         # a run from round 0 samples exactly as it always did; see the module docstring
@@ -228,9 +248,7 @@ class FedAvg(Protocol):
                     },
                 )
             sampled = self._sample(mailbox.pods, rng)
-            await mailbox.broadcast(
-                MessageType.MODEL_PARAMETERS, {"round": round_index}, global_arrays, sampled
-            )
+            await _send_round(mailbox, strategy, round_index, global_arrays, sampled)
             # the task's request policy judges the round; round_timeout, if set, wins
             gathered = await mailbox.collect(
                 MessageType.TRAINING_UPDATE,
@@ -243,8 +261,9 @@ class FedAvg(Protocol):
             for pod in sorted(gathered.replies):
                 reply = gathered.replies[pod]
                 try:
-                    metrics = _parse_update(reply, round_index)
-                    mean.add(pod, reply.tensors, metrics["num_samples"])
+                    metrics, aux = _parse_update(reply, round_index)
+                    weight = strategy.fold_weight(metrics["num_samples"], aux)
+                    mean.add(pod, reply.tensors, weight)
                 except UpdateRejectedError as exc:
                     mean.rejected.setdefault(pod, exc)
                     logger.warning("round %d: update of %s rejected: %s", round_index, pod, exc)
@@ -257,7 +276,8 @@ class FedAvg(Protocol):
                     f"round {round_index}: no usable update (rejected: {rejected or 'none'}, "
                     f"aborted: {aborted or 'none'}, missing: {gathered.missing or 'none'})"
                 )
-            global_arrays = mean.result()
+            following, state = strategy.server_step(global_arrays, mean.result(), state)
+            global_arrays = dict(following)
             summary = RoundMetrics(
                 round_index=round_index,
                 pods=sorted(per_pod),
@@ -267,7 +287,9 @@ class FedAvg(Protocol):
                 seconds=time.monotonic() - started,
             )
             history.append(summary)
-            context.record_round(round_index, summary.aggregated, summary.per_pod, global_arrays)
+            context.record_round(
+                round_index, summary.aggregated, summary.per_pod, with_state(global_arrays, state)
+            )
             context.report_round(summary.to_dict())
         return FedAvgResult(self.model, global_arrays, history)
 
@@ -285,10 +307,21 @@ class FedAvg(Protocol):
         return {"rounds": len(result.history), "final": result.history[-1].to_dict()}
 
     def _resumed_parameters(
-        self, resume: ResumePoint, model_arrays: Mapping[str, np.ndarray]
-    ) -> dict[str, np.ndarray]:
-        """Copies of the resume point's arrays, checked against the model's state."""
-        arrays = resume.parameters or {}
+        self,
+        resume: ResumePoint,
+        model_arrays: Mapping[str, np.ndarray],
+        initial_state: Mapping[str, np.ndarray],
+    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Copies of the resume point's model arrays and strategy state, checked against
+        the model's state and the strategy's initial state."""
+        arrays, state = split_state(resume.parameters or {})
+        if sorted(state) != sorted(initial_state):
+            raise ConfigError(
+                f"the checkpoint of round {resume.next_round - 1} holds strategy state "
+                f"{sorted(state) or 'none'}, strategy {self.strategy.name!r} keeps "
+                f"{sorted(initial_state) or 'none'}; resume with the strategy the "
+                "experiment was started with"
+            )
         where = (
             f"the checkpoint of round {resume.next_round - 1} does not fit model "
             f"{self.model.name!r}"
@@ -307,7 +340,8 @@ class FedAvg(Protocol):
                     f"{where}: {key!r} is {array.dtype}{list(array.shape)}, the model has "
                     f"{expected.dtype}{list(expected.shape)}"
                 )
-        return {key: np.array(arrays[key], copy=True, order="C") for key in model_arrays}
+        copies = {key: np.array(arrays[key], copy=True, order="C") for key in model_arrays}
+        return copies, {key: np.array(value, copy=True) for key, value in state.items()}
 
     def _sample(self, pods: list[str], rng: np.random.Generator) -> list[str]:
         active = sorted(pods)
@@ -325,15 +359,11 @@ class FedAvg(Protocol):
             raise SchemaMismatchError(
                 "fedavg needs a labelled dataset (the datasource has no label column)"
             )
-        if len(x) < context.min_rows:
-            raise PrivacyThresholdError(
-                f"the dataset has {len(x)} rows; "
-                f"this pod trains on no fewer than {context.min_rows}"
-            )
         x_train, y_train, x_val, y_val = split_validation(
             x, y, self.validation_fraction, context.pod, self.seed
         )
         model = build_model(self.model)
+        strategy = self.strategy.build()
         exclusive_rng = draws_random_numbers(model)
         await hooks.fire(HookPoint.INIT_END, protocol=self.name)
         await hooks.fire(HookPoint.RUN_START, protocol=self.name)
@@ -348,6 +378,7 @@ class FedAvg(Protocol):
                 return released
             round_index = _round_of(message)
             load_arrays(model, message.tensors)
+            hook = strategy.client_hook(_global_copy(model, strategy), _values_of(message))
             # the training thread reports epochs and batches to the hooks on this loop
             async with hooks.bridge() as bridge:
                 events = _TrainingEvents(bridge, round_index, self.training, len(x_train))
@@ -366,13 +397,17 @@ class FedAvg(Protocol):
                     # in-process pods train in threads of one process and share torch's
                     # generator: models with dropout take turns, so each pod's draws are its own
                     exclusive_rng=exclusive_rng,
+                    loss_term=hook.loss_term,
                 )
+            aux = hook.aux(model)
             body: dict[str, Body] = {
                 "round": round_index,
                 "num_samples": outcome.num_samples,
                 "train": {k: float(v) for k, v in outcome.train.items()},
                 "validation": {k: float(v) for k, v in outcome.validation.items()},
             }
+            if aux:
+                body["aux"] = {k: float(v) for k, v in aux.items()}
             await mailbox.send(MessageType.TRAINING_UPDATE, body, state_to_arrays(model))
             rounds.append(round_index)
 
@@ -414,6 +449,52 @@ class _TrainingEvents:
         self._bridge.fire(HookPoint.EPOCH_END, **self._totals, epoch=epoch, step=step, **metrics)
 
 
+async def _send_round(
+    mailbox: ModellerMailbox,
+    strategy: Strategy,
+    round_index: int,
+    global_arrays: Mapping[str, np.ndarray],
+    sampled: list[str],
+) -> None:
+    """The global arrays to every sampled pod, with its values if the strategy has any."""
+    values = {pod: strategy.participant_values(round_index, pod) for pod in sampled}
+    if not any(values.values()):
+        await mailbox.broadcast(
+            MessageType.MODEL_PARAMETERS, {"round": round_index}, global_arrays, sampled
+        )
+        return
+    await asyncio.gather(
+        *(
+            mailbox.send(
+                pod,
+                MessageType.MODEL_PARAMETERS,
+                {"round": round_index, "values": dict(values[pod])},
+                global_arrays,
+            )
+            for pod in sampled
+        )
+    )
+
+
+def _global_copy(model: torch.nn.Module, strategy: Strategy) -> dict[str, torch.Tensor]:
+    """The global parameters the model holds now, for a client hook that reads them."""
+    if not strategy.client_needs_global:
+        return {}
+    return {key: value.detach().clone() for key, value in model.state_dict().items()}
+
+
+def _values_of(message: Message) -> dict[str, float]:
+    body = message.body
+    values = body.get("values") if isinstance(body, dict) else None
+    if values is None:
+        return {}
+    if not isinstance(values, dict) or not all(
+        isinstance(v, int | float) and not isinstance(v, bool) for v in values.values()
+    ):
+        raise DataError("MODEL_PARAMETERS values must be a map of numbers")
+    return {str(k): float(v) for k, v in values.items()}
+
+
 def _round_of(message: Message) -> int:
     body = message.body
     if not isinstance(body, dict) or not isinstance(body.get("round"), int):
@@ -422,8 +503,9 @@ def _round_of(message: Message) -> int:
     return round_index
 
 
-def _parse_update(message: Message, round_index: int) -> dict[str, float]:
-    """Flatten a TRAINING_UPDATE body to metrics; a lying body is a rejected update."""
+def _parse_update(message: Message, round_index: int) -> tuple[dict[str, float], dict[str, float]]:
+    """A TRAINING_UPDATE body as (flat metrics, the strategy's aux values); a lying body
+    is a rejected update."""
     body = message.body
     if not isinstance(body, dict) or body.get("round") != round_index:
         raise UpdateRejectedError(
@@ -447,4 +529,12 @@ def _parse_update(message: Message, round_index: int) -> dict[str, float]:
                 and math.isfinite(value)
             ):
                 metrics[f"{phase}_{name}"] = float(value)
-    return metrics
+    aux = body.get("aux", {})
+    if not isinstance(aux, dict) or not all(
+        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+        for v in aux.values()
+    ):
+        raise UpdateRejectedError(
+            UpdateRejectionReason.MALFORMED, "aux must be a map of finite numbers"
+        )
+    return metrics, {str(k): float(v) for k, v in aux.items()}

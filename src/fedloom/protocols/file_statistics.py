@@ -32,11 +32,10 @@ from fedloom.errors import (
     ConfigError,
     DataError,
     PodResponseError,
-    PrivacyThresholdError,
     ProtocolError,
     SchemaMismatchError,
 )
-from fedloom.protocols.base import check_keys, register_protocol
+from fedloom.protocols.base import WorkerContext, check_keys, register_protocol
 from fedloom.protocols.batched import (
     NO_NEW_DATA,
     BatchCollector,
@@ -170,7 +169,7 @@ class _Request:
 
     channels: int
     statistics: tuple[str, ...]
-    min_rows: int
+    context: WorkerContext  # its release guard judges the files the statistics cover
     channels_first: bool = False
     """The pod's images load as ``(c, h, w)`` (image loader option ``channels_first``)."""
 
@@ -300,7 +299,7 @@ class FileStatistics(BatchedProtocol[_Request, _Sums, FileStatisticsResult]):
                     f"for {self.channels}; ask for channels={loaded}"
                 )
         channels_first = options is not None and options.get("channels_first") is True
-        return _Request(self.channels, self.statistics, worker.context.min_rows, channels_first)
+        return _Request(self.channels, self.statistics, worker.context, channels_first)
 
     async def process_batch(
         self, state: _Request, loaded: list[tuple[FileRecord, Any]], batch_id: int
@@ -312,11 +311,7 @@ class FileStatistics(BatchedProtocol[_Request, _Sums, FileStatisticsResult]):
     ) -> dict[str, Any]:
         """Raises PrivacyThresholdError: the statistics cover fewer files than ``min_rows``."""
         files = sum(part.files for part in values)
-        if files < state.min_rows:
-            raise PrivacyThresholdError(
-                f"the statistics would cover fewer files than this pod's privacy threshold "
-                f"({state.min_rows}); nothing is released"
-            )
+        state.context.release(files, "files")
         count = sum(part.count for part in values)
         total = np.sum([part.total for part in values], axis=0)
         squares = np.sum([part.squares for part in values], axis=0)

@@ -16,7 +16,7 @@ import numpy as np
 
 from fedloom.algorithms.ml import ModelSpec, build_model, evaluate, load_arrays
 from fedloom.datasources import Datasource
-from fedloom.errors import ConfigError, DataError, PodResponseError, PrivacyThresholdError
+from fedloom.errors import ConfigError, DataError, PodResponseError
 from fedloom.hooks import HookPoint
 from fedloom.protocols.base import (
     ModellerContext,
@@ -155,15 +155,6 @@ class ResultsOnly(Protocol):
             runs += 1
 
 
-def _check_rows(datasource: Datasource, min_rows: int) -> int:
-    rows = len(datasource)
-    if rows < min_rows:
-        raise PrivacyThresholdError(
-            f"the dataset has {rows} rows; this pod releases nothing over fewer than {min_rows}"
-        )
-    return rows
-
-
 @RESULT_ALGORITHMS.register("dataset_summary")
 def dataset_summary(
     datasource: Datasource,
@@ -172,7 +163,6 @@ def dataset_summary(
     min_rows: int,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Number of rows and the column names and types (no values)."""
-    _check_rows(datasource, min_rows)
     return dict(datasource.describe()), {}
 
 
@@ -184,7 +174,6 @@ def model_evaluation(
     min_rows: int,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Loss and accuracy of a model (``config["model"]`` + parameters in ``inputs``)."""
-    _check_rows(datasource, min_rows)
     if "model" not in config:
         raise ConfigError('model_evaluation needs config["model"] = {"name": ..., "config": ...}')
     model = build_model(ModelSpec.from_config(config["model"]))

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any, Protocol
 
 import torch
 
+from fedloom.errors import AbortReason, UpdateRejectedError, UpdateRejectionReason
 from fedloom.simulation.client import ClientJob, ClientOutcome, RunnerPlan
 from fedloom.simulation.shm import FlatLayout
 
@@ -55,31 +55,55 @@ class BackendPlan:
         return len(self.devices)
 
 
-class FailureKind(StrEnum):
-    """Why a client job produced no update."""
+class FailureKind:
+    """The simulation's names for why a client job produced no update.
 
-    OUT_OF_MEMORY = "out_of_memory"  # re-queued with a raised estimate
-    ERROR = "error"  # the client's own code or data failed
-    NON_FINITE = "non_finite"  # the update holds NaN or Inf: left out of the fold
-    WORKER_LOST = "worker_lost"  # the worker died; the job is re-run elsewhere
-    STOPPED = "stopped"  # the stop event interrupted it
+    They are members of the one abort-reason tree (:class:`~fedloom.errors.AbortReason`),
+    the reasons a pod's task ends with too, not a vocabulary of their own.
+    """
+
+    OUT_OF_MEMORY = AbortReason.WORKER_OUT_OF_MEMORY  # re-queued with a raised estimate
+    ERROR = AbortReason.WORKER_ERROR  # the client's own code or data failed
+    NON_FINITE = AbortReason.UPDATE_REJECTED  # NaN or Inf: left out of the fold
+    WORKER_LOST = AbortReason.WORKER_CRASHED  # the worker died; the job is re-run elsewhere
+    STOPPED = AbortReason.CANCELLED_BY_MODELLER  # the stop event interrupted it
 
 
 @dataclass(frozen=True)
 class ClientFailure:
-    """Why a job produced no update; travels between processes as :meth:`to_body`."""
+    """Why a job produced no update; travels between processes as :meth:`to_body`.
 
-    kind: FailureKind
+    ``rejection`` says why the fold refused the update, for ``UPDATE_REJECTED``.
+    """
+
+    kind: AbortReason
     error_type: str
     message: str
+    rejection: UpdateRejectionReason | None = None
 
     @classmethod
     def of(cls, exc: BaseException) -> ClientFailure:
-        """The failure an exception in a client's job means (out of memory, or an error)."""
+        """The failure an exception in a client's job means (out of memory, a rejected
+        update, or an error)."""
         from fedloom.scheduler import is_out_of_memory
 
+        message = f"{exc}"[:_MAX_MESSAGE] or type(exc).__name__
+        if isinstance(exc, UpdateRejectedError):
+            return cls(FailureKind.NON_FINITE, type(exc).__name__, message, exc.reason)
         kind = FailureKind.OUT_OF_MEMORY if is_out_of_memory(exc) else FailureKind.ERROR
-        return cls(kind, type(exc).__name__, f"{exc}"[:_MAX_MESSAGE] or type(exc).__name__)
+        return cls(kind, type(exc).__name__, message)
+
+    @classmethod
+    def rejected(cls, error: UpdateRejectedError) -> ClientFailure:
+        """The failure of an update the fold refused."""
+        return cls.of(error)
+
+    @classmethod
+    def non_finite(cls) -> ClientFailure:
+        """The failure of an update holding NaN or Inf (what every backend checks)."""
+        return cls.of(
+            UpdateRejectedError(UpdateRejectionReason.NON_FINITE, "the update holds NaN/Inf")
+        )
 
     def to_body(self) -> dict[str, Any]:
         """``{"failure": {...}}``, to merge into a msgpack reply."""
@@ -89,15 +113,18 @@ class ClientFailure:
                 "error_type": self.error_type,
                 "message": self.message,
             }
+            | ({"rejection": self.rejection.value} if self.rejection else {})
         }
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> ClientFailure:
         """Read :meth:`to_body`'s ``failure`` entry (missing fields read as an error)."""
+        rejection = body.get("rejection")
         return cls(
-            FailureKind(body.get("kind", FailureKind.ERROR.value)),
+            AbortReason(body.get("kind", AbortReason.WORKER_ERROR.value)),
             str(body.get("error_type", "")),
             str(body.get("message", "")),
+            None if rejection is None else UpdateRejectionReason(rejection),
         )
 
 

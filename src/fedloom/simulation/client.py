@@ -34,6 +34,7 @@ from fedloom.errors import ConfigError
 from fedloom.registry import import_plugins
 from fedloom.simulation.data import ClientData, DataSpec, build_client_data
 from fedloom.simulation.shm import ModuleAlias
+from fedloom.strategies import StrategySpec
 
 __all__ = [
     "DEFAULT_CACHE_BYTES",
@@ -65,6 +66,8 @@ class ClientJob:
     round: int
     overrides: Mapping[str, Any] = field(default_factory=dict)
     device: str | None = None
+    values: Mapping[str, float] = field(default_factory=dict)
+    """The strategy's values for this participant (as a pod gets them with the model)."""
 
     def to_body(self) -> dict[str, Any]:
         return {
@@ -72,7 +75,7 @@ class ClientJob:
             "round": self.round,
             "overrides": dict(self.overrides),
             "device": self.device,
-        }
+        } | ({"values": dict(self.values)} if self.values else {})
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> ClientJob:
@@ -82,6 +85,7 @@ class ClientJob:
             int(body["round"]),
             dict(body.get("overrides") or {}),
             None if device is None else str(device),
+            {str(k): float(v) for k, v in (body.get("values") or {}).items()},
         )
 
 
@@ -97,6 +101,7 @@ class ClientOutcome:
     seconds: float
     started: float = 0.0  # wall clock (time.time()) when training began
     finished: float = 0.0
+    aux: dict[str, float] = field(default_factory=dict)  # the strategy's client values
 
     def to_body(self) -> dict[str, Any]:
         return {
@@ -108,7 +113,7 @@ class ClientOutcome:
             "seconds": self.seconds,
             "started": self.started,
             "finished": self.finished,
-        }
+        } | ({"aux": self.aux} if self.aux else {})
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> ClientOutcome:
@@ -121,6 +126,7 @@ class ClientOutcome:
             seconds=float(body["seconds"]),
             started=float(body.get("started", 0.0)),
             finished=float(body.get("finished", 0.0)),
+            aux={str(k): float(v) for k, v in (body.get("aux") or {}).items()},
         )
 
 
@@ -136,6 +142,7 @@ class RunnerPlan:
     cache_bytes: int = DEFAULT_CACHE_BYTES
     torch_threads: int = 1
     plugins: tuple[str, ...] = ()  # modules that register models or client data
+    strategy: StrategySpec = field(default_factory=StrategySpec)
 
     def to_config(self) -> dict[str, Any]:
         return {
@@ -147,6 +154,7 @@ class RunnerPlan:
             "cache_bytes": self.cache_bytes,
             "torch_threads": self.torch_threads,
             "plugins": list(self.plugins),
+            "strategy": self.strategy.to_config(),
         }
 
     @classmethod
@@ -160,6 +168,7 @@ class RunnerPlan:
             cache_bytes=int(config["cache_bytes"]),
             torch_threads=int(config["torch_threads"]),
             plugins=tuple(str(m) for m in config.get("plugins", ())),
+            strategy=StrategySpec.from_config(config.get("strategy", "fedavg")),
         )
 
 
@@ -180,6 +189,7 @@ class ClientRunner:
         self.device_name = device
         self.device = torch.device(device)
         self.model = build_model(plan.model, seed=plan.seed).to(self.device)
+        self.strategy = plan.strategy.build()
         self._alias = ModuleAlias(self.model)
         # set by backends whose runners share a process: models that draw random numbers
         # then train one at a time, so their draws from torch's one generator never mix
@@ -204,12 +214,16 @@ class ClientRunner:
         *,
         start: Mapping[str, torch.Tensor] | None = None,
         on_batch: Callable[[int, int, float], None] | None = None,
+        global_params: Mapping[str, torch.Tensor] | None = None,
     ) -> ClientOutcome:
         """Train ``job``'s client from the global parameters; leave the update in ``slot``.
 
         ``slot`` (and ``start``) are per-key CPU tensors shaped like the model's state
         (views into flat blocks). The global parameters are in ``slot`` already, or are
         copied there from ``start``. ``on_batch`` may raise to stop training early.
+        ``global_params`` (views of the round's global block, left untouched) are what the
+        strategy's client hook reads; without them, and only if the hook reads them,
+        the runner copies the global parameters once.
 
         Raises:
             DataError, ConfigError: from the client's data or its training.
@@ -223,6 +237,9 @@ class ClientRunner:
             with torch.no_grad():
                 for key, view in slot.items():
                     view.copy_(start[key])
+        if self.strategy.client_needs_global and global_params is None:
+            global_params = {key: view.detach().clone() for key, view in slot.items()}
+        hook = self.strategy.client_hook(global_params or {}, job.values)
         if on_cpu:
             self._alias.point_at(slot)
         else:
@@ -237,7 +254,9 @@ class ClientRunner:
             y_val=y_val,
             on_batch=on_batch,
             exclusive_rng=self.exclusive_rng,
+            loss_term=hook.loss_term,
         )
+        aux = hook.aux(self.model)
         if not on_cpu:
             _store(self.model, slot)
         return ClientOutcome(
@@ -249,6 +268,7 @@ class ClientRunner:
             seconds=time.perf_counter() - began,
             started=started,
             finished=time.time(),
+            aux=aux,
         )
 
     def _split(self, client: int) -> _Split:

@@ -1,10 +1,13 @@
-"""The simulation engine: FedAvg over many virtual clients on one machine (or on Ray).
+"""The simulation engine: federated training of many virtual clients on one machine (or Ray).
 
 Each round the engine samples clients, writes the global parameters once for the
 backend's workers, queues one job per client, and folds the updates as they arrive into
-a streaming float64 sum in the round's client order (:class:`OrderedFold`), so the result
-is bit-identical for any number of workers and any order of completion. Memory on the
-engine's side is O(model).
+a streaming float64 sum in the order of the participants' names (:class:`OrderedFold`),
+so the result is bit-identical for any number of workers and any order of completion,
+and equal to what pods named ``client-<i>`` give. Memory on the engine's side is
+O(model). The round is the config's :class:`~fedloom.strategies.Strategy` (default
+``fedavg``), the very object the pods' FedAvg protocol drives: its client hook runs in
+the workers, its weights and server step here.
 
 With a :class:`ClientResources` estimate, jobs are admitted through a
 :class:`~fedloom.scheduler.ResourceLedger` (system memory, CPUs, device memory) and placed
@@ -50,13 +53,14 @@ from fedloom.simulation.backend import (
     ClientResult,
     worker_devices,
 )
-from fedloom.simulation.client import ClientJob, RunnerPlan, with_overrides
+from fedloom.simulation.client import ClientJob, RunnerPlan, participant, with_overrides
 from fedloom.simulation.data import DataSpec
 from fedloom.simulation.fold import FoldBuffers
 from fedloom.simulation.report import RoundReport
 from fedloom.simulation.round import RoundRules, run_round
 from fedloom.simulation.sampling import Sampling
 from fedloom.simulation.shm import FlatLayout
+from fedloom.strategies import Strategy, StrategySpec
 
 __all__ = [
     "BACKENDS",
@@ -93,7 +97,7 @@ class ClientResources:
 
 @dataclass(frozen=True)
 class SimulationConfig:
-    """A FedAvg simulation: model, client data, rounds, sampling, training and workers."""
+    """A simulation: model, client data, rounds, sampling, training, strategy, workers."""
 
     model: ModelSpec
     data: DataSpec
@@ -112,6 +116,7 @@ class SimulationConfig:
     torch_threads: int = 1
     plugins: tuple[str, ...] = ()
     start_method: str = "auto"
+    strategy: StrategySpec = field(default_factory=StrategySpec)
 
     def __post_init__(self) -> None:
         for name in ("rounds", "num_parallels", "device_count", "torch_threads"):
@@ -151,6 +156,7 @@ class SimulationConfig:
             validation_fraction=self.validation_fraction,
             torch_threads=self.torch_threads,
             plugins=self.plugins,
+            strategy=self.strategy,
         )
 
 
@@ -210,6 +216,9 @@ class Simulation:
         self._num_clients = 0
         self._ran = False
         self._buffers: FoldBuffers | None = None
+        self._strategy: Strategy = config.strategy.build()
+        self._state: dict[str, np.ndarray] = {}
+        self._previous: dict[str, torch.Tensor] | None = None
         self._ledger: ResourceLedger | None = None
 
     @property
@@ -259,13 +268,16 @@ class Simulation:
             self._backend.start(plan)
             initial.wait()
             self._buffers = FoldBuffers.like(flats)
+            if self._strategy.steps_on_server:
+                self._previous = layout.zeros()
+                self._state = self._strategy.initial_state(layout.unpack(flats))
             startup = time.perf_counter() - began
             self._emit(SimulationEvent("started", metrics={"startup_seconds": startup}))
             reports: list[RoundReport] = []
             for round_index in range(config.rounds):
                 if self._stop.is_set():
                     break
-                report = self._round(round_index, flats)
+                report = self._round(round_index, flats, layout)
                 reports.append(report)
                 if report.stopped:
                     break
@@ -283,12 +295,26 @@ class Simulation:
 
     # --- one round ----------------------------------------------------------------------
 
-    def _round(self, round_index: int, flats: dict[str, torch.Tensor]) -> RoundReport:
+    def _round(
+        self, round_index: int, flats: dict[str, torch.Tensor], layout: FlatLayout
+    ) -> RoundReport:
         config = self.config
-        clients = config.sampling.clients(round_index, self._num_clients, config.seed)
+        strategy = self._strategy
+        sampled = config.sampling.clients(round_index, self._num_clients, config.seed)
+        # the pods' fold order (by participant name), which is then the admission order
+        clients = sorted(sampled, key=participant)
         jobs = {
-            c: ClientJob(c, round_index, dict(config.client_overrides.get(c, {}))) for c in clients
+            c: ClientJob(
+                c,
+                round_index,
+                dict(config.client_overrides.get(c, {})),
+                values=strategy.participant_values(round_index, participant(c)),
+            )
+            for c in clients
         }
+        if self._previous is not None:
+            for name, flat in self._previous.items():
+                flat.copy_(flats[name])
         self._emit(SimulationEvent("round_start", round_index, 0, len(clients)))
         resources = config.resources
         rules = RoundRules(
@@ -315,7 +341,13 @@ class Simulation:
             stop=self._stop,
             on_client=on_client,
             buffers=self._buffers,
+            strategy=strategy,
         )
+        if not report.stopped and self._previous is not None:
+            following, self._state = strategy.server_step(
+                _arrays(layout.views(self._previous)), _arrays(layout.views(flats)), self._state
+            )
+            layout.pack(following, flats)
         if not report.stopped:
             report.metrics = weighted_metrics(
                 flat_metrics(r.outcome.num_samples, r.outcome.train, r.outcome.validation)
@@ -334,6 +366,11 @@ class Simulation:
             self._on_event(event)
 
 
+def _arrays(views: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """Numpy views of CPU tensors (no copies)."""
+    return {key: view.numpy() for key, view in views.items()}
+
+
 def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
@@ -349,6 +386,7 @@ _FIELD_TYPES: tuple[tuple[str, type | tuple[type, ...]], ...] = (
     ("start_method", str),
     ("client_overrides", Mapping),
     ("plugins", (tuple, list)),
+    ("strategy", StrategySpec),
 )
 
 
@@ -358,6 +396,7 @@ def _check_types(config: SimulationConfig) -> None:
         value = getattr(config, name)
         if not isinstance(value, kind):
             raise ConfigError(f"simulation {name} has the wrong type: {value!r}")
+    config.strategy.build()
     if not all(isinstance(module, str) for module in config.plugins):
         raise ConfigError(f"simulation plugins must be module names, got {config.plugins!r}")
     object.__setattr__(config, "plugins", tuple(config.plugins))  # frozen: stays hashable

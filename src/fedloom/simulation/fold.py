@@ -1,10 +1,13 @@
-"""Streaming FedAvg over flat parameter blocks, folded in a fixed client order.
+"""The simulation's way of feeding the streaming fold: updates added in a fixed client order.
 
 Updates arrive in whatever order workers finish; :class:`OrderedFold` adds each one into
-a float64 running sum as soon as every client before it in the round's order has been
-added (or skipped), so the sum is computed in the same order for any number of workers:
-the result is bit-identical. An update waiting for its turn stays in its worker's slot;
-nothing is copied, and memory stays O(model x slots), never O(clients x model).
+the fold kernel (:class:`~fedloom.algorithms.aggregation.WeightedSum`, the one the pods'
+:class:`~fedloom.algorithms.aggregation.WeightedMean` uses) as soon as every client
+before it in the round's order has been added (or skipped), so the sum is computed in the
+same order for any number of workers: the result is bit-identical, and it is the one a
+federation of pods named ``client-<i>`` gets. An update waiting for its turn stays in
+its worker's slot; nothing is copied, and memory stays O(model x slots), never
+O(clients x model).
 """
 
 from __future__ import annotations
@@ -12,36 +15,33 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 
-from fedloom.errors import AggregationError
+from fedloom.algorithms.aggregation import WeightedSum
+from fedloom.errors import AggregationError, UpdateRejectedError
 
 __all__ = ["FoldBuffers", "OrderedFold"]
 
-_CHUNK = 1 << 20  # elements converted to float64 at a time (8 MiB of scratch)
+
+def _specs(groups: Mapping[str, torch.Tensor]) -> dict[str, tuple[np.dtype[Any], tuple[int]]]:
+    return {
+        name: (np.dtype(str(torch.empty(0, dtype=flat.dtype).numpy().dtype)), (flat.numel(),))
+        for name, flat in groups.items()
+    }
 
 
 @dataclass(frozen=True)
 class FoldBuffers:
     """A fold's float64 sums and scratch, kept from round to round."""
 
-    sums: dict[str, torch.Tensor]
-    scratch: torch.Tensor
+    sums: WeightedSum
 
     @classmethod
     def like(cls, groups: Mapping[str, torch.Tensor]) -> FoldBuffers:
-        largest = max((flat.numel() for flat in groups.values()), default=0)
-        return cls(
-            sums={
-                name: torch.empty(flat.numel(), dtype=torch.float64)
-                for name, flat in groups.items()
-            },
-            scratch=torch.empty(min(_CHUNK, largest), dtype=torch.float64),
-        )
-
-    def sizes(self) -> dict[str, int]:
-        return {name: total.numel() for name, total in self.sums.items()}
+        return cls(WeightedSum(_specs(groups)))
 
 
 @dataclass
@@ -51,7 +51,13 @@ class _Waiting:
 
 
 class OrderedFold:
-    """Weighted mean of flat blocks, added in ``order`` (see the module docstring)."""
+    """Weighted mean of flat blocks, added in ``order`` (see the module docstring).
+
+    Attributes:
+        folded: clients added, in order.
+        rejected: clients whose update the kernel refused (its weighted sum would
+            overflow float64): left out like a skipped client.
+    """
 
     def __init__(
         self,
@@ -71,16 +77,19 @@ class OrderedFold:
         self._order = list(order)
         if len(set(self._order)) != len(self._order):
             raise AggregationError("the fold order names a client twice")
-        self._dtypes = {name: flat.dtype for name, flat in groups.items()}
         buffers = buffers if buffers is not None else FoldBuffers.like(groups)
-        if buffers.sizes() != {name: flat.numel() for name, flat in groups.items()}:
+        if not buffers.sums.fits(_specs(groups)):
             raise AggregationError("the reused fold buffers do not fit the groups")
-        self._sums = buffers.sums  # written, not read, by the first update: never zeroed
-        self._scratch = buffers.scratch
+        self._sum = buffers.sums
+        self._sum.reset()
         self._next = 0
         self._waiting: dict[int, _Waiting | None] = {}
-        self.total_weight = 0.0
         self.folded: list[int] = []
+        self.rejected: dict[int, UpdateRejectedError] = {}
+
+    @property
+    def total_weight(self) -> float:
+        return self._sum.total_weight
 
     @property
     def done(self) -> bool:
@@ -93,7 +102,8 @@ class OrderedFold:
         return self._order[self._next :]
 
     def offer(self, client: int, flats: Mapping[str, torch.Tensor], weight: float) -> list[int]:
-        """Hand in ``client``'s update; return the clients whose updates were added now.
+        """Hand in ``client``'s update; return the clients whose updates are done with now
+        (added, or rejected into :attr:`rejected`).
 
         The caller keeps ``flats`` untouched until ``client`` is in a returned list.
 
@@ -107,7 +117,7 @@ class OrderedFold:
         return self._drain()
 
     def skip(self, client: int) -> list[int]:
-        """Leave ``client`` out (failed or dropped); return the clients added now."""
+        """Leave ``client`` out (failed or dropped); return the clients done with now."""
         self._admit(client, None)
         return self._drain()
 
@@ -121,17 +131,7 @@ class OrderedFold:
             raise AggregationError(f"the fold still waits for clients {self.pending[:5]}")
         if not self.folded:
             raise AggregationError("no update was added: every client failed or was skipped")
-        for name, total in self._sums.items():
-            dtype = self._dtypes[name]
-            # same-dtype steps: torch's mixed-dtype kernels are several times slower
-            mean = total.div_(self.total_weight)
-            if dtype.is_floating_point:
-                target[name].copy_(mean)
-            elif dtype == torch.bool:
-                target[name].copy_(mean >= 0.5)
-            else:
-                info = torch.iinfo(dtype)
-                target[name].copy_(mean.round_().clamp_(info.min, info.max))
+        self._sum.mean_into(target)
 
     def _admit(self, client: int, waiting: _Waiting | None) -> None:
         if client not in self._order[self._next :] or client in self._waiting:
@@ -146,23 +146,11 @@ class OrderedFold:
             self._next += 1
             if waiting is None:
                 continue
-            first = not self.folded
-            for name, total in self._sums.items():
-                self._add(total, waiting.flats[name], waiting.weight, first=first)
-            self.total_weight += waiting.weight
-            self.folded.append(client)
+            try:
+                self._sum.add(waiting.flats, waiting.weight)
+            except UpdateRejectedError as error:
+                self.rejected[client] = error
+            else:
+                self.folded.append(client)
             added.append(client)
         return added
-
-    def _add(
-        self, total: torch.Tensor, update: torch.Tensor, weight: float, *, first: bool
-    ) -> None:
-        # chunks keep the float64 scratch small and in cache
-        for start in range(0, total.numel(), _CHUNK):
-            stop = min(start + _CHUNK, total.numel())
-            scratch = self._scratch[: stop - start]
-            scratch.copy_(update[start:stop])
-            if first:  # the same value 0 + w*u would give, without zeroing the sums first
-                torch.mul(scratch, weight, out=total[start:stop])
-            else:
-                total[start:stop].add_(scratch, alpha=weight)

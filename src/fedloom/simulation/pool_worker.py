@@ -85,11 +85,20 @@ def _serve(start: WorkerStart, conn: Connection, stop: Event) -> None:
     global_block = SharedBlock.attach(start.layout, start.global_block)
     slots = [SharedBlock.attach(start.layout, name) for name in start.slots]
     slot_views = [slot.views() for slot in slots]
+    global_views = global_block.views()
     conn.send_bytes(encode({"op": "ready", "worker": start.index}))
     try:
-        _loop(conn, stop, runner=runner, global_block=global_block, slots=slots, views=slot_views)
+        _loop(
+            conn,
+            stop,
+            runner=runner,
+            global_block=global_block,
+            slots=slots,
+            views=slot_views,
+            global_views=global_views,
+        )
     finally:
-        del runner, slot_views
+        del runner, slot_views, global_views
         for block in (global_block, *slots):
             block.close()
 
@@ -102,6 +111,7 @@ def _loop(
     global_block: Any,
     slots: list[Any],
     views: list[dict[str, Any]],
+    global_views: dict[str, Any],
 ) -> None:
     from fedloom.simulation.client import ClientJob
 
@@ -123,15 +133,15 @@ def _loop(
                     raise _StoppedError
                 slot = slots[slot_index]
                 slot.copy_from(global_block)
-                outcome = runner.fit(job, views[slot_index], on_batch=check_stop)
+                outcome = runner.fit(
+                    job, views[slot_index], on_batch=check_stop, global_params=global_views
+                )
                 if not slot.is_finite():
-                    reply |= _failure(
-                        "non_finite", "UpdateRejectedError", "the update holds NaN/Inf"
-                    )
+                    reply |= _non_finite()
                 else:
                     reply["outcome"] = outcome.to_body()
             except _StoppedError:
-                reply |= _failure("stopped", "Stopped", "stopped by the simulation's stop event")
+                reply |= _stopped()
             except BaseException as exc:
                 reply |= _failure_body(exc)
             results.append(reply)
@@ -157,10 +167,17 @@ PRELOAD = ("torch", "torch._dynamo", "fedloom.simulation.client", "fedloom.simul
 """Modules a forkserver imports once, so every worker it forks starts warm."""
 
 
-def _failure(kind: str, error_type: str, message: str) -> dict[str, Any]:
+def _non_finite() -> dict[str, Any]:
+    from fedloom.simulation.backend import ClientFailure
+
+    return ClientFailure.non_finite().to_body()
+
+
+def _stopped() -> dict[str, Any]:
     from fedloom.simulation.backend import ClientFailure, FailureKind
 
-    return ClientFailure(FailureKind(kind), error_type, message).to_body()
+    message = "stopped by the simulation's stop event"
+    return ClientFailure(FailureKind.STOPPED, "Stopped", message).to_body()
 
 
 def _failure_body(exc: BaseException) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from fedloom.errors import ConfigError
+from fedloom.errors import AbortReason, ConfigError
 from fedloom.simulation.backend import ClientFailure, FailureKind
 from fedloom.simulation.client import ClientJob, ClientRunner, RunnerPlan
 from fedloom.simulation.shm import FlatLayout, all_finite
@@ -118,7 +118,7 @@ class ClientActor:
                 np.copyto(flat, global_flats[name])
             outcome = self._runner.fit(job, self._views, on_batch=check_stop)
             if not all_finite(self._flats):
-                return _failure(FailureKind.NON_FINITE, "UpdateRejectedError", "NaN/Inf"), None
+                return ClientFailure.non_finite().to_body(), None
             return {"outcome": outcome.to_body()}, self._slot
         except _StopRequestedError:
             return _failure(FailureKind.STOPPED, "Stopped", "stopped by ray.cancel"), None
@@ -126,5 +126,5 @@ class ClientActor:
             return ClientFailure.of(exc).to_body(), None
 
 
-def _failure(kind: FailureKind, error_type: str, message: str) -> dict[str, Any]:
+def _failure(kind: AbortReason, error_type: str, message: str) -> dict[str, Any]:
     return ClientFailure(kind, error_type, message).to_body()

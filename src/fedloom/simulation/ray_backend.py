@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from fedloom.errors import ConfigError, SimulationError
+from fedloom.errors import AbortReason, ConfigError, SimulationError
 from fedloom.scheduler import ResourceEstimate
 from fedloom.simulation.backend import BackendPlan, ClientFailure, ClientResult, FailureKind
 from fedloom.simulation.client import ClientJob, ClientOutcome
@@ -450,7 +450,7 @@ class RayBackend:
 
 
 def _failed(
-    job: ClientJob, worker: int, kind: FailureKind, error_type: str, message: str
+    job: ClientJob, worker: int, kind: AbortReason, error_type: str, message: str
 ) -> ClientResult:
     return ClientResult(job, worker, failure=ClientFailure(kind, error_type, message))
 

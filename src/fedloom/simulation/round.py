@@ -16,10 +16,11 @@ import torch
 
 from fedloom.errors import SimulationError
 from fedloom.scheduler import Reservation, ResourceEstimate, ResourceLedger, TaskStatus
-from fedloom.simulation.backend import Backend, ClientResult, FailureKind
+from fedloom.simulation.backend import Backend, ClientFailure, ClientResult, FailureKind
 from fedloom.simulation.client import ClientJob
 from fedloom.simulation.fold import FoldBuffers, OrderedFold
 from fedloom.simulation.report import ClientRecord, RoundReport
+from fedloom.strategies import Strategy
 
 __all__ = ["RoundRules", "run_round"]
 
@@ -49,16 +50,20 @@ def run_round(
     stop: threading.Event,
     on_client: ClientDone | None = None,
     buffers: FoldBuffers | None = None,
+    strategy: Strategy | None = None,
 ) -> RoundReport:
-    """Run one round; on success ``flats`` holds the new global parameters.
+    """Run one round; on success ``flats`` holds the weighted mean of the updates.
 
-    ``buffers`` (the fold's float64 sums) are reused from round to round.
+    ``clients`` is the fold order (and the admission order: an update never waits in its
+    slot for a client not yet admitted). ``buffers`` (the fold's float64 sums) are reused
+    from round to round; ``strategy`` weighs the updates (default: sample counts).
 
     Raises:
         SimulationError: no client produced an update, a job can never be admitted, or
             the round ran past ``rules.timeout``.
     """
     state = _Round(round_index, clients, jobs, backend, rules, ledger, stop, on_client, buffers)
+    state.strategy = strategy
     return state.run(flats)
 
 
@@ -76,6 +81,7 @@ class _Round:
         buffers: FoldBuffers | None,
     ) -> None:
         self.buffers = buffers
+        self.strategy: Strategy | None = None
         self.index = round_index
         self.clients = clients
         self.backend = backend
@@ -144,9 +150,13 @@ class _Round:
         client = result.job.client
         self.records[client].finish(result.outcome, result.worker)
         self.holding[client] = result
-        weight = float(result.outcome.num_samples)
-        for added in self.fold.offer(client, result.flats, weight):
-            self.backend.release(self.holding.pop(added))
+        outcome = result.outcome
+        weight = (
+            float(outcome.num_samples)
+            if self.strategy is None
+            else self.strategy.fold_weight(outcome.num_samples, outcome.aux)
+        )
+        self._release(self.fold.offer(client, result.flats, weight))
         self.done += 1
         if self.on_client is not None:
             self.on_client(self.done, len(self.clients), result)
@@ -168,11 +178,20 @@ class _Round:
             self.admission.appendleft(result.job)
             return
         record.fail(failure)
-        for added in self.fold.skip(client):
-            self.backend.release(self.holding.pop(added))
+        self._release(self.fold.skip(client))
         self.done += 1
         if self.on_client is not None:
             self.on_client(self.done, len(self.clients), result)
+
+    def _release(self, done: list[int]) -> None:
+        """Give back the slots of folded updates; record the ones the fold refused."""
+        assert self.fold is not None
+        for client in done:
+            self.backend.release(self.holding.pop(client))
+            rejection = self.fold.rejected.get(client)
+            if rejection is not None:
+                self.records[client].fail(ClientFailure.rejected(rejection))
+                self.records[client].outcome = None  # left out of the metrics too
 
     def _admit(self) -> None:
         ready: list[ClientJob] = []

@@ -25,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from fedloom.algorithms.aggregation import all_finite
 from fedloom.errors import ConfigError
 
 __all__ = ["FlatLayout", "ModuleAlias", "SharedBlock", "alias_module", "all_finite"]
@@ -235,20 +236,6 @@ def _forget_lingering() -> None:
         memory._buf = None  # type: ignore[attr-defined]
         memory._mmap = None  # type: ignore[attr-defined]
     _LINGERING.clear()
-
-
-def all_finite(flats: Mapping[str, torch.Tensor]) -> bool:
-    """True when no float tensor of ``flats`` holds NaN or Inf.
-
-    One summing pass per tensor (a finite sum proves every value finite), and the exact,
-    slower check only when the sum is not finite, which may also be an overflow.
-    """
-    for flat in flats.values():
-        if not flat.is_floating_point():
-            continue
-        if not math.isfinite(float(flat.sum())) and not bool(torch.isfinite(flat).all()):
-            return False
-    return True
 
 
 def alias_module(module: torch.nn.Module, views: Mapping[str, torch.Tensor]) -> None:

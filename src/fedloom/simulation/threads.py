@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from fedloom.errors import SimulationError
+from fedloom.errors import AbortReason, SimulationError
 from fedloom.simulation.backend import BackendPlan, ClientFailure, ClientResult, FailureKind
 from fedloom.simulation.client import ClientJob, ClientRunner
 from fedloom.simulation.shm import all_finite
@@ -150,21 +150,24 @@ class ThreadPoolBackend:
                     raise _StoppedError
                 for name, flat in flats.items():
                     flat.copy_(self._global[name])
-                outcome = lane.runner.fit(job, plan.layout.views(flats), on_batch=check_stop)
+                outcome = lane.runner.fit(
+                    job,
+                    plan.layout.views(flats),
+                    on_batch=check_stop,
+                    global_params=(
+                        plan.layout.views(self._global)
+                        if lane.runner.strategy.client_needs_global
+                        else None
+                    ),
+                )
                 if not all_finite(flats):
                     raise _NonFiniteError
                 result = ClientResult(job, lane.index, outcome, flats, token=slot_index)
             except _StoppedError:
                 result = _failed(job, lane.index, slot_index, FailureKind.STOPPED, "Stopped")
             except _NonFiniteError:
-                result = _failed(
-                    job,
-                    lane.index,
-                    slot_index,
-                    FailureKind.NON_FINITE,
-                    "UpdateRejectedError",
-                    "the update holds NaN/Inf",
-                )
+                failure = ClientFailure.non_finite()
+                result = ClientResult(job, lane.index, failure=failure, token=slot_index)
             except Exception as exc:
                 failure = ClientFailure.of(exc)
                 result = ClientResult(job, lane.index, failure=failure, token=slot_index)
@@ -176,6 +179,6 @@ class _NonFiniteError(Exception):
 
 
 def _failed(  # noqa: PLR0917 - private shorthand
-    job: ClientJob, lane: int, slot: int, kind: FailureKind, error_type: str, message: str = ""
+    job: ClientJob, lane: int, slot: int, kind: AbortReason, error_type: str, message: str = ""
 ) -> ClientResult:
     return ClientResult(job, lane, failure=ClientFailure(kind, error_type, message), token=slot)

@@ -243,7 +243,7 @@ async def _run(
     channel = router.open_channel(config.task_id)
     mailbox = WorkerMailbox(router, channel, config.modeller)
     try:
-        record = await protocol.run_worker(mailbox, context)
+        record = await protocol.serve_worker(mailbox, context)
     finally:
         await router.close()
     return {"status": "completed", "record": record}

@@ -22,6 +22,7 @@ from fedloom.algorithms.ml.training import (
     BatchCallback,
     EpochEndCallback,
     EpochStartCallback,
+    LossTerm,
     TrainingConfig,
     evaluate,
     train_local,
@@ -85,6 +86,7 @@ def local_round(
     on_epoch_start: EpochStartCallback | None = None,
     on_epoch_end: EpochEndCallback | None = None,
     exclusive_rng: bool = False,
+    loss_term: LossTerm | None = None,
 ) -> LocalRound:
     """Evaluate ``model`` (holding the global parameters) then train it in place.
 
@@ -104,6 +106,7 @@ def local_round(
         on_epoch_start=on_epoch_start,
         on_epoch_end=on_epoch_end,
         exclusive_rng=exclusive_rng,
+        loss_term=loss_term,
     )
     return LocalRound(train=train, validation=validation, num_samples=len(x_train))
 

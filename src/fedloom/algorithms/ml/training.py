@@ -43,6 +43,8 @@ EpochStartCallback = Callable[[int], None]
 """``(epoch)``, called before an epoch's first batch."""
 EpochEndCallback = Callable[[int, Mapping[str, float]], None]
 """``(epoch, {"loss", "accuracy"})``, called after an epoch's last batch."""
+LossTerm = Callable[[nn.Module], "torch.Tensor | None"]
+"""``(model) -> scalar or None``, added to each batch's loss (a strategy's client hook)."""
 
 
 def _positive_int(name: str, value: object) -> int:
@@ -202,8 +204,12 @@ def train_local(
     on_epoch_start: EpochStartCallback | None = None,
     on_epoch_end: EpochEndCallback | None = None,
     exclusive_rng: bool = False,
+    loss_term: LossTerm | None = None,
 ) -> dict[str, float]:
     """Train ``model`` in place on ``(x, y)`` with cross-entropy; return last-epoch metrics.
+
+    ``loss_term(model)``, when given, is added to every batch's loss (a strategy's client
+    hook, e.g. FedProx's proximal term); the reported loss includes it.
 
     ``exclusive_rng`` keeps torch's global generator to this call for its whole run, so a
     model with random layers (dropout) trains reproducibly even while other threads train
@@ -263,6 +269,10 @@ def train_local(
                     if epoch == 0 and batch_index == 0:
                         _check_logits(logits, batch_y, max_label)
                     loss = functional.cross_entropy(logits, batch_y)
+                    if loss_term is not None:
+                        extra = loss_term(model)
+                        if extra is not None:
+                            loss = loss + extra
                     value = float(loss.detach())
                     if not math.isfinite(value):
                         raise ConfigError(
