@@ -47,6 +47,7 @@ from fedloom.errors import (
     AggregationError,
     ConfigError,
     DataError,
+    PodFailure,
     PodResponseError,
     PrivacyThresholdError,
     SchemaMismatchError,
@@ -223,7 +224,7 @@ class FedAvg(Protocol):
                     f"fedavg round {round_index} needs at least {self.min_pods} pod(s), "
                     f"{len(mailbox.pods)} left",
                     {
-                        pod: failure_text(report)
+                        pod: PodFailure.from_report(report)
                         for pod, report in (mailbox.refused | mailbox.aborted).items()
                     },
                 )
