@@ -13,6 +13,7 @@ import grpc.aio
 import msgpack
 import pytest
 
+from fedloom import errors
 from fedloom.transport.hub import frames
 from fedloom.transport.hub.frames import Kind
 from fedloom.transport.hub.server import grpc_options
@@ -149,7 +150,7 @@ def test_handshake_abuse(tmp_path: Path, hostile: str) -> None:
                 item = await asyncio.wait_for(call.read(), 10)
                 kind, payload = frames.parse(item)
                 assert kind is Kind.FAIL
-                assert frames.fields_of(kind, payload, {})["error"] == "ProtocolError"
+                assert frames.fields_of(kind, payload, {})["code"] == errors.ProtocolError.code
             await channel.close(grace=None)
             alice = await connect(hub.port, ids["alice"])
             assert hub.statistics().connected == ["alice"]

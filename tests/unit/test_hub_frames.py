@@ -7,6 +7,7 @@ import pytest
 
 from fedloom.errors import (
     BadSignatureError,
+    KeyFileError,
     MessageTooLargeError,
     ProtocolError,
     UnknownRecipientError,
@@ -73,9 +74,28 @@ def test_reassembly_refuses_oversized_and_overflowing_messages() -> None:
         small.add(memoryview(b"four"))
 
 
-def test_errors_travel_by_name() -> None:
+def test_errors_travel_by_code_with_their_public_text() -> None:
     for error in (UnknownRecipientError("x"), BadSignatureError("y")):
-        rebuilt = frames.error_from_fields(frames.error_fields(error))
+        fields = frames.error_fields(error)
+        assert fields == {"code": error.code, "message": error.public_text()}
+        rebuilt = frames.error_from_fields(fields)
         assert type(rebuilt) is type(error) and str(error) in str(rebuilt)
-    unknown = frames.error_from_fields({"error": "SystemExit", "message": "no"})
+
+
+def test_a_private_message_never_travels() -> None:
+    secret = KeyFileError("/home/pod/keys/pod.key is unreadable")
+    fields = frames.error_fields(secret)
+    assert "/home" not in str(fields) and "KeyFileError" not in str(fields)
+    assert type(frames.error_from_fields(fields)) is KeyFileError
+
+
+@pytest.mark.parametrize("code", [99999, "9000", True, None])
+def test_an_unknown_or_malformed_code_is_a_protocol_error_naming_it(code: object) -> None:
+    unknown = frames.error_from_fields({"code": code, "message": "no"})
     assert type(unknown) is ProtocolError
+    assert repr(code) in str(unknown) and "no" in str(unknown)
+
+
+def test_a_malformed_message_field_never_raises() -> None:
+    rebuilt = frames.error_from_fields({"code": ProtocolError.code, "message": b"\xff"})
+    assert type(rebuilt) is ProtocolError and str(rebuilt) == "hub: "

@@ -168,7 +168,10 @@ class FileSource:
             root = self._folder.resolve()
             if not root.is_dir():
                 what = "is not a folder" if root.exists() else "does not exist"
-                raise DatasetNotFoundError(f"the data folder {str(self._folder)!r} {what}")
+                raise DatasetNotFoundError(
+                    f"the data folder {str(self._folder)!r} {what}",
+                    public=f"the data folder {what}",
+                )
             self._root_path = root
         return self._root_path
 

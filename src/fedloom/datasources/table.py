@@ -115,13 +115,17 @@ class TableSource:
         """``read(path)``, with the file's problems as typed errors."""
         assert self._path is not None  # only called for file sources
         if not self._path.exists():
-            raise DatasetNotFoundError(f"no such data file: {str(self._path)!r}")
+            raise DatasetNotFoundError(
+                f"no such data file: {str(self._path)!r}", public="no such data file"
+            )
         try:
             return read(self._path)
         except pd.errors.EmptyDataError as exc:
             raise EmptyDatasetError(f"the {self._where()} is empty: {exc}") from exc
         except FileNotFoundError as exc:
-            raise DatasetNotFoundError(f"no such data file: {str(self._path)!r}") from exc
+            raise DatasetNotFoundError(
+                f"no such data file: {str(self._path)!r}", public="no such data file"
+            ) from exc
         except (ValueError, OSError, pa.ArrowException) as exc:
             detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
             raise DataError(f"could not read the {self._where()}: {detail}") from exc

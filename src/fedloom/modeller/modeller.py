@@ -25,6 +25,7 @@ from fedloom.errors import (
     ConfigError,
     ErrorReport,
     FedloomError,
+    PodFailure,
     PodResponseError,
     StoreError,
     UnknownRecipientError,
@@ -37,7 +38,7 @@ from fedloom.store import CheckpointRetention, ExperimentStore
 from fedloom.store.base import COMPLETED
 from fedloom.store.retention import KEEP_LAST
 from fedloom.transport import Gathered, Mailbox, ModellerMailbox, ProgressCallback, TaskRouter
-from fedloom.transport.task import failure_text, report_of
+from fedloom.transport.task import report_of
 from fedloom.wire import MessageType
 
 logger = logging.getLogger(__name__)
@@ -375,9 +376,9 @@ class Modeller:
             await self._cancel(mailbox, "the modeller's request policy stopped the task")
             if not refused:
                 raise
-            reasons = {pod: f"{r.reason.value}: {r.message}" for pod, r in refused.items()}
+            reasons = {pod: PodFailure.from_report(r) for pod, r in refused.items()}
             raise PodResponseError(
-                f"task {task!r} could not start", reasons | exc.failed_pods
+                f"task {task!r} could not start", {**reasons, **exc.reports}
             ) from exc
         accepted = sorted(p for p, m in answers.replies.items() if m.type is MessageType.JOB_ACCEPT)
         rejected = refused | {
@@ -385,7 +386,9 @@ class Modeller:
             for pod, m in answers.replies.items()
             if m.type is MessageType.JOB_REJECT
         }
-        failed = {pod: failure_text(report) for pod, report in rejected.items()}
+        failed: dict[str, PodFailure | str] = {
+            pod: PodFailure.from_report(report) for pod, report in rejected.items()
+        }
         failed |= {pod: "no answer" for pod in answers.missing}
         # a pod may already have aborted (e.g. its data failed to load) right after accepting
         mailbox.pods = [pod for pod in accepted if pod not in mailbox.aborted]

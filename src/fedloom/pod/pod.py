@@ -34,6 +34,7 @@ from fedloom.errors import (
     ErrorReport,
     FedloomError,
     MailboxClosedError,
+    ModellerTimeoutError,
     ReceiveTimeoutError,
     TaskAbortedError,
     TaskCancelledError,
@@ -316,10 +317,12 @@ class Pod:
             raise AccessDeniedError(f"protocol {protocol.name!r} is not allowed on this pod")
         datasource = self.datasets.get(body["dataset"])
         if datasource is None:
-            raise DatasetNotFoundError(
+            # names only: the one the modeller asked for and those the pod offers
+            missing = (
                 f"pod {self.name!r} has no dataset {body['dataset']!r}; "
                 f"it has: {sorted(self.datasets) or 'none'}"
             )
+            raise DatasetNotFoundError(missing, public=missing)
         if message.task_id in self._tasks:
             raise ConfigError(f"task {message.task_id!r} is already running on this pod")
         return _Accepted(protocol, datasource)
@@ -422,8 +425,8 @@ class Pod:
             self._log_task(request, name, f"completed in {took()}")
         except TaskAbortedError as exc:
             # DESIGN: the pod answers a TASK_CANCEL; a modeller thought gone may come back
-            if isinstance(exc, TaskCancelledError | _ModellerTimeoutError):
-                report = ErrorReport(exc.reason, exc.message, type(exc).__name__, "")
+            if isinstance(exc, TaskCancelledError | ModellerTimeoutError):
+                report = ErrorReport(exc.reason, exc.message, type(exc).__name__, "", exc.code)
                 with contextlib.suppress(FedloomError):
                     await mailbox.send(MessageType.TASK_ABORT, report.to_body())
             self._record(request, name, "aborted", exc.reason.value)
@@ -464,7 +467,7 @@ class Pod:
             try:
                 await mailbox.receive(MessageType.TASK_START, timeout=timeout)
             except ReceiveTimeoutError:  # as a task child's watchdog says it
-                raise _ModellerTimeoutError(
+                raise ModellerTimeoutError(
                     f"no TASK_START from the modeller within {timeout:.0f} s"
                 ) from None
         context = WorkerContext(
@@ -560,25 +563,18 @@ def _shown(value: object, limit: int = 64) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-class _ModellerTimeoutError(TaskAbortedError):
-    """The pod gave up on the modeller (and tells it so, in case it comes back)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(AbortReason.MODELLER_TIMEOUT, message)
-
-
 async def _while_heard(work: Coroutine[Any, Any, _T], channel: _HeldChannel, timeout: float) -> _T:
     """Run ``work`` while the modeller is heard from at least every ``timeout`` seconds.
 
     Raises:
-        _ModellerTimeoutError: it was not; ``work`` is cancelled (a task child is stopped).
+        ModellerTimeoutError: it was not; ``work`` is cancelled (a task child is stopped).
     """
     task = asyncio.ensure_future(work)
     try:
         while True:
             left = timeout - (time.monotonic() - channel.heard)
             if left <= 0:
-                raise _ModellerTimeoutError(f"no message from the modeller for {timeout:g} s")
+                raise ModellerTimeoutError(f"no message from the modeller for {timeout:g} s")
             done, _ = await asyncio.wait({task}, timeout=left)
             if done:
                 return task.result()

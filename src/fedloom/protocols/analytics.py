@@ -26,7 +26,7 @@ from fedloom.algorithms.analytics import (
     edges_from_ranges,
 )
 from fedloom.algorithms.statistics import ColumnPartial, partials_from_wire, partials_to_wire
-from fedloom.errors import ErrorReport, PodResponseError, ProtocolError
+from fedloom.errors import ErrorReport, PodFailure, PodResponseError, ProtocolError
 from fedloom.hooks import HookPoint
 from fedloom.protocols.base import (
     ModellerContext,
@@ -120,7 +120,7 @@ class Analytics(Protocol):
                 edges = edges_from_ranges(ranges, self.request.histogram_bins)
             except ProtocolError as exc:
                 raise PodResponseError(
-                    f"analytics: unusable column ranges ({exc})", excluded
+                    f"analytics: unusable column ranges ({exc})", _failures(mailbox, excluded)
                 ) from exc
         tensors = {f"{EDGE_PREFIX}{column}": values for column, values in edges.items()}
         await mailbox.broadcast(MessageType.INSTRUCTION, {"step": "partials"}, tensors)
@@ -136,7 +136,9 @@ class Analytics(Protocol):
             except ProtocolError as exc:
                 excluded[pod] = f"malformed partials: {exc}"
         if not partials or (self.require_all and excluded):
-            raise PodResponseError("analytics: pods did not return usable statistics", excluded)
+            raise PodResponseError(
+                "analytics: pods did not return usable statistics", _failures(mailbox, excluded)
+            )
         statistics = combine(partials, self.request, edges)
         return AnalyticsResult(statistics, sorted(partials), excluded, time.monotonic() - started)
 
@@ -147,7 +149,7 @@ class Analytics(Protocol):
         excluded.update({pod: _reason(report) for pod, report in mailbox.aborted.items()})
         excluded.update({pod: "no answer in time" for pod in gathered.missing})
         if not gathered.replies or (self.require_all and excluded):
-            raise PodResponseError("analytics: pods did not answer", excluded)
+            raise PodResponseError("analytics: pods did not answer", _failures(mailbox, excluded))
         return gathered.replies
 
     # --- worker side ---------------------------------------------------------------
@@ -202,3 +204,9 @@ def _partials_for_wire(
 
 def _reason(report: ErrorReport) -> str:
     return f"{report.reason.value}: {report.message}"
+
+
+def _failures(mailbox: ModellerMailbox, excluded: dict[str, str]) -> dict[str, PodFailure | str]:
+    """``excluded``, with each pod that aborted as it reported (typed)."""
+    reported = {pod: PodFailure.from_report(report) for pod, report in mailbox.aborted.items()}
+    return {**excluded, **{pod: why for pod, why in reported.items() if pod in excluded}}

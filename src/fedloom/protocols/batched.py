@@ -58,6 +58,7 @@ from fedloom.errors import (
     EmptyDatasetError,
     FedloomError,
     NoNewDataError,
+    PodFailure,
     PodResponseError,
     ProtocolError,
     SchemaMismatchError,
@@ -330,7 +331,8 @@ class BatchedProtocol(Protocol, Generic[StateT, ValueT, ResultT]):
                 await mailbox.drop(
                     pod, AbortReason.WORKER_ERROR, f"malformed {message.type.value}: {exc}"
                 )
-        return collector.result(list(mailbox.pods), _failures(mailbox))
+        aborted = {pod: why.text for pod, why in _failures(mailbox).items()}
+        return collector.result(list(mailbox.pods), aborted)
 
     # --- worker --------------------------------------------------------------------------
 
@@ -607,8 +609,8 @@ def _is_final(message: Message) -> bool:
     return message.type is MessageType.BATCHES_COMPLETE and body.get("stage") == FINISHED
 
 
-def _failures(mailbox: ModellerMailbox) -> dict[str, str]:
-    return {pod: f"{r.reason.value}: {r.message}" for pod, r in mailbox.aborted.items()}
+def _failures(mailbox: ModellerMailbox) -> dict[str, PodFailure]:
+    return {pod: PodFailure.from_report(r) for pod, r in mailbox.aborted.items()}
 
 
 def _chain(first: FileRecord, rest: Iterator[FileRecord]) -> Iterator[FileRecord]:

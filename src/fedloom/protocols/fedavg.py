@@ -54,6 +54,7 @@ from fedloom.errors import (
     AggregationError,
     ConfigError,
     DataError,
+    PodFailure,
     PodResponseError,
     SchemaMismatchError,
     UpdateRejectedError,
@@ -243,7 +244,7 @@ class FedAvg(Protocol):
                     f"fedavg round {round_index} needs at least {self.min_pods} pod(s), "
                     f"{len(mailbox.pods)} left",
                     {
-                        pod: failure_text(report)
+                        pod: PodFailure.from_report(report)
                         for pod, report in (mailbox.refused | mailbox.aborted).items()
                     },
                 )

@@ -16,7 +16,12 @@ import numpy as np
 
 from fedloom.algorithms.ml import ModelSpec, build_model, evaluate, load_arrays
 from fedloom.datasources import Datasource
-from fedloom.errors import ConfigError, DataError, PodResponseError
+from fedloom.errors import (
+    ConfigError,
+    DataError,
+    PodFailure,
+    PodResponseError,
+)
 from fedloom.hooks import HookPoint
 from fedloom.protocols.base import (
     ModellerContext,
@@ -28,7 +33,6 @@ from fedloom.protocols.base import (
 )
 from fedloom.registry import Registry
 from fedloom.transport import ModellerMailbox, WorkerMailbox
-from fedloom.transport.task import failure_text
 from fedloom.wire import Body, MessageType
 
 ResultAlgorithm = Callable[
@@ -126,7 +130,9 @@ class ResultsOnly(Protocol):
     ) -> dict[str, PodResults]:
         await mailbox.broadcast(MessageType.INSTRUCTION, {"step": "run"}, self.inputs)
         gathered = await mailbox.collect(MessageType.RESULTS, name="results", timeout=self.timeout)
-        failed = {pod: failure_text(report) for pod, report in mailbox.aborted.items()}
+        failed: dict[str, PodFailure | str] = {
+            pod: PodFailure.from_report(report) for pod, report in mailbox.aborted.items()
+        }
         failed |= {pod: "no answer in time" for pod in gathered.missing}
         if failed and (self.require_all or not gathered.replies):
             raise PodResponseError("results_only: pods did not return results", failed)

@@ -22,6 +22,7 @@ from fedloom.errors import (
     AbortReason,
     ErrorReport,
     FedloomError,
+    PodFailure,
     PodResponseError,
     ProtocolError,
     ReceiveTimeoutError,
@@ -61,7 +62,7 @@ def report_of(message: Message) -> ErrorReport:
 
 def failure_text(report: ErrorReport) -> str:
     """``"REASON: message"`` (or the bare reason) for a pod in ``PodResponseError``."""
-    return f"{report.reason.value}: {report.message}" if report.message else report.reason.value
+    return PodFailure.from_report(report).text
 
 
 class RequestRules(Protocol):
@@ -276,14 +277,14 @@ class ModellerMailbox:
         for pod, seconds in gathered.seconds.items():
             self.timings.setdefault(pod, {})[request] = seconds
         errors = {
-            pod: failure_text(report)
+            pod: PodFailure.from_report(report)
             for pod, report in (earlier | gathered.aborted).items()
             if pod not in self.dropped
         }
         for pod, reply in gathered.replies.items():
             if reply.type in refusing:
                 self.refused[pod] = report_of(reply)
-                errors[pod] = failure_text(self.refused[pod])
+                errors[pod] = PodFailure.from_report(self.refused[pod])
                 if pod in self.pods:
                     self.pods.remove(pod)
         if stop_on_error and errors:
@@ -292,7 +293,7 @@ class ModellerMailbox:
                 errors,
             )
         failed = errors | {
-            pod: failure_text(self.aborted[pod]) for pod in earlier if pod in self.dropped
+            pod: PodFailure.from_report(self.aborted[pod]) for pod in earlier if pod in self.dropped
         }
         waited = "forever" if timeout is None else f"{timeout:g} s"
         late = {pod: f"no answer within {waited}" for pod in gathered.missing}
@@ -309,7 +310,7 @@ class ModellerMailbox:
     async def _judge(
         self,
         request: str,
-        failed: Mapping[str, str],
+        failed: Mapping[str, PodFailure | str],
         late: Mapping[str, str],
         usable: int,
         *,
@@ -360,7 +361,7 @@ class ModellerMailbox:
             outcome = f"got {replies}" if ended else f"can get at most {replies}"
             # the pods that left before this request are part of why: say what they said
             gone = {
-                pod: failure_text(report)
+                pod: PodFailure.from_report(report)
                 for pod, report in (self.refused | self.aborted).items()
                 if pod not in failed
             }
@@ -504,7 +505,11 @@ class ModellerMailbox:
         waited: str,
     ) -> None:
         """:meth:`collect_stream`'s policy, applied to where the stream stands now."""
-        left = {pod: failure_text(self.aborted[pod]) for pod in stream.asked if pod in self.aborted}
+        left = {
+            pod: PodFailure.from_report(self.aborted[pod])
+            for pod in stream.asked
+            if pod in self.aborted
+        }
         errors = {pod: why for pod, why in left.items() if pod not in self.dropped}
         if self.policy is not None and self.policy.stop_on_error and errors:
             raise PodResponseError(

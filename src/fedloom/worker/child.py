@@ -197,7 +197,7 @@ def child_main(
 
 def _failure(exc: BaseException, *, notify: bool = True) -> dict[str, Any]:
     if isinstance(exc, TaskAbortedError):
-        report = ErrorReport(exc.reason, exc.message, type(exc).__name__, "")
+        report = ErrorReport(exc.reason, exc.message, type(exc).__name__, "", exc.code)
         return {"status": "aborted", "error": report.to_body(), "notify": False}
     return {
         "status": "failed",

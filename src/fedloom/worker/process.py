@@ -37,6 +37,7 @@ from fedloom.errors import (
     ProtocolError,
     TaskAbortedError,
     TaskCancelledError,
+    WorkerFailedError,
 )
 from fedloom.protocols import StoreLedger
 from fedloom.transport import Channel, WorkerMailbox
@@ -112,9 +113,13 @@ class WorkerProcess:
         watchdog = loop.create_task(self._watch(exited, start_timeout))
         try:
             return await self._serve(events, mailbox, pump, watchdog)
-        except _WorkerFailedError as failure:
+        except WorkerFailedError as failure:
             report = ErrorReport(
-                failure.reason, failure.message, failure.exception_type, failure.traceback_summary
+                failure.reason,
+                failure.message,
+                failure.exception_type,
+                failure.traceback_summary,
+                failure.reported_code,
             )
             with contextlib.suppress(FedloomError):
                 await mailbox.send(MessageType.TASK_ABORT, report.to_body())
@@ -277,28 +282,8 @@ class WorkerProcess:
         shutil.rmtree(self._folder, ignore_errors=True)
 
 
-class _WorkerFailedError(TaskAbortedError):
-    """The worker failed on this pod: the modeller still has to be told.
-
-    ``exception_type`` and ``traceback_summary`` are the child's (its bounded
-    :meth:`~fedloom.errors.ErrorReport.from_exception`), empty when the pod saw the failure
-    from outside (a crash, a hang, the memory cap).
-    """
-
-    def __init__(
-        self,
-        reason: AbortReason,
-        message: str,
-        exception_type: str = "",
-        traceback_summary: str = "",
-    ) -> None:
-        super().__init__(reason, message)
-        self.exception_type = exception_type
-        self.traceback_summary = traceback_summary
-
-
-def _abort(reason: AbortReason, message: str) -> _WorkerFailedError:
-    return _WorkerFailedError(reason, message)
+def _abort(reason: AbortReason, message: str) -> WorkerFailedError:
+    return WorkerFailedError(reason, message)
 
 
 def _outcome(item: Mapping[str, Any]) -> Mapping[str, Any] | None:
@@ -314,8 +299,8 @@ def _outcome(item: Mapping[str, Any]) -> Mapping[str, Any] | None:
     # ErrorReport.from_exception, through fedloom.errors.is_out_of_memory
     reason = report.reason
     if item.get("notify", True):
-        raise _WorkerFailedError(
-            reason, report.message, report.exception_type, report.traceback_summary
+        raise WorkerFailedError(
+            reason, report.message, report.exception_type, report.traceback_summary, report.code
         )
     raise TaskAbortedError(reason, report.message)
 

@@ -89,8 +89,9 @@ def _mark_retrieved(future: asyncio.Future[None]) -> None:
         future.exception()
 
 
-class _FatalError(FedloomError):
-    """Wraps an error that reconnecting cannot fix (the hub refused who we are)."""
+class _FatalError(Exception):
+    """Wraps a hub refusal that reconnecting cannot fix (one not ``retryable``: the hub
+    refused who we are); internal, never raised to callers."""
 
     def __init__(self, error: FedloomError) -> None:
         super().__init__(str(error))
@@ -495,6 +496,8 @@ class GrpcMailbox:
         got, payload = frames.parse(item)
         if got is Kind.FAIL:
             error = frames.error_from_fields(frames.fields_of(got, payload, {}))
+            if error.retryable:  # the refusal may pass on another try: reconnect
+                raise error
             raise _FatalError(error)
         if got is not kind:
             raise ProtocolError(f"expected {kind.name} from the hub, got {got.name}")

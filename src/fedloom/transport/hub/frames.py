@@ -10,7 +10,9 @@ between the chunks of a message.
 
 Connection life: client HELLO → hub CHALLENGE (random nonce) → client AUTH (signature of
 the nonce) → hub WELCOME; then SEND/RESULT, DELIVER/ACK and LOOKUP/DIRECTORY in any order.
-A fatal problem is answered with FAIL and the stream is closed.
+A fatal problem is answered with FAIL and the stream is closed. FAIL, and a RESULT that
+refuses a message, carry the error's catalogue ``code`` and its public ``message``
+(:meth:`fedloom.errors.FedloomError.public_text`), never a class name.
 """
 
 from __future__ import annotations
@@ -22,17 +24,10 @@ from typing import Any
 import msgpack
 
 from fedloom.errors import (
-    AccessDeniedError,
-    AuthenticationError,
-    BadSignatureError,
     FedloomError,
     MessageTooLargeError,
     ProtocolError,
-    ReplayedMessageError,
-    StaleMessageError,
-    UnknownIdentityError,
-    UnknownRecipientError,
-    WireError,
+    error_from_public,
 )
 
 SERVICE_METHOD = "/fedloom.Hub/Connect"
@@ -41,6 +36,8 @@ CHUNK_BYTES = 4 << 20
 GRPC_MESSAGE_LIMIT = CHUNK_BYTES + (64 << 10)
 MAX_CONTROL_BYTES = 64 << 10
 AUTH_DOMAIN = b"fedloom-hub-auth-v1\x00"
+MAX_ERROR_CHARS = 2000
+"""Characters of an error's public text a FAIL or RESULT frame carries."""
 
 
 class Kind(IntEnum):
@@ -174,29 +171,15 @@ class Reassembly:
         return self._frame
 
 
-def error_fields(error: FedloomError) -> dict[str, str]:
-    return {"error": type(error).__name__, "message": str(error)[:2000]}
+def error_fields(error: FedloomError) -> dict[str, str | int]:
+    """A refusal as FAIL or RESULT fields: the error's catalogue code and public text (never
+    its class name or its local message)."""
+    return {"code": error.code, "message": error.public_text()[:MAX_ERROR_CHARS]}
 
 
-ERROR_TYPES: dict[str, type[FedloomError]] = {
-    cls.__name__: cls
-    for cls in (
-        AccessDeniedError,
-        AuthenticationError,
-        BadSignatureError,
-        MessageTooLargeError,
-        ProtocolError,
-        ReplayedMessageError,
-        StaleMessageError,
-        UnknownIdentityError,
-        UnknownRecipientError,
-        WireError,
-    )
-}
-"""The errors a hub reports, by name (anything else becomes a ProtocolError)."""
-
-
-def error_from_fields(fields: dict[str, Any]) -> FedloomError:
-    """Rebuild the typed error a hub reported."""
-    cls = ERROR_TYPES.get(str(fields.get("error")), ProtocolError)
-    return cls(f"hub: {fields.get('message', '')}")
+def error_from_fields(fields: Mapping[str, Any]) -> FedloomError:
+    """Rebuild the typed error a hub reported, by its code (an unknown or missing code is a
+    ProtocolError that names it; a malformed field never raises)."""
+    message = fields.get("message", "")
+    text = message[:MAX_ERROR_CHARS] if isinstance(message, str) else ""
+    return error_from_public(fields.get("code"), f"hub: {text}")
