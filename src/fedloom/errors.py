@@ -201,6 +201,12 @@ class UnknownIdentityError(AccessDeniedError):
     """An identity the hub (or a pod) has not been told about."""
 
 
+class RouteRefusedError(AccessDeniedError):
+    """The hub does not carry messages between this sender and this recipient: two
+    identities of one role (pod to pod, modeller to modeller), or a pod and a modeller
+    the pod does not accept."""
+
+
 # --- cryptography ------------------------------------------------------------------------
 
 

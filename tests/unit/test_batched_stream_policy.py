@@ -37,6 +37,7 @@ from fedloom.protocols import (
     WorkerContext,
 )
 from fedloom.store import FailedFile
+from fedloom.testing import connect_federation
 from fedloom.transport import MemoryHub, ModellerMailbox, TaskRouter, WorkerMailbox
 from fedloom.wire import MessageType
 
@@ -195,7 +196,9 @@ def run(protocol: Names, pods: Mapping[str, Script], policy: RequestPolicy | Non
 
     async def main() -> Outcome:
         hub = MemoryHub()
-        routers = {name: TaskRouter(hub.connect(name)) for name in ["modeller", *pods]}
+        routers = {
+            name: TaskRouter(m) for name, m in connect_federation(hub, "modeller", pods).items()
+        }
         for router in routers.values():
             router.start()
         modeller = routers["modeller"]

@@ -19,6 +19,7 @@ import fedloom.modeller.modeller as modeller_module
 from fedloom import MemoryExperimentStore, Modeller
 from fedloom.errors import AbortReason, ErrorReport
 from fedloom.modeller import TaskCancellation
+from fedloom.testing import connect_federation
 from fedloom.testing.faults import Fault
 from fedloom.transport import Mailbox, MailboxStatistics, MemoryHub
 from fedloom.wire import Message, MessageType
@@ -97,9 +98,10 @@ def federation(pods: dict[str, dict[str, Any]], body: Body, *, gate: str | None 
 
     async def main() -> Any:
         hub = MemoryHub()
-        scripted = {name: Scripted(hub.connect(name), **options) for name, options in pods.items()}
+        mailboxes = connect_federation(hub, "modeller", pods)
+        scripted = {name: Scripted(mailboxes[name], **options) for name, options in pods.items()}
         tasks = [asyncio.create_task(pod.run()) for pod in scripted.values()]
-        inner = hub.connect("modeller")
+        inner = mailboxes["modeller"]
         mailbox: Mailbox = inner if gate is None else GatedMailbox(inner, gate)
         modeller = Modeller(mailbox, store=MemoryExperimentStore())
         try:

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from fedloom import OnTimeout, RequestPolicy
+from fedloom.testing import connect_federation
 from fedloom.transport import MemoryHub, ModellerMailbox, TaskRouter, WorkerMailbox
 from fedloom.wire import Message, MessageType
 
@@ -29,7 +30,7 @@ async def with_pods(
 ) -> tuple[Any, ModellerMailbox]:
     """Each pod sends ``sends``; once they wait at the modeller, ``read(mailbox)`` runs."""
     hub = MemoryHub()
-    routers = {name: TaskRouter(hub.connect(name)) for name in ["modeller", *PODS]}
+    routers = {name: TaskRouter(m) for name, m in connect_federation(hub, "modeller", PODS).items()}
     for router in routers.values():
         router.start()
     modeller = routers["modeller"]

@@ -16,6 +16,7 @@ import pytest
 
 from fedloom import ConfigError, OnTimeout, PodResponseError, RequestPolicy
 from fedloom.errors import AbortReason, ErrorReport, TaskAbortedError
+from fedloom.testing import connect_federation
 from fedloom.transport import MemoryHub, ModellerMailbox, TaskRouter, WorkerMailbox
 from fedloom.wire import MessageType
 
@@ -90,14 +91,15 @@ def run_task(pods: list[str], policy: RequestPolicy | None, scenario: Scenario) 
 
     async def main() -> None:
         hub = MemoryHub()
-        modeller_router = TaskRouter(hub.connect("modeller"))
+        mailboxes = connect_federation(hub, "modeller", pods)
+        modeller_router = TaskRouter(mailboxes["modeller"])
         modeller_router.start()
         modeller = ModellerMailbox(
             modeller_router, modeller_router.open_channel("task"), pods, policy=policy
         )
         workers, routers = {}, [modeller_router]
         for pod in pods:
-            router = TaskRouter(hub.connect(pod))
+            router = TaskRouter(mailboxes[pod])
             router.start()
             routers.append(router)
             workers[pod] = WorkerMailbox(router, router.open_channel("task"), "modeller")

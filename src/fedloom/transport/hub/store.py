@@ -47,13 +47,14 @@ from fedloom.errors import (
     UnknownIdentityError,
     UnknownRecipientError,
 )
+from fedloom.transport.routing import ROLES
 
 if sys.platform != "win32":
     import fcntl
 
 logger = logging.getLogger(__name__)
 
-HUB_ROLES: Final = ("pod", "modeller")
+HUB_ROLES: Final = ROLES
 """The roles an identity can be registered with."""
 
 DEFAULT_SPOOL_THRESHOLD = 1 << 20
