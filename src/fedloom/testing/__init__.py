@@ -4,7 +4,7 @@ Nothing in fedloom imports this package; tests and third-party implementations d
 """
 
 from fedloom.testing.backend_conformance import BackendFactory, check_backend
-from fedloom.testing.clock import FakeClock
+from fedloom.testing.clock import FakeClock, VirtualTimeLoop, run_in_virtual_time, virtual_loop
 from fedloom.testing.hub_conformance import HubFactory, check_hub
 from fedloom.testing.hubs import connect_federation
 from fedloom.testing.mailbox_conformance import MailboxPairFactory, check_mailbox
@@ -14,6 +14,7 @@ __all__ = [
     "BackendFactory",
     "FakeClock",
     "HubFactory",
+    "VirtualTimeLoop",
     "MailboxPairFactory",
     "check_backend",
     "check_experiment_store",
@@ -21,4 +22,6 @@ __all__ = [
     "check_mailbox",
     "check_pod_store",
     "connect_federation",
+    "run_in_virtual_time",
+    "virtual_loop",
 ]
