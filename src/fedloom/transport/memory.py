@@ -152,7 +152,8 @@ class MemoryMailbox:
             raise MailboxClosedError(f"mailbox {self._identity!r} is closed")
         queue = self._hub._queues[self._identity]
         try:
-            item = await asyncio.wait_for(queue.get(), timeout)
+            async with asyncio.timeout(timeout):  # wait_for could lose a cancellation (3.11)
+                item = await queue.get()
         except TimeoutError:
             raise ReceiveTimeoutError(
                 f"no message for {self._identity!r} within {timeout} s"
