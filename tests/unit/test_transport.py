@@ -337,3 +337,28 @@ def test_a_pod_survives_a_request_from_a_modeller_that_already_left() -> None:
         await serving
 
     asyncio.run(scenario())
+
+
+def test_virtual_time_jumps_when_idle_and_waits_for_threads() -> None:
+    """The loop unit tests run on: timers cost no real time, threads are waited for."""
+    import threading
+
+    release = threading.Event()
+
+    async def scenario() -> tuple[float, float, bool]:
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(1000)
+        slept = loop.time()
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(30):
+                await asyncio.Event().wait()
+        timed_out = loop.time()
+        # while a thread works, a timer must not fire however long it takes
+        timer = asyncio.ensure_future(asyncio.sleep(1))
+        threading.Timer(0.05, release.set).start()  # the thread's work: 50 ms of real time
+        assert await asyncio.to_thread(release.wait, 5)
+        fired_during_work = timer.done() or loop.time() != timed_out
+        await timer
+        return slept, timed_out, fired_during_work
+
+    assert run_in_virtual_time(scenario()) == (1000.0, 1030.0, False)
