@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import Any, Self
 
@@ -40,10 +40,13 @@ class LocalFederation:
         modeller_name: str = "modeller",
         isolation: IsolationSettings | None = None,
         plugins: tuple[str, ...] = (),
+        guests: Iterable[str] = (),
     ) -> None:
         """``isolation``: run each task's worker side in a spawned child process, as the
         pod daemon does (``None``: in this process). ``plugins``: modules each pod imports
-        in its children (and that must already be imported here)."""
+        in its children (and that must already be imported here). ``guests``: modellers
+        besides ``modeller_name`` that the pods accept at the hub (clients a test writes
+        message by message); the hub refuses every other modeller, as a real one does."""
         if not pods:
             raise ConfigError("a federation needs at least one pod")
         if modeller_name in pods:
@@ -63,6 +66,7 @@ class LocalFederation:
             for name, data in pods.items()
         }
         self._modeller_name = modeller_name
+        self._accepted = sorted({modeller_name, *guests})
         self._modeller_store = modeller_store
         self._modeller: Modeller | None = None
         self._serving: list[asyncio.Task[None]] = []
@@ -78,9 +82,11 @@ class LocalFederation:
     async def __aenter__(self) -> Self:
         loop = asyncio.get_running_loop()
         for name, pod in self.pods.items():
-            mailbox = self.hub.connect(name)
+            mailbox = self.hub.connect(name, "pod", accepts=self._accepted)
             self._serving.append(loop.create_task(pod.serve(mailbox), name=f"pod:{name}"))
-        self._modeller = Modeller(self.hub.connect(self._modeller_name), store=self._modeller_store)
+        self._modeller = Modeller(
+            self.hub.connect(self._modeller_name, "modeller"), store=self._modeller_store
+        )
         return self
 
     async def __aexit__(

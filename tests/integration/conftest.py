@@ -127,12 +127,16 @@ class FakePod:
                 await self._reply(*reply)
 
 
+RAW = "raw-modeller"
+"""The identity of a :class:`RawClient` (pods must accept it: ``guests=[RAW]``)."""
+
+
 class RawClient:
     """A modeller identity on the hub that sends hand-written JOB_REQUESTs."""
 
-    def __init__(self, hub: MemoryHub, identity: str = "raw-modeller") -> None:
+    def __init__(self, hub: MemoryHub, identity: str = RAW) -> None:
         self.identity = identity
-        self.mailbox = hub.connect(identity)
+        self.mailbox = hub.connect(identity, "modeller")
 
     async def request(self, pod: str, body: Any, task_id: str | None = None) -> Message:
         """Send a JOB_REQUEST with ``body`` to ``pod``; return the pod's answer."""

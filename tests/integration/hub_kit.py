@@ -61,6 +61,28 @@ async def connect(
     return await mailbox.connect()
 
 
+class GrpcTestHub:
+    """A gRPC hub in this process as the ``Hub`` contract sees it (for ``check_hub``):
+    the identities are registered before it starts, and connect with their own keys."""
+
+    def __init__(self, server: HubServer, identities: Mapping[str, Identity]) -> None:
+        self.server = server
+        self._identities = identities
+
+    @classmethod
+    async def start(cls, data_dir: Path, roles: Mapping[str, str]) -> GrpcTestHub:
+        identities = register(data_dir, roles)
+        return cls(await start_hub(data_dir), identities)
+
+    async def open_mailbox(
+        self, identity: str, role: str, *, accepts: Iterable[str] | None = None
+    ) -> GrpcMailbox:
+        return await connect(self.server.port, self._identities[identity], accepts)
+
+    async def close(self) -> None:
+        await self.server.stop()
+
+
 class RawSession:
     """A hand-driven hub connection: authenticates, then sends crafted frames."""
 

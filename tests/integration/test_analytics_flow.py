@@ -29,7 +29,7 @@ from fedloom import (
 )
 from fedloom.algorithms.analytics import compute_partials, partials_to_wire
 
-from .conftest import FakePod, RawClient, run_async, until_idle
+from .conftest import RAW, FakePod, RawClient, run_async, until_idle
 
 SIZES = {"pod-a": 37, "pod-b": 120, "pod-c": 253}
 COLUMNS = ("normal", "skewed", "counts")
@@ -208,7 +208,7 @@ def test_a_pod_rejects_a_raw_request_with_statistics_and_per_column() -> None:
     }
 
     async def main() -> Message:
-        async with LocalFederation(pods_from(FRAMES)) as federation:
+        async with LocalFederation(pods_from(FRAMES), guests=[RAW]) as federation:
             return await RawClient(federation.hub).request(
                 "pod-a", {"task": spec, "dataset": "default"}
             )
@@ -327,7 +327,7 @@ def test_a_pod_that_aborts_while_others_still_accept_is_not_forgotten(
     async def main() -> Any:
         async with LocalFederation(pods) as federation:
             late = FakePod(
-                federation.hub.connect("pod-late"),
+                federation.hub.connect("pod-late", "pod", accepts=["modeller"]),
                 _late_pod(late_frame, request),
                 accept_delay=0.3,
             )

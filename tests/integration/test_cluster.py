@@ -31,6 +31,7 @@ from fedloom import (
 from fedloom.cluster import LocalCluster, PodSpec
 from fedloom.errors import PodResponseError
 
+from .cli_kit import wait_for_rows
 from .conftest import run_async
 
 PODS = ("pod-a", "pod-b", "pod-c")
@@ -213,6 +214,7 @@ def test_signals_stop_every_process_cleanly(tmp_path: Path) -> None:
     """SIGTERM/SIGINT to the hub, a pod and the modeller CLI: exit within 20 s, no traceback."""
     specs = _write_pod_data(tmp_path, ("pod-a", "pod-b"))
     task_file = tmp_path / "task.toml"
+    store = tmp_path / "modeller.sqlite"
 
     async def main() -> None:
         async with LocalCluster(tmp_path / "cluster", specs) as cluster:
@@ -222,6 +224,7 @@ def test_signals_stop_every_process_cleanly(tmp_path: Path) -> None:
                         f'hub = "{cluster.address}"',
                         f'identity = "{cluster.keys_dir / "modeller.key"}"',
                         'pods = ["pod-a", "pod-b"]',
+                        f'store = "{store}"',
                         "[tls]",
                         f'ca = "{cluster.hub_dir / "tls" / "ca.crt"}"',
                         "[policy]",
@@ -243,8 +246,8 @@ def test_signals_stop_every_process_cleanly(tmp_path: Path) -> None:
                 text=True,
             )
             try:
-                await asyncio.sleep(6)  # let the task get going
-                assert modeller.poll() is None, modeller.communicate()
+                # the task is going once its first round is recorded
+                await asyncio.to_thread(wait_for_rows, store, "rounds", 1, modeller)
                 started = time.monotonic()
                 modeller.send_signal(signal.SIGTERM)
                 _, stderr = await asyncio.to_thread(modeller.communicate, timeout=20)

@@ -37,6 +37,7 @@ from fedloom.algorithms.ml import load_arrays, state_to_arrays, train_local
 from fedloom.algorithms.ml import round_seed as _stable_seed
 
 from .conftest import (
+    RAW,
     TINY_MLP,
     FakePod,
     RawClient,
@@ -225,7 +226,7 @@ def test_a_bad_update_is_rejected_and_changes_nothing(case: str, clean_run: FedA
 
     async def main() -> tuple[Any, list[MessageType]]:
         async with LocalFederation(honest_pods()) as federation:
-            evil = FakePod(federation.hub.connect("pod-evil"), answer)
+            evil = FakePod(federation.hub.connect("pod-evil", "pod", accepts=["modeller"]), answer)
             evil_task = asyncio.create_task(evil.run())
             run = await federation.modeller.run(fedavg(rounds=2), [*sorted(SIZES), "pod-evil"])
             return run, await evil_task
@@ -416,7 +417,7 @@ def test_a_pod_rejects_a_job_with_a_negative_learning_rate() -> None:
 
     async def main() -> tuple[Message, Message]:
         async with LocalFederation(
-            {"pod-a": honest_pods()["pod-a"]}, pod_stores={"pod-a": store}
+            {"pod-a": honest_pods()["pod-a"]}, pod_stores={"pod-a": store}, guests=[RAW]
         ) as fed:
             client = RawClient(fed.hub)
             rejected = await client.request("pod-a", {"task": spec, "dataset": "default"})

@@ -33,6 +33,7 @@ from fedloom import (
 from fedloom.algorithms.analytics import AnalyticsRequest
 from fedloom.hooks import Hook, HookEvent, HookPoint, HookSet, build_hooks, register_hook
 from fedloom.protocols import ModellerContext, Protocol, WorkerContext
+from fedloom.testing import connect_federation
 from fedloom.transport import ModellerMailbox, TaskRouter, WorkerMailbox
 
 from .conftest import TINY_MLP, labelled_arrays, run_async
@@ -82,7 +83,7 @@ async def run_both_sides(
     Returns the modeller's result and what each pod's worker side released.
     """
     hub = MemoryHub()
-    routers = [TaskRouter(hub.connect(name)) for name in ("modeller", *data)]
+    routers = [TaskRouter(m) for m in connect_federation(hub, "modeller", data).values()]
     for router in routers:
         router.start()
     modeller = ModellerMailbox(routers[0], routers[0].open_channel("task"), list(data))

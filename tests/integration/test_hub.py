@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -20,15 +21,15 @@ from fedloom.errors import (
     UnknownIdentityError,
     UnknownRecipientError,
 )
-from fedloom.testing import check_mailbox
-from fedloom.transport import Mailbox
+from fedloom.testing import check_hub, check_mailbox
+from fedloom.transport import Hub, Mailbox, Role
 from fedloom.transport.hub.client import GrpcMailbox
 from fedloom.transport.hub.frames import Kind, control
 from fedloom.transport.sealing import sign_frame
 from fedloom.wire import Message, MessageType, encode
 
 from .conftest import run_async
-from .hub_kit import RawSession, SharedHub, connect, free_port, register, start_hub
+from .hub_kit import GrpcTestHub, RawSession, SharedHub, connect, free_port, register, start_hub
 
 MARKER = "SECRET-MARKER-9d1c5e"
 
@@ -62,6 +63,18 @@ def test_grpc_mailbox_passes_the_mailbox_contract(tmp_path: Path) -> None:
                 await hub.stop()
 
     run_async(main())
+
+
+def test_grpc_hub_passes_the_hub_contract(tmp_path: Path) -> None:
+    """Routing rules included: the same check_hub the in-memory hub passes."""
+    count = 0
+
+    async def factory(roles: Mapping[str, Role]) -> Hub:
+        nonlocal count
+        count += 1
+        return await GrpcTestHub.start(tmp_path / f"hub{count}", roles)
+
+    run_async(check_hub(factory))
 
 
 def test_marker_never_stored_or_forwarded_in_clear(tmp_path: Path) -> None:

@@ -25,10 +25,10 @@ def test_a_silent_modellers_task_ends_and_frees_its_slot() -> None:
 
     async def main() -> tuple[str, str, float]:
         async with LocalFederation(
-            {"pod-a": source()}, policy=policy, pod_stores={"pod-a": store}
+            {"pod-a": source()}, policy=policy, guests=["raw"], pod_stores={"pod-a": store}
         ) as federation:
             pod = federation.pods["pod-a"]
-            script = Script(federation.hub.connect("raw"), "pod-a")
+            script = Script(federation.hub.connect("raw", "modeller"), "pod-a")
             held = await script.request()
             await script.expect_start(held)
             queued = await script.request()
@@ -68,8 +68,10 @@ def test_the_accept_tells_the_modeller_how_long_the_pod_waits() -> None:
     policy = PodPolicy(modeller_timeout=42.0)
 
     async def main() -> float:
-        async with LocalFederation({"pod-a": source()}, policy=policy) as federation:
-            script = Script(federation.hub.connect("raw"), "pod-a")
+        async with LocalFederation(
+            {"pod-a": source()}, policy=policy, guests=["raw"]
+        ) as federation:
+            script = Script(federation.hub.connect("raw", "modeller"), "pod-a")
             task_id = uuid.uuid4().hex
             request = {"task": SUMMARY, "dataset": "default"}
             await script.send(MessageType.JOB_REQUEST, task_id, request)
@@ -86,10 +88,14 @@ def test_a_silent_modellers_task_child_is_stopped() -> None:
 
     async def main() -> int:
         async with LocalFederation(
-            {"pod-a": source()}, policy=policy, pod_stores={"pod-a": store}, isolation=FAST
+            {"pod-a": source()},
+            policy=policy,
+            guests=["raw"],
+            pod_stores={"pod-a": store},
+            isolation=FAST,
         ) as federation:
             pod = federation.pods["pod-a"]
-            script = Script(federation.hub.connect("raw"), "pod-a")
+            script = Script(federation.hub.connect("raw", "modeller"), "pod-a")
             task_id = await script.request()
             for kind in STARTING:
                 await script.expect(kind, task_id)
@@ -130,9 +136,9 @@ def test_no_task_start_in_time_is_a_modeller_timeout_in_process_too() -> None:
 
     async def main() -> tuple[str, str]:
         async with LocalFederation(
-            {"pod-a": source()}, policy=policy, pod_stores={"pod-a": store}
+            {"pod-a": source()}, policy=policy, guests=["raw"], pod_stores={"pod-a": store}
         ) as federation:
-            script = Script(federation.hub.connect("raw"), "pod-a")
+            script = Script(federation.hub.connect("raw", "modeller"), "pod-a")
             task_id = await script.request()
             await script.expect_start(task_id)
             aborted = await script.expect(MessageType.TASK_ABORT, task_id)
@@ -153,7 +159,7 @@ def test_a_modeller_waiting_longer_than_the_pods_timeout_keeps_its_task_alive() 
 
     async def main() -> dict[str, object]:
         async with LocalFederation(
-            {"pod-a": source()}, policy=policy, pod_stores={"pod-a": store}
+            {"pod-a": source()}, policy=policy, guests=["raw"], pod_stores={"pod-a": store}
         ) as federation:
             run = await federation.run(Fault("sleep", seconds=1.6))
             await until_idle(federation.pods["pod-a"])

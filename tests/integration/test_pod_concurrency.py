@@ -51,7 +51,7 @@ def test_a_task_beyond_the_limit_is_queued_and_never_runs_alongside_the_first() 
     async def main() -> tuple[TaskResult, TaskResult, int]:
         policy = PodPolicy(max_concurrent_tasks=1, start_timeout=REPLY_TIMEOUT)
         async with LocalFederation(
-            {"pod-a": source()}, policy=policy, pod_stores={"pod-a": store}
+            {"pod-a": source()}, policy=policy, guests=["raw"], pod_stores={"pod-a": store}
         ) as federation:
             pod = federation.pods["pod-a"]
             most = 0
@@ -153,10 +153,10 @@ def test_positions_move_up_when_queued_tasks_leave_and_the_slot_goes_to_the_next
 
     async def main() -> dict[str, str]:
         async with LocalFederation(
-            {"pod-a": source()}, policy=policy, pod_stores={"pod-a": store}
+            {"pod-a": source()}, policy=policy, guests=["raw"], pod_stores={"pod-a": store}
         ) as federation:
             pod = federation.pods["pod-a"]
-            script = Script(federation.hub.connect("raw"), "pod-a")
+            script = Script(federation.hub.connect("raw", "modeller"), "pod-a")
             holder = await script.request()  # runs, and waits for a TASK_START that is late
             await script.expect_start(holder)
             queue = []
@@ -229,10 +229,10 @@ def test_a_pod_that_stops_ends_its_running_and_queued_tasks() -> None:
 
     async def main() -> tuple[list[str], Any]:
         federation = LocalFederation(
-            {"pod-a": source()}, policy=policy, pod_stores={"pod-a": store}
+            {"pod-a": source()}, policy=policy, guests=["raw"], pod_stores={"pod-a": store}
         )
         async with federation:
-            script = Script(federation.hub.connect("raw"), "pod-a")
+            script = Script(federation.hub.connect("raw", "modeller"), "pod-a")
             holder = await script.request()
             await script.expect_start(holder)
             waiting = await script.request()
@@ -248,9 +248,11 @@ def test_a_pod_that_stops_ends_its_running_and_queued_tasks() -> None:
 def test_tasks_within_the_limit_start_at_once() -> None:
     async def main() -> tuple[list[str], list[str]]:
         policy = PodPolicy(max_concurrent_tasks=2, start_timeout=60)
-        async with LocalFederation({"pod-a": source()}, policy=policy) as federation:
+        async with LocalFederation(
+            {"pod-a": source()}, policy=policy, guests=["raw"]
+        ) as federation:
             pod = federation.pods["pod-a"]
-            script = Script(federation.hub.connect("raw"), "pod-a")
+            script = Script(federation.hub.connect("raw", "modeller"), "pod-a")
             started = []
             for _ in range(2):
                 task_id = await script.request()

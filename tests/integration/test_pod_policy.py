@@ -27,7 +27,7 @@ from fedloom import (
 )
 from fedloom.algorithms.ml import evaluate, load_arrays, state_to_arrays
 
-from .conftest import TINY_MLP, RawClient, labelled_arrays, run_async, until_idle
+from .conftest import RAW, TINY_MLP, RawClient, labelled_arrays, run_async, until_idle
 
 SIZES = {"pod-a": 30, "pod-b": 45}
 
@@ -88,7 +88,7 @@ def test_unknown_and_dangerous_protocol_names_are_rejected_without_imports() -> 
     pods = sources()
 
     async def main() -> tuple[list[Message], set[str], Any]:
-        async with LocalFederation(pods, pod_stores={"pod-a": store}) as federation:
+        async with LocalFederation(pods, pod_stores={"pod-a": store}, guests=[RAW]) as federation:
             client = RawClient(federation.hub)
             before = set(sys.modules)
             replies = [
@@ -122,7 +122,9 @@ def test_an_empty_protocol_name_is_rejected_and_recorded() -> None:
     store = MemoryPodStore()
 
     async def main() -> Message:
-        async with LocalFederation(sources(), pod_stores={"pod-a": store}) as federation:
+        async with LocalFederation(
+            sources(), pod_stores={"pod-a": store}, guests=[RAW]
+        ) as federation:
             client = RawClient(federation.hub)
             body = {"task": {"protocol": "", "config": {}}, "dataset": "default"}
             return await client.request("pod-a", body)
@@ -166,7 +168,9 @@ def test_malformed_job_requests_are_rejected_as_invalid_tasks() -> None:
     store = MemoryPodStore()
 
     async def main() -> tuple[dict[str, Message], Message]:
-        async with LocalFederation(sources(), pod_stores={"pod-a": store}) as federation:
+        async with LocalFederation(
+            sources(), pod_stores={"pod-a": store}, guests=[RAW]
+        ) as federation:
             client = RawClient(federation.hub)
             replies = {
                 case: await client.request("pod-a", body) for case, body in MALFORMED_BODIES.items()
@@ -186,7 +190,9 @@ def test_an_unknown_dataset_is_rejected_with_no_data() -> None:
     store = MemoryPodStore()
 
     async def main() -> Message:
-        async with LocalFederation(sources(), pod_stores={"pod-a": store}) as federation:
+        async with LocalFederation(
+            sources(), pod_stores={"pod-a": store}, guests=[RAW]
+        ) as federation:
             client = RawClient(federation.hub)
             return await client.request("pod-a", {"task": VALID_TASK, "dataset": "nope"})
 

@@ -92,7 +92,9 @@ async def with_scripted(
 ) -> Any:
     """Run ``body`` with a FakePod per ``scripted`` entry; stop the ones still running."""
     tasks = {
-        name: asyncio.create_task(FakePod(federation.hub.connect(name), answer).run())
+        name: asyncio.create_task(
+            FakePod(federation.hub.connect(name, "pod", accepts=["modeller"]), answer).run()
+        )
         for name, answer in scripted.items()
     }
     try:
@@ -331,7 +333,7 @@ def test_timings_measure_a_late_pod() -> None:
     async def main() -> TaskResult:
         async with LocalFederation(data) as federation:
             late = FakePod(
-                federation.hub.connect("pod-late"),
+                federation.hub.connect("pod-late", "pod", accepts=["modeller"]),
                 slow(0.3, MessageType.RESULTS, {"rows": 12}),
                 accept_delay=0.2,
             )

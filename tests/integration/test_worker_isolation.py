@@ -170,7 +170,7 @@ def test_task_cancel_is_answered_with_task_abort(isolated: bool) -> None:
     from fedloom import MemoryHub, Message, MessageType, Pod
     from fedloom.transport.task import report_of
 
-    from .conftest import RawClient
+    from .conftest import RAW, RawClient
 
     store = MemoryPodStore()
 
@@ -183,7 +183,7 @@ def test_task_cancel_is_answered_with_task_abort(isolated: bool) -> None:
             isolation=FAST if isolated else None,
             plugins=PLUGINS,
         )
-        serving = asyncio.ensure_future(pod.serve(hub.connect("pod-a")))
+        serving = asyncio.ensure_future(pod.serve(hub.connect("pod-a", "pod", accepts=[RAW])))
         client = RawClient(hub)
         fault = Fault("sleep", seconds=120) if isolated else Fault("ok")
         body = {"task": fault.dump(), "dataset": "default"}

@@ -17,6 +17,7 @@ from fedloom.datasources import ArraySource
 from fedloom.hooks import HookSet
 from fedloom.protocols import ModellerContext, WorkerContext
 from fedloom.protocols.analytics import Analytics, AnalyticsResult
+from fedloom.testing import connect_federation
 from fedloom.transport import MemoryHub, ModellerMailbox, TaskRouter, WorkerMailbox
 from fedloom.wire import MessageType
 
@@ -58,7 +59,7 @@ def test_the_worker_loop_keeps_ticking_while_statistics_are_computed(
 
     async def main() -> AnalyticsResult:
         hub = MemoryHub()
-        routers = [TaskRouter(hub.connect(name)) for name in ("modeller", "pod-a")]
+        routers = [TaskRouter(m) for m in connect_federation(hub, "modeller", ["pod-a"]).values()]
         for router in routers:
             router.start()
         modeller = ModellerMailbox(routers[0], routers[0].open_channel(TASK), ["pod-a"])

@@ -53,6 +53,7 @@ from fedloom.protocols import (
     pool_statistics,
 )
 from fedloom.store import FailedFile, MemoryPodStore, task_hash
+from fedloom.testing import connect_federation
 from fedloom.transport import MemoryHub, ModellerMailbox, TaskRouter, WorkerMailbox
 from fedloom.wire import MessageType
 
@@ -198,7 +199,8 @@ def run_flow(
 
     async def main() -> Flow:
         hub = MemoryHub()
-        routers = [TaskRouter(hub.connect(name)) for name in ["modeller", *sources, *raw]]
+        mailboxes = connect_federation(hub, "modeller", [*sources, *raw])
+        routers = [TaskRouter(m) for m in mailboxes.values()]
         for router in routers:
             router.start()
         flow = Flow(None, {})

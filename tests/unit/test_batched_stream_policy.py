@@ -8,7 +8,6 @@ silent mid-stream (as a pod that was SIGKILLed: no TASK_ABORT ever comes) or abo
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +36,7 @@ from fedloom.protocols import (
     WorkerContext,
 )
 from fedloom.store import FailedFile
+from fedloom.testing import connect_federation, run_in_virtual_time
 from fedloom.transport import MemoryHub, ModellerMailbox, TaskRouter, WorkerMailbox
 from fedloom.wire import MessageType
 
@@ -109,17 +109,17 @@ class Told:
 
     outcome: str
     at: float
-    """time.monotonic() when the pod heard it."""
+    """The loop's clock when the pod heard it."""
     finished_at: float | None = None
-    """time.monotonic() when the pod sent its last message (a pod that finished)."""
+    """The loop's clock when the pod sent its last message (a pod that finished)."""
 
 
 async def told(mailbox: WorkerMailbox, finished_at: float | None = None) -> Told:
     try:
         await mailbox.receive(MessageType.TASK_COMPLETE, timeout=10)
-        return Told("completed", time.monotonic(), finished_at)
+        return Told("completed", asyncio.get_running_loop().time(), finished_at)
     except TaskAbortedError as exc:
-        return Told(exc.reason.value, time.monotonic(), finished_at)
+        return Told(exc.reason.value, asyncio.get_running_loop().time(), finished_at)
 
 
 def scripted(
@@ -148,13 +148,13 @@ def scripted(
             try:  # a pod stops as soon as the modeller stops the task
                 await mailbox.receive(MessageType.TASK_COMPLETE, timeout=0.001)
             except TaskAbortedError as exc:
-                return Told(exc.reason.value, time.monotonic())
+                return Told(exc.reason.value, asyncio.get_running_loop().time())
             except ReceiveTimeoutError:
                 pass
             await mailbox.send(MessageType.EVALUATION_RESULTS, {"batch": batch, "names": []})
             await mailbox.send(MessageType.CURRENT_BATCH_ID, {"batch": batch + 1})
         await mailbox.send(MessageType.BATCHES_COMPLETE, {"stage": "BATCHES_ONLY"})
-        finished_at = time.monotonic()
+        finished_at = asyncio.get_running_loop().time()
         names = [f"{batch}.png" for batch in range(1, batches + 1)]
         await mailbox.send(MessageType.BATCHES_COMPLETE, {"stage": "TASK_COMPLETE", "names": names})
         return await told(mailbox, finished_at)
@@ -195,7 +195,9 @@ def run(protocol: Names, pods: Mapping[str, Script], policy: RequestPolicy | Non
 
     async def main() -> Outcome:
         hub = MemoryHub()
-        routers = {name: TaskRouter(hub.connect(name)) for name in ["modeller", *pods]}
+        routers = {
+            name: TaskRouter(m) for name, m in connect_federation(hub, "modeller", pods).items()
+        }
         for router in routers.values():
             router.start()
         modeller = routers["modeller"]
@@ -205,17 +207,17 @@ def run(protocol: Names, pods: Mapping[str, Script], policy: RequestPolicy | Non
             try:
                 result = await protocol.run_modeller(mailbox, ModellerContext())
             except FedloomError as exc:
-                seconds.append(time.monotonic() - started)
+                seconds.append(asyncio.get_running_loop().time() - started)
                 await mailbox.broadcast(
                     MessageType.TASK_ABORT, ErrorReport.from_exception(exc).to_body()
                 )
                 return exc
-            seconds.append(time.monotonic() - started)
+            seconds.append(asyncio.get_running_loop().time() - started)
             await mailbox.broadcast(MessageType.TASK_COMPLETE)
             return result
 
         seconds: list[float] = []
-        started = time.monotonic()
+        started = asyncio.get_running_loop().time()
         try:
             outcomes = await asyncio.gather(
                 model(),
@@ -234,7 +236,7 @@ def run(protocol: Names, pods: Mapping[str, Script], policy: RequestPolicy | Non
         return Outcome(outcomes[0], pod_outcomes, mailbox, seconds[0])
 
     # before the fix the stream waited forever for a silent pod: bound the whole run
-    return asyncio.run(asyncio.wait_for(main(), 15))
+    return run_in_virtual_time(asyncio.wait_for(main(), 15))  # time-outs cost no real time
 
 
 # --- tests ----------------------------------------------------------------------------------

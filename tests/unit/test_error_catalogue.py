@@ -65,6 +65,7 @@ CODES = {
     "LimitsExceededError": 5001,
     "AccessDeniedError": 5100,
     "UnknownIdentityError": 5101,
+    "RouteRefusedError": 5102,
     "AuthenticationError": 5200,
     "BadSignatureError": 5201,
     "ReplayedMessageError": 5202,

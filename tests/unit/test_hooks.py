@@ -35,7 +35,7 @@ from fedloom.hooks import (
     register_hook,
 )
 from fedloom.protocols import WorkerContext
-from fedloom.testing import FakeClock
+from fedloom.testing import FakeClock, connect_federation
 from fedloom.transport import Mailbox, MemoryHub, TaskRouter, WorkerMailbox
 from fedloom.wire import Message, MessageType
 
@@ -91,8 +91,8 @@ class Raises(Hook):
 async def task_mailboxes() -> AsyncIterator[tuple[WorkerMailbox, Mailbox]]:
     """A pod's WorkerMailbox on a real in-memory hub, and the modeller's raw mailbox."""
     hub = MemoryHub()
-    modeller = hub.connect("modeller")
-    router = TaskRouter(hub.connect("pod-a"))
+    modeller, pod = connect_federation(hub, "modeller", ["pod-a"]).values()
+    router = TaskRouter(pod)
     router.start()
     try:
         yield WorkerMailbox(router, router.open_channel(TASK), "modeller"), modeller

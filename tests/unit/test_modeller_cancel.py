@@ -8,7 +8,6 @@ tests/integration/test_cancel.py.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +18,7 @@ import fedloom.modeller.modeller as modeller_module
 from fedloom import MemoryExperimentStore, Modeller
 from fedloom.errors import AbortReason, ErrorReport
 from fedloom.modeller import TaskCancellation
+from fedloom.testing import connect_federation, run_in_virtual_time
 from fedloom.testing.faults import Fault
 from fedloom.transport import Mailbox, MailboxStatistics, MemoryHub
 from fedloom.wire import Message, MessageType
@@ -97,9 +97,10 @@ def federation(pods: dict[str, dict[str, Any]], body: Body, *, gate: str | None 
 
     async def main() -> Any:
         hub = MemoryHub()
-        scripted = {name: Scripted(hub.connect(name), **options) for name, options in pods.items()}
+        mailboxes = connect_federation(hub, "modeller", pods)
+        scripted = {name: Scripted(mailboxes[name], **options) for name, options in pods.items()}
         tasks = [asyncio.create_task(pod.run()) for pod in scripted.values()]
-        inner = hub.connect("modeller")
+        inner = mailboxes["modeller"]
         mailbox: Mailbox = inner if gate is None else GatedMailbox(inner, gate)
         modeller = Modeller(mailbox, store=MemoryExperimentStore())
         try:
@@ -111,7 +112,7 @@ def federation(pods: dict[str, dict[str, Any]], body: Body, *, gate: str | None 
             await asyncio.gather(*tasks, return_exceptions=True)
             await hub.close()
 
-    return asyncio.run(asyncio.wait_for(main(), 20))
+    return run_in_virtual_time(asyncio.wait_for(main(), 20))
 
 
 async def cancel_when(
@@ -119,9 +120,10 @@ async def cancel_when(
 ) -> tuple[list[TaskCancellation], float]:
     for event in events:
         await event.wait()
-    started = time.monotonic()
+    loop = asyncio.get_running_loop()  # virtual time: seconds are exact, and cost none
+    started = loop.time()
     cancellations = await modeller.cancel()
-    seconds = time.monotonic() - started
+    seconds = loop.time() - started
     with pytest.raises(asyncio.CancelledError):
         await run
     assert modeller.running_tasks() == []
@@ -143,7 +145,7 @@ def test_cancel_mid_task_sends_task_cancel_and_waits_for_every_answer() -> None:
     assert set(cancellation.acknowledged) == {"pod-a", "pod-b"}
     assert {r.reason for r in cancellation.acknowledged.values()} == {CANCELLED}
     assert cancellation.unanswered == []
-    assert seconds < 2, "it waited past the pods' answers"
+    assert seconds == 0, "it waited (on a timer) past the pods' answers"
     for pod in pods.values():  # a cancel, not an abort: the pod answers it
         assert pod.seen[-1] is MessageType.TASK_CANCEL
         assert MessageType.TASK_ABORT not in pod.seen
@@ -171,7 +173,7 @@ def test_cancel_in_the_accept_phase_tells_the_pods_that_accepted(
     assert cancellation.acknowledged["pod-a"].reason is CANCELLED
     # a pod that may hold the task but says nothing is waited for, boundedly
     assert cancellation.unanswered == ["pod-silent"]
-    assert 0.4 < seconds < 2
+    assert seconds == pytest.approx(0.5), "the silent pod is waited for TELL_PODS_SECONDS"
     assert pods["pod-silent"].seen == [MessageType.JOB_REQUEST, MessageType.TASK_CANCEL]
     assert pods["pod-a"].seen == [MessageType.JOB_REQUEST, MessageType.TASK_CANCEL]
 
@@ -198,7 +200,7 @@ def test_a_rejection_read_before_the_cancel_is_not_waited_for() -> None:
     )
     assert sorted(cancellation.acknowledged) == ["pod-a", "pod-late"]
     assert cancellation.unanswered == []
-    assert seconds < 2
+    assert seconds == 0
     assert pods["pod-no"].seen == [MessageType.JOB_REQUEST, MessageType.TASK_CANCEL]
 
 

@@ -7,11 +7,11 @@ import): the replies that arrived meanwhile wait on the task's channel and must 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Mapping
 from typing import Any
 
 from fedloom import OnTimeout, RequestPolicy
+from fedloom.testing import connect_federation, run_in_virtual_time, virtual_loop
 from fedloom.transport import MemoryHub, ModellerMailbox, TaskRouter, WorkerMailbox
 from fedloom.wire import Message, MessageType
 
@@ -21,7 +21,7 @@ POLICY = RequestPolicy(timeout=0.1, on_timeout=OnTimeout.STOP)
 
 
 def busy(pod: str, kind: MessageType, body: Mapping[str, object]) -> None:
-    time.sleep(0.3)  # blocks the loop past the request's 0.1 s
+    virtual_loop().advance(0.3)  # holds the loop past the request's 0.1 s
 
 
 async def with_pods(
@@ -29,7 +29,7 @@ async def with_pods(
 ) -> tuple[Any, ModellerMailbox]:
     """Each pod sends ``sends``; once they wait at the modeller, ``read(mailbox)`` runs."""
     hub = MemoryHub()
-    routers = {name: TaskRouter(hub.connect(name)) for name in ["modeller", *PODS]}
+    routers = {name: TaskRouter(m) for name, m in connect_federation(hub, "modeller", PODS).items()}
     for router in routers.values():
         router.start()
     modeller = routers["modeller"]
@@ -56,7 +56,7 @@ def test_collect_reads_the_replies_queued_when_its_time_is_up() -> None:
     async def read(mailbox: ModellerMailbox) -> Any:
         return await mailbox.collect(MessageType.RESULTS, name="results")
 
-    gathered, _ = asyncio.run(with_pods(sends, read))
+    gathered, _ = run_in_virtual_time(with_pods(sends, read))
     assert sorted(gathered.replies) == PODS
     assert gathered.missing == []
 
@@ -73,6 +73,6 @@ def test_a_stream_reads_the_messages_queued_when_a_pods_time_is_up() -> None:
 
         return [m.sender async for m in mailbox.collect_stream(final, name="batches")]
 
-    streamed, mailbox = asyncio.run(with_pods(sends, read))
+    streamed, mailbox = run_in_virtual_time(with_pods(sends, read))
     assert sorted(streamed) == PODS
     assert mailbox.dropped == set() and mailbox.pods == PODS

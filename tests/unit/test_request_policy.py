@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -16,6 +15,7 @@ import pytest
 
 from fedloom import ConfigError, OnTimeout, PodResponseError, RequestPolicy
 from fedloom.errors import AbortReason, ErrorReport, TaskAbortedError
+from fedloom.testing import connect_federation, run_in_virtual_time
 from fedloom.transport import MemoryHub, ModellerMailbox, TaskRouter, WorkerMailbox
 from fedloom.wire import MessageType
 
@@ -90,14 +90,15 @@ def run_task(pods: list[str], policy: RequestPolicy | None, scenario: Scenario) 
 
     async def main() -> None:
         hub = MemoryHub()
-        modeller_router = TaskRouter(hub.connect("modeller"))
+        mailboxes = connect_federation(hub, "modeller", pods)
+        modeller_router = TaskRouter(mailboxes["modeller"])
         modeller_router.start()
         modeller = ModellerMailbox(
             modeller_router, modeller_router.open_channel("task"), pods, policy=policy
         )
         workers, routers = {}, [modeller_router]
         for pod in pods:
-            router = TaskRouter(hub.connect(pod))
+            router = TaskRouter(mailboxes[pod])
             router.start()
             routers.append(router)
             workers[pod] = WorkerMailbox(router, router.open_channel("task"), "modeller")
@@ -108,7 +109,7 @@ def run_task(pods: list[str], policy: RequestPolicy | None, scenario: Scenario) 
                 await router.close()
             await hub.close()
 
-    asyncio.run(asyncio.wait_for(main(), 30))
+    run_in_virtual_time(asyncio.wait_for(main(), 30))  # time-outs cost no real time
 
 
 def abort_body(reason: AbortReason = AbortReason.WORKER_ERROR) -> dict[str, str]:
@@ -159,11 +160,11 @@ def test_stop_names_the_late_pod_and_keeps_it_in_the_task() -> None:
 def test_stop_on_error_returns_at_the_first_abort_without_waiting() -> None:
     async def scenario(modeller: ModellerMailbox, workers: dict[str, WorkerMailbox]) -> None:
         await workers["a"].send(MessageType.TASK_ABORT, abort_body())
-        started = time.monotonic()
+        started = asyncio.get_running_loop().time()
         with pytest.raises(PodResponseError) as caught:
             await modeller.collect(MessageType.RESULTS)
         # b never answers and the time-out is 20 s: only stop_on_error ends this early
-        assert time.monotonic() - started < 10
+        assert asyncio.get_running_loop().time() - started == 0
         assert caught.value.failed_pods == {"a": "WORKER_ERROR: it broke"}
         assert "stop_on_error" in str(caught.value)
 
@@ -268,10 +269,11 @@ def test_a_refusal_under_stop_on_error_stops_at_once() -> None:
 
 def test_a_requests_own_timeout_wins_over_the_policy() -> None:
     async def scenario(modeller: ModellerMailbox, workers: dict[str, WorkerMailbox]) -> None:
-        started = time.monotonic()
+        started = asyncio.get_running_loop().time()
         with pytest.raises(PodResponseError, match="0 usable replies"):
             await modeller.collect(MessageType.RESULTS, timeout=0.2)
-        assert time.monotonic() - started < 10  # the policy alone would wait forever
+        # the policy alone would wait forever
+        assert asyncio.get_running_loop().time() - started == pytest.approx(0.2)
         assert modeller.dropped == {"a"}
 
     run_task(["a"], RequestPolicy(timeout=None), scenario)

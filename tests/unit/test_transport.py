@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 
 import numpy as np
 import pytest
@@ -13,16 +14,91 @@ from fedloom.errors import (
     ErrorReport,
     MailboxClosedError,
     ProtocolError,
+    RouteRefusedError,
     TaskAbortedError,
 )
-from fedloom.testing import check_mailbox
-from fedloom.transport import MemoryHub, ModellerMailbox, TaskRouter, WorkerMailbox
+from fedloom.testing import check_hub, check_mailbox, connect_federation, run_in_virtual_time
+from fedloom.transport import (
+    Channel,
+    Endpoint,
+    Hub,
+    MemoryHub,
+    ModellerMailbox,
+    Role,
+    TaskRouter,
+    WorkerMailbox,
+    check_route,
+    memory,
+)
 from fedloom.wire import Message, MessageType
 
 
 async def memory_pair() -> tuple[object, object]:
     hub = MemoryHub()
-    return hub.connect("alice"), hub.connect("bob")
+    return hub.connect("alice", "modeller"), hub.connect("bob", "pod", accepts=["alice"])
+
+
+async def memory_hub(identities: Mapping[str, Role]) -> Hub:
+    return MemoryHub()
+
+
+def test_memory_hub_passes_the_hub_contract() -> None:
+    asyncio.run(check_hub(memory_hub))
+
+
+def test_hub_suite_catches_a_hub_that_routes_anything(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The in-memory hub as it was: every route carried."""
+    monkeypatch.setattr(memory, "check_route", lambda sender, recipient: None)
+    with pytest.raises(AssertionError, match="refuses_pod_to_pod"):
+        asyncio.run(check_hub(memory_hub))
+
+
+def test_hub_suite_catches_a_hub_that_lets_any_modeller_reach_a_pod(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def roles_only(sender: Endpoint, recipient: Endpoint) -> None:
+        if sender.role == recipient.role:
+            raise RouteRefusedError("same role")
+
+    monkeypatch.setattr(memory, "check_route", roles_only)
+    with pytest.raises(AssertionError, match="refuses_an_unaccepted_modeller"):
+        asyncio.run(check_hub(memory_hub))
+
+
+def test_hub_suite_catches_a_hub_that_refuses_too_much(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuses_all(sender: Endpoint, recipient: Endpoint) -> None:
+        raise RouteRefusedError("nothing is carried")
+
+    monkeypatch.setattr(memory, "check_route", refuses_all)
+    with pytest.raises(AssertionError, match="carries_accepted_routes: RouteRefusedError"):
+        asyncio.run(check_hub(memory_hub))
+
+
+def test_memory_hub_refuses_bad_roles_and_accepts_lists() -> None:
+    hub = MemoryHub()
+    with pytest.raises(ConfigError, match="role"):
+        hub.connect("x", "admin")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="must list the modellers"):
+        hub.connect("pod-a", "pod")
+    with pytest.raises(ConfigError, match="only a pod"):
+        hub.connect("modeller", "modeller", accepts=["pod-a"])
+    assert hub.identities() == []
+
+
+def test_one_routing_rule_for_every_pair() -> None:
+    modeller = Endpoint("m", "modeller")
+    pod = Endpoint("p", "pod", frozenset({"m"}))
+    check_route(modeller, pod)
+    check_route(pod, modeller)
+    check_route(Endpoint("other", "modeller"), Endpoint("new-pod", "pod"))  # list not known yet
+    for sender, recipient in (
+        (pod, Endpoint("q", "pod", frozenset({"m"}))),
+        (modeller, Endpoint("m2", "modeller")),
+        (Endpoint("other", "modeller"), pod),
+        (pod, Endpoint("other", "modeller")),
+    ):
+        with pytest.raises(RouteRefusedError):
+            check_route(sender, recipient)
 
 
 def test_memory_mailbox_passes_the_conformance_suite() -> None:
@@ -51,24 +127,59 @@ def test_conformance_suite_catches_a_broken_mailbox() -> None:
             return self._buffer.pop()
 
     async def broken_pair() -> tuple[object, object]:
-        hub = MemoryHub()
-        return hub.connect("alice"), ReordersMessages(hub.connect("bob"))
+        alice, bob = await memory_pair()
+        return alice, ReordersMessages(bob)
 
     with pytest.raises(AssertionError, match="keeps_order"):
         asyncio.run(check_mailbox(broken_pair))  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("reader", ["channel", "mailbox"])
+def test_a_cancel_that_comes_with_a_message_is_not_lost(reader: str) -> None:
+    """SIGTERM cancels the modeller's task while a reply arrives: the task must stop.
+
+    With 3.11's asyncio.wait_for under a request time-out, the cancel was swallowed and the
+    task read on (``fedloom run`` did not exit after SIGTERM, 2 full-suite runs in 5).
+    """
+
+    async def scenario() -> bool:
+        hub = MemoryHub()
+        modeller, pod = connect_federation(hub, "modeller", ["pod"]).values()
+        channel = Channel("t")
+
+        async def read() -> None:
+            while True:
+                if reader == "channel":
+                    await channel.get(timeout=60)
+                else:
+                    await pod.receive(timeout=60)
+
+        task = asyncio.create_task(read())
+        await asyncio.sleep(0)  # the reader waits
+        channel.put(Message(MessageType.RESULTS, "pod", "modeller", "t"))
+        await modeller.send(Message(MessageType.RESULTS, "", "pod", "t"))
+        task.cancel()  # in the same loop iteration as the arrival
+        await asyncio.wait({task}, timeout=1)
+        stopped = task.done()
+        task.cancel()
+        await asyncio.wait({task})
+        await hub.close()
+        return stopped
+
+    assert run_in_virtual_time(scenario()), "the cancellation was lost"
+
+
 def test_hub_refuses_duplicate_and_empty_identities() -> None:
     async def scenario() -> None:
         hub = MemoryHub()
-        hub.connect("pod-a")
+        hub.connect("pod-a", "pod", accepts=[])
         with pytest.raises(ConfigError, match="already connected"):
-            hub.connect("pod-a")
+            hub.connect("pod-a", "pod", accepts=[])
         with pytest.raises(ConfigError):
-            hub.connect("")
+            hub.connect("", "modeller")
         await hub.close()
         with pytest.raises(MailboxClosedError):
-            hub.connect("pod-b")
+            hub.connect("pod-b", "pod", accepts=[])
 
     asyncio.run(scenario())
 
@@ -76,7 +187,7 @@ def test_hub_refuses_duplicate_and_empty_identities() -> None:
 def test_router_sends_each_task_to_its_channel_and_the_rest_to_the_inbox() -> None:
     async def scenario() -> None:
         hub = MemoryHub()
-        modeller, pod = hub.connect("modeller"), hub.connect("pod")
+        modeller, pod = connect_federation(hub, "modeller", ["pod"]).values()
         router = TaskRouter(pod)
         router.start()
         channel = router.open_channel("t1")
@@ -94,12 +205,13 @@ def test_router_sends_each_task_to_its_channel_and_the_rest_to_the_inbox() -> No
 def _task_pair(
     hub: MemoryHub, pods: list[str]
 ) -> tuple[ModellerMailbox, dict[str, WorkerMailbox], list[TaskRouter]]:
-    modeller_router = TaskRouter(hub.connect("modeller"))
+    mailboxes = connect_federation(hub, "modeller", pods)
+    modeller_router = TaskRouter(mailboxes["modeller"])
     modeller_router.start()
     modeller = ModellerMailbox(modeller_router, modeller_router.open_channel("task"), pods)
     workers, routers = {}, [modeller_router]
     for pod in pods:
-        router = TaskRouter(hub.connect(pod))
+        router = TaskRouter(mailboxes[pod])
         router.start()
         routers.append(router)
         workers[pod] = WorkerMailbox(router, router.open_channel("task"), "modeller")
@@ -206,15 +318,17 @@ def test_a_pod_survives_a_request_from_a_modeller_that_already_left() -> None:
             {"default": ArraySource(np.ones((20, 2)), np.zeros(20, dtype=np.int64))},
             store=store,
         )
-        serving = asyncio.ensure_future(pod.serve(hub.connect("pod")))
-        ghost = hub.connect("ghost")
+        serving = asyncio.ensure_future(
+            pod.serve(hub.connect("pod", "pod", accepts=["ghost", "modeller"]))
+        )
+        ghost = hub.connect("ghost", "modeller")
         request = {
             "task": {"protocol": "results_only", "config": {"algorithm": "dataset_summary"}},
             "dataset": "default",
         }
         await ghost.send(Message(MessageType.JOB_REQUEST, "", "pod", "t1", body=request))
         await ghost.close()  # gone before the pod answers
-        modeller = hub.connect("modeller")
+        modeller = hub.connect("modeller", "modeller")
         await modeller.send(Message(MessageType.JOB_REQUEST, "", "pod", "t2", body=request))
         reply = await modeller.receive(timeout=5)
         assert reply.type is MessageType.JOB_ACCEPT and reply.task_id == "t2"
@@ -223,3 +337,28 @@ def test_a_pod_survives_a_request_from_a_modeller_that_already_left() -> None:
         await serving
 
     asyncio.run(scenario())
+
+
+def test_virtual_time_jumps_when_idle_and_waits_for_threads() -> None:
+    """The loop unit tests run on: timers cost no real time, threads are waited for."""
+    import threading
+
+    release = threading.Event()
+
+    async def scenario() -> tuple[float, float, bool]:
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(1000)
+        slept = loop.time()
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(30):
+                await asyncio.Event().wait()
+        timed_out = loop.time()
+        # while a thread works, a timer must not fire however long it takes
+        timer = asyncio.ensure_future(asyncio.sleep(1))
+        threading.Timer(0.05, release.set).start()  # the thread's work: 50 ms of real time
+        assert await asyncio.to_thread(release.wait, 5)
+        fired_during_work = timer.done() or loop.time() != timed_out
+        await timer
+        return slept, timed_out, fired_during_work
+
+    assert run_in_virtual_time(scenario()) == (1000.0, 1030.0, False)

@@ -74,7 +74,9 @@ class KeepAlive:
         while True:
             self._changed.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), self.interval)
+                # not wait_for: on 3.11 it can swallow the cancel that ends this loop
+                async with asyncio.timeout(self.interval):
+                    await self._changed.wait()
                 continue  # a shorter interval: wait again from now
             try:
                 await self.mailbox.broadcast(MessageType.HEARTBEAT)

@@ -184,7 +184,7 @@ class _HeldChannel(Channel):
         self.inner = inner
         self.modeller = modeller
         self.held: deque[Message] = deque()
-        self.heard = time.monotonic()
+        self.heard = asyncio.get_running_loop().time()
         # on arrival: the task may be busy for long without reading its channel
         inner.observe(self._note)
 
@@ -195,7 +195,7 @@ class _HeldChannel(Channel):
         """Note that the modeller was heard; True if ``message`` says nothing more."""
         if message.sender != self.modeller:
             return False
-        self.heard = time.monotonic()
+        self.heard = asyncio.get_running_loop().time()
         return message.type is MessageType.HEARTBEAT
 
     async def get(self, timeout: float | None = None) -> Message:
@@ -572,7 +572,8 @@ async def _while_heard(work: Coroutine[Any, Any, _T], channel: _HeldChannel, tim
     task = asyncio.ensure_future(work)
     try:
         while True:
-            left = timeout - (time.monotonic() - channel.heard)
+            # the loop clock, which times the wait below too (virtual in unit tests)
+            left = timeout - (asyncio.get_running_loop().time() - channel.heard)
             if left <= 0:
                 raise ModellerTimeoutError(f"no message from the modeller for {timeout:g} s")
             done, _ = await asyncio.wait({task}, timeout=left)

@@ -1,16 +1,22 @@
-"""The Mailbox contract: one identity's connection to a hub.
+"""The Mailbox and Hub contracts.
 
-A :class:`Mailbox` is the only thing protocols, pods and modellers need from a transport.
-It has an in-memory implementation (:mod:`fedloom.transport.memory`) and, in later
-layers, gRPC and inter-process (proxy) implementations. All of them pass
-:func:`fedloom.testing.check_mailbox`.
+A :class:`Mailbox` is one identity's connection to a hub, and the only thing protocols,
+pods and modellers need from a transport. It has an in-memory implementation
+(:mod:`fedloom.transport.memory`), a gRPC one and the worker's inter-process (proxy) one.
+All of them pass :func:`fedloom.testing.check_mailbox`.
+
+A :class:`Hub` hands out mailboxes and decides which routes it carries
+(:mod:`fedloom.transport.routing`). The in-memory hub and the gRPC hub both pass
+:func:`fedloom.testing.check_hub`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from fedloom.transport.routing import Role
 from fedloom.wire import Message
 
 
@@ -65,4 +71,37 @@ class Mailbox(Protocol):
 
     def statistics(self) -> MailboxStatistics:
         """Counters for this mailbox."""
+        ...
+
+
+@runtime_checkable
+class Hub(Protocol):
+    """The message service: connects identities and carries what the routing rules allow.
+
+    Constraints:
+        A modeller's message reaches a pod only if the pod accepts that modeller, and a
+        pod's message reaches a modeller only if the pod accepts it; pod to pod and
+        modeller to modeller are never carried (:func:`fedloom.transport.routing.check_route`).
+        A refused send raises in the sender's ``Mailbox.send`` and delivers nothing.
+    """
+
+    async def open_mailbox(
+        self, identity: str, role: Role, *, accepts: Iterable[str] | None = None
+    ) -> Mailbox:
+        """Connect ``identity`` as a ``role``; a pod lists the modellers it ``accepts``.
+
+        Raises:
+            ConfigError: a bad identity or role, a pod without ``accepts`` or a modeller
+                with them, or (in-memory) an identity that is already connected.
+            UnknownIdentityError: a hub with registration does not know ``identity``.
+            MailboxClosedError: the hub was closed.
+
+        A mailbox from here raises, on ``send``:
+            UnknownRecipientError: the recipient is not known to the hub.
+            RouteRefusedError: the routing rules do not carry this pair.
+        """
+        ...
+
+    async def close(self) -> None:
+        """Stop the hub; idempotent. Mailboxes on it are closed or cut off."""
         ...

@@ -1,8 +1,10 @@
 """In-memory hub: every identity gets a queue, all in one asyncio event loop.
 
-Messages are encoded with the real wire codec on send and decoded on receive, so code that
-runs here also runs over the network: a body that msgpack cannot carry or an oversized
-message fails here exactly as it would over gRPC.
+Messages are encoded with the real wire codec on send and decoded on receive, and routed
+by the hub's own rules (:func:`fedloom.transport.routing.check_route`), so code that runs
+here also runs over the network: a body that msgpack cannot carry, an oversized message,
+a pod writing to a pod or a modeller a pod does not accept fails here exactly as it would
+over gRPC.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from fedloom.errors import (
@@ -20,6 +22,7 @@ from fedloom.errors import (
     UnknownRecipientError,
 )
 from fedloom.transport.base import MailboxStatistics
+from fedloom.transport.routing import Endpoint, Role, accepts_of, check_route, parse_role
 from fedloom.wire import DEFAULT_MAX_MESSAGE_BYTES, Message, decode, encode
 
 Clock = Callable[[], float]
@@ -37,7 +40,8 @@ class HubStatistics:
 
 
 class MemoryHub:
-    """Routes encoded messages between registered identities in one event loop."""
+    """Routes encoded messages between connected identities in one event loop
+    (implements ``Hub``)."""
 
     def __init__(
         self, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, clock: Clock = time.time
@@ -46,15 +50,22 @@ class MemoryHub:
         self._clock = clock
         self._queues: dict[str, asyncio.Queue[bytes | object]] = {}
         self._mailboxes: dict[str, MemoryMailbox] = {}
+        self._endpoints: dict[str, Endpoint] = {}
         self._closed = False
         self._messages = 0
         self._bytes = 0
 
-    def connect(self, identity: str) -> MemoryMailbox:
-        """Register ``identity`` and return its mailbox.
+    def connect(
+        self, identity: str, role: Role, *, accepts: Iterable[str] | None = None
+    ) -> MemoryMailbox:
+        """Connect ``identity`` as a ``role`` and return its mailbox.
+
+        A pod lists the modellers it ``accepts`` (as it does in its HELLO to a real hub);
+        a modeller lists none.
 
         Raises:
-            ConfigError: the identity is empty or already connected.
+            ConfigError: the identity is empty or already connected, the role is not a
+                hub role, a pod lists no accepts or a modeller lists some.
             MailboxClosedError: the hub was closed.
         """
         if self._closed:
@@ -63,10 +74,19 @@ class MemoryHub:
             raise ConfigError("an identity must be a non-empty string of at most 256 chars")
         if identity in self._mailboxes:
             raise ConfigError(f"identity {identity!r} is already connected to this hub")
+        checked_role = parse_role(role)
+        endpoint = Endpoint(identity, checked_role, accepts_of(checked_role, accepts))
         self._queues[identity] = asyncio.Queue()
         mailbox = MemoryMailbox(self, identity)
         self._mailboxes[identity] = mailbox
+        self._endpoints[identity] = endpoint
         return mailbox
+
+    async def open_mailbox(
+        self, identity: str, role: Role, *, accepts: Iterable[str] | None = None
+    ) -> MemoryMailbox:
+        """:meth:`connect`, as the ``Hub`` contract spells it."""
+        return self.connect(identity, role, accepts=accepts)
 
     def identities(self) -> list[str]:
         return sorted(self._mailboxes)
@@ -74,8 +94,10 @@ class MemoryHub:
     def _deliver(self, message: Message) -> Message:
         if self._closed:
             raise MailboxClosedError("the hub is closed")
-        if message.recipient not in self._mailboxes:
+        recipient = self._endpoints.get(message.recipient)
+        if recipient is None:
             raise UnknownRecipientError(f"no identity {message.recipient!r} on this hub")
+        check_route(self._endpoints[message.sender], recipient)
         data = encode(message, max_bytes=self.max_message_bytes)
         self._queues[message.recipient].put_nowait(data)
         self._messages += 1
@@ -87,6 +109,7 @@ class MemoryHub:
 
     def _disconnect(self, identity: str) -> None:
         self._mailboxes.pop(identity, None)
+        self._endpoints.pop(identity, None)
         self._queues[identity].put_nowait(_CLOSED)
 
     async def close(self) -> None:
@@ -129,7 +152,8 @@ class MemoryMailbox:
             raise MailboxClosedError(f"mailbox {self._identity!r} is closed")
         queue = self._hub._queues[self._identity]
         try:
-            item = await asyncio.wait_for(queue.get(), timeout)
+            async with asyncio.timeout(timeout):  # wait_for could lose a cancellation (3.11)
+                item = await queue.get()
         except TimeoutError:
             raise ReceiveTimeoutError(
                 f"no message for {self._identity!r} within {timeout} s"

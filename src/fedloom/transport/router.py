@@ -54,7 +54,10 @@ class Channel:
         if self._closed:
             raise MailboxClosedError(f"the mailbox carrying task {self.task_id!r} is closed")
         try:
-            item = await asyncio.wait_for(self._queue.get(), timeout)
+            # not asyncio.wait_for: on 3.11 it swallows a cancellation that arrives as the
+            # item does, and a cancelled task (SIGTERM) would read on as if never told
+            async with asyncio.timeout(timeout):
+                item = await self._queue.get()
         except TimeoutError:
             raise ReceiveTimeoutError(
                 f"no message for task {self.task_id!r} within {timeout} s"

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import numpy as np
 
@@ -30,6 +28,7 @@ from fedloom.errors import (
     TaskCancelledError,
     TransportError,
 )
+from fedloom.session.policy import OnTimeout, RequestPolicy
 from fedloom.transport.router import Channel, TaskRouter
 from fedloom.wire import Body, Message, MessageType
 
@@ -52,6 +51,13 @@ STATUS_TYPES = frozenset(
 progress callback: batch counts and ids drive the per-pod progress bars)."""
 
 
+def _now() -> float:
+    """The running event loop's clock: its timers decide every time-out here, so reading
+    the same clock keeps deadlines and measured seconds consistent (and lets a test run
+    them in virtual time, :func:`fedloom.testing.run_in_virtual_time`)."""
+    return asyncio.get_running_loop().time()
+
+
 def report_of(message: Message) -> ErrorReport:
     """The error report carried by a TASK_ABORT or JOB_REJECT (malformed → WORKER_ERROR)."""
     try:
@@ -63,34 +69,6 @@ def report_of(message: Message) -> ErrorReport:
 def failure_text(report: ErrorReport) -> str:
     """``"REASON: message"`` (or the bare reason) for a pod in ``PodResponseError``."""
     return PodFailure.from_report(report).text
-
-
-class RequestRules(Protocol):
-    """What :meth:`ModellerMailbox.collect` reads from a request policy.
-
-    :class:`fedloom.modeller.RequestPolicy` is the validated implementation; the transport
-    layer only reads these attributes (it must not import the modeller).
-    """
-
-    @property
-    def timeout(self) -> float | None:
-        """Seconds a request waits (``None``: forever)."""
-
-    @property
-    def on_timeout(self) -> str:
-        """``"discard"`` or ``"stop"``."""
-
-    @property
-    def stop_on_error(self) -> bool:
-        """Stop at the first pod that rejects or aborts."""
-
-    @property
-    def require_all(self) -> bool:
-        """Every requested pod must answer."""
-
-    @property
-    def min_replies(self) -> int:
-        """The fewest usable replies a request may get."""
 
 
 @dataclass
@@ -121,7 +99,7 @@ class ModellerMailbox:
         pods: Iterable[str],
         *,
         on_progress: ProgressCallback | None = None,
-        policy: RequestRules | None = None,
+        policy: RequestPolicy | None = None,
     ) -> None:
         self._router = router
         self._channel = channel
@@ -198,7 +176,7 @@ class ModellerMailbox:
         wanted = set(self.pods if pods is None else pods) - set(self.aborted)
         types = frozenset({type} if isinstance(type, MessageType) else type)
         result = Gathered()
-        start = time.monotonic()
+        start = _now()
         deadline = None if timeout is None else start + timeout
         # messages kept back by an earlier call (a reply to a later step) come first
         backlog, self._pending = self._pending, []
@@ -210,7 +188,7 @@ class ModellerMailbox:
                 break
         try:
             while wanted and not stopped:
-                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                remaining = None if deadline is None else max(0.0, deadline - _now())
                 try:
                     message = await self._channel.get(self._read_timeout(remaining))
                 except ReceiveTimeoutError:
@@ -333,7 +311,7 @@ class ModellerMailbox:
                 ``require_all``; fewer usable replies than ``min_replies``.
         """
         rules = self.policy
-        if late and rules is not None and rules.on_timeout == "stop":
+        if late and rules is not None and rules.on_timeout is OnTimeout.STOP:
             raise PodResponseError(
                 f"request {request!r} timed out (on_timeout='stop'); give the pods a longer "
                 "time-out or use on_timeout='discard' to go on without them",
@@ -400,7 +378,7 @@ class ModellerMailbox:
             return True
         if message.type in types and pod in wanted:
             result.replies[pod] = message
-            result.seconds[pod] = time.monotonic() - start
+            result.seconds[pod] = _now() - start
             wanted.discard(pod)
             return True
         if pod in self.pods:
@@ -457,14 +435,14 @@ class ModellerMailbox:
         if timeout is None and rules is not None:
             timeout = rules.timeout
         waited = "forever" if timeout is None else f"{timeout:g} s"
-        stream = _Stream(list(self.pods), time.monotonic())
+        stream = _Stream(list(self.pods), _now())
         backlog: deque[Message] = deque(self._pending)
         self._pending = []
         try:
             while True:
                 await self._drain(backlog)
                 waiting = stream.waiting(self.pods)
-                now = time.monotonic()
+                now = _now()
                 queued = {message.sender for message in backlog}  # here: not silent
                 late = {
                     pod: f"no message for {waited}"
@@ -488,7 +466,7 @@ class ModellerMailbox:
                 last = replied and finished(message)
                 if last:
                     stream.done.add(pod)
-                    self.timings.setdefault(pod, {})[request] = time.monotonic() - stream.start
+                    self.timings.setdefault(pod, {})[request] = _now() - stream.start
                 counted = replied and (last or (usable is not None and usable(message)))
                 yield message
                 if counted and pod not in self.dropped:  # the caller kept it
@@ -540,7 +518,7 @@ class ModellerMailbox:
             return backlog.popleft()
         remaining = None
         if timeout is not None:
-            remaining = max(0.0, min(heard) + timeout - time.monotonic())
+            remaining = max(0.0, min(heard) + timeout - _now())
         try:
             return await self._channel.get(self._read_timeout(remaining))
         except ReceiveTimeoutError:
@@ -564,7 +542,7 @@ class ModellerMailbox:
         if pod in self.dropped:
             return False
         if pod in heard:
-            heard[pod] = time.monotonic()
+            heard[pod] = _now()
         if message.type in STATUS_TYPES:
             self._progress(message)
             return False

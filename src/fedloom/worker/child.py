@@ -97,7 +97,8 @@ class ProxyMailbox:
         if self._closed:
             raise MailboxClosedError("the task's mailbox is closed")
         try:
-            item = await asyncio.wait_for(self._inbound.get(), timeout)
+            async with asyncio.timeout(timeout):  # wait_for could lose a cancellation (3.11)
+                item = await self._inbound.get()
         except TimeoutError:
             raise ReceiveTimeoutError(f"no message within {timeout} s") from None
         if not isinstance(item, Message):

@@ -218,8 +218,7 @@ class WorkerProcess:
         check = min(1.0, settings.heartbeat_interval / 2)
         started = time.monotonic()
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(exited), check)
+            await asyncio.wait({exited}, timeout=check)  # cancel-safe, unlike 3.11 wait_for
             if exited.done():
                 self.process.join(1.0)
                 raise _abort(AbortReason.WORKER_CRASHED, _describe_exit(self.process.exitcode))

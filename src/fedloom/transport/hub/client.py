@@ -266,7 +266,8 @@ class GrpcMailbox:
         if self._closed:
             raise MailboxClosedError(f"mailbox {self.identity!r} is closed")
         try:
-            item = await asyncio.wait_for(self._inbound.get(), timeout)
+            async with asyncio.timeout(timeout):  # wait_for could lose a cancellation (3.11)
+                item = await self._inbound.get()
         except TimeoutError:
             raise ReceiveTimeoutError(
                 f"no message for {self.identity!r} within {timeout} s"
@@ -283,12 +284,18 @@ class GrpcMailbox:
         if self._closed:
             return
         self._closed = True
-        for task in (self._supervisor, self._opener):
-            if task is not None:
-                task.cancel()
-                # bounded: closing must not hang on a connection that is going away
-                with contextlib.suppress(asyncio.CancelledError, TimeoutError, Exception):
-                    await asyncio.wait_for(task, CLOSE_SECONDS)
+        tasks = [task for task in (self._supervisor, self._opener) if task is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            # bounded: closing must not hang on a connection that is going away. Not
+            # asyncio.wait_for, which on 3.11 waits without end for a cancelled task that
+            # does not finish, after its time-out too
+            _, stuck = await asyncio.wait(tasks, timeout=CLOSE_SECONDS)
+            for task in stuck:
+                logger.warning(
+                    "%s: %s did not stop within %g s", self.identity, task, CLOSE_SECONDS
+                )
         self._inbound.put_nowait(_CLOSED)
         closed = MailboxClosedError(f"mailbox {self.identity!r} is closed")
         if self._in_flight is not None and not self._in_flight.result.done():

@@ -48,6 +48,7 @@ from fedloom.errors import (
     HubUnavailableError,
     ProtocolError,
     ReplayedMessageError,
+    RouteRefusedError,
     StaleMessageError,
     UnknownIdentityError,
     UnknownRecipientError,
@@ -59,6 +60,7 @@ from fedloom.transport.hub.frames import Kind
 from fedloom.transport.hub.state import FrameCache, load_accepts, save_accepts
 from fedloom.transport.hub.store import HubStore, RegisteredIdentity
 from fedloom.transport.hub.tls import HubTlsFiles
+from fedloom.transport.routing import Endpoint, check_route, parse_role, pod_accepts
 from fedloom.transport.sealing import verify_frame
 from fedloom.wire import DEFAULT_MAX_MESSAGE_BYTES, Message, decode
 
@@ -153,6 +155,10 @@ class _Session:
     @property
     def name(self) -> str:
         return self.registered.name
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return Endpoint(self.name, parse_role(self.registered.role), self.accepts)
 
     def stop_delivery(self) -> None:
         if self.delivery is not None:
@@ -439,21 +445,11 @@ class HubServer:
         recipient = self.store.identity(message.recipient)
         if recipient is None:
             raise UnknownRecipientError(f"no identity {message.recipient!r} on this hub")
-        role = session.registered.role
-        if role == recipient.role:
-            raise AccessDeniedError(f"a {role} cannot send to another {role}")
-        if role == "pod":
-            accepts = session.accepts
-            if accepts is not None and message.recipient not in accepts:
-                raise AccessDeniedError(
-                    f"pod {session.name!r} does not accept modeller {message.recipient!r}"
-                )
-        else:
-            accepts = self._accepts.get(message.recipient)
-            if accepts is not None and session.name not in accepts:
-                raise AccessDeniedError(
-                    f"pod {message.recipient!r} does not accept modeller {session.name!r}"
-                )
+        # a pod that is offline is held to the accepts list it gave when it last connected
+        role = parse_role(recipient.role)
+        check_route(
+            session.endpoint, Endpoint(recipient.name, role, self._accepts.get(recipient.name))
+        )
 
     def _wakeup(self, name: str) -> asyncio.Event:
         event = self._wakeups.get(name)
@@ -473,9 +469,9 @@ class HubServer:
                 continue
             for stored in batch:
                 after = stored.id
-                if session.accepts is not None and stored.sender not in session.accepts:
+                if not pod_accepts(session.endpoint, stored.sender):
                     self.store.acknowledge(session.name, stored.id)
-                    self._stats.refused["AccessDeniedError"] += 1
+                    self._stats.refused[RouteRefusedError.__name__] += 1
                     logger.warning(
                         "hub: dropped a message from %s: pod %s does not accept it",
                         stored.sender,

@@ -56,6 +56,7 @@ from fedloom.transport.hub.store_files import (
     _lock_folder,
     _unlock_folder,
 )
+from fedloom.transport.routing import ROLES
 
 # The schema constants live with the database file's helpers and are re-exported here.
 __all__ = [
@@ -77,7 +78,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-HUB_ROLES: Final = ("pod", "modeller")
+HUB_ROLES: Final = ROLES
 """The roles an identity can be registered with."""
 
 DEFAULT_SPOOL_THRESHOLD = 1 << 20
