@@ -224,7 +224,7 @@ def list_names(
     import json
 
     from fedloom.cli.catalogue import catalogue, catalogue_table
-    from fedloom.modeller.report import people_console
+    from fedloom.cli.report import people_console
     from fedloom.registry import import_plugins
 
     import_plugins(tuple(plugin or ()), where="--plugin")

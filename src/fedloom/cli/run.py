@@ -23,11 +23,12 @@ from rich.console import Console
 from rich.text import Text
 
 from fedloom.cli.progress import LiveProgress
+from fedloom.cli.report import people_console, task_report
 from fedloom.errors import ConfigError, FedloomError
 from fedloom.events import Event, EventKind, EventStream
 from fedloom.modeller import TaskResult
 from fedloom.modeller.remote import run_task_file
-from fedloom.modeller.report import describe, people_console, task_report
+from fedloom.modeller.report import describe
 from fedloom.modeller.task_file import TaskFile, load_task_file
 from fedloom.store import SqliteExperimentStore
 
