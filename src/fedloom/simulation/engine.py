@@ -275,6 +275,9 @@ class Simulation:
                 reports.append(report)
                 if report.stopped:
                     break
+            # within the run (the engine's thread settings), as every other event
+            finished = [r for r in reports if not r.stopped]
+            self._emit(EventKind.TASK_FINISHED, rounds=len(finished), stopped=self._stop.is_set())
         except Exception as exc:
             self._emit(EventKind.TASK_ABORTED, reason=type(exc).__name__, message=str(exc))
             raise
@@ -282,8 +285,6 @@ class Simulation:
             self._backend.close()
             gc.unfreeze()
             torch.set_num_threads(engine_threads)
-        finished = [r for r in reports if not r.stopped]
-        self._emit(EventKind.TASK_FINISHED, rounds=len(finished), stopped=self._stop.is_set())
         return SimulationResult(
             model_spec=config.model,
             parameters=layout.unpack(flats),
