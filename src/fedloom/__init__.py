@@ -154,15 +154,11 @@ if _typing.TYPE_CHECKING:
         Sampling,
         Simulation,
         SimulationConfig,
-        SimulationEvent,
         SimulationResult,
         ThreadPoolBackend,
     )
     from fedloom.simulation.config import (
         load_simulation_file,
-    )
-    from fedloom.simulation.progress import (
-        SimulationProgress,
     )
     from fedloom.store import (
         ExperimentStore,
@@ -225,6 +221,9 @@ _EXPORTS: dict[str, str] = {
     "DecryptionError": "fedloom.errors",
     "EmptyDatasetError": "fedloom.errors",
     "ErrorReport": "fedloom.errors",
+    "Event": "fedloom.events",
+    "EventKind": "fedloom.events",
+    "EventStream": "fedloom.events",
     "ExitCode": "fedloom.errors",
     "ExperimentStore": "fedloom.store",
     "FedAvg": "fedloom.protocols",
@@ -290,8 +289,6 @@ _EXPORTS: dict[str, str] = {
     "Simulation": "fedloom.simulation",
     "SimulationConfig": "fedloom.simulation",
     "SimulationError": "fedloom.errors",
-    "SimulationEvent": "fedloom.simulation",
-    "SimulationProgress": "fedloom.simulation.progress",
     "SimulationResult": "fedloom.simulation",
     "SqliteExperimentStore": "fedloom.store",
     "SqlitePodStore": "fedloom.store",
@@ -363,6 +360,9 @@ __all__ = [
     "DecryptionError",
     "EmptyDatasetError",
     "ErrorReport",
+    "Event",
+    "EventKind",
+    "EventStream",
     "ExitCode",
     "ExperimentStore",
     "FedAvg",
@@ -428,8 +428,6 @@ __all__ = [
     "Simulation",
     "SimulationConfig",
     "SimulationError",
-    "SimulationEvent",
-    "SimulationProgress",
     "SimulationResult",
     "SqliteExperimentStore",
     "SqlitePodStore",

@@ -24,19 +24,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from fedloom.algorithms.analytics import AnalyticsRequest
 from fedloom.algorithms.ml import ModelSpec, TrainingConfig, evaluate, state_to_arrays
+from fedloom.cli.progress import LiveProgress
+from fedloom.cli.report import people_console, rounds_table, statistics_table
 from fedloom.cluster import LocalCluster, PodSpec
 from fedloom.datasources import TableSource, dirichlet_partition
 from fedloom.errors import ConfigError
 from fedloom.local import LocalFederation
 from fedloom.modeller import Modeller, TaskResult
-from fedloom.modeller.report import people_console, rounds_table, statistics_table
 from fedloom.protocols import Analytics, AnalyticsResult, FedAvg, FedAvgResult, Protocol
 from fedloom.store import SqliteExperimentStore, SqlitePodStore
-from fedloom.wire import MessageType
 
 POD_NAMES = ("pod-a", "pod-b", "pod-c")
 ANALYTICS_COLUMNS = ("pixel_19", "pixel_28", "pixel_36", "pixel_43")
@@ -126,25 +125,9 @@ async def run_demo(options: DemoOptions, console: Console | None = None) -> Demo
             analytics: AnalyticsResult = analytics_run.result
             console.print(statistics_table(analytics.statistics))
             console.rule("[bold]Federated averaging")
-            with _progress(console) as progress:
-                rounds = progress.add_task("rounds", total=options.rounds)
-                bars = {pod: progress.add_task(pod, total=None) for pod in paths}
-
-                def on_progress(pod: str, kind: MessageType, body: Mapping[str, object]) -> None:
-                    if kind is MessageType.PROGRESS and pod in bars:
-                        progress.update(
-                            bars[pod],
-                            description=f"{pod} round {body.get('round')} "
-                            f"epoch {body.get('epoch')}",
-                            advance=1,
-                        )
-
-                def on_round(summary: Mapping[str, Any]) -> None:
-                    progress.advance(rounds)
-
-                fedavg_run = await federation.run(
-                    fedavg_task, name="digits-fedavg", on_round=on_round, on_progress=on_progress
-                )
+            progress = LiveProgress(console, sorted(paths), rounds=options.rounds)
+            with progress, federation.modeller.subscribe(progress.on_event):
+                fedavg_run = await federation.run(fedavg_task, name="digits-fedavg")
         fedavg: FedAvgResult = fedavg_run.result
         final = evaluate(fedavg.model(), x_test, y_test)
         history = [r.to_dict() for r in fedavg.history]
@@ -159,6 +142,9 @@ async def run_demo(options: DemoOptions, console: Console | None = None) -> Demo
 
 
 class _Runner(typing.Protocol):
+    @property
+    def modeller(self) -> Modeller: ...
+
     async def run(self, protocol: Protocol, **options: Any) -> TaskResult: ...
 
 
@@ -215,22 +201,11 @@ async def _federation(
 
 class _ClusterRunner:
     def __init__(self, modeller: Modeller, pods: list[str]) -> None:
-        self._modeller = modeller
+        self.modeller = modeller
         self._pods = pods
 
     async def run(self, protocol: Protocol, **options: Any) -> TaskResult:
-        return await self._modeller.run(protocol, self._pods, **options)
-
-
-def _progress(console: Console) -> Progress:
-    return Progress(
-        TextColumn("{task.description:<28}"),
-        BarColumn(),
-        TextColumn("{task.completed}"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    )
+        return await self.modeller.run(protocol, self._pods, **options)
 
 
 def _write_report(

@@ -18,7 +18,7 @@ events to the loop in order (never blocking the training thread).
 Built-in hooks:
 
 - ``"progress"`` (:class:`ProgressHook`): PROGRESS messages with round/epoch/batch/step to
-  the modeller (its ``on_progress`` callback, the CLI's bar per pod). Batch ends are
+  the modeller (PROGRESS events on its event stream, the CLI's bar per pod). Batch ends are
   throttled (at most :data:`DEFAULT_PROGRESS_RATE` a second per task); epoch ends and
   PROGRESS points are always sent. Only the keys in :data:`PROGRESS_KEYS` leave the pod.
 - ``"log"`` (:class:`LogHook`): logs each event (batch ends at DEBUG, the rest at INFO).

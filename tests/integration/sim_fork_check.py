@@ -48,8 +48,10 @@ def digest(parameters: dict[str, Any]) -> str:
     return sha.hexdigest()
 
 
-def run(cfg: SimulationConfig, **options: Any) -> tuple[str, str]:
+def run(cfg: SimulationConfig, *, on_event: Any = None, **options: Any) -> tuple[str, str]:
     simulation = Simulation(cfg, **options)
+    if on_event is not None:
+        simulation.subscribe(on_event)
     result = simulation.run()
     return str(getattr(simulation.backend, "start_method", "")), digest(result.parameters)
 

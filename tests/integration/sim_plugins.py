@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fedloom.events import EventKind
 from fedloom.simulation import CLIENT_DATA
 from fedloom.simulation.data import ClientData, SyntheticClients
 
@@ -57,14 +58,18 @@ def flaky(config: Mapping[str, Any]) -> ClientData:
 
 
 class KillFirstWorkerOnce:
-    """An ``on_event`` hook: SIGKILL the pool's worker 0 when round 0's first client is in."""
+    """An event subscriber: SIGKILL the pool's worker 0 when round 0's first client is in."""
 
     def __init__(self, backend: Any) -> None:
         self.backend = backend
         self.killed: list[int] = []
 
     def __call__(self, event: Any) -> None:
-        if event.kind == "client_done" and event.round == 0 and not self.killed:
+        if (
+            event.kind is EventKind.PARTICIPANT_DONE
+            and event.fields["round"] == 0
+            and not self.killed
+        ):
             pid = self.backend.worker_pids()[0]
             assert pid is not None
             os.kill(pid, signal.SIGKILL)

@@ -14,10 +14,10 @@ from fedloom import AbortReason, LocalFederation, ModelSpec, PodPolicy, SqlitePo
 from fedloom.datasources import FileSource
 from fedloom.errors import PodResponseError
 from fedloom.protocols import BatchedInference
-from fedloom.wire import MessageType
 from fedloom.worker import IsolationSettings
 
 from .conftest import run_async, until_idle
+from .pod_events import PodEvents
 
 MODEL = ModelSpec("mlp", {"in_features": 8 * 8 * 3, "hidden": [8], "out_features": 3})
 
@@ -48,11 +48,8 @@ async def _run(folder: Path, store_path: Path, protocol: BatchedInference, **opt
             pod_stores={"pod-a": store},
             **options,
         ) as federation:
-            seen: list[MessageType] = []
             try:
-                return await federation.run(
-                    protocol, on_progress=lambda pod, kind, body: seen.append(kind)
-                )
+                return await federation.run(protocol)
             finally:  # the pod records the end of the task a moment after the modeller
                 await until_idle(federation.pods["pod-a"])
     finally:
@@ -127,24 +124,23 @@ def test_usage_limit_cuts_results_exactly(tmp_path: Path) -> None:
 def test_test_run_stops_after_the_first_batch_and_status_messages(tmp_path: Path) -> None:
     folder = tmp_path / "images"
     _images(folder, 9)
-    seen: list[tuple[MessageType, dict[str, Any]]] = []
+    events = PodEvents()
 
     async def main() -> Any:
         async with LocalFederation({"pod-a": {"default": _source(folder)}}) as federation:
-            run = await federation.run(
-                BatchedInference(MODEL, batch_size=4, test_run=True),
-                on_progress=lambda pod, kind, body: seen.append((kind, dict(body))),
-            )
+            federation.modeller.subscribe(events)
+            run = await federation.run(BatchedInference(MODEL, batch_size=4, test_run=True))
             await until_idle(federation.pods["pod-a"])
             return run
 
     run = run_async(main(), timeout=120)
     assert len(run.result.rows["pod-a"]) == 4
-    kinds = [kind for kind, _ in seen]
-    assert kinds[:2] == [MessageType.PREPARING_DATA, MessageType.CONFIGURING_TASK]
-    assert (MessageType.NUM_BATCHES, {"count": -1}) in seen
-    assert (MessageType.CURRENT_BATCH_ID, {"batch": 1}) in seen
-    counts = [body["count"] for kind, body in seen if kind is MessageType.NUM_BATCHES]
+    seen = [(what, fields) for _, what, fields in events.seen]
+    kinds = [what for what, _ in seen]
+    assert kinds[:2] == ["preparing_data", "configuring_task"]
+    assert ("batch_count", {"count": -1}) in seen
+    assert ("batch_started", {"batch": 1}) in seen
+    counts = [body["count"] for what, body in seen if what == "batch_count"]
     assert counts[0] == -1 and counts[-1] >= 1, counts  # the real count follows once known
 
 
@@ -167,7 +163,7 @@ def test_force_rerun_failed_files(tmp_path: Path) -> None:
 def test_non_batched_tasks_say_one_batch(tmp_path: Path) -> None:
     from fedloom import ArraySource, FedAvg, TrainingConfig
 
-    seen: list[tuple[MessageType, dict[str, Any]]] = []
+    events = PodEvents()
     rng = np.random.default_rng(0)
     pods = {
         "pod-a": ArraySource(rng.normal(size=(40, 4)).astype(np.float32), rng.integers(0, 2, 40))
@@ -180,11 +176,13 @@ def test_non_batched_tasks_say_one_batch(tmp_path: Path) -> None:
 
     async def main() -> None:
         async with LocalFederation(pods) as federation:
-            await federation.run(task, on_progress=lambda p, k, b: seen.append((k, dict(b))))
+            federation.modeller.subscribe(events)
+            await federation.run(task)
 
     run_async(main(), timeout=120)
-    assert (MessageType.NUM_BATCHES, {"count": 1}) in seen
-    assert not any(kind is MessageType.CURRENT_BATCH_ID for kind, _ in seen)
+    seen = [(what, fields) for _, what, fields in events.seen]
+    assert ("batch_count", {"count": 1}) in seen
+    assert not any(what == "batch_started" for what, _ in seen)
 
 
 def test_a_folder_datasource_from_config(tmp_path: Path) -> None:

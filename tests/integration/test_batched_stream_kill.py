@@ -11,7 +11,6 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +27,8 @@ from fedloom import (
     TaskResult,
 )
 from fedloom.cluster import LocalCluster, PodSpec
+from fedloom.events import Event, EventKind
 from fedloom.protocols import BatchedInference
-from fedloom.wire import MessageType
 
 from .conftest import run_async
 
@@ -56,10 +55,10 @@ class Killer:
         self.pod = pod
         self.killed_at: float | None = None
 
-    def on_progress(self, pod: str, kind: MessageType, body: Mapping[str, object]) -> None:
-        third = kind is MessageType.CURRENT_BATCH_ID and body.get("batch") == 3
-        if pod == self.pod and third and self.killed_at is None:
-            os.kill(self.cluster.pid(pod), signal.SIGKILL)
+    def __call__(self, event: Event) -> None:
+        third = event.kind is EventKind.BATCH_STARTED and event.fields["batch"] == 3
+        if event.participant == self.pod and third and self.killed_at is None:
+            os.kill(self.cluster.pid(self.pod), signal.SIGKILL)
             self.killed_at = time.monotonic()
 
 
@@ -82,23 +81,20 @@ def test_a_pod_killed_mid_stream_is_dropped_or_stops_the_task(tmp_path: Path) ->
         async with LocalCluster(tmp_path / "cluster", specs) as cluster:
             modeller = Modeller(await cluster.connect_modeller())
             killer = Killer(cluster, "pod-b")
-            run = await modeller.run(
-                task,
-                ["pod-a", "pod-b"],
-                policy=RequestPolicy(timeout=TIMEOUT),
-                on_progress=killer.on_progress,
-            )
+            with modeller.subscribe(killer):
+                run = await modeller.run(
+                    task, ["pod-a", "pod-b"], policy=RequestPolicy(timeout=TIMEOUT)
+                )
             assert killer.killed_at is not None
             discard_after_kill = time.monotonic() - killer.killed_at
 
             await cluster.start_pod("pod-b")  # back, to be killed again
             killer = Killer(cluster, "pod-b")
-            with pytest.raises(PodResponseError) as stopped:
+            with modeller.subscribe(killer), pytest.raises(PodResponseError) as stopped:
                 await modeller.run(
                     task,
                     ["pod-a", "pod-b"],
                     policy=RequestPolicy(timeout=TIMEOUT, on_timeout=OnTimeout.STOP),
-                    on_progress=killer.on_progress,
                 )
             assert killer.killed_at is not None
             stop_after_kill = time.monotonic() - killer.killed_at

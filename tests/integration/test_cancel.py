@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +17,12 @@ import pytest
 
 from fedloom import AbortReason, Modeller, SqlitePodStore, TaskCancellation
 from fedloom.cluster import LocalCluster, PodSpec
+from fedloom.events import MODELLER, Event
 from fedloom.modeller.modeller import TELL_PODS_SECONDS
 from fedloom.testing.faults import Fault
-from fedloom.wire import MessageType
 
 from .conftest import run_async
+from .pod_events import said
 
 CANCELLED = AbortReason.CANCELLED_BY_MODELLER.value
 
@@ -72,18 +72,25 @@ async def _task_runs(cluster: LocalCluster, pod: str, count: int) -> list[tuple[
 
 
 class Progress:
-    """Status messages the modeller hears; an event per (pod, type)."""
+    """What pods report to a modeller (its events); an asyncio event per (pod, what).
 
-    def __init__(self) -> None:
-        self.seen: list[tuple[str, MessageType, dict[str, Any]]] = []
-        self.events: dict[tuple[str, MessageType], asyncio.Event] = {}
+    ``what`` is a status (``"preparing_data"``) or an event kind (``"batch_count"``).
+    """
 
-    def event(self, pod: str, kind: MessageType) -> asyncio.Event:
-        return self.events.setdefault((pod, kind), asyncio.Event())
+    def __init__(self, modeller: Modeller) -> None:
+        self.seen: list[tuple[str, str, dict[str, Any]]] = []
+        self.events: dict[tuple[str, str], asyncio.Event] = {}
+        self.subscription = modeller.subscribe(self)
 
-    def __call__(self, pod: str, kind: MessageType, body: Mapping[str, object]) -> None:
-        self.seen.append((pod, kind, dict(body)))
-        self.event(pod, kind).set()
+    def event(self, pod: str, what: str) -> asyncio.Event:
+        return self.events.setdefault((pod, what), asyncio.Event())
+
+    def __call__(self, event: Event) -> None:
+        if event.participant == MODELLER:
+            return
+        what = said(event)
+        self.seen.append((event.participant, what, dict(event.fields)))
+        self.event(event.participant, what).set()
 
     def queued(self) -> bool:
         return any(body.get("state") == "queued" for _, _, body in self.seen)
@@ -91,8 +98,9 @@ class Progress:
 
 async def _next_task_is_not_queued(modeller: Modeller) -> dict[str, Any]:
     """Run a quick task on pod-a: its slot must be free (no "queued" PROGRESS)."""
-    progress = Progress()
-    run = await modeller.run(Fault("ok"), ["pod-a"], on_progress=progress)
+    progress = Progress(modeller)
+    with progress.subscription:
+        run = await modeller.run(Fault("ok"), ["pod-a"])
     assert not progress.queued(), progress.seen
     result: dict[str, Any] = run.result
     return result
@@ -112,15 +120,13 @@ def test_cancel_mid_task_stops_the_child_and_frees_the_slot(tmp_path: Path) -> N
     async def main() -> None:
         async with LocalCluster(tmp_path / "cluster", _specs(tmp_path, ("pod-a",))) as cluster:
             modeller = Modeller(await cluster.connect_modeller())
-            progress = Progress()
+            progress = Progress(modeller)
             run = asyncio.create_task(
-                modeller.run(
-                    Fault("sleep", seconds=120, timeout=300), ["pod-a"], on_progress=progress
-                )
+                modeller.run(Fault("sleep", seconds=120, timeout=300), ["pod-a"])
             )
             # NUM_BATCHES comes once the pod started the child; the modeller has sent
             # TASK_START by then: the task is running
-            await asyncio.wait_for(progress.event("pod-a", MessageType.NUM_BATCHES).wait(), 60)
+            await asyncio.wait_for(progress.event("pod-a", "batch_count").wait(), 60)
             children = await _task_children(cluster.pid("pod-a"))
             await asyncio.sleep(2)  # the child gets to the task's long sleep
             assert [child.is_running() for child in children] == [True] * len(children)
@@ -160,12 +166,10 @@ def test_cancel_in_the_accept_phase_frees_the_slot_at_once(tmp_path: Path) -> No
         async with LocalCluster(tmp_path / "cluster", specs) as cluster:
             await cluster.stop_process("pod-b")
             modeller = Modeller(await cluster.connect_modeller())
-            progress = Progress()
-            run = asyncio.create_task(
-                modeller.run(Fault("ok"), ["pod-a", "pod-b"], on_progress=progress)
-            )
+            progress = Progress(modeller)
+            run = asyncio.create_task(modeller.run(Fault("ok"), ["pod-a", "pod-b"]))
             # PREPARING_DATA follows pod-a's JOB_ACCEPT: pod-a holds the task and its slot
-            await asyncio.wait_for(progress.event("pod-a", MessageType.PREPARING_DATA).wait(), 60)
+            await asyncio.wait_for(progress.event("pod-a", "preparing_data").wait(), 60)
             children = await _task_children(cluster.pid("pod-a"))
 
             started = time.monotonic()

@@ -30,6 +30,7 @@ from fedloom import (
 )
 from fedloom.cluster import LocalCluster, PodSpec
 from fedloom.errors import PodResponseError
+from fedloom.events import Event, EventKind
 
 from .cli_kit import wait_for_rows
 from .conftest import run_async
@@ -122,10 +123,12 @@ def test_pod_killed_mid_round_is_reported_and_the_round_completes(tmp_path: Path
             modeller = Modeller(await cluster.connect_modeller())
             killed: list[int] = []
 
-            def on_round(summary: Mapping[str, Any]) -> None:
-                if not killed:
-                    killed.append(int(summary["round"]))
+            def on_round(event: Event) -> None:
+                if event.kind is EventKind.ROUND_FINISHED and not killed:
+                    killed.append(int(event.fields["round"]))
                     os.kill(cluster.pid("pod-c"), signal.SIGKILL)
+
+            modeller.subscribe(on_round)
 
             run = await modeller.run(
                 _fedavg(rounds=3),
@@ -133,7 +136,6 @@ def test_pod_killed_mid_round_is_reported_and_the_round_completes(tmp_path: Path
                 # Round 0 spawns each pod's task child (torch import): on a loaded 2-core
                 # machine 8 s was too short for it and dropped healthy pods.
                 policy=RequestPolicy(timeout=20.0, on_timeout="discard"),
-                on_round=on_round,
             )
             assert "pod-c" in run.aborted, run.aborted
             history = run.result.history
@@ -164,15 +166,16 @@ def test_hub_killed_and_restarted_mid_task(tmp_path: Path) -> None:
                 await cluster.start_hub()
                 restarted.set()
 
-            def on_round(summary: Mapping[str, Any]) -> None:
-                if not restarts:
+            def on_round(event: Event) -> None:
+                if event.kind is EventKind.ROUND_FINISHED and not restarts:
                     restarts.append(asyncio.ensure_future(crash_and_restart()))
+
+            modeller.subscribe(on_round)
 
             run = await modeller.run(
                 _fedavg(rounds=4),
                 list(PODS),
                 policy=RequestPolicy(timeout=60.0, require_all=True),
-                on_round=on_round,
             )
             assert restarted.is_set()
             assert run.aborted == {}
@@ -309,7 +312,6 @@ def test_pod_killed_during_a_batched_task_loses_and_repeats_nothing(tmp_path: Pa
 
     from fedloom.datasources import FileSource  # noqa: F401 - the pod builds it from pod.toml
     from fedloom.protocols import BatchedInference
-    from fedloom.wire import MessageType
 
     folder = tmp_path / "images"
     folder.mkdir()
@@ -332,19 +334,20 @@ def test_pod_killed_during_a_batched_task_loses_and_repeats_nothing(tmp_path: Pa
             killed = asyncio.Event()
             children: list[psutil.Process] = []
 
-            def on_progress(pod: str, kind: MessageType, body: Mapping[str, object]) -> None:
-                batch_six = kind is MessageType.CURRENT_BATCH_ID and body.get("batch") == 6
+            def on_progress(event: Event) -> None:
+                batch_six = event.kind is EventKind.BATCH_STARTED and event.fields["batch"] == 6
                 if batch_six and not killed.is_set():
                     killed.set()
                     children.extend(psutil.Process(cluster.pid("pod-a")).children())
                     os.kill(cluster.pid("pod-a"), signal.SIGKILL)
 
+            subscription = modeller.subscribe(on_progress)
             first = await modeller.run(
                 BatchedInference(model, batch_size=10, timeout=5.0),
                 ["pod-a"],
                 policy=RequestPolicy(timeout=30.0),
-                on_progress=on_progress,
             )
+            subscription.cancel()
             assert killed.is_set()
             assert "pod-a" in first.aborted
             # the task's child process does not outlive its pod

@@ -14,10 +14,10 @@ from fedloom import AbortReason, LocalFederation, PodPolicy, SqlitePodStore
 from fedloom.datasources import FileSource
 from fedloom.errors import PodResponseError
 from fedloom.protocols import ChannelStatistics, FileStatistics, FileStatisticsResult
-from fedloom.wire import MessageType
 from fedloom.worker import IsolationSettings
 
 from .conftest import run_async, until_idle
+from .pod_events import PodEvents
 
 
 def _images(folder: Path, count: int, corrupt: int = 0, start: int = 0) -> list[Path]:
@@ -64,24 +64,22 @@ async def _run(
     protocol: FileStatistics,
     stores: dict[str, Path] | None = None,
     **options: Any,
-) -> tuple[Any, list[tuple[str, MessageType, dict[str, Any]]]]:
+) -> tuple[Any, list[tuple[str, str, dict[str, Any]]]]:
     opened = {pod: SqlitePodStore(path) for pod, path in (stores or {}).items()}
-    seen: list[tuple[str, MessageType, dict[str, Any]]] = []
+    events = PodEvents()
     try:
         async with LocalFederation(
             {pod: {"default": _source(folder)} for pod, folder in pods.items()},
             pod_stores=opened,
             **options,
         ) as federation:
+            federation.modeller.subscribe(events)
             try:
-                run = await federation.run(
-                    protocol,
-                    on_progress=lambda pod, kind, body: seen.append((pod, kind, dict(body))),
-                )
+                run = await federation.run(protocol)
             finally:  # the pods record the end of the task a moment after the modeller
                 for pod in federation.pods.values():
                     await until_idle(pod)
-            return run, seen
+            return run, events.seen
     finally:
         for store in opened.values():
             store.close()
@@ -107,7 +105,7 @@ def test_pooled_statistics_equal_numpy_on_every_good_file(tmp_path: Path, isolat
     assert result.batches == {"pod-a": 4, "pod-b": 3}
     assert "img" not in repr(result) and "bad" not in repr(result)
     assert not any("img" in repr(body) or "bad" in repr(body) for _, _, body in seen)
-    assert ("pod-a", MessageType.NUM_BATCHES, {"count": -1}) in seen
+    assert ("pod-a", "batch_count", {"count": -1}) in seen
     assert run.task_id and task.summarise(result)["failed"] == {"pod-a": 2, "pod-b": 1}
 
 

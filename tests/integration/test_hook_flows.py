@@ -37,6 +37,7 @@ from fedloom.testing import connect_federation
 from fedloom.transport import ModellerMailbox, TaskRouter, WorkerMailbox
 
 from .conftest import TINY_MLP, labelled_arrays, run_async
+from .pod_events import PodEvents
 
 SIZES = {"pod-a": 40, "pod-b": 57}
 TRAINING = TrainingConfig(epochs=2, batch_size=8, learning_rate=0.1)
@@ -110,17 +111,15 @@ async def run_both_sides(
 
 
 def test_fedavg_with_the_default_hooks_shows_epochs_and_batches_on_the_modeller() -> None:
-    seen: list[tuple[str, dict[str, object]]] = []
-
-    def on_progress(pod: str, kind: MessageType, body: Mapping[str, object]) -> None:
-        if kind is MessageType.PROGRESS:
-            seen.append((pod, dict(body)))
+    events = PodEvents()
 
     async def main() -> None:
         async with LocalFederation(pods()) as federation:
-            await federation.run(fedavg(), on_progress=on_progress)
+            federation.modeller.subscribe(events)
+            await federation.run(fedavg())
 
     run_async(main())
+    seen = events.of("progress")
     for pod, batches in BATCHES.items():
         bodies = [body for sender, body in seen if sender == pod]
         epoch_ends = [(b["round"], b["epoch"], b["step"]) for b in bodies if "accuracy" in b]
@@ -141,20 +140,18 @@ def test_analytics_with_the_default_hooks_reports_each_released_stage() -> None:
     frames = {
         pod: pd.DataFrame({"value": np.arange(rows, dtype=float)}) for pod, rows in SIZES.items()
     }
-    seen: list[tuple[str, dict[str, object]]] = []
-
-    def on_progress(pod: str, kind: MessageType, body: Mapping[str, object]) -> None:
-        if kind is MessageType.PROGRESS:
-            seen.append((pod, dict(body)))
+    events = PodEvents()
 
     async def main() -> None:
         request = AnalyticsRequest(statistics=("mean", "histogram"), columns=("value",))
         async with LocalFederation(
             {pod: TableSource(frame) for pod, frame in frames.items()}
         ) as federation:
-            await federation.run(Analytics(request=request), on_progress=on_progress)
+            federation.modeller.subscribe(events)
+            await federation.run(Analytics(request=request))
 
     run_async(main())
+    seen = events.of("progress")
     # each stage is reported before its results, so the modeller sees both before it ends
     for pod in SIZES:
         assert [body for sender, body in seen if sender == pod] == [

@@ -153,7 +153,7 @@ def test_handshake_abuse(tmp_path: Path, hostile: str) -> None:
                 assert frames.fields_of(kind, payload, {})["code"] == errors.ProtocolError.code
             await channel.close(grace=None)
             alice = await connect(hub.port, ids["alice"])
-            assert hub.statistics().connected == ["alice"]
+            assert hub.statistics().connected == ("alice",)
             await alice.close()
         finally:
             await hub.stop()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -22,13 +21,15 @@ from fedloom import (
     TaskResult,
 )
 from fedloom.errors import ErrorReport, ReceiveTimeoutError
+from fedloom.events import Event, EventKind
 from fedloom.transport import Mailbox
 
 from .conftest import REPLY_TIMEOUT, run_async, until_idle
+from .pod_events import said
 
 ROWS = 24
 SUMMARY = {"protocol": "results_only", "config": {"algorithm": "dataset_summary"}}
-Event = tuple[float, MessageType, dict[str, Any]]
+Seen = tuple[float, str, dict[str, Any]]
 
 
 def source() -> ArraySource:
@@ -40,13 +41,15 @@ def test_a_task_beyond_the_limit_is_queued_and_never_runs_alongside_the_first() 
     # the store's clock is the one the progress events are stamped with, so the pod's
     # record of the first task's end can be compared with the second task's start
     store = MemoryPodStore(clock=time.monotonic)
-    events: dict[str, list[Event]] = {"one": [], "two": []}
+    events: dict[str, list[Seen]] = {"one": [], "two": []}
 
-    def recorder(label: str) -> Any:
-        def on_progress(pod: str, kind: MessageType, body: Mapping[str, object]) -> None:
-            events[label].append((time.monotonic(), kind, dict(body)))
+    tasks: dict[str, str] = {}  # task id -> label, in the order the runs begin
 
-        return on_progress
+    def recorder(event: Event) -> None:
+        if event.kind is EventKind.TASK_STARTED:
+            tasks[event.task] = "one" if not tasks else "two"
+        elif event.participant == "pod-a":
+            events[tasks[event.task]].append((time.monotonic(), said(event), dict(event.fields)))
 
     async def main() -> tuple[TaskResult, TaskResult, int]:
         policy = PodPolicy(max_concurrent_tasks=1, start_timeout=REPLY_TIMEOUT)
@@ -65,10 +68,9 @@ def test_a_task_beyond_the_limit_is_queued_and_never_runs_alongside_the_first() 
 
             watcher = asyncio.create_task(watch())
             task = ResultsOnly("dataset_summary")
-            one, two = await asyncio.gather(
-                federation.run(task, on_progress=recorder("one")),
-                federation.run(task, on_progress=recorder("two")),
-            )
+            federation.modeller.subscribe(recorder)
+            one, two = await asyncio.gather(federation.run(task), federation.run(task))
+            assert [tasks[one.task_id], tasks[two.task_id]] == ["one", "two"]
             await until_idle(pod)
             done.set()
             await watcher
@@ -82,7 +84,7 @@ def test_a_task_beyond_the_limit_is_queued_and_never_runs_alongside_the_first() 
         assert store.get_task_run(run.task_id).status == "completed"
 
     queued = {
-        label: [body for _, kind, body in log if kind is MessageType.PROGRESS]
+        label: [body for _, kind, body in log if kind == "progress"]
         for label, log in events.items()
     }
     # whichever request reached the pod second waited, at position 1, and was told once
@@ -90,14 +92,18 @@ def test_a_task_beyond_the_limit_is_queued_and_never_runs_alongside_the_first() 
     second = "one" if queued["one"] else "two"
     first_run = two if second == "one" else one
     kinds = [kind for _, kind, _ in events[second]]
-    assert kinds == [MessageType.PROGRESS, *STARTING]
+    assert kinds == ["progress", *HEARD_STARTING]
     started = events[second][1][0]
     finished = store.get_task_run(first_run.task_id).finished_at
     assert finished is not None and finished <= started
-    assert [kind for _, kind, _ in events["two" if second == "one" else "one"]] == STARTING
+    assert [kind for _, kind, _ in events["two" if second == "one" else "one"]] == HEARD_STARTING
 
 
 STARTING = [MessageType.PREPARING_DATA, MessageType.CONFIGURING_TASK, MessageType.NUM_BATCHES]
+HEARD_STARTING = ["preparing_data", "configuring_task", "batch_count"]
+"""What the modeller's events say of those messages (see ``pod_events.said``)."""
+
+
 """What a pod says when a (non-batched) task starts: the last is NUM_BATCHES = 1."""
 
 

@@ -18,6 +18,7 @@ import torch
 
 from fedloom.algorithms.ml import ModelSpec, build_model
 from fedloom.errors import ConfigError, SimulationError
+from fedloom.events import Event, EventKind
 from fedloom.scheduler import ResourceEstimate, TaskStatus
 from fedloom.simulation import (
     BackendPlan,
@@ -27,7 +28,6 @@ from fedloom.simulation import (
     FailureKind,
     Simulation,
     SimulationConfig,
-    SimulationEvent,
     SimulationResult,
 )
 from fedloom.simulation.ray_backend import RayBackend, import_ray, ray_actor_options
@@ -107,12 +107,14 @@ def test_per_client_resources_become_actor_options() -> None:
     backend = RayBackend(resources=ClientResources(estimate=estimate))
     seen: list[list[dict[str, float]]] = []
 
-    def on_event(event: SimulationEvent) -> None:
-        if event.kind == "started":
+    def on_event(event: Event) -> None:
+        if event.kind is EventKind.TASK_STARTED:
             seen.append(backend.worker_resources())
 
     cfg = config("ray", rounds=1, resources=ClientResources(estimate=estimate))
-    result = Simulation(cfg, backend=backend, on_event=on_event).run()
+    simulation = Simulation(cfg, backend=backend)
+    simulation.subscribe(on_event)
+    result = simulation.run()
 
     assert_every_client_folded(result, 1)
     assert seen == [[{"CPU": 1.0, "memory": float(estimate.memory)}] * 2]
@@ -134,13 +136,15 @@ def test_an_actor_killed_mid_round_is_replaced_and_every_client_folded(
     backend = RayBackend()
     killed: list[Any] = []
 
-    def on_event(event: SimulationEvent) -> None:
-        if event.kind == "client_done" and not killed:
+    def on_event(event: Event) -> None:
+        if event.kind is EventKind.PARTICIPANT_DONE and not killed:
             handle = backend.actor_handles()[0]
             killed.append(handle)
             ray.kill(handle)
 
-    result = Simulation(config("ray"), backend=backend, on_event=on_event).run()
+    simulation = Simulation(config("ray"), backend=backend)
+    simulation.subscribe(on_event)
+    result = simulation.run()
 
     assert killed
     statistics = backend.statistics()
@@ -160,15 +164,16 @@ def test_stop_ends_the_simulation_with_stopped_clients() -> None:
     )
     simulation: Simulation | None = None
 
-    def on_event(event: SimulationEvent) -> None:
-        if event.kind == "client_done" and event.round == 1:
+    def on_event(event: Event) -> None:
+        if event.kind is EventKind.PARTICIPANT_DONE and event.fields["round"] == 1:
             assert simulation is not None
             # stop() is safe from any thread: call it from another one, as a UI would
             stopper = threading.Thread(target=simulation.stop)
             stopper.start()
             stopper.join()
 
-    simulation = Simulation(cfg, on_event=on_event)
+    simulation = Simulation(cfg)
+    simulation.subscribe(on_event)
     result = simulation.run()
 
     assert result.stopped

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import subprocess
 import sys
@@ -12,21 +11,19 @@ from typing import Any
 
 import pytest
 import torch
-from rich.console import Console
 
 from fedloom import ModelSpec, TrainingConfig
 from fedloom.errors import ConfigError
+from fedloom.events import Event
 from fedloom.simulation import (
     DataSpec,
     ProcessPoolBackend,
     Simulation,
     SimulationConfig,
-    SimulationEvent,
 )
 from fedloom.simulation.backend import BackendPlan
 from fedloom.simulation.client import RunnerPlan
 from fedloom.simulation.process_pool import fork_hazard
-from fedloom.simulation.progress import SimulationProgress
 from fedloom.simulation.shm import FlatLayout
 
 SCRIPT = Path(__file__).with_name("sim_fork_check.py")
@@ -135,21 +132,16 @@ def test_an_explicit_start_method_is_kept_and_a_wrong_one_is_a_typed_error() -> 
 def test_the_engine_folds_on_one_torch_thread_and_restores_the_callers() -> None:
     seen: list[int] = []
 
-    def record(event: SimulationEvent) -> None:
+    def record(event: Event) -> None:
         seen.append(torch.get_num_threads())
 
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        Simulation(SimulationConfig(model=MLP, data=DATA, rounds=1), on_event=record).run()
+        simulation = Simulation(SimulationConfig(model=MLP, data=DATA, rounds=1))
+        simulation.subscribe(record)
+        simulation.run()
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
     assert seen and set(seen) == {1}
-
-
-def test_the_progress_display_runs_no_thread() -> None:
-    before = threading.active_count()
-    with SimulationProgress(Console(file=io.StringIO()), 2) as progress:
-        progress.on_event(SimulationEvent("round_start", 0, 0, 3))
-        assert threading.active_count() == before

@@ -26,6 +26,7 @@ from fedloom.errors import (
     SimulationError,
     UnknownNameError,
 )
+from fedloom.events import Event, EventCallback, EventKind, virtual_client
 from fedloom.scheduler import ResourceBudget, ResourceEstimate, TaskStatus
 from fedloom.simulation import (
     ClientResources,
@@ -34,7 +35,6 @@ from fedloom.simulation import (
     Sampling,
     Simulation,
     SimulationConfig,
-    SimulationEvent,
     build_client_data,
 )
 from fedloom.simulation.client import participant
@@ -67,8 +67,11 @@ def config(**changes: Any) -> SimulationConfig:
     return SimulationConfig(**(options | changes))
 
 
-def run(cfg: SimulationConfig, **options: Any) -> Any:
-    return Simulation(cfg, **options).run()
+def run(cfg: SimulationConfig, *, on_event: EventCallback | None = None, **options: Any) -> Any:
+    simulation = Simulation(cfg, **options)
+    if on_event is not None:
+        simulation.subscribe(on_event)
+    return simulation.run()
 
 
 def assert_same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
@@ -352,7 +355,9 @@ def test_stop_ends_the_run_promptly_and_leaves_no_worker(tmp_path: Path) -> None
     simulation = Simulation(
         config(data=data, rounds=5, plugins=(PLUGIN,)),
         backend=backend,
-        on_event=lambda e: simulation.stop() if e.kind == "client_done" else None,
+    )
+    simulation.subscribe(
+        lambda e: simulation.stop() if e.kind is EventKind.PARTICIPANT_DONE else None
     )
     began = time.monotonic()
     result = simulation.run()
@@ -372,15 +377,42 @@ def test_a_simulation_runs_once() -> None:
         simulation.run()
 
 
+def test_a_failing_subscriber_does_not_stop_the_simulation() -> None:
+    def broken(event: Event) -> None:
+        raise RuntimeError("a broken display")
+
+    simulation = Simulation(config(rounds=1, backend="thread"))
+    simulation.subscribe(broken)
+    result = simulation.run()
+    assert len(result.rounds) == 1
+    assert (
+        simulation.events.statistics().failed_deliveries == simulation.events.statistics().published
+    )
+
+
 def test_progress_events_cover_every_client() -> None:
-    events: list[SimulationEvent] = []
+    events: list[Event] = []
     run(config(rounds=2, backend="thread"), on_event=events.append)
     kinds = [e.kind for e in events]
-    assert kinds[0] == "started"
-    assert kinds.count("round_start") == 2 and kinds.count("round_end") == 2
-    done = [e for e in events if e.kind == "client_done" and e.round == 1]
-    assert sorted(e.client for e in done) == list(range(6))
-    assert done[-1].done == done[-1].total == 6
+    assert kinds[0] is EventKind.TASK_STARTED and kinds[-1] is EventKind.TASK_FINISHED
+    assert kinds.count(EventKind.ROUND_STARTED) == 2 and kinds.count(EventKind.ROUND_FINISHED) == 2
+    # each round: its start, one event per client, its end; all of one task
+    per_round = [
+        EventKind.ROUND_STARTED,
+        *[EventKind.PARTICIPANT_DONE] * 6,
+        EventKind.ROUND_FINISHED,
+    ]
+    assert kinds[1:-1] == per_round * 2
+    assert len({e.task for e in events}) == 1
+    assert events[0].fields["rounds"] == 2 and events[0].fields["startup_seconds"] > 0
+    assert events[-1].fields == {"rounds": 2, "stopped": False}
+    assert {e.participant for e in events if e.kind is EventKind.PARTICIPANT_DONE} == {
+        virtual_client(c) for c in range(6)
+    }
+    assert "train_loss" in events[-2].fields["metrics"]
+    done = [e for e in events if e.kind is EventKind.PARTICIPANT_DONE and e.fields["round"] == 1]
+    assert sorted(e.fields["client"] for e in done) == list(range(6))
+    assert done[-1].fields["done"] == done[-1].fields["total"] == 6
 
 
 @pytest.mark.parametrize(

@@ -325,25 +325,3 @@ def test_unreadable_simulation_files(tmp_path: Path) -> None:
     no_model.write_text('[data]\nname = "digits"\nclients = 2\n')
     with pytest.raises(ConfigError, match=r"\[model\]"):
         load_simulation_file(no_model)
-
-
-def test_the_progress_display_follows_the_events() -> None:
-    import io
-
-    from rich.console import Console
-
-    from fedloom.simulation import SimulationEvent
-    from fedloom.simulation.progress import SimulationProgress
-
-    out = io.StringIO()
-    console = Console(file=out, force_terminal=True, width=100)
-    with SimulationProgress(console, rounds=2, transient=False) as progress:
-        progress.on_event(SimulationEvent("started", metrics={"startup_seconds": 1.25}))
-        progress.on_event(SimulationEvent("round_start", 0, 0, 3))
-        for done in (1, 2, 3):
-            progress.on_event(SimulationEvent("client_done", 0, done, 3, done, {"loss": 0.5}))
-        progress.on_event(SimulationEvent("round_end", 0, 3, 3, metrics={"train_accuracy": 0.75}))
-    text = out.getvalue()
-    assert "ready in 1.2 s" in text or "ready in 1.3 s" in text
-    assert "round 0" in text and "3/3" in text
-    assert "train acc 0.750" in text and "1/2" in text

@@ -224,7 +224,7 @@ def list_names(
     import json
 
     from fedloom.cli.catalogue import catalogue, catalogue_table
-    from fedloom.modeller.report import people_console
+    from fedloom.cli.report import people_console
     from fedloom.registry import import_plugins
 
     import_plugins(tuple(plugin or ()), where="--plugin")
@@ -261,8 +261,8 @@ def simulate(
     """Simulate a federation: many virtual clients on this machine (or on Ray)."""
     import dataclasses
 
+    from fedloom.cli.simulate import run_and_report
     from fedloom.simulation.config import load_simulation_file
-    from fedloom.simulation.report_cli import run_and_report
 
     loaded = load_simulation_file(config_file)
     changes: dict[str, Any] = {}

@@ -1,9 +1,20 @@
-"""Live progress of a task on the command line: one bar per pod, and the rounds.
+"""Live progress on the command line: rich bars drawn from the event stream.
 
-A pod's bar reads like ``pod-a: round 4/10, epoch 1/2, batch 13/40``: counts from 1, with
-their totals (the task's rounds, the pod's epochs and batches), and it fills with the
-pod's training steps of the round; batched tasks count batches. The rounds bar has the
-task's number of rounds as its total.
+One renderer, :class:`LiveProgress`, serves ``fedloom run`` (subscribed to the
+:class:`~fedloom.modeller.Modeller`), ``fedloom simulate`` (subscribed to the
+:class:`~fedloom.simulation.Simulation`) and the demo; it reads only
+:class:`~fedloom.events.Event`\\ s, so any source of them can be shown.
+
+- A pod's bar reads like ``pod-a: round 4/10, epoch 1/2, batch 13/40``: counts from 1,
+  with their totals (the task's rounds, the pod's epochs and batches), and it fills with
+  the pod's training steps of the round; batched tasks count batches, and a "slowest pod"
+  bar shows the share of its batches the slowest pod has done.
+- The rounds bar has the task's number of rounds as its total, and notes the simulation's
+  start-up time and the last round's training accuracy.
+- A simulation's clients bar fills with the round's virtual clients.
+
+Everything shown that a pod chose (its name, its PROGRESS bodies) is plain text, never
+rich markup.
 """
 
 from __future__ import annotations
@@ -22,9 +33,12 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from fedloom.wire import MessageType
+from fedloom.events import MODELLER, Event, EventKind
 
-_LABEL_WIDTH = 48
+__all__ = ["DEFAULT_LABEL_WIDTH", "LiveProgress", "progress_label"]
+
+DEFAULT_LABEL_WIDTH = 48
+"""Characters of a bar's label (longer ones are cut with an ellipsis)."""
 
 
 def progress_label(body: Mapping[str, object], rounds: int | None = None) -> str:
@@ -52,26 +66,56 @@ def _of(name: str, value: int, total: int | None) -> str:
     return f"{name} {value}/{total}" if total else f"{name} {value}"
 
 
-class PodProgress:
-    """Rich progress bars fed by the modeller's progress and round callbacks."""
+class LiveProgress:
+    """Rich bars fed by :meth:`on_event` (see the module docstring).
 
-    def __init__(self, console: Console, pods: Iterable[str], rounds: int | None = None) -> None:
+    Args:
+        pods: the pods that get a bar (events of other participants, but the modeller's
+            and a simulation's virtual clients', are ignored).
+        rounds: the task's number of rounds, the rounds bar's total.
+        waiting: when given, the rounds bar is shown at once with this label until the
+            task starts (a simulation's "starting workers"); otherwise it appears with the
+            task's start or its first round.
+        refresh_thread: redraw on a rich thread, so elapsed times tick between events.
+            Without it the bars are redrawn on each event and no thread runs: a simulation's
+            process pool may then fork its workers (see
+            :func:`~fedloom.simulation.process_pool.fork_hazard`).
+    """
+
+    def __init__(
+        self,
+        console: Console,
+        pods: Iterable[str] = (),
+        rounds: int | None = None,
+        *,
+        waiting: str | None = None,
+        transient: bool = True,
+        refresh_thread: bool = True,
+        label_width: int = DEFAULT_LABEL_WIDTH,
+    ) -> None:
         self._progress = Progress(
             # descriptions hold what pods send (names, PROGRESS bodies): plain text, never
             # markup, or a stray "[/x]" makes rich raise MarkupError while rendering
-            TextColumn(f"{{task.description:<{_LABEL_WIDTH}}}", markup=False),
+            TextColumn(f"{{task.description:<{label_width}}}", markup=False),
             BarColumn(),
             MofNCompleteColumn(),
+            TextColumn("{task.fields[note]}", markup=False),
             TimeElapsedColumn(),
             console=console,
-            transient=True,
+            transient=transient,
+            auto_refresh=refresh_thread,
         )
+        self._label_width = label_width
+        self._redraw = not refresh_thread
         self._total_rounds = rounds
         self._rounds: TaskID | None = None
+        if waiting is not None:
+            self._rounds = self._add(waiting, total=rounds)
+        self._clients: TaskID | None = None
         self._slowest: TaskID | None = None
         self._batches_total: dict[str, int | None] = {}
         self._batches_done: dict[str, int] = {}
-        self._bars = {pod: self._progress.add_task(f"{pod}: waiting", total=None) for pod in pods}
+        self._bars = {pod: self._add(f"{pod}: waiting", total=None) for pod in pods}
 
     def __enter__(self) -> Self:
         self._progress.start()
@@ -85,18 +129,76 @@ class PodProgress:
     ) -> None:
         self._progress.stop()
 
-    def on_progress(self, pod: str, kind: MessageType, body: Mapping[str, object]) -> None:
-        bar = self._bars.get(pod)
-        if bar is None:
+    def on_event(self, event: Event) -> None:
+        """Update the bars from one event (an :class:`~fedloom.events.EventStream` subscriber)."""
+        if event.participant == MODELLER:
+            self._on_task(event)
+        elif event.kind is EventKind.PARTICIPANT_DONE:
+            self._on_client(event.fields)
+        elif event.participant in self._bars:
+            self._on_pod(event.participant, event.kind, event.fields)
+        if self._redraw:
+            self._progress.refresh()
+
+    def _add(self, description: str, total: int | None) -> TaskID:
+        return self._progress.add_task(description, total=total, note="")
+
+    def _rounds_bar(self) -> TaskID:
+        if self._rounds is None:
+            self._rounds = self._add("rounds", total=self._total_rounds)
+        return self._rounds
+
+    def _on_task(self, event: Event) -> None:
+        fields = event.fields
+        if event.kind is EventKind.TASK_STARTED and (
+            self._rounds is not None or self._total_rounds is not None
+        ):
+            seconds = fields.get("startup_seconds")
+            note = f"ready in {seconds:.1f} s" if isinstance(seconds, int | float) else ""
+            self._progress.update(self._rounds_bar(), description="rounds", note=note)
+        elif event.kind is EventKind.ROUND_STARTED:
+            total = fields.get("clients")
+            if self._clients is None:
+                self._clients = self._add("clients", total=None)
+            self._progress.reset(
+                self._clients,
+                total=total if isinstance(total, int) else None,
+                description=f"round {fields.get('round')}",
+            )
+        elif event.kind is EventKind.ROUND_FINISHED:
+            bar = self._rounds_bar()
+            metrics = fields.get("metrics")
+            accuracy = metrics.get("train_accuracy") if isinstance(metrics, Mapping) else None
+            changes: dict[str, Any] = {"description": "rounds"}
+            if isinstance(accuracy, int | float):
+                changes["note"] = f"train acc {accuracy:.3f}"
+            round_index = fields.get("round")
+            if isinstance(round_index, int):
+                self._progress.update(bar, completed=round_index + 1, **changes)
+            else:
+                self._progress.update(bar, advance=1, **changes)
+
+    def _on_client(self, fields: Mapping[str, Any]) -> None:
+        if self._clients is None:
             return
-        if kind is MessageType.NUM_BATCHES:
-            count = body.get("count")
-            if isinstance(count, int) and count > 0:
-                self._progress.update(bar, total=count)
-            self._batches_total[pod] = count if isinstance(count, int) and count > 0 else None
+        metrics = fields.get("metrics")
+        loss = metrics.get("loss") if isinstance(metrics, Mapping) else None
+        note = f"loss {loss:.3f}" if isinstance(loss, int | float) else ""
+        done = fields.get("done")
+        if isinstance(done, int):
+            self._progress.update(self._clients, completed=done, note=note)
+
+    def _on_pod(self, pod: str, kind: EventKind, fields: Mapping[str, Any]) -> None:
+        bar = self._bars[pod]
+        if kind is EventKind.BATCH_COUNT:
+            count = fields.get("count")
+            known = count if isinstance(count, int) and count > 0 else None
+            if known is not None:
+                self._progress.update(bar, total=known)
+            self._batches_total[pod] = known
             self._update_slowest()
-        elif kind is MessageType.CURRENT_BATCH_ID:
-            batch = body.get("batch")
+        elif kind is EventKind.BATCH_STARTED:
+            batch = fields.get("batch")
             if isinstance(batch, int):
                 total = self._batches_total.get(pod)
                 self._progress.update(
@@ -104,15 +206,19 @@ class PodProgress:
                 )
                 self._batches_done[pod] = batch - 1
                 self._update_slowest()
-        elif kind is MessageType.PROGRESS:
-            label = progress_label(body, self._total_rounds)
-            step, steps = body.get("step"), body.get("steps")
-            changes: dict[str, Any] = {"description": _fit(f"{pod}: {label}")}
+        elif kind is EventKind.PROGRESS:
+            label = progress_label(fields, self._total_rounds)
+            step, steps = fields.get("step"), fields.get("steps")
+            changes: dict[str, Any] = {"description": self._fit(f"{pod}: {label}")}
             if isinstance(step, int) and isinstance(steps, int) and steps > 0:
                 changes |= {"total": steps, "completed": min(step, steps)}
             self._progress.update(bar, **changes)
-        else:
-            self._progress.update(bar, description=f"{pod}: {kind.value.lower()}")
+        elif kind is EventKind.STATUS:
+            self._progress.update(bar, description=self._fit(f"{pod}: {fields.get('status')}"))
+        elif kind in {EventKind.PARTICIPANT_REJECTED, EventKind.PARTICIPANT_FAILED}:
+            state = "rejected" if kind is EventKind.PARTICIPANT_REJECTED else "failed"
+            reason = fields.get("reason")
+            self._progress.update(bar, description=self._fit(f"{pod}: {state} ({reason})"))
 
     def _update_slowest(self) -> None:
         """The slowest pod's share of its batches (a pod without a count yet counts as 0)."""
@@ -123,18 +229,9 @@ class PodProgress:
         if not shares:
             return
         if self._slowest is None:
-            self._slowest = self._progress.add_task("slowest pod", total=100)
+            self._slowest = self._add("slowest pod", total=100)
         self._progress.update(self._slowest, completed=round(100 * min(shares)))
 
-    def on_round(self, summary: Mapping[str, Any]) -> None:
-        if self._rounds is None:
-            self._rounds = self._progress.add_task("rounds", total=self._total_rounds)
-        round_index = summary.get("round")
-        if isinstance(round_index, int):
-            self._progress.update(self._rounds, completed=round_index + 1)
-        else:
-            self._progress.advance(self._rounds)
-
-
-def _fit(text: str) -> str:
-    return text if len(text) <= _LABEL_WIDTH else text[: _LABEL_WIDTH - 1] + "…"
+    def _fit(self, text: str) -> str:
+        width = self._label_width
+        return text if len(text) <= width else text[: width - 1] + "…"

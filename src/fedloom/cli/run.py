@@ -14,7 +14,7 @@ import asyncio
 import json
 import shlex
 import signal
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,11 +22,13 @@ from typing import Any, TypeVar
 from rich.console import Console
 from rich.text import Text
 
-from fedloom.cli.progress import PodProgress
+from fedloom.cli.progress import LiveProgress
+from fedloom.cli.report import people_console, task_report
 from fedloom.errors import ConfigError, FedloomError
+from fedloom.events import Event, EventKind, EventStream
 from fedloom.modeller import TaskResult
 from fedloom.modeller.remote import run_task_file
-from fedloom.modeller.report import describe, people_console, task_report
+from fedloom.modeller.report import describe
 from fedloom.modeller.task_file import TaskFile, load_task_file
 from fedloom.store import SqliteExperimentStore
 
@@ -43,9 +45,9 @@ class _Watch:
     def started(self, experiment_id: str) -> None:
         self.experiment_id = experiment_id
 
-    def round_done(self, summary: Mapping[str, Any]) -> None:
-        index = summary.get("round")
-        if isinstance(index, int):
+    def on_event(self, event: Event) -> None:
+        index = event.fields.get("round")
+        if event.kind is EventKind.ROUND_FINISHED and isinstance(index, int):
             self.last_round = index
 
 
@@ -69,21 +71,18 @@ def run_command(
         _check_report_dir(task, report_dir, force)
     watch = _Watch()
     rounds = getattr(task.protocol, "rounds", None)
+    events = EventStream()
+    events.subscribe(watch.on_event)
     try:
-        with PodProgress(
+        with LiveProgress(
             console, task.pods, rounds=rounds if isinstance(rounds, int) else None
         ) as progress:
-
-            def on_round(summary: Mapping[str, Any]) -> None:
-                watch.round_done(summary)
-                progress.on_round(summary)
-
+            events.subscribe(progress.on_event)
             result = asyncio.run(
                 _cancel_on_sigterm(
                     run_task_file(
                         task,
-                        on_progress=progress.on_progress,
-                        on_round=on_round,
+                        events=events,
                         on_experiment=watch.started,
                         resume=resume,
                     )

@@ -30,14 +30,16 @@ from fedloom.errors import (
     StoreError,
     UnknownRecipientError,
 )
+from fedloom.events import EventCallback, EventStream, Subscription
 from fedloom.modeller.cancel import CANCEL_MESSAGE, TaskCancellation, cancel_pods
 from fedloom.modeller.keepalive import KeepAlive
+from fedloom.modeller.live import TaskEvents
 from fedloom.modeller.policy import RequestPolicy
 from fedloom.protocols import ModellerContext, Protocol, RoundCallback, resume_experiment
 from fedloom.store import CheckpointRetention, ExperimentStore
 from fedloom.store.base import COMPLETED
 from fedloom.store.retention import KEEP_LAST
-from fedloom.transport import Gathered, Mailbox, ModellerMailbox, ProgressCallback, TaskRouter
+from fedloom.transport import Gathered, Mailbox, ModellerMailbox, TaskRouter
 from fedloom.transport.task import report_of
 from fedloom.wire import MessageType
 
@@ -100,6 +102,11 @@ class Modeller:
 
     A task is cancelled by cancelling the asyncio task that awaits :meth:`run` (``task.cancel()``,
     ``asyncio.timeout``, Ctrl-C under ``asyncio.run``) or with :meth:`cancel`.
+
+    What its tasks do is published on ``events`` (a new
+    :class:`~fedloom.events.EventStream` unless one is given): :meth:`subscribe` to follow
+    every task of this modeller as it runs (each event names its task); the sequence is
+    described in :mod:`fedloom.modeller.live`.
     """
 
     def __init__(
@@ -108,10 +115,12 @@ class Modeller:
         *,
         store: ExperimentStore | None = None,
         accept_timeout: float = DEFAULT_ACCEPT_TIMEOUT,
+        events: EventStream | None = None,
     ) -> None:
         if not accept_timeout > 0:
             raise ConfigError(f"accept_timeout must be > 0, got {accept_timeout!r}")
         self.store = store
+        self.events = events if events is not None else EventStream()
         self.accept_timeout = accept_timeout
         self._router = TaskRouter(mailbox)
         self._running: dict[str, asyncio.Task[Any]] = {}
@@ -122,6 +131,11 @@ class Modeller:
     def identity(self) -> str:
         return self._router.identity
 
+    def subscribe(self, callback: EventCallback) -> Subscription:
+        """Deliver the events of this modeller's tasks to ``callback``, on the event loop
+        of :meth:`run` (see :meth:`EventStream.subscribe`)."""
+        return self.events.subscribe(callback)
+
     async def run(
         self,
         protocol: Protocol,
@@ -131,8 +145,6 @@ class Modeller:
         name: str | None = None,
         policy: RequestPolicy | None = None,
         require_all: bool | None = None,
-        on_round: RoundCallback | None = None,
-        on_progress: ProgressCallback | None = None,
         resume: str | None = None,
         keep_checkpoints: str | int | CheckpointRetention = KEEP_LAST,
         on_experiment: ExperimentCallback | None = None,
@@ -201,19 +213,21 @@ class Modeller:
         self._router.start()
         started = time.monotonic()
         task_id = uuid.uuid4().hex
+        events = TaskEvents(self.events, task_id)
         mailbox = ModellerMailbox(
             self._router,
             self._router.open_channel(task_id),
             pods,
-            on_progress=on_progress,
+            on_progress=events.status,
             policy=policy,
         )
         asked: list[str] = []
         current = asyncio.current_task()
         if current is not None:
             self._running[task_id] = current
+        events.started(protocol.name, pods)
         try:
-            return await self._run(
+            result = await self._run(
                 protocol,
                 mailbox,
                 spec=spec,
@@ -222,21 +236,27 @@ class Modeller:
                 dataset=dataset,
                 name=name,
                 require_all=require_all,
-                on_round=on_round,
+                events=events,
                 resume=resume,
                 retention=retention,
                 on_experiment=on_experiment,
             )
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as exc:
             # any phase: every pod sent the request that has not left the task may hold it
             holding = [pod for pod in asked if pod in mailbox.pods]
             cancellation = await cancel_pods(mailbox, holding, TELL_PODS_SECONDS)
             if task_id in self._cancel_requests:
                 self._cancellations[task_id] = cancellation
+            events.aborted(exc)
+            raise
+        except BaseException as exc:
+            events.aborted(exc)
             raise
         finally:
             self._running.pop(task_id, None)
             self._router.close_channel(task_id)
+        events.finished(result.seconds, result.accepted, result.rejected, result.aborted)
+        return result
 
     async def _run(
         self,
@@ -249,7 +269,7 @@ class Modeller:
         dataset: str,
         name: str | None,
         require_all: bool | None,
-        on_round: RoundCallback | None,
+        events: TaskEvents,
         resume: str | None,
         retention: CheckpointRetention,
         on_experiment: ExperimentCallback | None,
@@ -260,8 +280,11 @@ class Modeller:
             answers, accepted, rejected = await self._accept(
                 mailbox, protocol.name, refused, require_all
             )
+            events.rejected(rejected)
             keepalive.fit(answers.replies.values())
-            context = await self._experiment(protocol, mailbox, spec, name, on_round, resume)
+            context = await self._experiment(
+                protocol, mailbox, spec, name, events.round_finished, resume
+            )
             context.checkpoints = retention
             if on_experiment is not None and context.experiment_id is not None:
                 on_experiment(context.experiment_id)

@@ -10,6 +10,7 @@ import contextlib
 from typing import Any
 
 from fedloom.crypto import load_identity, load_pinned_identities
+from fedloom.events import EventStream
 from fedloom.modeller.modeller import Modeller, TaskResult
 from fedloom.modeller.policy import RequestPolicy
 from fedloom.modeller.task_file import TaskFile
@@ -36,8 +37,12 @@ async def connect_modeller(task: TaskFile, *, timeout: float = 15.0) -> GrpcMail
     return await mailbox.connect(timeout=timeout)
 
 
-async def run_task_file(task: TaskFile, **options: Any) -> TaskResult:
+async def run_task_file(
+    task: TaskFile, *, events: EventStream | None = None, **options: Any
+) -> TaskResult:
     """Run ``task`` through its hub; ``options`` go to :meth:`Modeller.run`.
+
+    The task's events are published on ``events`` (see :class:`Modeller`).
 
     Raises:
         ConfigError: the policy table is invalid.
@@ -52,7 +57,7 @@ async def run_task_file(task: TaskFile, **options: Any) -> TaskResult:
             stack.callback(sqlite_store.close)
             store = sqlite_store
         mailbox = await connect_modeller(task)
-        modeller = Modeller(mailbox, store=store)
+        modeller = Modeller(mailbox, store=store, events=events)
         try:
             return await modeller.run(
                 task.protocol,

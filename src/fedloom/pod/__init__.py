@@ -1,5 +1,6 @@
 """The pod: a data owner's node that accepts, runs and records tasks."""
 
+from fedloom.pod.activity import PodStatistics
 from fedloom.pod.config import PodConfig, load_pod_config
 from fedloom.pod.pod import (
     DEFAULT_MAX_CONCURRENT_TASKS,
@@ -16,5 +17,6 @@ __all__ = [
     "Pod",
     "PodConfig",
     "PodPolicy",
+    "PodStatistics",
     "load_pod_config",
 ]

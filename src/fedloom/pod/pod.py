@@ -39,7 +39,9 @@ from fedloom.errors import (
     TaskAbortedError,
     TaskCancelledError,
 )
+from fedloom.events import EventCallback, EventKind, EventStream, Subscription
 from fedloom.hooks import DEFAULT_WORKER_HOOKS, build_hooks
+from fedloom.pod.activity import PodActivity, PodStatistics
 from fedloom.protocols import DEFAULT_MIN_ROWS, Protocol, StoreLedger, WorkerContext, load_protocol
 from fedloom.store import PodStore
 from fedloom.transport import Channel, Mailbox, TaskRouter, WorkerMailbox
@@ -221,6 +223,7 @@ class Pod:
         plugins: tuple[str, ...] = (),
         hooks: tuple[str, ...] = DEFAULT_WORKER_HOOKS,
         outputs: Path | None = None,
+        events: EventStream | None = None,
     ) -> None:
         """A pod serving ``datasets`` under ``policy``.
 
@@ -228,8 +231,8 @@ class Pod:
         settings (the pod daemon always does); ``None`` runs tasks in this process (the
         in-memory federation, tests). ``plugins``: modules the pod's admin approved, imported
         in each child to register their protocols, models and algorithms. ``hooks``:
-        registered hook names built in each child.
-        """
+        registered hook names built in each child. ``events``: where the pod publishes
+        what happens to its tasks (a new stream unless given; see :meth:`subscribe`)."""
         self.name = name
         self.datasets = dict(datasets)
         self.policy = policy or PodPolicy()
@@ -247,6 +250,33 @@ class Pod:
         """Processed/failed files and usage, for tasks (their children ask the pod)."""
         self.workers: dict[str, WorkerProcess] = {}
         """The child processes of running tasks, by task id."""
+        self.activity = PodActivity(name, events)
+        """What happens to the pod's tasks: its events and their counts."""
+
+    def subscribe(self, callback: EventCallback) -> Subscription:
+        """Deliver the pod's task events to ``callback``, on the pod's event loop.
+
+        Per task, participant the pod's name: TASK_ACCEPTED or TASK_REJECTED (``reason``,
+        ``message``) when the request is decided, TASK_STARTED once it holds a slot, then
+        TASK_FINISHED or TASK_ABORTED (``reason``, ``message``); each with ``protocol``
+        and ``modeller``, the ends with ``seconds`` (see :class:`~fedloom.events.EventKind`).
+        """
+        return self.activity.subscribe(callback)
+
+    def statistics(self) -> PodStatistics:
+        """What the pod holds now and what happened to its tasks since it started."""
+        return self.activity.statistics(self.running_tasks(), self.queued_tasks())
+
+    def _publish(
+        self, request: Message, protocol: str, kind: EventKind, **fields: str | float
+    ) -> None:
+        # what the modeller sent is bounded text here, as in the pod's log line
+        details: dict[str, str | float] = {
+            "protocol": _shown(protocol),
+            "modeller": _shown(request.sender),
+            **fields,
+        }
+        self.activity.publish(_shown(request.task_id), kind, details)
 
     async def serve(self, mailbox: Mailbox) -> None:
         """Answer requests on ``mailbox`` until it closes; then stop running tasks."""
@@ -337,6 +367,13 @@ class Pod:
             requested = task.get("protocol") if isinstance(task, dict) else None
             protocol = requested[:64] if isinstance(requested, str) and requested else "?"
             self._log_task(request, protocol, f"rejected ({report.reason.value}: {report.message})")
+            self._publish(
+                request,
+                protocol,
+                EventKind.TASK_REJECTED,
+                reason=report.reason.value,
+                message=report.message,
+            )
             await router.send(
                 reply.with_updates(type=MessageType.JOB_REJECT, body=report.to_body())
             )
@@ -347,6 +384,7 @@ class Pod:
         timeout = self.policy.modeller_timeout
         await router.send(reply.with_updates(body={"modeller_timeout": timeout}))
         self._record(request, accepted.protocol.name, "accepted")
+        self._publish(request, accepted.protocol.name, EventKind.TASK_ACCEPTED)
         mailbox = WorkerMailbox(router, channel, request.sender)
         self._slots.admit(request.task_id, self.policy.max_concurrent_tasks)
         self._tasks[request.task_id] = asyncio.get_running_loop().create_task(
@@ -410,6 +448,7 @@ class Pod:
 
         async def work() -> Mapping[str, Any] | None:
             await self._wait_for_slot(mailbox, channel)
+            self._publish(request, name, EventKind.TASK_STARTED)
             if self.isolation is not None:
                 return await self._run_in_child(request, accepted, channel, mailbox)
             return await self._run_inline(accepted, mailbox)
@@ -419,10 +458,23 @@ class Pod:
         def took() -> str:
             return f"{time.monotonic() - began:.1f} s"
 
+        def aborted(reason: str, message: str) -> None:
+            seconds = time.monotonic() - began
+            self._publish(
+                request,
+                name,
+                EventKind.TASK_ABORTED,
+                reason=reason,
+                message=message,
+                seconds=seconds,
+            )
+
         try:
             released = await _while_heard(work(), channel, self.policy.modeller_timeout)
             self._record(request, name, "completed", result=released)
             self._log_task(request, name, f"completed in {took()}")
+            seconds = time.monotonic() - began
+            self._publish(request, name, EventKind.TASK_FINISHED, seconds=seconds)
         except TaskAbortedError as exc:
             # DESIGN: the pod answers a TASK_CANCEL; a modeller thought gone may come back
             if isinstance(exc, TaskCancelledError | ModellerTimeoutError):
@@ -433,12 +485,15 @@ class Pod:
             self._log_task(
                 request, name, f"aborted after {took()} ({exc.reason.value}: {exc.message})"
             )
+            aborted(exc.reason.value, exc.message)
         except MailboxClosedError:
             self._record(request, name, "aborted", AbortReason.WORKER_UNRESPONSIVE.value)
             self._log_task(request, name, f"aborted after {took()} (the hub connection closed)")
+            aborted(AbortReason.WORKER_UNRESPONSIVE.value, "the hub connection closed")
         except asyncio.CancelledError:
             self._record(request, name, "aborted", AbortReason.CANCELLED_BY_MODELLER.value)
             self._log_task(request, name, f"aborted after {took()} (the pod is stopping)")
+            aborted(AbortReason.CANCELLED_BY_MODELLER.value, "the pod is stopping")
             raise
         except Exception as exc:  # a task must never take the pod down
             report = ErrorReport.from_exception(exc)
@@ -447,6 +502,7 @@ class Pod:
             self._record(request, name, "aborted", report.reason.value)
             outcome = f"failed after {took()} ({report.reason.value}: {report.message})"
             self._log_task(request, name, outcome, level=logging.WARNING)
+            aborted(report.reason.value, report.message)
         finally:
             self._slots.release(request.task_id, self.policy.max_concurrent_tasks)
             router.close_channel(request.task_id)

@@ -20,7 +20,6 @@ from fedloom.simulation.engine import (
     ClientResources,
     Simulation,
     SimulationConfig,
-    SimulationEvent,
     SimulationResult,
     make_backend,
 )
@@ -52,7 +51,6 @@ __all__ = [
     "Sampling",
     "Simulation",
     "SimulationConfig",
-    "SimulationEvent",
     "SimulationResult",
     "ThreadPoolBackend",
     "build_client_data",

@@ -22,7 +22,8 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Mapping
+import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,8 @@ from fedloom.algorithms.ml import (
     weighted_metrics,
 )
 from fedloom.errors import ConfigError, SimulationError, UnknownNameError
+from fedloom.events import MODELLER, EventCallback, EventKind, EventStream, Subscription
+from fedloom.events import virtual_client as client_name
 from fedloom.registry import import_plugins
 from fedloom.scheduler import (
     ResourceBudget,
@@ -67,7 +70,6 @@ __all__ = [
     "ClientResources",
     "Simulation",
     "SimulationConfig",
-    "SimulationEvent",
     "SimulationResult",
 ]
 
@@ -161,18 +163,6 @@ class SimulationConfig:
 
 
 @dataclass(frozen=True)
-class SimulationEvent:
-    """Progress: ``kind`` is "started", "round_start", "client_done" or "round_end"."""
-
-    kind: str
-    round: int = -1
-    done: int = 0
-    total: int = 0
-    client: int | None = None
-    metrics: Mapping[str, float] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
 class SimulationResult:
     """Final global parameters, one report per round, and timings."""
 
@@ -196,22 +186,29 @@ class SimulationResult:
         return [report.write(folder) for report in self.rounds]
 
 
-EventHook = Callable[[SimulationEvent], None]
-
-
 class Simulation:
-    """Runs a :class:`SimulationConfig` on a backend (see the module docstring)."""
+    """Runs a :class:`SimulationConfig` on a backend (see the module docstring).
+
+    Progress is published on ``events`` (a new :class:`~fedloom.events.EventStream` unless
+    one is given, e.g. to share it with a dashboard) as events of task :attr:`task_id`:
+    TASK_STARTED once the workers are ready, ROUND_STARTED, a PARTICIPANT_DONE per
+    virtual client, ROUND_FINISHED, then TASK_FINISHED (or TASK_ABORTED when the run
+    raises); see :class:`~fedloom.events.EventKind` for their fields. Subscribers run on
+    the engine's thread, between the folds of a round: they must return promptly.
+    """
 
     def __init__(
         self,
         config: SimulationConfig,
         *,
         backend: Backend | None = None,
-        on_event: EventHook | None = None,
+        events: EventStream | None = None,
     ) -> None:
         self.config = config
         self._backend = backend if backend is not None else make_backend(config)
-        self._on_event = on_event
+        self.events = events if events is not None else EventStream()
+        self.task_id = uuid.uuid4().hex
+        """The task id of this run's events."""
         self._stop = threading.Event()
         self._num_clients = 0
         self._ran = False
@@ -225,6 +222,10 @@ class Simulation:
     def backend(self) -> Backend:
         """The backend the clients run on (e.g. its ``start_method`` once started)."""
         return self._backend
+
+    def subscribe(self, callback: EventCallback) -> Subscription:
+        """Deliver this simulation's events to ``callback`` (see :meth:`EventStream.subscribe`)."""
+        return self.events.subscribe(callback)
 
     def stop(self) -> None:
         """Stop promptly (from any thread): running clients are interrupted."""
@@ -272,7 +273,12 @@ class Simulation:
                 self._previous = layout.zeros()
                 self._state = self._strategy.initial_state(layout.unpack(flats))
             startup = time.perf_counter() - began
-            self._emit(SimulationEvent("started", metrics={"startup_seconds": startup}))
+            self._emit(
+                EventKind.TASK_STARTED,
+                rounds=config.rounds,
+                clients=self._num_clients,
+                startup_seconds=startup,
+            )
             reports: list[RoundReport] = []
             for round_index in range(config.rounds):
                 if self._stop.is_set():
@@ -281,6 +287,12 @@ class Simulation:
                 reports.append(report)
                 if report.stopped:
                     break
+            # within the run (the engine's thread settings), as every other event
+            finished = [r for r in reports if not r.stopped]
+            self._emit(EventKind.TASK_FINISHED, rounds=len(finished), stopped=self._stop.is_set())
+        except Exception as exc:
+            self._emit(EventKind.TASK_ABORTED, reason=type(exc).__name__, message=str(exc))
+            raise
         finally:
             self._backend.close()
             gc.unfreeze()
@@ -288,7 +300,7 @@ class Simulation:
         return SimulationResult(
             model_spec=config.model,
             parameters=layout.unpack(flats),
-            rounds=[r for r in reports if not r.stopped],
+            rounds=finished,
             startup_seconds=startup,
             stopped=self._stop.is_set(),
         )
@@ -315,7 +327,7 @@ class Simulation:
         if self._previous is not None:
             for name, flat in self._previous.items():
                 flat.copy_(flats[name])
-        self._emit(SimulationEvent("round_start", round_index, 0, len(clients)))
+        self._emit(EventKind.ROUND_STARTED, round=round_index, clients=len(clients))
         resources = config.resources
         rules = RoundRules(
             estimate=resources.estimate if resources else ResourceEstimate(),
@@ -325,9 +337,18 @@ class Simulation:
         )
 
         def on_client(done: int, total: int, result: ClientResult) -> None:
-            metrics = result.outcome.train if result.outcome is not None else {}
-            self._emit(
-                SimulationEvent("client_done", round_index, done, total, result.job.client, metrics)
+            client = result.job.client
+            self.events.publish(
+                self.task_id,
+                client_name(client),
+                EventKind.PARTICIPANT_DONE,
+                {
+                    "round": round_index,
+                    "client": client,
+                    "done": done,
+                    "total": total,
+                    "metrics": result.outcome.train if result.outcome is not None else {},
+                },
             )
 
         report = run_round(
@@ -354,16 +375,11 @@ class Simulation:
                 for r in report.clients
                 if r.outcome is not None
             )
-            self._emit(
-                SimulationEvent(
-                    "round_end", round_index, len(clients), len(clients), metrics=report.metrics
-                )
-            )
+            self._emit(EventKind.ROUND_FINISHED, round=round_index, metrics=report.metrics)
         return report
 
-    def _emit(self, event: SimulationEvent) -> None:
-        if self._on_event is not None:
-            self._on_event(event)
+    def _emit(self, kind: EventKind, **fields: Any) -> None:
+        self.events.publish(self.task_id, MODELLER, kind, fields)
 
 
 def _arrays(views: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:

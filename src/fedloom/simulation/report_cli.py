@@ -1,68 +1,25 @@
-"""What ``fedloom sim`` shows and writes: bars while it runs, a table and files after."""
+"""What ``fedloom simulate`` writes after a run: its JSON summary and its report folder.
+
+The bars and the table it shows are the command line's (:mod:`fedloom.cli.simulate`).
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import re
-import signal
-import threading
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-from rich.table import Table
-
 from fedloom.errors import ConfigError
-from fedloom.simulation.engine import Simulation, SimulationConfig, SimulationResult, make_backend
-from fedloom.simulation.progress import SimulationProgress
+from fedloom.simulation.engine import SimulationConfig, SimulationResult
 
-__all__ = ["REPORT_FILES", "check_out_folder", "rounds_table", "run_and_report", "summary"]
+__all__ = ["REPORT_FILES", "check_out_folder", "summary", "write_outputs"]
 
 REPORT_FILES = ("summary.json", "final_model.safetensors", "training.png", "rounds")
 """What a report folder holds; a folder with any of them already holds a report."""
 
 _ROUND_FILE = re.compile(r"round-(\d+)\.json")
-
-
-def run_and_report(
-    config: SimulationConfig,
-    console: Console,
-    *,
-    out: Path | None = None,
-    force: bool = False,
-    json_output: bool = False,
-    ray_address: str | None = None,
-) -> SimulationResult:
-    """Run ``config`` with progress bars; print a summary; write reports under ``out``.
-
-    SIGTERM stops the simulation like Ctrl-C (workers interrupted, partial rounds dropped).
-
-    Raises:
-        ConfigError: ``out`` already holds a report and ``force`` is false, or it cannot
-            be written (both found before the simulation starts).
-    """
-    if out is not None:
-        check_out_folder(out, force=force)
-    with SimulationProgress(console, config.rounds) as progress:
-        simulation = Simulation(
-            config,
-            backend=make_backend(config, ray_address=ray_address),
-            on_event=progress.on_event,
-        )
-        with _stop_on_signals(simulation):
-            result = simulation.run()
-    if not json_output:
-        console.print(rounds_table(result))
-    data = summary(config, result)
-    if config.backend == "process":
-        data["start_method"] = getattr(simulation.backend, "start_method", None)
-    if out is not None:
-        data["files"] = [str(p) for p in write_outputs(result, data, out)]
-    print(json.dumps(data, indent=None if json_output else 2, default=str))
-    if result.stopped:
-        raise KeyboardInterrupt
-    return result
 
 
 def check_out_folder(out: Path, *, force: bool = False) -> None:
@@ -110,26 +67,6 @@ def summary(config: SimulationConfig, result: SimulationResult) -> dict[str, Any
     }
 
 
-def rounds_table(result: SimulationResult) -> Table:
-    table = Table(title="simulated FedAvg rounds")
-    for heading in ("round", "clients", "failed", "train loss", "train acc", "val acc", "s"):
-        table.add_column(heading, justify="right")
-    for report in result.rounds:
-        m = report.metrics
-        counts = report.counts()
-        table.add_row(
-            str(report.round),
-            str(counts["finished"]),
-            str(counts["failed"]),
-            *(
-                f"{m[k]:.4f}" if k in m else "-"
-                for k in ("train_loss", "train_accuracy", "validation_accuracy")
-            ),
-            f"{report.seconds:.2f}",
-        )
-    return table
-
-
 def write_outputs(result: SimulationResult, data: dict[str, Any], out: Path) -> list[Path]:
     """Per-round JSON reports, ``summary.json``, ``final_model.safetensors`` and
     ``training.png``; round reports of an earlier run in ``out`` are removed.
@@ -162,24 +99,3 @@ def _remove_stale_rounds(folder: Path, keep: set[Path]) -> None:
     for path in folder.iterdir():
         if _ROUND_FILE.fullmatch(path.name) and path not in keep:
             path.unlink()
-
-
-class _stop_on_signals:  # noqa: N801 - used like a function
-    """Within the block, SIGTERM and SIGINT stop the simulation instead of killing it."""
-
-    def __init__(self, simulation: Simulation) -> None:
-        self._simulation = simulation
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for number in (signal.SIGTERM, signal.SIGINT):
-            self._previous[number] = signal.signal(number, self._stop)
-
-    def __exit__(self, *_: object) -> None:
-        for number, handler in self._previous.items():
-            signal.signal(number, handler)
-
-    def _stop(self, _number: int, _frame: object) -> None:
-        self._simulation.stop()

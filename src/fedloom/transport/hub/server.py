@@ -30,9 +30,10 @@ import os
 import socket
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import grpc
@@ -127,11 +128,21 @@ class HubSettings:
             raise ConfigError("clock_window must be > 0 seconds")
 
 
-@dataclass
+@dataclass(frozen=True)
 class HubServerStatistics:
-    """Counters of a running hub."""
+    """A running hub: who is connected (sorted), messages stored and delivered since it
+    started, and the requests it refused by error type."""
 
-    connected: list[str]
+    connected: tuple[str, ...]
+    stored: int
+    delivered: int
+    refused: Mapping[str, int]
+
+
+@dataclass
+class _Counters:
+    """What :meth:`HubServer.statistics` reports, as the hub counts it."""
+
     stored: int = 0
     delivered: int = 0
     refused: Counter[str] = field(default_factory=Counter)
@@ -185,7 +196,7 @@ class HubServer:
         # so a message to a pod that is offline is refused at once, not at delivery)
         self._accepts_file = Path(settings.data_dir) / ACCEPTS_FILE
         self._accepts: dict[str, frozenset[str]] = load_accepts(self._accepts_file)
-        self._stats = HubServerStatistics(connected=[])
+        self._stats = _Counters()
         self._recent = FrameCache(RECENT_FRAMES_BYTES)
         self._handlers: set[asyncio.Task[Any]] = set()  # every open connection's task
         self.port = 0
@@ -254,8 +265,13 @@ class HubServer:
             await self._server.wait_for_termination()
 
     def statistics(self) -> HubServerStatistics:
-        self._stats.connected = sorted(self._sessions)
-        return self._stats
+        counts = self._stats
+        return HubServerStatistics(
+            connected=tuple(sorted(self._sessions)),
+            stored=counts.stored,
+            delivered=counts.delivered,
+            refused=MappingProxyType(dict(counts.refused)),
+        )
 
     # --- one connection --------------------------------------------------------------
 
