@@ -14,6 +14,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any, ClassVar, Self, TypeVar
 
@@ -21,7 +22,12 @@ import numpy as np
 import numpy.typing as npt
 
 from fedloom.datasources import Datasource
-from fedloom.errors import ConfigError, FedloomError, PrivacyThresholdError, StoreError
+from fedloom.errors import (
+    ConfigError,
+    FedloomError,
+    PrivacyThresholdError,
+    StoreError,
+)
 from fedloom.hooks import HookSet, default_worker_hooks
 from fedloom.protocols.ledger import Ledger
 from fedloom.registry import Registry
@@ -31,6 +37,25 @@ from fedloom.transport import ModellerMailbox, WorkerMailbox
 
 DEFAULT_MIN_ROWS = 10
 """Pods refuse to release results computed over fewer rows than this (privacy threshold)."""
+
+
+class ReleaseGuard(Enum):
+    """Where a protocol's results pass the pod's minimum-rows threshold.
+
+    Every protocol declares one (:attr:`Protocol.release_guard`); the default guards the
+    whole dataset, so a protocol that says nothing cannot forget the threshold.
+    """
+
+    WHOLE_DATASET = "whole_dataset"
+    """:meth:`Protocol.serve_worker` checks the datasource's size before the worker runs."""
+    AT_RELEASE = "at_release"
+    """The conversation calls :meth:`WorkerContext.release` with what the result covers
+    just before it leaves: the batched flow (:class:`~fedloom.protocols.BatchedProtocol`)
+    does, with the files processed, before its final reduce step; only then is the
+    count known (a run on new data only may release nothing at all)."""
+    PER_RECORD = "per_record"
+    """Each output is about one record the modeller named (inference's predictions): no
+    aggregate threshold applies; the pod's usage limits bound what leaves instead."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +75,8 @@ class WorkerContext:
     """The pod's processed/failed files and usage (None: the task keeps none)."""
     outputs: Path | None = None
     """The pod's folder for task outputs (reports, images); None: the pod keeps none."""
+    released: list[int] = field(default_factory=list, compare=False, repr=False)
+    """The counts :meth:`release` let through, in order (the guard's own record)."""
 
     def release(self, count: int, unit: str = "rows") -> None:
         """The pod's one release guard: refuse a result computed over fewer than
@@ -68,6 +95,7 @@ class WorkerContext:
                 f"the result would cover {count} {unit}; this pod releases nothing "
                 f"over fewer than {self.min_rows}"
             )
+        self.released.append(count)
 
 
 RoundCallback = Callable[[Mapping[str, Any]], None]
@@ -221,6 +249,8 @@ class Protocol(ABC):
     worker says it is ready with TASK_START, the modeller answers TASK_START once every pod
     is). Otherwise the modeller sends TASK_START right after the accepts and the pod waits
     for it before the worker side starts."""
+    release_guard: ClassVar[ReleaseGuard] = ReleaseGuard.WHOLE_DATASET
+    """Where this protocol's results pass the pod's minimum-rows threshold."""
     resumable: ClassVar[bool] = False
     """True for protocols whose :meth:`run_modeller` honours :attr:`ModellerContext.resume`
     (goes on from a :class:`ResumePoint` instead of starting over). A caller must not
@@ -263,7 +293,8 @@ class Protocol(ABC):
             PrivacyThresholdError: the datasource is smaller than the pod's threshold
                 (see :meth:`WorkerContext.release`); the worker side never runs.
         """
-        context.release(len(context.datasource))
+        if self.release_guard is ReleaseGuard.WHOLE_DATASET:
+            context.release(len(context.datasource))
         return await self.run_worker(mailbox, context)
 
     def algorithms(self) -> frozenset[str]:

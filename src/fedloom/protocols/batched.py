@@ -65,7 +65,13 @@ from fedloom.errors import (
     TooManyFailuresError,
 )
 from fedloom.hooks import BoundHooks, HookPoint
-from fedloom.protocols.base import ModellerContext, Protocol, WorkerContext, optional_timeout
+from fedloom.protocols.base import (
+    ModellerContext,
+    Protocol,
+    ReleaseGuard,
+    WorkerContext,
+    optional_timeout,
+)
 from fedloom.protocols.ledger import Ledger, StoreLedger
 from fedloom.store import FailedFile, task_hash
 from fedloom.transport import ModellerMailbox, WorkerMailbox
@@ -187,6 +193,7 @@ class BatchedProtocol(Protocol, Generic[StateT, ValueT, ResultT]):
     """
 
     handles_start: ClassVar[bool] = True
+    release_guard: ClassVar[ReleaseGuard] = ReleaseGuard.AT_RELEASE
     sends_file_names: ClassVar[bool] = True
     """True: file names may reach the modeller (inference's report rows carry them), so a
     task that processed nothing names its first failed file. False: they stay on the pod."""
@@ -374,6 +381,8 @@ class BatchedProtocol(Protocol, Generic[StateT, ValueT, ResultT]):
             raise run.stop
         if run.succeeded == 0:
             raise TooManyFailuresError(self._nothing_processed(run.failed))
+        if self.release_guard is ReleaseGuard.AT_RELEASE:
+            worker.context.release(run.succeeded, "files")
         final = await self.final_reduce(state, run.values, dict(run.failed))
         await mailbox.send(MessageType.BATCHES_COMPLETE, {**final, "stage": FINISHED})
         if run.unrecorded:

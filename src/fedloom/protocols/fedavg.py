@@ -314,7 +314,8 @@ class FedAvg(Protocol):
         initial_state: Mapping[str, np.ndarray],
     ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """Copies of the resume point's model arrays and strategy state, checked against
-        the model's state and the strategy's initial state."""
+        the model's state and the strategy's initial state.
+        """
         arrays, state = split_state(resume.parameters or {})
         if sorted(state) != sorted(initial_state):
             raise ConfigError(
@@ -506,7 +507,8 @@ def _round_of(message: Message) -> int:
 
 def _parse_update(message: Message, round_index: int) -> tuple[dict[str, float], dict[str, float]]:
     """A TRAINING_UPDATE body as (flat metrics, the strategy's aux values); a lying body
-    is a rejected update."""
+    is a rejected update.
+    """
     body = message.body
     if not isinstance(body, dict) or body.get("round") != round_index:
         raise UpdateRejectedError(

@@ -309,9 +309,8 @@ class FileStatistics(BatchedProtocol[_Request, _Sums, FileStatisticsResult]):
     async def final_reduce(
         self, state: _Request, values: list[_Sums], failed: Mapping[str, FailedFile]
     ) -> dict[str, Any]:
-        """Raises PrivacyThresholdError: the statistics cover fewer files than ``min_rows``."""
+        """Runs after the batched flow's release guard (at least ``min_rows`` files)."""
         files = sum(part.files for part in values)
-        state.context.release(files, "files")
         count = sum(part.count for part in values)
         total = np.sum([part.total for part in values], axis=0)
         squares = np.sum([part.squares for part in values], axis=0)

@@ -42,7 +42,7 @@ from fedloom.algorithms.inference import (
 from fedloom.algorithms.ml import ModelSpec, build_model, load_arrays, state_to_arrays
 from fedloom.datasources import FileRecord, FileSource
 from fedloom.errors import AccessDeniedError, ConfigError, LimitsExceededError
-from fedloom.protocols.base import WorkerContext, check_keys, register_protocol
+from fedloom.protocols.base import ReleaseGuard, WorkerContext, check_keys, register_protocol
 from fedloom.protocols.batched import (
     BATCHES_ONLY,
     FINISHED,
@@ -133,6 +133,8 @@ class BatchedInference(BatchedProtocol[_State, Rows, InferenceResult]):
             ``send_rows=False`` without a ``reduce`` step.
         UnknownNameError: (at construction) ``output_images`` or ``reduce`` is not registered.
     """
+
+    release_guard: ClassVar[ReleaseGuard] = ReleaseGuard.PER_RECORD
 
     name = "inference"
 
