@@ -10,7 +10,9 @@ from typing import Any
 import pytest
 
 from fedloom.errors import ConfigError
+from fedloom.privacy import TransformSpec
 from fedloom.simulation.config import load_simulation_file, simulation_from_mapping
+from fedloom.strategies import StrategySpec
 
 GOOD = """
 [simulation]
@@ -118,6 +120,29 @@ CASES = [
     (_replaced("clients", {"9": {"epochs": 2}}), r"\[clients\.9\] there is no client 9"),
     (_replaced("clients", {"2": {"epochs": "x"}}), r"\[clients\.2\] .*epochs must be an int"),
     (_replaced("clients", {"2": {"speed": 1}}), r"\[clients\.2\] .*unknown .*\['speed'\]"),
+    # [strategy]
+    (_replaced("strategy", {"name": "fedsgd"}), r"\[strategy\] unknown strategy 'fedsgd'"),
+    (_replaced("strategy", 3), r"\[strategy\] strategy must be a name or"),
+    (_replaced("strategy", {"name": "fedprox", "mu": 1}), r"\[strategy\] strategy must be a"),
+    (
+        _replaced("strategy", {"name": "fedprox", "args": {"mu": -1}}),
+        r"\[strategy\] strategy 'fedprox': mu must be a number in \[0",
+    ),
+    (
+        _replaced("strategy", {"name": "fedprox", "args": {"nu": 1}}),
+        r"\[strategy\] strategy 'fedprox' has no args \['nu'\]",
+    ),
+    # [[privacy]]
+    (_replaced("privacy", {"name": "clip"}), r"privacy must be a list of"),
+    (_replaced("privacy", [{"name": "blur"}]), r"privacy\[0\]: unknown privacy transform 'blur'"),
+    (
+        _replaced("privacy", [{"name": "clip", "args": {"max_norm": 1}}, {"name": "clip"}]),
+        r"privacy\[1\]: privacy transform 'clip': .*max_norm",
+    ),
+    (
+        _replaced("privacy", [{"name": "clip", "args": {"max_norm": 0}}]),
+        r"privacy\[0\]: privacy transform 'clip': max_norm must be a finite number > 0, got 0",
+    ),
 ]
 
 
@@ -135,6 +160,20 @@ def test_the_good_file_still_loads() -> None:
     assert config.training.batch_size == 4
     assert config.client_overrides == {2: {"learning_rate": 0.5}}
     assert config.resources is not None and config.resources.estimate.memory == 300_000_000
+
+
+def test_the_strategy_and_privacy_entries_are_read() -> None:
+    text = (
+        'strategy = { name = "fedprox", args = { mu = 0.5 } }\n'
+        + GOOD
+        + '[[privacy]]\nname = "clip"\nargs = { max_norm = 2.0 }\n'
+    )
+    config = simulation_from_mapping(tomllib.loads(text)).config
+    assert config.strategy == StrategySpec("fedprox", {"mu": 0.5})
+    assert config.privacy == (TransformSpec("clip", {"max_norm": 2.0}),)
+    table = GOOD + '[strategy]\nname = "fedadam"\n'
+    assert simulation_from_mapping(tomllib.loads(table)).config.strategy.name == "fedadam"
+    assert simulation_from_mapping(tomllib.loads(GOOD)).config.privacy == ()
 
 
 def test_a_file_names_itself_and_the_section(tmp_path: Path) -> None:

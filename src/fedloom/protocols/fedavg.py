@@ -21,6 +21,11 @@ name + args, default ``fedavg``), the same object the simulation engine drives. 
 server state is checkpointed with the global model (under
 :data:`~fedloom.strategies.STATE_PREFIX`), so a resumed FedAdam run is the uninterrupted
 one, bit for bit.
+
+``privacy`` (a list of :class:`~fedloom.privacy.TransformSpec`, default none) is the
+task's update transforms: each pod applies them to its update just before sending it
+(clipping, say), and their inverse steps run on the folded mean before the server step,
+with the same code as the simulation's.
 """
 
 from __future__ import annotations
@@ -61,6 +66,13 @@ from fedloom.errors import (
     UpdateRejectionReason,
 )
 from fedloom.hooks import HookPoint, ThreadBridge
+from fedloom.privacy import (
+    FoldContext,
+    ReleaseContext,
+    TransformChain,
+    TransformSpec,
+    check_specs,
+)
 from fedloom.protocols.base import (
     ModellerContext,
     Protocol,
@@ -161,11 +173,13 @@ class FedAvg(Protocol):
     validation_fraction: float = 0.2
     round_timeout: float | None = None
     strategy: StrategySpec = field(default_factory=StrategySpec)
+    privacy: tuple[TransformSpec, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.strategy, StrategySpec):
             raise ConfigError(f"fedavg.strategy must be a StrategySpec, got {self.strategy!r}")
         self.strategy.build()
+        object.__setattr__(self, "privacy", check_specs("fedavg", self.privacy))  # frozen
         positive_int("fedavg.rounds", self.rounds)
         positive_int("fedavg.min_pods", self.min_pods)
         positive_int("fedavg.seed", self.seed, minimum=0)
@@ -183,7 +197,10 @@ class FedAvg(Protocol):
             "seed": self.seed,
             "validation_fraction": self.validation_fraction,
             "round_timeout": self.round_timeout,
-        } | ({} if self.strategy.is_default else {"strategy": self.strategy.to_config()})
+        } | (
+            ({} if self.strategy.is_default else {"strategy": self.strategy.to_config()})
+            | ({"privacy": [spec.to_config() for spec in self.privacy]} if self.privacy else {})
+        )
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Self:
@@ -196,15 +213,22 @@ class FedAvg(Protocol):
             "validation_fraction",
             "round_timeout",
             "strategy",
+            "privacy",
         }
         check_keys("fedavg", config, {"model"}, optional)
-        kwargs = {key: config[key] for key in optional - {"training", "strategy"} if key in config}
+        built = {"training", "strategy", "privacy"}
+        kwargs = {key: config[key] for key in optional - built if key in config}
         training = TrainingConfig.from_config(config.get("training", {}))
         strategy = StrategySpec.from_config(config.get("strategy", "fedavg"))
+        try:
+            privacy = TransformSpec.list_from_config(config.get("privacy", []))
+        except ConfigError as exc:
+            raise ConfigError(f"fedavg.{exc}") from exc
         return cls(
             model=ModelSpec.from_config(config["model"]),
             training=training,
             strategy=strategy,
+            privacy=privacy,
             **kwargs,
         )
 
@@ -225,6 +249,7 @@ class FedAvg(Protocol):
             PodResponseError, AggregationError: as a round needs (see the class).
         """
         strategy = self.strategy.build()
+        privacy = TransformChain.of(self.privacy)
         global_arrays = state_to_arrays(build_model(self.model, seed=self.seed))
         state = strategy.initial_state(global_arrays)
         resume = context.resume
@@ -277,7 +302,12 @@ class FedAvg(Protocol):
                     f"round {round_index}: no usable update (rejected: {rejected or 'none'}, "
                     f"aborted: {aborted or 'none'}, missing: {gathered.missing or 'none'})"
                 )
-            following, state = strategy.server_step(global_arrays, mean.result(), state)
+            aggregate = mean.result()
+            if privacy.unfolds:
+                participants = tuple(sorted(per_pod))
+                fold = FoldContext(self.seed, round_index, participants, mean.total_weight)
+                privacy.unfold(aggregate, fold)
+            following, state = strategy.server_step(global_arrays, aggregate, state)
             global_arrays = dict(following)
             summary = RoundMetrics(
                 round_index=round_index,
@@ -366,6 +396,7 @@ class FedAvg(Protocol):
         )
         model = build_model(self.model)
         strategy = self.strategy.build()
+        privacy = TransformChain.of(self.privacy)
         exclusive_rng = draws_random_numbers(model)
         await hooks.fire(HookPoint.INIT_END, protocol=self.name)
         await hooks.fire(HookPoint.RUN_START, protocol=self.name)
@@ -410,7 +441,12 @@ class FedAvg(Protocol):
             }
             if aux:
                 body["aux"] = {k: float(v) for k, v in aux.items()}
-            await mailbox.send(MessageType.TRAINING_UPDATE, body, state_to_arrays(model))
+            update = state_to_arrays(model)
+            if privacy:  # the last step before the update leaves the pod
+                start = message.tensors if privacy.needs_global else {}
+                releaser = ReleaseContext(self.seed, context.pod, round_index)
+                update = dict(privacy.release(update, start, releaser))
+            await mailbox.send(MessageType.TRAINING_UPDATE, body, update)
             rounds.append(round_index)
 
 

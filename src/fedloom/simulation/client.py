@@ -7,7 +7,9 @@ the very function a pod's FedAvg worker runs, with the participant name ``client
 and the same seeds, so a simulated client gives the update a pod holding its data would.
 
 On the CPU the model's parameters *are* the slot the update goes to (shared memory for
-the process pool): the global parameters are copied in once and training writes in place.
+the process pool): the global parameters are copied in once and training writes in place. The task's
+update transforms (:mod:`fedloom.privacy`, clipping say) run on the slot in place once
+training is done, as a pod runs them before sending its update.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
 import numpy.typing as npt
 import torch
 
@@ -31,6 +34,7 @@ from fedloom.algorithms.ml import (
 )
 from fedloom.algorithms.ml.rng import draws_random_numbers
 from fedloom.errors import ConfigError
+from fedloom.privacy import ReleaseContext, TransformChain, TransformSpec
 from fedloom.registry import import_plugins
 from fedloom.simulation.data import ClientData, DataSpec, build_client_data
 from fedloom.simulation.shm import ModuleAlias
@@ -143,6 +147,7 @@ class RunnerPlan:
     torch_threads: int = 1
     plugins: tuple[str, ...] = ()  # modules that register models or client data
     strategy: StrategySpec = field(default_factory=StrategySpec)
+    privacy: tuple[TransformSpec, ...] = ()
 
     def to_config(self) -> dict[str, Any]:
         return {
@@ -155,6 +160,7 @@ class RunnerPlan:
             "torch_threads": self.torch_threads,
             "plugins": list(self.plugins),
             "strategy": self.strategy.to_config(),
+            "privacy": [spec.to_config() for spec in self.privacy],
         }
 
     @classmethod
@@ -169,6 +175,7 @@ class RunnerPlan:
             torch_threads=int(config["torch_threads"]),
             plugins=tuple(str(m) for m in config.get("plugins", ())),
             strategy=StrategySpec.from_config(config.get("strategy", "fedavg")),
+            privacy=TransformSpec.list_from_config(config.get("privacy", [])),
         )
 
 
@@ -190,6 +197,7 @@ class ClientRunner:
         self.device = torch.device(device)
         self.model = build_model(plan.model, seed=plan.seed).to(self.device)
         self.strategy = plan.strategy.build()
+        self.privacy = TransformChain.of(plan.privacy)
         self._alias = ModuleAlias(self.model)
         # set by backends whose runners share a process: models that draw random numbers
         # then train one at a time, so their draws from torch's one generator never mix
@@ -201,6 +209,11 @@ class ClientRunner:
     @property
     def num_clients(self) -> int:
         return self._data.num_clients
+
+    @property
+    def needs_global(self) -> bool:
+        """Whether :meth:`fit` reads ``global_params`` (the strategy's hook or a transform)."""
+        return self.strategy.client_needs_global or self.privacy.needs_global
 
     @property
     def draws_random_numbers(self) -> bool:
@@ -222,11 +235,13 @@ class ClientRunner:
         (views into flat blocks). The global parameters are in ``slot`` already, or are
         copied there from ``start``. ``on_batch`` may raise to stop training early.
         ``global_params`` (views of the round's global block, left untouched) are what the
-        strategy's client hook reads; without them, and only if the hook reads them,
-        the runner copies the global parameters once.
+        strategy's client hook and the privacy transforms read; without them, and only
+        if one reads them (:attr:`needs_global`), the runner copies the global
+        parameters once.
 
         Raises:
-            DataError, ConfigError: from the client's data or its training.
+            DataError, ConfigError: from the client's data, its training or its
+                transforms.
         """
         began = time.perf_counter()
         started = time.time()
@@ -237,7 +252,7 @@ class ClientRunner:
             with torch.no_grad():
                 for key, view in slot.items():
                     view.copy_(start[key])
-        if self.strategy.client_needs_global and global_params is None:
+        if self.needs_global and global_params is None:
             global_params = {key: view.detach().clone() for key, view in slot.items()}
         hook = self.strategy.client_hook(global_params or {}, job.values)
         if on_cpu:
@@ -259,6 +274,9 @@ class ClientRunner:
         aux = hook.aux(self.model)
         if not on_cpu:
             _store(self.model, slot)
+        if self.privacy:  # the last step before the update leaves the worker
+            context = ReleaseContext(self.plan.seed, participant(job.client), job.round)
+            _release(self.privacy, slot, global_params or {}, context)
         return ClientOutcome(
             client=job.client,
             round=job.round,
@@ -303,6 +321,21 @@ def with_overrides(config: TrainingConfig, overrides: Mapping[str, Any]) -> Trai
     if unknown:
         raise ConfigError(f"unknown per-client training keys {unknown} (known: {sorted(known)})")
     return replace(config, **overrides)
+
+
+def _release(
+    chain: TransformChain,
+    slot: Mapping[str, torch.Tensor],
+    global_params: Mapping[str, torch.Tensor],
+    context: ReleaseContext,
+) -> None:
+    """Run ``chain`` on the update in ``slot``, in place (numpy views share its memory)."""
+    update = {key: view.detach().numpy() for key, view in slot.items()}
+    start = {key: view.detach().numpy() for key, view in global_params.items()}
+    released = chain.release(dict(update), start, context)
+    for key, array in update.items():
+        if released[key] is not array:  # a transform that made new arrays
+            np.copyto(array, released[key], casting="same_kind")
 
 
 def _load(model: torch.nn.Module, source: Mapping[str, torch.Tensor]) -> None:

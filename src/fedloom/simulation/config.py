@@ -36,6 +36,14 @@ memory = "300 MB"          # per client
 cpus = 1
 budget_memory = "8 GiB"    # at most this much for all clients at once
 
+[strategy]                 # optional (default fedavg), as a task file's FedAvg takes it:
+name = "fedprox"           # a registered strategy, or strategy = "fedprox" at the top
+args = { mu = 0.01 }
+
+[[privacy]]                # optional update transforms, applied in this order
+name = "clip"
+args = { max_norm = 1.0 }
+
 [clients.3]                # per-client training overrides
 learning_rate = 0.01
 ```
@@ -56,12 +64,14 @@ from typing import Any, TypeVar
 from fedloom.algorithms.ml import MODELS, ModelSpec, TrainingConfig, build_model
 from fedloom.config_file import read_toml
 from fedloom.errors import ConfigError, UnknownNameError
+from fedloom.privacy import TransformSpec
 from fedloom.registry import import_plugins
 from fedloom.scheduler import ResourceBudget, ResourceEstimate
 from fedloom.simulation.client import with_overrides
 from fedloom.simulation.data import CLIENT_DATA, DataSpec, build_client_data
 from fedloom.simulation.engine import ClientResources, SimulationConfig
 from fedloom.simulation.sampling import Sampling
+from fedloom.strategies import StrategySpec
 
 __all__ = ["SimulationFile", "load_simulation_file", "simulation_from_mapping"]
 
@@ -69,7 +79,17 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-_SECTIONS = {"simulation", "model", "data", "training", "sampling", "resources", "clients"}
+_SECTIONS = {
+    "simulation",
+    "model",
+    "data",
+    "training",
+    "sampling",
+    "resources",
+    "clients",
+    "strategy",
+    "privacy",
+}
 _SIMULATION_KEYS = {
     "rounds",
     "seed",
@@ -163,6 +183,8 @@ def simulation_from_mapping(raw: Mapping[str, Any], *, where: str = "config") ->
             resources=_resources(_table(raw, "resources", where), where),
             client_overrides=_clients(_table(raw, "clients", where), training, num_clients, where),
             plugins=plugins,
+            strategy=_strategy(raw.get("strategy", "fedavg"), where),
+            privacy=_privacy(raw.get("privacy", []), where),
         ),
         options,
     )
@@ -285,6 +307,20 @@ def _registered_name(table: dict[str, Any], known: list[str], section: str, wher
 
 def _without(table: dict[str, Any], key: str) -> dict[str, Any]:
     return {k: v for k, v in table.items() if k != key}
+
+
+def _strategy(config: object, where: str) -> StrategySpec:
+    try:
+        return StrategySpec.from_config(config)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: [strategy] {exc}") from exc
+
+
+def _privacy(config: object, where: str) -> tuple[TransformSpec, ...]:
+    try:
+        return TransformSpec.list_from_config(config)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
 
 
 def _resources(table: dict[str, Any], where: str) -> ClientResources | None:

@@ -42,6 +42,7 @@ from fedloom.algorithms.ml import (
 from fedloom.errors import ConfigError, SimulationError, UnknownNameError
 from fedloom.events import MODELLER, EventCallback, EventKind, EventStream, Subscription
 from fedloom.events import virtual_client as client_name
+from fedloom.privacy import FoldContext, TransformChain, TransformSpec, check_specs
 from fedloom.registry import import_plugins
 from fedloom.scheduler import (
     ResourceBudget,
@@ -119,6 +120,7 @@ class SimulationConfig:
     plugins: tuple[str, ...] = ()
     start_method: str = "auto"
     strategy: StrategySpec = field(default_factory=StrategySpec)
+    privacy: tuple[TransformSpec, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("rounds", "num_parallels", "device_count", "torch_threads"):
@@ -159,6 +161,7 @@ class SimulationConfig:
             torch_threads=self.torch_threads,
             plugins=self.plugins,
             strategy=self.strategy,
+            privacy=self.privacy,
         )
 
 
@@ -214,6 +217,7 @@ class Simulation:
         self._ran = False
         self._buffers: FoldBuffers | None = None
         self._strategy: Strategy = config.strategy.build()
+        self._privacy = TransformChain.of(config.privacy)
         self._state: dict[str, np.ndarray] = {}
         self._previous: dict[str, torch.Tensor] | None = None
         self._ledger: ResourceLedger | None = None
@@ -364,6 +368,10 @@ class Simulation:
             buffers=self._buffers,
             strategy=strategy,
         )
+        if not report.stopped and self._privacy.unfolds:
+            self._privacy.unfold(
+                _arrays(layout.views(flats)), _fold_context(config.seed, report, strategy)
+            )
         if not report.stopped and self._previous is not None:
             following, self._state = strategy.server_step(
                 _arrays(layout.views(self._previous)), _arrays(layout.views(flats)), self._state
@@ -385,6 +393,16 @@ class Simulation:
 def _arrays(views: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
     """Numpy views of CPU tensors (no copies)."""
     return {key: view.numpy() for key, view in views.items()}
+
+
+def _fold_context(seed: int, report: RoundReport, strategy: Strategy) -> FoldContext:
+    """The round's folded clients, as the pods' FedAvg names and weighs them."""
+    total, folded = 0.0, []
+    for record in report.clients:  # in fold order: the kernel's total weight, bit for bit
+        if record.outcome is not None:
+            total += strategy.fold_weight(record.outcome.num_samples, record.outcome.aux)
+            folded.append(participant(record.client))
+    return FoldContext(seed, report.round, tuple(sorted(folded)), total)
 
 
 def _is_number(value: object) -> bool:
@@ -413,6 +431,7 @@ def _check_types(config: SimulationConfig) -> None:
         if not isinstance(value, kind):
             raise ConfigError(f"simulation {name} has the wrong type: {value!r}")
     config.strategy.build()
+    object.__setattr__(config, "privacy", check_specs("simulation", config.privacy))
     if not all(isinstance(module, str) for module in config.plugins):
         raise ConfigError(f"simulation plugins must be module names, got {config.plugins!r}")
     object.__setattr__(config, "plugins", tuple(config.plugins))  # frozen: stays hashable

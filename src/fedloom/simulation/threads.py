@@ -155,9 +155,7 @@ class ThreadPoolBackend:
                     plan.layout.views(flats),
                     on_batch=check_stop,
                     global_params=(
-                        plan.layout.views(self._global)
-                        if lane.runner.strategy.client_needs_global
-                        else None
+                        plan.layout.views(self._global) if lane.runner.needs_global else None
                     ),
                 )
                 if not all_finite(flats):
