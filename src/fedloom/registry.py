@@ -8,10 +8,11 @@ unknown name, and is refused before any lookup happens.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import re
-from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+from collections.abc import Callable, Iterator, Mapping
+from typing import ClassVar, Generic, Protocol, TypeVar
 
 from fedloom.errors import ConfigError, DuplicateNameError, UnknownNameError
 
@@ -85,6 +86,71 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
+
+
+class NamedArgs(Protocol):
+    """A frozen dataclass whose fields are its JSON args and whose ``name`` registers it."""
+
+    name: ClassVar[str]
+
+
+N = TypeVar("N", bound=NamedArgs)
+
+
+class ArgsRegistry(Generic[N]):
+    """A closed registry of frozen dataclasses built from a name plus JSON args.
+
+    Strategies and privacy transforms are looked up by name and rebuilt on each side from
+    their args (the dataclass's fields): nothing is unpickled, and an unknown name or arg
+    is a one-line :class:`~fedloom.errors.ConfigError` that names what is known.
+    """
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._classes: dict[str, type[N]] = {}
+
+    def register(self, cls: type[N]) -> type[N]:
+        """Class decorator: register ``cls`` under its ``name`` (again: a no-op).
+
+        Raises:
+            ConfigError: the name is taken by another class.
+        """
+        known = self._classes.get(cls.name)
+        if known is not None and known is not cls:
+            raise ConfigError(
+                f"{self.kind} {cls.name!r} is registered already ({known.__qualname__})"
+            )
+        self._classes[cls.name] = cls
+        return cls
+
+    def names(self) -> list[str]:
+        """The registered names, sorted."""
+        return sorted(self._classes)
+
+    def build(self, name: object, args: object = None) -> N:
+        """The instance of the class registered as ``name``, built from JSON ``args``.
+
+        Raises:
+            ConfigError: an unknown name, args that are not a mapping, an unknown or
+                missing arg, or a value the class refuses (the message names it).
+        """
+        cls = self._classes.get(name) if isinstance(name, str) else None
+        if cls is None:
+            raise ConfigError(f"unknown {self.kind} {name!r}; known: {', '.join(self.names())}")
+        args = {} if args is None else args
+        if not isinstance(args, Mapping):
+            raise ConfigError(f"{self.kind} {name!r} args must be a mapping, got {args!r}")
+        fields = {field.name for field in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(args) - fields)
+        if unknown:
+            raise ConfigError(
+                f"{self.kind} {name!r} has no args {unknown}; "
+                f"it takes {sorted(fields) or 'none'}"
+            )
+        try:
+            return cls(**args)
+        except TypeError as exc:  # a missing arg
+            raise ConfigError(f"{self.kind} {name!r}: {exc}") from exc
 
 
 def import_plugins(modules: tuple[str, ...], *, where: str = "plugins") -> None:

@@ -31,6 +31,7 @@ import numpy.typing as npt
 
 from fedloom.algorithms.ml.local_round import round_seed
 from fedloom.errors import ConfigError
+from fedloom.registry import ArgsRegistry
 
 __all__ = [
     "FoldContext",
@@ -141,8 +142,10 @@ class UpdateTransform(ABC):
         """
 
 
+TRANSFORMS: ArgsRegistry[UpdateTransform] = ArgsRegistry("privacy transform")
+"""The registered update transforms (:func:`register_transform`)."""
+
 T = TypeVar("T", bound=type[UpdateTransform])
-_TRANSFORMS: dict[str, type[UpdateTransform]] = {}
 
 
 def register_transform(cls: T) -> T:
@@ -151,18 +154,13 @@ def register_transform(cls: T) -> T:
     Raises:
         ConfigError: the name is taken by another class.
     """
-    known = _TRANSFORMS.get(cls.name)
-    if known is not None and known is not cls:
-        raise ConfigError(
-            f"privacy transform {cls.name!r} is registered already ({known.__qualname__})"
-        )
-    _TRANSFORMS[cls.name] = cls
+    TRANSFORMS.register(cls)
     return cls
 
 
 def registered_transforms() -> list[str]:
     """The registered transform names, sorted."""
-    return sorted(_TRANSFORMS)
+    return TRANSFORMS.names()
 
 
 def get_transform(name: str, args: Mapping[str, Any] | None = None) -> UpdateTransform:
@@ -172,24 +170,7 @@ def get_transform(name: str, args: Mapping[str, Any] | None = None) -> UpdateTra
         ConfigError: an unknown name, args that are not a mapping, an unknown or missing
             arg, or a value the transform refuses (the message names it).
     """
-    cls = _TRANSFORMS.get(name) if isinstance(name, str) else None
-    if cls is None:
-        raise ConfigError(
-            f"unknown privacy transform {name!r}; known: {', '.join(registered_transforms())}"
-        )
-    args = {} if args is None else args
-    if not isinstance(args, Mapping):
-        raise ConfigError(f"privacy transform {name!r} args must be a mapping, got {args!r}")
-    fields = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(args) - fields)
-    if unknown:
-        raise ConfigError(
-            f"privacy transform {name!r} has no args {unknown}; it takes {sorted(fields) or 'none'}"
-        )
-    try:
-        return cls(**args)
-    except TypeError as exc:  # a missing arg
-        raise ConfigError(f"privacy transform {name!r}: {exc}") from exc
+    return TRANSFORMS.build(name, args)
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ import numpy.typing as npt
 import torch
 
 from fedloom.errors import ConfigError
+from fedloom.registry import ArgsRegistry
 
 __all__ = [
     "STATE_PREFIX",
@@ -119,8 +120,10 @@ class Strategy(ABC):
         return mean, dict(state)
 
 
+STRATEGIES: ArgsRegistry[Strategy] = ArgsRegistry("strategy")
+"""The registered strategies (:func:`register_strategy`)."""
+
 S = TypeVar("S", bound=type[Strategy])
-_STRATEGIES: dict[str, type[Strategy]] = {}
 
 
 def register_strategy(cls: S) -> S:
@@ -129,16 +132,13 @@ def register_strategy(cls: S) -> S:
     Raises:
         ConfigError: the name is taken by another class.
     """
-    known = _STRATEGIES.get(cls.name)
-    if known is not None and known is not cls:
-        raise ConfigError(f"strategy {cls.name!r} is registered already ({known.__qualname__})")
-    _STRATEGIES[cls.name] = cls
+    STRATEGIES.register(cls)
     return cls
 
 
 def registered_strategies() -> list[str]:
     """The registered strategy names, sorted."""
-    return sorted(_STRATEGIES)
+    return STRATEGIES.names()
 
 
 def get_strategy(name: str, args: Mapping[str, Any] | None = None) -> Strategy:
@@ -148,22 +148,7 @@ def get_strategy(name: str, args: Mapping[str, Any] | None = None) -> Strategy:
         ConfigError: an unknown name, an unknown or missing arg, or a value the strategy
             refuses (the message names it).
     """
-    cls = _STRATEGIES.get(name) if isinstance(name, str) else None
-    if cls is None:
-        raise ConfigError(f"unknown strategy {name!r}; known: {', '.join(registered_strategies())}")
-    args = {} if args is None else args
-    if not isinstance(args, Mapping):
-        raise ConfigError(f"strategy {name!r} args must be a mapping, got {args!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(args) - set(fields))
-    if unknown:
-        raise ConfigError(
-            f"strategy {name!r} has no args {unknown}; it takes {sorted(fields) or 'none'}"
-        )
-    try:
-        return cls(**args)
-    except TypeError as exc:
-        raise ConfigError(f"strategy {name!r}: {exc}") from exc
+    return STRATEGIES.build(name, args)
 
 
 def real_arg(

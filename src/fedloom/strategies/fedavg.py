@@ -13,6 +13,7 @@ __all__ = ["FedAvgStrategy"]
 @dataclass(frozen=True)
 class FedAvgStrategy(Strategy):
     """Every default of :class:`~fedloom.strategies.Strategy`: no client hook, weights are
-    sample counts, no server state. Takes no args."""
+    sample counts, no server state. Takes no args.
+    """
 
     name = "fedavg"
