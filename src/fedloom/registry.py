@@ -12,7 +12,7 @@ import dataclasses
 import importlib
 import re
 from collections.abc import Callable, Iterator, Mapping
-from typing import ClassVar, Generic, Protocol, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from fedloom.errors import ConfigError, DuplicateNameError, UnknownNameError
 
@@ -95,6 +95,7 @@ class NamedArgs(Protocol):
 
 
 N = TypeVar("N", bound=NamedArgs)
+C = TypeVar("C", bound=type[Any])
 
 
 class ArgsRegistry(Generic[N]):
@@ -109,7 +110,7 @@ class ArgsRegistry(Generic[N]):
         self.kind = kind
         self._classes: dict[str, type[N]] = {}
 
-    def register(self, cls: type[N]) -> type[N]:
+    def register(self, cls: C) -> C:
         """Class decorator: register ``cls`` under its ``name`` (again: a no-op).
 
         Raises:
@@ -144,8 +145,7 @@ class ArgsRegistry(Generic[N]):
         unknown = sorted(set(args) - fields)
         if unknown:
             raise ConfigError(
-                f"{self.kind} {name!r} has no args {unknown}; "
-                f"it takes {sorted(fields) or 'none'}"
+                f"{self.kind} {name!r} has no args {unknown}; it takes {sorted(fields) or 'none'}"
             )
         try:
             return cls(**args)

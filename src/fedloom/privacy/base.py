@@ -24,7 +24,7 @@ import dataclasses
 from abc import ABC
 from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar, Self, TypeVar
+from typing import Any, ClassVar, Self
 
 import numpy as np
 import numpy.typing as npt
@@ -143,34 +143,15 @@ class UpdateTransform(ABC):
 
 
 TRANSFORMS: ArgsRegistry[UpdateTransform] = ArgsRegistry("privacy transform")
-"""The registered update transforms (:func:`register_transform`)."""
+"""The registered transforms.
 
-T = TypeVar("T", bound=type[UpdateTransform])
+``register_transform`` is its class decorator, ``get_transform(name, args)`` builds one from
+JSON args (ConfigError otherwise), ``registered_transforms()`` lists the names.
+"""
 
-
-def register_transform(cls: T) -> T:
-    """Class decorator: register a transform dataclass under its ``name``.
-
-    Raises:
-        ConfigError: the name is taken by another class.
-    """
-    TRANSFORMS.register(cls)
-    return cls
-
-
-def registered_transforms() -> list[str]:
-    """The registered transform names, sorted."""
-    return TRANSFORMS.names()
-
-
-def get_transform(name: str, args: Mapping[str, Any] | None = None) -> UpdateTransform:
-    """Build the transform ``name`` from JSON ``args``.
-
-    Raises:
-        ConfigError: an unknown name, args that are not a mapping, an unknown or missing
-            arg, or a value the transform refuses (the message names it).
-    """
-    return TRANSFORMS.build(name, args)
+register_transform = TRANSFORMS.register
+get_transform = TRANSFORMS.build
+registered_transforms = TRANSFORMS.names
 
 
 @dataclass(frozen=True)

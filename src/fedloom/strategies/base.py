@@ -28,7 +28,7 @@ import math
 from abc import ABC
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Self, TypeVar
+from typing import Any, ClassVar, Self
 
 import numpy as np
 import numpy.typing as npt
@@ -121,34 +121,15 @@ class Strategy(ABC):
 
 
 STRATEGIES: ArgsRegistry[Strategy] = ArgsRegistry("strategy")
-"""The registered strategies (:func:`register_strategy`)."""
+"""The registered strategies.
 
-S = TypeVar("S", bound=type[Strategy])
+``register_strategy`` is its class decorator, ``get_strategy(name, args)`` builds one from
+JSON args (ConfigError otherwise), ``registered_strategies()`` lists the names.
+"""
 
-
-def register_strategy(cls: S) -> S:
-    """Class decorator: register a strategy dataclass under its ``name``.
-
-    Raises:
-        ConfigError: the name is taken by another class.
-    """
-    STRATEGIES.register(cls)
-    return cls
-
-
-def registered_strategies() -> list[str]:
-    """The registered strategy names, sorted."""
-    return STRATEGIES.names()
-
-
-def get_strategy(name: str, args: Mapping[str, Any] | None = None) -> Strategy:
-    """Build the strategy ``name`` from JSON ``args``.
-
-    Raises:
-        ConfigError: an unknown name, an unknown or missing arg, or a value the strategy
-            refuses (the message names it).
-    """
-    return STRATEGIES.build(name, args)
+register_strategy = STRATEGIES.register
+get_strategy = STRATEGIES.build
+registered_strategies = STRATEGIES.names
 
 
 def real_arg(
