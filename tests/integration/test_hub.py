@@ -28,7 +28,6 @@ from fedloom.transport.hub.frames import Kind, control
 from fedloom.transport.sealing import sign_frame
 from fedloom.wire import Message, MessageType, encode
 
-from .conftest import run_async
 from .hub_kit import GrpcTestHub, RawSession, SharedHub, connect, free_port, register, start_hub
 
 MARKER = "SECRET-MARKER-9d1c5e"
@@ -40,32 +39,29 @@ def _message(recipient: str, task: str = "task-1", index: int = 0) -> Message:
     )
 
 
-def test_grpc_mailbox_passes_the_mailbox_contract(tmp_path: Path) -> None:
-    async def main() -> None:
-        count = 0
+async def test_grpc_mailbox_passes_the_mailbox_contract(tmp_path: Path) -> None:
+    count = 0
 
-        async def factory() -> tuple[Mailbox, Mailbox]:
-            nonlocal count
-            count += 1
-            data = tmp_path / f"hub{count}"
-            ids = register(data, {"alice": "modeller", "bob": "pod"})
-            hub = await start_hub(data)
-            hubs.append(hub)
-            alice = await connect(hub.port, ids["alice"])
-            bob = await connect(hub.port, ids["bob"], accepts=["alice"])
-            return alice, bob
+    async def factory() -> tuple[Mailbox, Mailbox]:
+        nonlocal count
+        count += 1
+        data = tmp_path / f"hub{count}"
+        ids = register(data, {"alice": "modeller", "bob": "pod"})
+        hub = await start_hub(data)
+        hubs.append(hub)
+        alice = await connect(hub.port, ids["alice"])
+        bob = await connect(hub.port, ids["bob"], accepts=["alice"])
+        return alice, bob
 
-        hubs: list = []  # type: ignore[type-arg]
-        try:
-            await check_mailbox(factory)
-        finally:
-            for hub in hubs:
-                await hub.stop()
-
-    run_async(main())
+    hubs: list = []  # type: ignore[type-arg]
+    try:
+        await check_mailbox(factory)
+    finally:
+        for hub in hubs:
+            await hub.stop()
 
 
-def test_grpc_hub_passes_the_hub_contract(tmp_path: Path) -> None:
+async def test_grpc_hub_passes_the_hub_contract(tmp_path: Path) -> None:
     """Routing rules included: the same check_hub the in-memory hub passes."""
     count = 0
 
@@ -74,169 +70,157 @@ def test_grpc_hub_passes_the_hub_contract(tmp_path: Path) -> None:
         count += 1
         return await GrpcTestHub.start(tmp_path / f"hub{count}", roles)
 
-    run_async(check_hub(factory))
+    await check_hub(factory)
 
 
-def test_marker_never_stored_or_forwarded_in_clear(tmp_path: Path) -> None:
+async def test_marker_never_stored_or_forwarded_in_clear(tmp_path: Path) -> None:
     ids = register(tmp_path, {"alice": "modeller", "bob": "pod"})
 
-    async def main() -> None:
-        hub = await start_hub(tmp_path)
-        try:
-            alice = await connect(hub.port, ids["alice"])
-            bob_raw = RawSession(hub.port)
-            await bob_raw.login(ids["bob"], accepts=["alice"])
-            weights = np.frombuffer((MARKER * 1000).encode(), dtype=np.uint8)
-            await alice.send(_message("bob").with_updates(tensors={"w": weights}))
-            # what the hub forwards, byte for byte
-            forwarded = b""
-            kind, start = await bob_raw.read()
-            assert kind is Kind.DELIVER_START
-            while len(forwarded) < start["size"]:
-                item = await bob_raw.call.read()
-                forwarded += item[1:]
-            assert MARKER.encode() not in forwarded
-            await bob_raw.close()
-            await alice.close()
-        finally:
-            await hub.stop()
-        files = [tmp_path / "hub.db", *tmp_path.glob("hub.db*"), *tmp_path.rglob("spool/*")]
-        for path in files:
-            if path.is_file():
-                assert MARKER.encode() not in path.read_bytes(), path
-
-    run_async(main())
+    hub = await start_hub(tmp_path)
+    try:
+        alice = await connect(hub.port, ids["alice"])
+        bob_raw = RawSession(hub.port)
+        await bob_raw.login(ids["bob"], accepts=["alice"])
+        weights = np.frombuffer((MARKER * 1000).encode(), dtype=np.uint8)
+        await alice.send(_message("bob").with_updates(tensors={"w": weights}))
+        # what the hub forwards, byte for byte
+        forwarded = b""
+        kind, start = await bob_raw.read()
+        assert kind is Kind.DELIVER_START
+        while len(forwarded) < start["size"]:
+            item = await bob_raw.call.read()
+            forwarded += item[1:]
+        assert MARKER.encode() not in forwarded
+        await bob_raw.close()
+        await alice.close()
+    finally:
+        await hub.stop()
+    files = [tmp_path / "hub.db", *tmp_path.glob("hub.db*"), *tmp_path.rglob("spool/*")]
+    for path in files:
+        if path.is_file():
+            assert MARKER.encode() not in path.read_bytes(), path
 
 
-def test_unknown_identity_and_bad_challenge_are_refused(tmp_path: Path) -> None:
+async def test_unknown_identity_and_bad_challenge_are_refused(tmp_path: Path) -> None:
     ids = register(tmp_path, {"alice": "modeller", "bob": "pod"})
 
-    async def main() -> None:
-        hub = await start_hub(tmp_path)
-        try:
-            with pytest.raises(UnknownIdentityError):
-                await connect(hub.port, Identity.generate("mallory"))
-            with pytest.raises(BadSignatureError):  # right name, wrong key
-                await connect(hub.port, Identity.generate("alice"))
-            assert hub.statistics().connected == ()
-            alice = await connect(hub.port, ids["alice"])
-            assert hub.statistics().connected == ("alice",)
-            await alice.close()
-        finally:
-            await hub.stop()
-
-    run_async(main())
+    hub = await start_hub(tmp_path)
+    try:
+        with pytest.raises(UnknownIdentityError):
+            await connect(hub.port, Identity.generate("mallory"))
+        with pytest.raises(BadSignatureError):  # right name, wrong key
+            await connect(hub.port, Identity.generate("alice"))
+        assert hub.statistics().connected == ()
+        alice = await connect(hub.port, ids["alice"])
+        assert hub.statistics().connected == ("alice",)
+        await alice.close()
+    finally:
+        await hub.stop()
 
 
-def test_refusals_at_the_hub_reach_nothing(tmp_path: Path) -> None:
+async def test_refusals_at_the_hub_reach_nothing(tmp_path: Path) -> None:
     ids = register(tmp_path, {"alice": "modeller", "eve": "modeller", "bob": "pod"})
 
-    async def main() -> None:
-        hub = await start_hub(tmp_path, clock_window=60)
-        try:
-            bob = await connect(hub.port, ids["bob"], accepts=["alice"])
-            raw = RawSession(hub.port)
-            welcome = await raw.login(ids["alice"])
-            seq = welcome["last_sequence"] + 10
-            now = time.time()
+    hub = await start_hub(tmp_path, clock_window=60)
+    try:
+        bob = await connect(hub.port, ids["bob"], accepts=["alice"])
+        raw = RawSession(hub.port)
+        welcome = await raw.login(ids["alice"])
+        seq = welcome["last_sequence"] + 10
+        now = time.time()
 
-            def crafted(sequence: int, **changes: object) -> Message:
-                base = Message(
-                    MessageType.JOB_REQUEST,
-                    "alice",
-                    "bob",
-                    "t",
-                    sequence=sequence,
-                    timestamp=now,
-                    body={"marker": MARKER},
-                )
-                return base.with_updates(**changes)
-
-            ok = await raw.send(ids["alice"], crafted(seq))
-            assert ok["ok"], ok
-            # a replay of the same signed message, an older one, a stale and a future one
-            refusals = {
-                "replay": await raw.send(ids["alice"], crafted(seq), ref=2),
-                "reordered": await raw.send(ids["alice"], crafted(seq - 1), ref=3),
-                "stale": await raw.send(ids["alice"], crafted(seq + 1, timestamp=now - 3600), 4),
-                "future": await raw.send(ids["alice"], crafted(seq + 2, timestamp=now + 3600), 5),
-                "forged sender": await raw.send(ids["alice"], crafted(seq + 3, sender="eve"), 6),
-                "unknown recipient": await raw.send(
-                    ids["alice"], crafted(seq + 4, recipient="nobody"), 7
-                ),
-            }
-            frame_signed_by_eve = crafted(seq + 5)
-            frame = encode(frame_signed_by_eve)
-            refusals["bad signature"] = await raw.send_frame(
-                frame, sign_frame(ids["eve"], frame), ref=8
+        def crafted(sequence: int, **changes: object) -> Message:
+            base = Message(
+                MessageType.JOB_REQUEST,
+                "alice",
+                "bob",
+                "t",
+                sequence=sequence,
+                timestamp=now,
+                body={"marker": MARKER},
             )
-            altered = bytearray(frame)
-            altered[-3] ^= 1
-            refusals["altered"] = await raw.send_frame(
-                bytes(altered), sign_frame(ids["alice"], frame), ref=9
-            )
-            expected = {
-                "replay": "ReplayedMessageError",
-                "reordered": "ReplayedMessageError",
-                "stale": "StaleMessageError",
-                "future": "StaleMessageError",
-                "forged sender": "AccessDeniedError",
-                "unknown recipient": "UnknownRecipientError",
-                "bad signature": "BadSignatureError",
-                "altered": "BadSignatureError",
-            }
-            # the hub names each refusal by its catalogue code, never by a class name
-            assert {k: (v["ok"], v.get("code")) for k, v in refusals.items()} == {
-                k: (False, getattr(errors, v).code) for k, v in expected.items()
-            }
-            assert all("error" not in v for v in refusals.values())
-            # eve is a registered modeller, but bob does not accept her
-            eve = await connect(hub.port, ids["eve"])
-            with pytest.raises(AccessDeniedError):
-                await eve.send(_message("bob"))
-            # bob got exactly one message, which it cannot even open (it was not sealed)
-            with pytest.raises(ReceiveTimeoutError):
-                await bob.receive(timeout=0.5)
-            assert len(bob.refused) == 1 and "DecryptionError" in bob.refused[0]
-            assert hub.store.queued("bob") == 0
-            await raw.close()
-            for mailbox in (bob, eve):
-                await mailbox.close()
-        finally:
-            await hub.stop()
+            return base.with_updates(**changes)
 
-    run_async(main())
+        ok = await raw.send(ids["alice"], crafted(seq))
+        assert ok["ok"], ok
+        # a replay of the same signed message, an older one, a stale and a future one
+        refusals = {
+            "replay": await raw.send(ids["alice"], crafted(seq), ref=2),
+            "reordered": await raw.send(ids["alice"], crafted(seq - 1), ref=3),
+            "stale": await raw.send(ids["alice"], crafted(seq + 1, timestamp=now - 3600), 4),
+            "future": await raw.send(ids["alice"], crafted(seq + 2, timestamp=now + 3600), 5),
+            "forged sender": await raw.send(ids["alice"], crafted(seq + 3, sender="eve"), 6),
+            "unknown recipient": await raw.send(
+                ids["alice"], crafted(seq + 4, recipient="nobody"), 7
+            ),
+        }
+        frame_signed_by_eve = crafted(seq + 5)
+        frame = encode(frame_signed_by_eve)
+        refusals["bad signature"] = await raw.send_frame(
+            frame, sign_frame(ids["eve"], frame), ref=8
+        )
+        altered = bytearray(frame)
+        altered[-3] ^= 1
+        refusals["altered"] = await raw.send_frame(
+            bytes(altered), sign_frame(ids["alice"], frame), ref=9
+        )
+        expected = {
+            "replay": "ReplayedMessageError",
+            "reordered": "ReplayedMessageError",
+            "stale": "StaleMessageError",
+            "future": "StaleMessageError",
+            "forged sender": "AccessDeniedError",
+            "unknown recipient": "UnknownRecipientError",
+            "bad signature": "BadSignatureError",
+            "altered": "BadSignatureError",
+        }
+        # the hub names each refusal by its catalogue code, never by a class name
+        assert {k: (v["ok"], v.get("code")) for k, v in refusals.items()} == {
+            k: (False, getattr(errors, v).code) for k, v in expected.items()
+        }
+        assert all("error" not in v for v in refusals.values())
+        # eve is a registered modeller, but bob does not accept her
+        eve = await connect(hub.port, ids["eve"])
+        with pytest.raises(AccessDeniedError):
+            await eve.send(_message("bob"))
+        # bob got exactly one message, which it cannot even open (it was not sealed)
+        with pytest.raises(ReceiveTimeoutError):
+            await bob.receive(timeout=0.5)
+        assert len(bob.refused) == 1 and "DecryptionError" in bob.refused[0]
+        assert hub.store.queued("bob") == 0
+        await raw.close()
+        for mailbox in (bob, eve):
+            await mailbox.close()
+    finally:
+        await hub.stop()
 
 
-def test_message_size_cap(tmp_path: Path) -> None:
+async def test_message_size_cap(tmp_path: Path) -> None:
     ids = register(tmp_path, {"alice": "modeller", "bob": "pod"})
 
-    async def main() -> None:
-        hub = await start_hub(tmp_path, max_message_bytes=64 * 1024)
-        try:
-            alice = await connect(hub.port, ids["alice"], max_message_bytes=64 * 1024)
-            bob = await connect(hub.port, ids["bob"], accepts=["alice"])
-            big = np.zeros(128 * 1024, dtype=np.uint8)
-            with pytest.raises(MessageTooLargeError):
-                await alice.send(_message("bob").with_updates(tensors={"w": big}))
-            # a client that ignores the cap is cut off; the hub keeps serving others
-            raw = RawSession(hub.port)
-            await raw.login(ids["alice"])
-            await raw.write(
-                control(Kind.SEND_START, {"ref": 1, "size": 10 << 20, "signature": b"x" * 64})
-            )
-            kind, fail = await raw.read()
-            assert kind is Kind.FAIL and fail["code"] == errors.MessageTooLargeError.code
-            await raw.close()
-            alice2 = await connect(hub.port, ids["alice"])
-            await alice2.send(_message("bob"))
-            assert (await bob.receive(timeout=5)).body == {"marker": MARKER, "index": 0}
-            for mailbox in (alice, alice2, bob):
-                await mailbox.close()
-        finally:
-            await hub.stop()
-
-    run_async(main())
+    hub = await start_hub(tmp_path, max_message_bytes=64 * 1024)
+    try:
+        alice = await connect(hub.port, ids["alice"], max_message_bytes=64 * 1024)
+        bob = await connect(hub.port, ids["bob"], accepts=["alice"])
+        big = np.zeros(128 * 1024, dtype=np.uint8)
+        with pytest.raises(MessageTooLargeError):
+            await alice.send(_message("bob").with_updates(tensors={"w": big}))
+        # a client that ignores the cap is cut off; the hub keeps serving others
+        raw = RawSession(hub.port)
+        await raw.login(ids["alice"])
+        await raw.write(
+            control(Kind.SEND_START, {"ref": 1, "size": 10 << 20, "signature": b"x" * 64})
+        )
+        kind, fail = await raw.read()
+        assert kind is Kind.FAIL and fail["code"] == errors.MessageTooLargeError.code
+        await raw.close()
+        alice2 = await connect(hub.port, ids["alice"])
+        await alice2.send(_message("bob"))
+        assert (await bob.receive(timeout=5)).body == {"marker": MARKER, "index": 0}
+        for mailbox in (alice, alice2, bob):
+            await mailbox.close()
+    finally:
+        await hub.stop()
 
 
 async def test_unknown_recipient_and_offline_delivery(shared_hub: SharedHub) -> None:
@@ -253,47 +237,44 @@ async def test_unknown_recipient_and_offline_delivery(shared_hub: SharedHub) -> 
     await alice.close()
 
 
-def test_hub_restart_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+async def test_hub_restart_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     ids = register(tmp_path, {"alice": "modeller", "bob": "pod"})
 
-    async def main() -> None:
-        hub = await start_hub(tmp_path)
-        port = hub.port
-        alice = await connect(port, ids["alice"], backoff=(0.05, 0.2))
-        bob = await connect(port, ids["bob"], accepts=["alice"], backoff=(0.05, 0.2))
-        for index in range(3):
-            await alice.send(_message("bob", index=index))
-        assert (await bob.receive(timeout=5)).body["index"] == 0  # type: ignore[index]
-        await hub.stop(grace=None)
-        # while the hub is down a send waits; it completes once the hub is back
-        pending = asyncio.ensure_future(alice.send(_message("bob", index=3)))
-        await asyncio.sleep(0.3)
-        assert not pending.done()
-        hub = await start_hub(tmp_path, port=port)
-        try:
-            await asyncio.wait_for(pending, 10)
-            got = [(await bob.receive(timeout=10)).body["index"] for _ in range(3)]  # type: ignore[index]
-            assert got == [1, 2, 3]
-            with pytest.raises(ReceiveTimeoutError):
-                await bob.receive(timeout=0.5)
-            assert alice.reconnects >= 1 and bob.reconnects >= 1
-            await alice.close()
-            await bob.close()
-        finally:
-            await hub.stop()
-
-    run_async(main())
+    hub = await start_hub(tmp_path)
+    port = hub.port
+    alice = await connect(port, ids["alice"], backoff=(0.05, 0.2))
+    bob = await connect(port, ids["bob"], accepts=["alice"], backoff=(0.05, 0.2))
+    for index in range(3):
+        await alice.send(_message("bob", index=index))
+    assert (await bob.receive(timeout=5)).body["index"] == 0  # type: ignore[index]
+    await hub.stop(grace=None)
+    # while the hub is down a send waits; it completes once the hub is back
+    pending = asyncio.ensure_future(alice.send(_message("bob", index=3)))
+    await asyncio.sleep(0.3)
+    assert not pending.done()
+    hub = await start_hub(tmp_path, port=port)
+    try:
+        await asyncio.wait_for(pending, 10)
+        got = [(await bob.receive(timeout=10)).body["index"] for _ in range(3)]  # type: ignore[index]
+        assert got == [1, 2, 3]
+        with pytest.raises(ReceiveTimeoutError):
+            await bob.receive(timeout=0.5)
+        assert alice.reconnects >= 1 and bob.reconnects >= 1
+        await alice.close()
+        await bob.close()
+    finally:
+        await hub.stop()
 
 
-def test_unreachable_hub() -> None:
+async def test_unreachable_hub() -> None:
     mailbox = GrpcMailbox(
         Identity.generate("alice"), f"127.0.0.1:{free_port()}", insecure=True, backoff=(0.05, 0.1)
     )
     with pytest.raises(HubUnavailableError):
-        run_async(mailbox.connect(timeout=1.0))
+        await mailbox.connect(timeout=1.0)
 
 
-def test_tls_and_mutual_tls(tmp_path: Path) -> None:
+async def test_tls_and_mutual_tls(tmp_path: Path) -> None:
     from fedloom.transport.hub.config import TlsClientConfig
     from fedloom.transport.hub.server import HubServer, HubSettings
     from fedloom.transport.hub.tls import init_hub_tls, issue_client_certificate
@@ -303,26 +284,23 @@ def test_tls_and_mutual_tls(tmp_path: Path) -> None:
     alice_cert, alice_key = issue_client_certificate(tls, "alice", tmp_path / "client")
     other_ca = init_hub_tls(tmp_path / "other-tls")
 
-    async def main() -> None:
-        hub = HubServer(HubSettings(data_dir=tmp_path, tls=tls, require_client_auth=True))
-        await hub.start()
-        address = f"127.0.0.1:{hub.port}"
-        try:
-            for refused in (
-                TlsClientConfig(ca=tls.ca_certificate),  # no client certificate
-                TlsClientConfig(ca=other_ca.ca_certificate, certificate=alice_cert, key=alice_key),
-            ):
-                mailbox = GrpcMailbox(ids["alice"], address, tls=refused, backoff=(0.05, 0.1))
-                with pytest.raises(HubUnavailableError):
-                    await mailbox.connect(timeout=2)
-            good = TlsClientConfig(ca=tls.ca_certificate, certificate=alice_cert, key=alice_key)
-            alice = await GrpcMailbox(ids["alice"], address, tls=good).connect()
-            assert alice.role == "modeller"
-            await alice.close()
-        finally:
-            await hub.stop()
-
-    run_async(main())
+    hub = HubServer(HubSettings(data_dir=tmp_path, tls=tls, require_client_auth=True))
+    await hub.start()
+    address = f"127.0.0.1:{hub.port}"
+    try:
+        for refused in (
+            TlsClientConfig(ca=tls.ca_certificate),  # no client certificate
+            TlsClientConfig(ca=other_ca.ca_certificate, certificate=alice_cert, key=alice_key),
+        ):
+            mailbox = GrpcMailbox(ids["alice"], address, tls=refused, backoff=(0.05, 0.1))
+            with pytest.raises(HubUnavailableError):
+                await mailbox.connect(timeout=2)
+        good = TlsClientConfig(ca=tls.ca_certificate, certificate=alice_cert, key=alice_key)
+        alice = await GrpcMailbox(ids["alice"], address, tls=good).connect()
+        assert alice.role == "modeller"
+        await alice.close()
+    finally:
+        await hub.stop()
 
 
 def test_plaintext_needs_an_explicit_choice(tmp_path: Path) -> None:

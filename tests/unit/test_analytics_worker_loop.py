@@ -38,7 +38,8 @@ def _waits_for_a_tick(
     return call
 
 
-def test_the_worker_loop_keeps_ticking_while_statistics_are_computed(
+@pytest.mark.async_timeout(30)
+async def test_the_worker_loop_keeps_ticking_while_statistics_are_computed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     ticked = threading.Event()
@@ -57,31 +58,27 @@ def test_the_worker_loop_keeps_ticking_while_statistics_are_computed(
             ticked.set()
             await asyncio.sleep(0.005)
 
-    async def main() -> AnalyticsResult:
-        hub = MemoryHub()
-        routers = [TaskRouter(m) for m in connect_federation(hub, "modeller", ["pod-a"]).values()]
-        for router in routers:
-            router.start()
-        modeller = ModellerMailbox(routers[0], routers[0].open_channel(TASK), ["pod-a"])
-        worker = WorkerMailbox(routers[1], routers[1].open_channel(TASK), "modeller")
-        context = WorkerContext("pod-a", source, min_rows=1, hooks=HookSet())
-        ticking = asyncio.ensure_future(tick())
+    hub = MemoryHub()
+    routers = [TaskRouter(m) for m in connect_federation(hub, "modeller", ["pod-a"]).values()]
+    for router in routers:
+        router.start()
+    modeller = ModellerMailbox(routers[0], routers[0].open_channel(TASK), ["pod-a"])
+    worker = WorkerMailbox(routers[1], routers[1].open_channel(TASK), "modeller")
+    context = WorkerContext("pod-a", source, min_rows=1, hooks=HookSet())
+    ticking = asyncio.ensure_future(tick())
 
-        async def model() -> AnalyticsResult:
-            result = await protocol.run_modeller(modeller, ModellerContext())
-            await modeller.broadcast(MessageType.TASK_COMPLETE)
-            return result
-
-        try:
-            result, record = await asyncio.gather(model(), protocol.run_worker(worker, context))
-        finally:
-            ticking.cancel()
-            for router in routers:
-                await router.close()
-            await hub.close()
-        assert record == {"released": ["ranges", "partials"]}
+    async def model() -> AnalyticsResult:
+        result = await protocol.run_modeller(modeller, ModellerContext())
+        await modeller.broadcast(MessageType.TASK_COMPLETE)
         return result
 
-    result = asyncio.run(asyncio.wait_for(main(), 30))
+    try:
+        result, record = await asyncio.gather(model(), protocol.run_worker(worker, context))
+    finally:
+        ticking.cancel()
+        for router in routers:
+            await router.close()
+        await hub.close()
+    assert record == {"released": ["ranges", "partials"]}
     assert seen == [("column_ranges", True), ("compute_partials", True)]
     assert result.statistics["b"]["count"] == 500

@@ -186,7 +186,7 @@ class Flow:
     status: list[tuple[str, MessageType, dict[str, Any]]] = field(default_factory=list)
 
 
-def run_flow(
+async def run_flow(
     protocol: BatchedProtocol[Any, Any, Any],
     sources: Mapping[str, Datasource],
     *,
@@ -197,62 +197,55 @@ def run_flow(
     """Both sides of ``protocol`` for one task, as a modeller and its pods run them."""
     raw = raw or {}
 
-    async def main() -> Flow:
-        hub = MemoryHub()
-        mailboxes = connect_federation(hub, "modeller", [*sources, *raw])
-        routers = [TaskRouter(m) for m in mailboxes.values()]
-        for router in routers:
-            router.start()
-        flow = Flow(None, {})
-        modeller = ModellerMailbox(
-            routers[0],
-            routers[0].open_channel(TASK),
-            [*sources, *raw],
-            on_progress=lambda pod, kind, body: flow.status.append((pod, kind, dict(body))),
-        )
+    hub = MemoryHub()
+    mailboxes = connect_federation(hub, "modeller", [*sources, *raw])
+    routers = [TaskRouter(m) for m in mailboxes.values()]
+    for router in routers:
+        router.start()
+    flow = Flow(None, {})
+    modeller = ModellerMailbox(
+        routers[0],
+        routers[0].open_channel(TASK),
+        [*sources, *raw],
+        on_progress=lambda pod, kind, body: flow.status.append((pod, kind, dict(body))),
+    )
 
-        async def model() -> Any:
-            try:
-                result = await protocol.run_modeller(modeller, ModellerContext())
-            except FedloomError as exc:
-                report = ErrorReport.from_exception(exc).to_body()
-                await modeller.broadcast(MessageType.TASK_ABORT, report)
-                return exc
-            await modeller.broadcast(MessageType.TASK_COMPLETE)
-            return result
-
-        async def work(name: str, router: TaskRouter, source: Datasource) -> Any:
-            mailbox = WorkerMailbox(router, router.open_channel(TASK), "modeller")
-            context = WorkerContext(
-                name, source, min_rows=1, hooks=hooks or HookSet(), ledger=ledger
-            )
-            try:
-                return await protocol.run_worker(mailbox, context)
-            except FedloomError as exc:  # as a pod does: the modeller hears why
-                await mailbox.send(
-                    MessageType.TASK_ABORT, ErrorReport.from_exception(exc).to_body()
-                )
-                return exc
-
-        async def scripted(router: TaskRouter, script: RawPod) -> None:
-            await script(WorkerMailbox(router, router.open_channel(TASK), "modeller"))
-
+    async def model() -> Any:
         try:
-            pods = list(sources.items())
-            outcomes = await asyncio.gather(
-                model(),
-                *(work(name, routers[1 + i], source) for i, (name, source) in enumerate(pods)),
-                *(scripted(routers[1 + len(pods) + i], s) for i, s in enumerate(raw.values())),
-            )
-        finally:
-            for router in routers:
-                await router.close()
-            await hub.close()
-        flow.result = outcomes[0]
-        flow.workers = dict(zip(sources, outcomes[1 : 1 + len(sources)], strict=True))
-        return flow
+            result = await protocol.run_modeller(modeller, ModellerContext())
+        except FedloomError as exc:
+            report = ErrorReport.from_exception(exc).to_body()
+            await modeller.broadcast(MessageType.TASK_ABORT, report)
+            return exc
+        await modeller.broadcast(MessageType.TASK_COMPLETE)
+        return result
 
-    return asyncio.run(asyncio.wait_for(main(), 30))
+    async def work(name: str, router: TaskRouter, source: Datasource) -> Any:
+        mailbox = WorkerMailbox(router, router.open_channel(TASK), "modeller")
+        context = WorkerContext(name, source, min_rows=1, hooks=hooks or HookSet(), ledger=ledger)
+        try:
+            return await protocol.run_worker(mailbox, context)
+        except FedloomError as exc:  # as a pod does: the modeller hears why
+            await mailbox.send(MessageType.TASK_ABORT, ErrorReport.from_exception(exc).to_body())
+            return exc
+
+    async def scripted(router: TaskRouter, script: RawPod) -> None:
+        await script(WorkerMailbox(router, router.open_channel(TASK), "modeller"))
+
+    try:
+        pods = list(sources.items())
+        outcomes = await asyncio.gather(
+            model(),
+            *(work(name, routers[1 + i], source) for i, (name, source) in enumerate(pods)),
+            *(scripted(routers[1 + len(pods) + i], s) for i, s in enumerate(raw.values())),
+        )
+    finally:
+        for router in routers:
+            await router.close()
+        await hub.close()
+    flow.result = outcomes[0]
+    flow.workers = dict(zip(sources, outcomes[1 : 1 + len(sources)], strict=True))
+    return flow
 
 
 def folder(root: Path, names: Sequence[str]) -> FileSource:
@@ -330,11 +323,11 @@ def test_inference_keeps_its_config_keys_and_task_key(tmp_path: Path) -> None:
 # --- the flow -------------------------------------------------------------------------------
 
 
-def test_a_clean_run_says_every_step_and_reduces_every_batch(tmp_path: Path) -> None:
+async def test_a_clean_run_says_every_step_and_reduces_every_batch(tmp_path: Path) -> None:
     names = [f"f{i}.png" for i in range(7)]
     recorder = Recorder()
     ledger = StoreLedger(MemoryPodStore())
-    flow = run_flow(
+    flow = await run_flow(
         Names(batch_size=3),
         {"pod-a": folder(tmp_path, names)},
         ledger=ledger,
@@ -357,15 +350,15 @@ def test_a_clean_run_says_every_step_and_reduces_every_batch(tmp_path: Path) -> 
     assert points[-2:] == [HookPoint.RESILIENCE_END, HookPoint.RUN_END]
     assert points.count(HookPoint.BATCH_END) == 3
     key = Names(batch_size=3).task_key(folder(tmp_path, []))
-    assert sorted(asyncio.run(ledger.processed_files(key))) == names
+    assert sorted(await ledger.processed_files(key)) == names
 
 
-def test_resilience_tells_batch_level_from_file_level_failures(tmp_path: Path) -> None:
+async def test_resilience_tells_batch_level_from_file_level_failures(tmp_path: Path) -> None:
     names = ["a0.png", "a1-poison.png", "a2.png", "b0-broken.png", "b1.png"]
     names += ["b2-corrupt.png", "c0-skip.png", "c1.png"]
     ledger = StoreLedger(MemoryPodStore())
     protocol = Names(batch_size=3)
-    flow = run_flow(protocol, {"pod-a": folder(tmp_path, names)}, ledger=ledger)
+    flow = await run_flow(protocol, {"pod-a": folder(tmp_path, names)}, ledger=ledger)
     final = flow.result["final"]["pod-a"]
     # the poisoned batch was a batch-level problem: each of its files succeeded alone
     assert final["names"] == ["a0.png", "a1-poison.png", "a2.png", "b1.png", "c1.png"]
@@ -380,13 +373,13 @@ def test_resilience_tells_batch_level_from_file_level_failures(tmp_path: Path) -
     assert sent[0] == (3, ["c1.png"]) and all(batch == 3 for batch, _ in sent)
     assert sorted(name for _, found in sent for name in found) == final["names"]
     key = protocol.task_key(folder(tmp_path, []))
-    recorded = asyncio.run(ledger.failed_files(key))
+    recorded = await ledger.failed_files(key)
     assert [(f.name, f.level, f.exception_type) for f in recorded] == [
         ("b0-broken.png", "file", "ValueError"),
         ("b2-corrupt.png", "file", "DataError"),
         ("c0-skip.png", "file", "DataError"),
     ]
-    assert sorted(asyncio.run(ledger.processed_files(key))) == final["names"]
+    assert sorted(await ledger.processed_files(key)) == final["names"]
 
 
 @pytest.mark.parametrize(
@@ -398,11 +391,11 @@ def test_resilience_tells_batch_level_from_file_level_failures(tmp_path: Path) -
         ({}, None),  # 3 failures in a row stay under the default of 5
     ],
 )
-def test_consecutive_batch_failures(
+async def test_consecutive_batch_failures(
     tmp_path: Path, settings: dict[str, Any], outcome: str | None
 ) -> None:
     names = [f"p{i}-poison.png" for i in range(6)]
-    flow = run_flow(Names(batch_size=2, **settings), {"pod-a": folder(tmp_path, names)})
+    flow = await run_flow(Names(batch_size=2, **settings), {"pod-a": folder(tmp_path, names)})
     worker = flow.workers["pod-a"]
     if outcome is None:
         assert worker == {"files": 6, "failed": 0, "batches": 3}
@@ -412,16 +405,18 @@ def test_consecutive_batch_failures(
         assert flow.result["aborted"]["pod-a"].startswith("WORKER_ERROR")
 
 
-def test_a_good_batch_resets_the_count_of_failures_in_a_row(tmp_path: Path) -> None:
+async def test_a_good_batch_resets_the_count_of_failures_in_a_row(tmp_path: Path) -> None:
     names = ["a0-poison.png", "a1.png", "b0.png", "b1.png", "c0-poison.png", "c1.png"]
     protocol = Names(batch_size=2, max_consecutive_batch_failures=2)
-    flow = run_flow(protocol, {"pod-a": folder(tmp_path, names)})
+    flow = await run_flow(protocol, {"pod-a": folder(tmp_path, names)})
     assert flow.workers["pod-a"] == {"files": 6, "failed": 0, "batches": 3}
 
 
-def test_nothing_processed_at_all_is_too_many_failures_naming_the_first(tmp_path: Path) -> None:
+async def test_nothing_processed_at_all_is_too_many_failures_naming_the_first(
+    tmp_path: Path,
+) -> None:
     names = ["x0-broken.png", "x1-corrupt.png", "x2-skip.png"]
-    flow = run_flow(Names(batch_size=2), {"pod-a": folder(tmp_path, names)})
+    flow = await run_flow(Names(batch_size=2), {"pod-a": folder(tmp_path, names)})
     assert isinstance(flow.workers["pod-a"], TooManyFailuresError)
     # the modeller hears why: the first file's failure, not only that everything failed
     why = flow.result["aborted"]["pod-a"]
@@ -431,32 +426,32 @@ def test_nothing_processed_at_all_is_too_many_failures_naming_the_first(tmp_path
     )
 
 
-def test_a_protocol_that_keeps_file_names_on_the_pod_gives_the_reason_only(
+async def test_a_protocol_that_keeps_file_names_on_the_pod_gives_the_reason_only(
     tmp_path: Path,
 ) -> None:
     source = folder(tmp_path, ["scan-001-corrupt.png", "scan-002-corrupt.png"])
-    flow = run_flow(FileStatistics(batch_size=2), {"pod-a": source})
+    flow = await run_flow(FileStatistics(batch_size=2), {"pod-a": source})
     assert isinstance(flow.workers["pod-a"], TooManyFailuresError)
     text = str(flow.result)
     assert "first failure (file names stay on the pod): could not load file '<file>'" in text
     assert "scan-" not in text
 
 
-def test_a_test_run_stops_after_the_first_batch(tmp_path: Path) -> None:
+async def test_a_test_run_stops_after_the_first_batch(tmp_path: Path) -> None:
     names = [f"f{i}.png" for i in range(7)]
-    flow = run_flow(Names(batch_size=3, test_run=True), {"pod-a": folder(tmp_path, names)})
+    flow = await run_flow(Names(batch_size=3, test_run=True), {"pod-a": folder(tmp_path, names)})
     assert flow.workers["pod-a"] == {"files": 3, "failed": 0, "batches": 1}
     assert flow.result["final"]["pod-a"]["names"] == names[:3]
     assert kinds(flow, MessageType.CURRENT_BATCH_ID) == [1]
     assert kinds(flow, MessageType.NUM_BATCHES)[-1] >= 1
 
 
-def test_a_batch_may_stop_the_task_after_it_is_delivered(tmp_path: Path) -> None:
+async def test_a_batch_may_stop_the_task_after_it_is_delivered(tmp_path: Path) -> None:
     names = [f"f{i}.png" for i in range(8)] + ["g-corrupt.png"]
     ledger = StoreLedger(MemoryPodStore())
     recorder = Recorder()
     protocol = Names(batch_size=3, stop_at=2)
-    flow = run_flow(
+    flow = await run_flow(
         protocol,
         {"pod-a": folder(tmp_path, names)},
         ledger=ledger,
@@ -467,44 +462,44 @@ def test_a_batch_may_stop_the_task_after_it_is_delivered(tmp_path: Path) -> None
     assert flow.result["final"] == {}  # no final reduce step
     assert [batch for _, batch, _ in flow.result["batches"]] == [1, 2]
     key = protocol.task_key(folder(tmp_path, []))
-    assert sorted(asyncio.run(ledger.processed_files(key))) == names[:6]
+    assert sorted(await ledger.processed_files(key)) == names[:6]
     assert HookPoint.RESILIENCE_END in [event.point for event in recorder.events]
 
 
-def test_new_data_only_and_forced_reruns_of_failed_files(tmp_path: Path) -> None:
+async def test_new_data_only_and_forced_reruns_of_failed_files(tmp_path: Path) -> None:
     names = ["a.png", "b.png", "c-corrupt.png"]
     source = folder(tmp_path, names)
     ledger = StoreLedger(MemoryPodStore())
-    first = run_flow(Names(batch_size=2), {"pod-a": source}, ledger=ledger)
+    first = await run_flow(Names(batch_size=2), {"pod-a": source}, ledger=ledger)
     assert first.result["final"]["pod-a"]["names"] == ["a.png", "b.png"]
 
     new_only = Names(batch_size=2, run_on_new_data_only=True)
-    again = run_flow(new_only, {"pod-a": source}, ledger=ledger)
+    again = await run_flow(new_only, {"pod-a": source}, ledger=ledger)
     assert again.workers["pod-a"] == {"files": 0, "failed": 0, "batches": 0, "no_new_data": True}
 
     stat = (tmp_path / "b.png").stat()
     os.utime(tmp_path / "b.png", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
-    modified = run_flow(new_only, {"pod-a": source}, ledger=ledger)
+    modified = await run_flow(new_only, {"pod-a": source}, ledger=ledger)
     assert modified.result["final"]["pod-a"]["names"] == ["b.png"]
 
     Image.fromarray(np.zeros((2, 2, 3), dtype=np.uint8)).save(tmp_path / "c-corrupt.png")
     forced = Names(batch_size=2, run_on_new_data_only=True, force_rerun_failed_files=True)
-    repaired = run_flow(forced, {"pod-a": source}, ledger=ledger)
+    repaired = await run_flow(forced, {"pod-a": source}, ledger=ledger)
     assert repaired.result["final"]["pod-a"]["names"] == ["c-corrupt.png"]
     key = forced.task_key(source)
-    assert asyncio.run(ledger.failed_files(key)) == []
+    assert await ledger.failed_files(key) == []
 
 
-def test_nothing_new_completes_with_zero_files(tmp_path: Path) -> None:
+async def test_nothing_new_completes_with_zero_files(tmp_path: Path) -> None:
     names = ["a.png", "b.png", "c-corrupt.png"]
     ledger = StoreLedger(MemoryPodStore())
     source = folder(tmp_path / "a", names)
     new_only = Names(batch_size=2, run_on_new_data_only=True)
-    run_flow(new_only, {"pod-a": source}, ledger=ledger)
+    await run_flow(new_only, {"pod-a": source}, ledger=ledger)
     recorder = Recorder()
     # pod-b shares the ledger but has its own files: they are new to it
     other = folder(tmp_path / "b", ["z.png"])
-    flow = run_flow(
+    flow = await run_flow(
         new_only,
         {"pod-a": source, "pod-b": other},
         ledger=ledger,
@@ -526,35 +521,35 @@ def test_nothing_new_completes_with_zero_files(tmp_path: Path) -> None:
     ]
 
 
-def test_nothing_new_fails_only_on_request_and_an_empty_folder_is_no_data(
+async def test_nothing_new_fails_only_on_request_and_an_empty_folder_is_no_data(
     tmp_path: Path,
 ) -> None:
     ledger = StoreLedger(MemoryPodStore())
     source = folder(tmp_path / "a", ["a.png"])
-    run_flow(Names(), {"pod-a": source}, ledger=ledger)
+    await run_flow(Names(), {"pod-a": source}, ledger=ledger)
     strict = Names(run_on_new_data_only=True, fail_on_no_new_data=True)
-    flow = run_flow(strict, {"pod-a": source}, ledger=ledger)
+    flow = await run_flow(strict, {"pod-a": source}, ledger=ledger)
     assert isinstance(flow.workers["pod-a"], NoNewDataError)
     assert "NO_NEW_DATA" in str(flow.result)  # no pod was ready
 
     empty = folder(tmp_path / "empty", [])
-    flow = run_flow(Names(), {"pod-a": empty})
+    flow = await run_flow(Names(), {"pod-a": empty})
     assert isinstance(flow.workers["pod-a"], EmptyDatasetError)
     assert "NO_DATA" in str(flow.result)
     # a run on new data only over an empty (drop) folder: nothing new, nothing to do
-    flow = run_flow(Names(run_on_new_data_only=True), {"pod-a": empty})
+    flow = await run_flow(Names(run_on_new_data_only=True), {"pod-a": empty})
     assert flow.result["no_new_data"] == ["pod-a"]
 
 
 @pytest.mark.parametrize("refuse", [False, True])
-def test_files_are_recorded_at_the_end_when_nothing_leaves_before(
+async def test_files_are_recorded_at_the_end_when_nothing_leaves_before(
     tmp_path: Path, refuse: bool
 ) -> None:
     names = [f"f{i}.png" for i in range(5)]
     ledger = StoreLedger(MemoryPodStore())
     protocol = NamesAtEnd(batch_size=2, refuse=refuse)
-    flow = run_flow(protocol, {"pod-a": folder(tmp_path, names)}, ledger=ledger)
-    recorded = asyncio.run(ledger.processed_files(protocol.task_key(folder(tmp_path, []))))
+    flow = await run_flow(protocol, {"pod-a": folder(tmp_path, names)}, ledger=ledger)
+    recorded = await ledger.processed_files(protocol.task_key(folder(tmp_path, [])))
     if refuse:
         assert isinstance(flow.workers["pod-a"], PrivacyThresholdError)
         assert flow.result["aborted"]["pod-a"].startswith("PRIVACY_THRESHOLD")
@@ -564,14 +559,14 @@ def test_files_are_recorded_at_the_end_when_nothing_leaves_before(
         assert sorted(recorded) == names
 
 
-def test_a_pod_without_a_folder_is_refused(tmp_path: Path) -> None:
+async def test_a_pod_without_a_folder_is_refused(tmp_path: Path) -> None:
     arrays = ArraySource(np.zeros((4, 2), dtype=np.float32), np.zeros(4, dtype=np.int64))
-    flow = run_flow(Names(), {"pod-a": arrays})
+    flow = await run_flow(Names(), {"pod-a": arrays})
     assert isinstance(flow.workers["pod-a"], SchemaMismatchError)
     assert "folder-of-files" in str(flow.workers["pod-a"])
 
 
-def test_a_pod_with_a_malformed_final_message_is_dropped(tmp_path: Path) -> None:
+async def test_a_pod_with_a_malformed_final_message_is_dropped(tmp_path: Path) -> None:
     told: list[AbortReason] = []
 
     async def liar(mailbox: WorkerMailbox) -> None:
@@ -585,7 +580,7 @@ def test_a_pod_with_a_malformed_final_message_is_dropped(tmp_path: Path) -> None
             told.append(getattr(exc, "reason", AbortReason.WORKER_ERROR))
 
     source = folder(tmp_path, ["a.png", "b.png"])
-    flow = run_flow(Names(), {"pod-a": source}, raw={"pod-liar": liar})
+    flow = await run_flow(Names(), {"pod-a": source}, raw={"pod-liar": liar})
     assert flow.result["final"]["pod-a"]["names"] == ["a.png", "b.png"]
     assert "pod-liar" not in flow.result["final"]
     assert flow.result["aborted"]["pod-liar"].startswith("WORKER_ERROR: malformed")
@@ -661,7 +656,7 @@ def test_malformed_pod_statistics_are_protocol_errors(body: object) -> None:
         ChannelStatistics.from_body(body, 1, ("mean", "std"))
 
 
-def test_file_statistics_over_the_base(tmp_path: Path) -> None:
+async def test_file_statistics_over_the_base(tmp_path: Path) -> None:
     """The statistics protocol on the same in-memory flow: pixels, a corrupt file, a 2-D
     array loaded as one channel, and a channel count the pod's images do not have."""
     root = tmp_path / "imgs"
@@ -672,7 +667,7 @@ def test_file_statistics_over_the_base(tmp_path: Path) -> None:
         Image.fromarray(pixels).save(root / f"g{i}.png")
     (root / "x.png").write_bytes(b"junk")
     source = FileSource(root, pattern="*.png", loader_options={"mode": "L"})
-    flow = run_flow(FileStatistics(channels=1, batch_size=3), {"pod-a": source})
+    flow = await run_flow(FileStatistics(channels=1, batch_size=3), {"pod-a": source})
     values = np.concatenate([image.ravel() for image in images]).astype(np.float32) / 255
     stats = flow.result.pooled
     assert (stats.files, stats.count) == (4, values.size)
@@ -680,12 +675,12 @@ def test_file_statistics_over_the_base(tmp_path: Path) -> None:
     np.testing.assert_allclose(stats.std, [values.astype(np.float64).std()], rtol=1e-9)
     assert flow.result.failed == {"pod-a": 1}
 
-    wrong = run_flow(FileStatistics(channels=3), {"pod-a": source})
+    wrong = await run_flow(FileStatistics(channels=3), {"pod-a": source})
     assert isinstance(wrong.workers["pod-a"], SchemaMismatchError)
     assert "INCOMPATIBLE_DATASOURCE" in str(wrong.result)
 
 
-def test_file_statistics_of_channels_first_images_are_the_same(tmp_path: Path) -> None:
+async def test_file_statistics_of_channels_first_images_are_the_same(tmp_path: Path) -> None:
     rng = np.random.default_rng(5)
     for i in range(3):
         pixels = rng.integers(0, 256, size=(4, 5, 3), dtype=np.uint8)
@@ -693,7 +688,7 @@ def test_file_statistics_of_channels_first_images_are_the_same(tmp_path: Path) -
     stats = {}
     for first in (False, True):
         source = FileSource(tmp_path, pattern="*.png", loader_options={"channels_first": first})
-        flow = run_flow(FileStatistics(channels=3, batch_size=2), {"pod-a": source})
+        flow = await run_flow(FileStatistics(channels=3, batch_size=2), {"pod-a": source})
         assert flow.result.failed == {"pod-a": 0}
         stats[first] = flow.result.pooled
     assert stats[True].files == stats[False].files == 3
@@ -701,7 +696,7 @@ def test_file_statistics_of_channels_first_images_are_the_same(tmp_path: Path) -
     np.testing.assert_allclose(stats[True].std, stats[False].std, rtol=1e-12)
 
 
-def test_results_and_summaries_name_the_pods_with_nothing_new(tmp_path: Path) -> None:
+async def test_results_and_summaries_name_the_pods_with_nothing_new(tmp_path: Path) -> None:
     from fedloom.algorithms.ml import ModelSpec
 
     source = folder(tmp_path, ["a.png", "b.png"])
@@ -710,18 +705,18 @@ def test_results_and_summaries_name_the_pods_with_nothing_new(tmp_path: Path) ->
     inference = BatchedInference(model, run_on_new_data_only=True)
     statistics = FileStatistics(run_on_new_data_only=True)
     for protocol in (inference, statistics):
-        first = run_flow(protocol, {"pod-a": source}, ledger=ledger)
+        first = await run_flow(protocol, {"pod-a": source}, ledger=ledger)
         assert protocol.summarise(first.result)["files"] == {"pod-a": 2}
         assert "no_new_data" not in protocol.summarise(first.result)
 
-    again = run_flow(inference, {"pod-a": source}, ledger=ledger).result
+    again = (await run_flow(inference, {"pod-a": source}, ledger=ledger)).result
     assert again.no_new_data == ("pod-a",) and again.rows == {"pod-a": []}
     assert inference.summarise(again) == {
         "files": {"pod-a": 0},
         "failed": {"pod-a": 0},
         "no_new_data": ["pod-a"],
     }
-    stats = run_flow(statistics, {"pod-a": source}, ledger=ledger).result
+    stats = (await run_flow(statistics, {"pod-a": source}, ledger=ledger)).result
     assert stats.no_new_data == ("pod-a",) and stats.pods == {}
     assert statistics.summarise(stats) == {
         "files": {"pod-a": 0},

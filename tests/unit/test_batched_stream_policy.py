@@ -36,7 +36,7 @@ from fedloom.protocols import (
     WorkerContext,
 )
 from fedloom.store import FailedFile
-from fedloom.testing import connect_federation, run_in_virtual_time
+from fedloom.testing import connect_federation
 from fedloom.transport import MemoryHub, ModellerMailbox, TaskRouter, WorkerMailbox
 from fedloom.wire import MessageType
 
@@ -190,65 +190,62 @@ class Outcome:
     """How long the modeller side took (the pods may go on a while after it stopped)."""
 
 
-def run(protocol: Names, pods: Mapping[str, Script], policy: RequestPolicy | None) -> Outcome:
-    """The modeller side of ``protocol`` under ``policy`` against ``pods``, on one hub."""
+async def run(protocol: Names, pods: Mapping[str, Script], policy: RequestPolicy | None) -> Outcome:
+    """The modeller side of ``protocol`` under ``policy`` against ``pods``, on one hub.
 
-    async def main() -> Outcome:
-        hub = MemoryHub()
-        routers = {
-            name: TaskRouter(m) for name, m in connect_federation(hub, "modeller", pods).items()
-        }
-        for router in routers.values():
-            router.start()
-        modeller = routers["modeller"]
-        mailbox = ModellerMailbox(modeller, modeller.open_channel(TASK), list(pods), policy=policy)
+    Its tests run in virtual time (time-outs cost no real time) bounded at 15 s: before
+    the fix the stream waited forever for a silent pod.
+    """
+    hub = MemoryHub()
+    routers = {name: TaskRouter(m) for name, m in connect_federation(hub, "modeller", pods).items()}
+    for router in routers.values():
+        router.start()
+    modeller = routers["modeller"]
+    mailbox = ModellerMailbox(modeller, modeller.open_channel(TASK), list(pods), policy=policy)
 
-        async def model() -> Any:
-            try:
-                result = await protocol.run_modeller(mailbox, ModellerContext())
-            except FedloomError as exc:
-                seconds.append(asyncio.get_running_loop().time() - started)
-                await mailbox.broadcast(
-                    MessageType.TASK_ABORT, ErrorReport.from_exception(exc).to_body()
-                )
-                return exc
-            seconds.append(asyncio.get_running_loop().time() - started)
-            await mailbox.broadcast(MessageType.TASK_COMPLETE)
-            return result
-
-        seconds: list[float] = []
-        started = asyncio.get_running_loop().time()
+    async def model() -> Any:
         try:
-            outcomes = await asyncio.gather(
-                model(),
-                *(
-                    script(
-                        WorkerMailbox(routers[name], routers[name].open_channel(TASK), "modeller")
-                    )
-                    for name, script in pods.items()
-                ),
+            result = await protocol.run_modeller(mailbox, ModellerContext())
+        except FedloomError as exc:
+            seconds.append(asyncio.get_running_loop().time() - started)
+            await mailbox.broadcast(
+                MessageType.TASK_ABORT, ErrorReport.from_exception(exc).to_body()
             )
-        finally:
-            for router in routers.values():
-                await router.close()
-            await hub.close()
-        pod_outcomes = dict(zip(pods, outcomes[1:], strict=True))
-        return Outcome(outcomes[0], pod_outcomes, mailbox, seconds[0])
+            return exc
+        seconds.append(asyncio.get_running_loop().time() - started)
+        await mailbox.broadcast(MessageType.TASK_COMPLETE)
+        return result
 
-    # before the fix the stream waited forever for a silent pod: bound the whole run
-    return run_in_virtual_time(asyncio.wait_for(main(), 15))  # time-outs cost no real time
+    seconds: list[float] = []
+    started = asyncio.get_running_loop().time()
+    try:
+        outcomes = await asyncio.gather(
+            model(),
+            *(
+                script(WorkerMailbox(routers[name], routers[name].open_channel(TASK), "modeller"))
+                for name, script in pods.items()
+            ),
+        )
+    finally:
+        for router in routers.values():
+            await router.close()
+        await hub.close()
+    pod_outcomes = dict(zip(pods, outcomes[1:], strict=True))
+    return Outcome(outcomes[0], pod_outcomes, mailbox, seconds[0])
 
 
 # --- tests ----------------------------------------------------------------------------------
 
 
-def test_discard_drops_a_pod_that_goes_silent_mid_stream_and_goes_on(tmp_path: Path) -> None:
+@pytest.mark.virtual_time
+@pytest.mark.async_timeout(15)
+async def test_discard_drops_a_pod_that_goes_silent_mid_stream_and_goes_on(tmp_path: Path) -> None:
     protocol = Names(batch_size=2)
     pods = {
         "pod-a": real_worker(protocol, tmp_path / "a", 5),
         "pod-dead": scripted(6, silent_after=2),
     }
-    flow = run(protocol, pods, RequestPolicy(timeout=0.5))
+    flow = await run(protocol, pods, RequestPolicy(timeout=0.5))
     assert not isinstance(flow.result, FedloomError), flow.result
     assert flow.result["final"] == {"pod-a": [f"f{i}.png" for i in range(5)]}
     assert flow.result["active"] == ["pod-a"]
@@ -266,7 +263,9 @@ def test_discard_drops_a_pod_that_goes_silent_mid_stream_and_goes_on(tmp_path: P
 
 
 @pytest.mark.parametrize("where", ["policy", "protocol"])
-def test_a_busy_pod_does_not_keep_a_silent_pods_timer_alive(where: str) -> None:
+@pytest.mark.virtual_time
+@pytest.mark.async_timeout(15)
+async def test_a_busy_pod_does_not_keep_a_silent_pods_timer_alive(where: str) -> None:
     """The time-out is per pod: a pod that talks all along does not keep a dead one in."""
     protocol = Names(timeout=0.3 if where == "protocol" else None)
     policy = RequestPolicy(timeout=0.3) if where == "policy" else None
@@ -274,7 +273,7 @@ def test_a_busy_pod_does_not_keep_a_silent_pods_timer_alive(where: str) -> None:
         "pod-busy": scripted(25, gap=0.04),  # talks every 40 ms for ~1 s
         "pod-dead": scripted(25, silent_after=1),
     }
-    flow = run(protocol, pods, policy)
+    flow = await run(protocol, pods, policy)
     assert not isinstance(flow.result, FedloomError), flow.result
     busy, dead = flow.pods["pod-busy"], flow.pods["pod-dead"]
     assert (busy.outcome, dead.outcome) == ("completed", AbortReason.WORKER_UNRESPONSIVE.value)
@@ -283,10 +282,12 @@ def test_a_busy_pod_does_not_keep_a_silent_pods_timer_alive(where: str) -> None:
     assert flow.mailbox.dropped == {"pod-dead"}
 
 
-def test_stop_names_the_silent_pod_without_waiting_for_the_others() -> None:
+@pytest.mark.virtual_time
+@pytest.mark.async_timeout(15)
+async def test_stop_names_the_silent_pod_without_waiting_for_the_others() -> None:
     policy = RequestPolicy(timeout=0.3, on_timeout=OnTimeout.STOP)
     pods = {"pod-busy": scripted(60, gap=0.05), "pod-dead": scripted(60, silent_after=1)}
-    flow = run(Names(), pods, policy)
+    flow = await run(Names(), pods, policy)
     assert isinstance(flow.result, PodResponseError)
     assert flow.result.failed_pods == {"pod-dead": "no message for 0.3 s"}
     assert "'batches'" in str(flow.result) and "on_timeout='stop'" in str(flow.result)
@@ -303,12 +304,14 @@ def test_stop_names_the_silent_pod_without_waiting_for_the_others() -> None:
     ],
     ids=["require-all", "min-replies"],
 )
-def test_require_all_and_min_replies_stop_once_a_pod_is_dropped(
+@pytest.mark.virtual_time
+@pytest.mark.async_timeout(15)
+async def test_require_all_and_min_replies_stop_once_a_pod_is_dropped(
     policy: RequestPolicy, match: str
 ) -> None:
     # pod-dead dies before its first batch: it delivered nothing usable
     pods = {"pod-busy": scripted(60, gap=0.05), "pod-dead": scripted(60, silent_after=0)}
-    flow = run(Names(), pods, policy)
+    flow = await run(Names(), pods, policy)
     assert isinstance(flow.result, PodResponseError)
     assert match in str(flow.result)
     assert flow.result.failed_pods == {"pod-dead": "no message for 0.3 s"}
@@ -317,12 +320,16 @@ def test_require_all_and_min_replies_stop_once_a_pod_is_dropped(
 
 
 @pytest.mark.parametrize("per_batch", [True, False], ids=["per-batch", "at-end"])
-def test_batches_that_reached_the_modeller_count_for_min_replies(per_batch: bool) -> None:
+@pytest.mark.virtual_time
+@pytest.mark.async_timeout(15)
+async def test_batches_that_reached_the_modeller_count_for_min_replies(per_batch: bool) -> None:
     """A pod killed after some batches still gave results when they leave with each batch
     (inference rows): min_replies=1 is met and the task ends with what it sent. When nothing
     leaves before the final reduce step (statistics), it gave nothing: the task stops."""
     protocol = Names() if per_batch else NamesAtEnd()
-    flow = run(protocol, {"pod-dead": scripted(10, silent_after=3)}, RequestPolicy(timeout=0.3))
+    flow = await run(
+        protocol, {"pod-dead": scripted(10, silent_after=3)}, RequestPolicy(timeout=0.3)
+    )
     assert flow.mailbox.dropped == {"pod-dead"}
     if per_batch:
         assert not isinstance(flow.result, FedloomError), flow.result
@@ -333,18 +340,22 @@ def test_batches_that_reached_the_modeller_count_for_min_replies(per_batch: bool
     assert flow.result.failed_pods == {"pod-dead": "no message for 0.3 s"}
 
 
-def test_stop_on_error_stops_at_the_first_abort_mid_stream() -> None:
+@pytest.mark.virtual_time
+@pytest.mark.async_timeout(15)
+async def test_stop_on_error_stops_at_the_first_abort_mid_stream() -> None:
     pods = {"pod-busy": scripted(60, gap=0.05), "pod-crash": scripted(60, abort_after=2)}
-    flow = run(Names(), pods, RequestPolicy(timeout=5.0, stop_on_error=True))
+    flow = await run(Names(), pods, RequestPolicy(timeout=5.0, stop_on_error=True))
     assert isinstance(flow.result, PodResponseError)
     assert flow.result.failed_pods == {"pod-crash": "WORKER_ERROR: out of disk"}
     assert "stop_on_error" in str(flow.result)
     assert flow.seconds < 2.5
 
 
-def test_without_stop_on_error_an_abort_leaves_the_others_going() -> None:
+@pytest.mark.virtual_time
+@pytest.mark.async_timeout(15)
+async def test_without_stop_on_error_an_abort_leaves_the_others_going() -> None:
     pods = {"pod-busy": scripted(10, gap=0.02), "pod-crash": scripted(10, abort_after=2)}
-    flow = run(Names(), pods, RequestPolicy(timeout=5.0))
+    flow = await run(Names(), pods, RequestPolicy(timeout=5.0))
     assert not isinstance(flow.result, FedloomError), flow.result
     assert list(flow.result["final"]) == ["pod-busy"]
     assert flow.result["aborted"] == {"pod-crash": "WORKER_ERROR: out of disk"}

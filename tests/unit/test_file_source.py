@@ -161,14 +161,10 @@ def test_background_count_matches_len_while_batches_run(tmp_path: Path) -> None:
     assert count.done()
 
 
-def test_background_count_can_be_awaited(tmp_path: Path) -> None:
+async def test_background_count_can_be_awaited(tmp_path: Path) -> None:
     make_files(tmp_path / "d", 3)
     source = FileSource(tmp_path / "d", loader="bytes")
-
-    async def main() -> int:
-        return await asyncio.wrap_future(source.count_in_background().future)
-
-    assert asyncio.run(main()) == 3
+    assert await asyncio.wrap_future(source.count_in_background().future) == 3
 
 
 def test_background_count_reports_a_missing_folder_at_once(tmp_path: Path) -> None:

@@ -181,7 +181,7 @@ def test_a_factory_that_fails_or_makes_no_hook_is_a_config_error() -> None:
 # --- firing -------------------------------------------------------------------------------
 
 
-def test_hooks_fire_in_order_sync_and_async_and_only_at_their_points() -> None:
+async def test_hooks_fire_in_order_sync_and_async_and_only_at_their_points() -> None:
     log: list[tuple[str, HookPoint, dict[str, Any]]] = []
     hooks = HookSet(
         [
@@ -191,13 +191,10 @@ def test_hooks_fire_in_order_sync_and_async_and_only_at_their_points() -> None:
         ]
     )
 
-    async def scenario() -> None:
-        async with task_mailboxes() as (worker, _):
-            bound = hooks.bind(worker, "pod-a")
-            await bound.fire(HookPoint.RUN_START)
-            await bound.fire(HookPoint.RUN_END, released={"rows": 3})
-
-    asyncio.run(scenario())
+    async with task_mailboxes() as (worker, _):
+        bound = hooks.bind(worker, "pod-a")
+        await bound.fire(HookPoint.RUN_START)
+        await bound.fire(HookPoint.RUN_END, released={"rows": 3})
     assert log == [
         ("first", HookPoint.RUN_START, {}),
         ("last", HookPoint.RUN_START, {}),
@@ -208,22 +205,19 @@ def test_hooks_fire_in_order_sync_and_async_and_only_at_their_points() -> None:
     assert hooks.wants(HookPoint.BATCH_END) and hooks.statistics().fired == 2
 
 
-def test_an_empty_hook_set_wants_nothing_and_fires_nothing() -> None:
+async def test_an_empty_hook_set_wants_nothing_and_fires_nothing() -> None:
     hooks = HookSet()
 
-    async def scenario() -> None:
-        async with task_mailboxes() as (worker, modeller):
-            bound = hooks.bind(worker, "pod-a")
-            for point in HookPoint:
-                await bound.fire(point, step=1)
-            assert await received_progress(worker, modeller) == []
-
-    asyncio.run(scenario())
+    async with task_mailboxes() as (worker, modeller):
+        bound = hooks.bind(worker, "pod-a")
+        for point in HookPoint:
+            await bound.fire(point, step=1)
+        assert await received_progress(worker, modeller) == []
     assert not any(hooks.wants(point) for point in HookPoint)
     assert hooks.statistics().fired == 0
 
 
-def test_a_raising_hook_is_logged_once_counted_and_the_others_still_run(
+async def test_a_raising_hook_is_logged_once_counted_and_the_others_still_run(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     log: list[tuple[str, HookPoint, dict[str, Any]]] = []
@@ -241,14 +235,11 @@ def test_a_raising_hook_is_logged_once_counted_and_the_others_still_run(
         ]
     )
 
-    async def scenario() -> None:
+    with caplog.at_level(logging.DEBUG, logger="fedloom.hooks"):
         async with task_mailboxes() as (worker, _):
             bound = hooks.bind(worker, "pod-a")
             for batch in range(3):
                 await bound.fire(HookPoint.BATCH_END, batch=batch, loss=0.5)
-
-    with caplog.at_level(logging.DEBUG, logger="fedloom.hooks"):
-        asyncio.run(scenario())
     assert [info for _, _, info in log] == [{"batch": b, "loss": 0.5} for b in range(3)]
     assert hooks.statistics().failures == {"sync": 3, "async": 3, "mutates": 3}
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
@@ -260,19 +251,16 @@ def test_a_raising_hook_is_logged_once_counted_and_the_others_still_run(
     assert all("the task goes on" in r.getMessage() and r.exc_info for r in warnings)
 
 
-def test_the_log_hook_logs_batches_at_debug_and_the_rest_at_info(
+async def test_the_log_hook_logs_batches_at_debug_and_the_rest_at_info(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     hooks = build_hooks(["log"])
 
-    async def scenario() -> None:
+    with caplog.at_level(logging.DEBUG, logger="fedloom.hooks"):
         async with task_mailboxes() as (worker, _):
             bound = hooks.bind(worker, "pod-a")
             await bound.fire(HookPoint.BATCH_END, batch=1)
             await bound.fire(HookPoint.EPOCH_END, epoch=0)
-
-    with caplog.at_level(logging.DEBUG, logger="fedloom.hooks"):
-        asyncio.run(scenario())
     assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
         (logging.DEBUG, f"pod-a: task {TASK} batch_end {{'batch': 1}}"),
         (logging.INFO, f"pod-a: task {TASK} epoch_end {{'epoch': 0}}"),
@@ -282,26 +270,24 @@ def test_the_log_hook_logs_batches_at_debug_and_the_rest_at_info(
 # --- the progress hook --------------------------------------------------------------------
 
 
-def test_progress_throttles_batches_but_always_sends_epoch_ends_and_progress() -> None:
+async def test_progress_throttles_batches_but_always_sends_epoch_ends_and_progress() -> None:
     clock = FakeClock(100.0)
     progress = ProgressHook(max_per_second=5, clock=clock)
     hooks = HookSet([("progress", progress)])
 
-    async def scenario() -> list[Any]:
-        async with task_mailboxes() as (worker, modeller):
-            bound = hooks.bind(worker, "pod-a")
-            for step, at in enumerate([0.0, 0.1, 0.19, 0.2, 0.25, 0.39, 0.5]):
-                clock.set(100.0 + at)
-                await bound.fire(HookPoint.BATCH_END, batch=step, step=step + 1)
-            clock.set(100.51)
-            await bound.fire(HookPoint.EPOCH_END, epoch=0, step=7)
-            await bound.fire(HookPoint.EPOCH_START, epoch=1)  # not a progress point
-            clock.set(100.52)
-            await bound.fire(HookPoint.PROGRESS, stage="partials")
-            await bound.fire(HookPoint.BATCH_END, batch=7, step=8)  # 0.01 s after the last
-            return await received_progress(worker, modeller)
-
-    assert asyncio.run(scenario()) == [
+    async with task_mailboxes() as (worker, modeller):
+        bound = hooks.bind(worker, "pod-a")
+        for step, at in enumerate([0.0, 0.1, 0.19, 0.2, 0.25, 0.39, 0.5]):
+            clock.set(100.0 + at)
+            await bound.fire(HookPoint.BATCH_END, batch=step, step=step + 1)
+        clock.set(100.51)
+        await bound.fire(HookPoint.EPOCH_END, epoch=0, step=7)
+        await bound.fire(HookPoint.EPOCH_START, epoch=1)  # not a progress point
+        clock.set(100.52)
+        await bound.fire(HookPoint.PROGRESS, stage="partials")
+        await bound.fire(HookPoint.BATCH_END, batch=7, step=8)  # 0.01 s after the last
+        sent = await received_progress(worker, modeller)
+    assert sent == [
         {"batch": 0, "step": 1},
         {"batch": 3, "step": 4},
         {"batch": 6, "step": 7},
@@ -311,24 +297,22 @@ def test_progress_throttles_batches_but_always_sends_epoch_ends_and_progress() -
     assert progress.skipped == 5
 
 
-def test_progress_sends_only_its_keys_and_rounds_floats() -> None:
+async def test_progress_sends_only_its_keys_and_rounds_floats() -> None:
     hooks = HookSet([("progress", ProgressHook())])
 
-    async def scenario() -> list[Any]:
-        async with task_mailboxes() as (worker, modeller):
-            await hooks.bind(worker, "pod-a").fire(
-                HookPoint.EPOCH_END,
-                round=2,
-                epoch=1,
-                loss=0.123456789,
-                accuracy=float("nan"),
-                rows=37,
-                released={"rows": 37},
-                step=True,
-            )
-            return await received_progress(worker, modeller)
-
-    assert asyncio.run(scenario()) == [{"round": 2, "epoch": 1, "loss": 0.1235}]
+    async with task_mailboxes() as (worker, modeller):
+        await hooks.bind(worker, "pod-a").fire(
+            HookPoint.EPOCH_END,
+            round=2,
+            epoch=1,
+            loss=0.123456789,
+            accuracy=float("nan"),
+            rows=37,
+            released={"rows": 37},
+            step=True,
+        )
+        sent = await received_progress(worker, modeller)
+    assert sent == [{"round": 2, "epoch": 1, "loss": 0.1235}]
 
 
 @pytest.mark.parametrize("rate", [0, -1.0, float("inf"), True, "5"])
@@ -340,48 +324,42 @@ def test_progress_refuses_a_bad_rate(rate: Any) -> None:
 # --- the thread bridge --------------------------------------------------------------------
 
 
-def test_the_bridge_delivers_thread_events_in_order_before_the_block_ends() -> None:
+async def test_the_bridge_delivers_thread_events_in_order_before_the_block_ends() -> None:
     log: list[tuple[str, HookPoint, dict[str, Any]]] = []
     hooks = HookSet([("batches", AsyncRecorder(log, "batches", frozenset({HookPoint.BATCH_END})))])
     threads: set[int] = set()
 
-    async def scenario() -> None:
-        async with task_mailboxes() as (worker, _):
-            bound = hooks.bind(worker, "pod-a")
-            async with bound.bridge() as bridge:
-                assert bridge.wants(HookPoint.BATCH_END)
-                assert not bridge.wants(HookPoint.EPOCH_END)
+    async with task_mailboxes() as (worker, _):
+        bound = hooks.bind(worker, "pod-a")
+        async with bound.bridge() as bridge:
+            assert bridge.wants(HookPoint.BATCH_END)
+            assert not bridge.wants(HookPoint.EPOCH_END)
 
-                def train() -> None:
-                    threads.add(threading.get_ident())
-                    for batch in range(200):
-                        bridge.fire(HookPoint.BATCH_END, batch=batch)
-                        bridge.fire(HookPoint.EPOCH_END, batch=batch)  # nobody listens
+            def train() -> None:
+                threads.add(threading.get_ident())
+                for batch in range(200):
+                    bridge.fire(HookPoint.BATCH_END, batch=batch)
+                    bridge.fire(HookPoint.EPOCH_END, batch=batch)  # nobody listens
 
-                await asyncio.to_thread(train)
-            assert len(log) == 200, "every event is fired when the block ends"
-
-    asyncio.run(scenario())
+            await asyncio.to_thread(train)
+        assert len(log) == 200, "every event is fired when the block ends"
     assert threading.get_ident() not in threads
     assert [info["batch"] for _, _, info in log] == list(range(200))
     assert hooks.statistics().fired == 200
 
 
-def test_a_bridge_without_hooks_has_no_pump_and_ignores_events() -> None:
-    async def scenario() -> None:
-        async with (
-            task_mailboxes() as (worker, _),
-            HookSet().bind(worker, "pod-a").bridge() as bridge,
-        ):
-            assert bridge._pump is None
-            assert not any(bridge.wants(point) for point in HookPoint)
-            await asyncio.to_thread(bridge.fire, HookPoint.BATCH_END, batch=0)
-            assert bridge._queue.qsize() == 0
-
-    asyncio.run(scenario())
+async def test_a_bridge_without_hooks_has_no_pump_and_ignores_events() -> None:
+    async with (
+        task_mailboxes() as (worker, _),
+        HookSet().bind(worker, "pod-a").bridge() as bridge,
+    ):
+        assert bridge._pump is None
+        assert not any(bridge.wants(point) for point in HookPoint)
+        await asyncio.to_thread(bridge.fire, HookPoint.BATCH_END, batch=0)
+        assert bridge._queue.qsize() == 0
 
 
-def test_a_failing_block_stops_the_bridge_and_drops_the_events_left() -> None:
+async def test_a_failing_block_stops_the_bridge_and_drops_the_events_left() -> None:
     started: list[int] = []
 
     class Stuck(Hook):
@@ -391,18 +369,15 @@ def test_a_failing_block_stops_the_bridge_and_drops_the_events_left() -> None:
 
     hooks = HookSet([("stuck", Stuck())])
 
-    async def scenario() -> None:
-        async with task_mailboxes() as (worker, _):
-            with pytest.raises(ZeroDivisionError):
-                async with hooks.bind(worker, "pod-a").bridge() as bridge:
-                    for batch in range(3):
-                        await asyncio.to_thread(bridge.fire, HookPoint.BATCH_END, batch=batch)
-                    1 / 0  # noqa: B018
-            assert bridge._pump is not None and bridge._pump.cancelled()
-            bridge.fire(HookPoint.BATCH_END, batch=3)  # after the end: ignored, no error
-            assert bridge._queue.qsize() == 2, "the two events left were dropped"
-
-    asyncio.run(scenario())
+    async with task_mailboxes() as (worker, _):
+        with pytest.raises(ZeroDivisionError):
+            async with hooks.bind(worker, "pod-a").bridge() as bridge:
+                for batch in range(3):
+                    await asyncio.to_thread(bridge.fire, HookPoint.BATCH_END, batch=batch)
+                1 / 0  # noqa: B018
+        assert bridge._pump is not None and bridge._pump.cancelled()
+        bridge.fire(HookPoint.BATCH_END, batch=3)  # after the end: ignored, no error
+        assert bridge._queue.qsize() == 2, "the two events left were dropped"
     assert started == [0]
     assert hooks.statistics().failures == {}, "being stopped is not a hook failure"
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import pytest
@@ -23,17 +22,17 @@ class _FailingCall:
         return self._item
 
 
-def _expect(error: FedloomError) -> Any:
+async def _expect(error: FedloomError) -> Any:
     mailbox = client.GrpcMailbox(Identity.generate("pod-a"), "127.0.0.1:1", insecure=True)
-    return asyncio.run(mailbox._expect(_FailingCall(error), Kind.WELCOME, {}))
+    return await mailbox._expect(_FailingCall(error), Kind.WELCOME, {})
 
 
-def test_a_refusal_that_cannot_pass_ends_the_attempts() -> None:
+async def test_a_refusal_that_cannot_pass_ends_the_attempts() -> None:
     with pytest.raises(client._FatalError) as caught:
-        _expect(UnknownIdentityError("the hub does not know 'pod-a'"))
+        await _expect(UnknownIdentityError("the hub does not know 'pod-a'"))
     assert type(caught.value.error) is UnknownIdentityError
 
 
-def test_a_retryable_refusal_is_tried_again() -> None:
+async def test_a_retryable_refusal_is_tried_again() -> None:
     with pytest.raises(HubUnavailableError, match="shutting down"):
-        _expect(HubUnavailableError("the hub is shutting down"))
+        await _expect(HubUnavailableError("the hub is shutting down"))

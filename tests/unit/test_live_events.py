@@ -32,34 +32,31 @@ def fedavg() -> FedAvg:
     )
 
 
-def run(
+async def run(
     federation_pods: dict[str, ArraySource], **options: object
 ) -> tuple[list[Event], dict[str, list[Event]], dict[str, PodStatistics], object]:
     """Run FedAvg; the modeller's events, each pod's, each pod's statistics, the result."""
     modeller_events: list[Event] = []
     pod_events: dict[str, list[Event]] = {name: [] for name in federation_pods}
 
-    async def main() -> tuple[dict[str, PodStatistics], object]:
-        async with LocalFederation(federation_pods, **options) as federation:  # type: ignore[arg-type]
-            federation.modeller.subscribe(modeller_events.append)
-            for name, pod in federation.pods.items():
-                pod.subscribe(pod_events[name].append)
-            try:
-                outcome: object = await federation.run(fedavg())
-            except PodResponseError as exc:
-                outcome = exc
-            for pod in federation.pods.values():  # the pods end a moment after the modeller
-                while pod.running_tasks() or pod.queued_tasks():
-                    await asyncio.sleep(0)
-            await asyncio.sleep(0)
-            return {name: pod.statistics() for name, pod in federation.pods.items()}, outcome
-
-    statistics, outcome = asyncio.run(main())
+    async with LocalFederation(federation_pods, **options) as federation:  # type: ignore[arg-type]
+        federation.modeller.subscribe(modeller_events.append)
+        for name, pod in federation.pods.items():
+            pod.subscribe(pod_events[name].append)
+        try:
+            outcome: object = await federation.run(fedavg())
+        except PodResponseError as exc:
+            outcome = exc
+        for pod in federation.pods.values():  # the pods end a moment after the modeller
+            while pod.running_tasks() or pod.queued_tasks():
+                await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        statistics = {name: pod.statistics() for name, pod in federation.pods.items()}
     return modeller_events, pod_events, statistics, outcome
 
 
-def test_the_modeller_delivers_a_fedavg_task_from_start_to_finish() -> None:
-    events, _, _, result = run(pods())
+async def test_the_modeller_delivers_a_fedavg_task_from_start_to_finish() -> None:
+    events, _, _, result = await run(pods())
     task_id = result.task_id  # type: ignore[attr-defined]
     assert {event.task for event in events} == {task_id}
     assert events[0].kind is EventKind.TASK_STARTED and events[0].participant == MODELLER
@@ -83,8 +80,8 @@ def test_the_modeller_delivers_a_fedavg_task_from_start_to_finish() -> None:
     assert [e.time for e in events] == sorted(e.time for e in events)
 
 
-def test_each_pod_delivers_accept_start_and_finish() -> None:
-    _, pod_events, statistics, result = run(pods())
+async def test_each_pod_delivers_accept_start_and_finish() -> None:
+    _, pod_events, statistics, result = await run(pods())
     for pod, events in pod_events.items():
         assert [e.kind for e in events] == [
             EventKind.TASK_ACCEPTED,
@@ -98,9 +95,9 @@ def test_each_pod_delivers_accept_start_and_finish() -> None:
         assert statistics[pod] == PodStatistics((), (), 1, 0, 1, 0)
 
 
-def test_a_rejecting_pod_and_the_failed_task_are_events_on_both_sides() -> None:
+async def test_a_rejecting_pod_and_the_failed_task_are_events_on_both_sides() -> None:
     closed = PodPolicy(allowed_protocols=frozenset({"analytics"}))
-    events, pod_events, statistics, outcome = run(pods(), policies={"pod-b": closed})
+    events, pod_events, statistics, outcome = await run(pods(), policies={"pod-b": closed})
     assert isinstance(outcome, PodResponseError)
     assert events[-1].kind is EventKind.TASK_ABORTED
     assert events[-1].fields["reason"] == "PodResponseError"
@@ -112,19 +109,15 @@ def test_a_rejecting_pod_and_the_failed_task_are_events_on_both_sides() -> None:
     assert statistics["pod-b"].rejected == 1 and statistics["pod-a"].aborted == 1
 
 
-def test_a_failing_subscriber_does_not_break_the_task() -> None:
+async def test_a_failing_subscriber_does_not_break_the_task() -> None:
     def broken(event: Event) -> None:
         raise RuntimeError("a broken dashboard")
 
-    async def main() -> object:
-        async with LocalFederation(pods()) as federation:
-            federation.modeller.subscribe(broken)
-            federation.pods["pod-a"].subscribe(broken)
-            result = await federation.run(fedavg())
-            assert federation.modeller.events.statistics().failed_deliveries > ROUNDS
-            return result
-
-    result = asyncio.run(main())
+    async with LocalFederation(pods()) as federation:
+        federation.modeller.subscribe(broken)
+        federation.pods["pod-a"].subscribe(broken)
+        result = await federation.run(fedavg())
+        assert federation.modeller.events.statistics().failed_deliveries > ROUNDS
     assert len(result.result.history) == ROUNDS  # type: ignore[attr-defined]
 
 

@@ -18,7 +18,7 @@ import fedloom.modeller.modeller as modeller_module
 from fedloom import MemoryExperimentStore, Modeller
 from fedloom.errors import AbortReason, ErrorReport
 from fedloom.modeller import TaskCancellation
-from fedloom.testing import connect_federation, run_in_virtual_time
+from fedloom.testing import connect_federation
 from fedloom.testing.faults import Fault
 from fedloom.transport import Mailbox, MailboxStatistics, MemoryHub
 from fedloom.wire import Message, MessageType
@@ -92,27 +92,25 @@ class GatedMailbox:
 Body = Callable[[Modeller, dict[str, Scripted]], Awaitable[Any]]
 
 
-def federation(pods: dict[str, dict[str, Any]], body: Body, *, gate: str | None = None) -> Any:
+async def federation(
+    pods: dict[str, dict[str, Any]], body: Body, *, gate: str | None = None
+) -> Any:
     """Run ``body`` with a modeller and the scripted ``pods`` (their options) on one hub."""
-
-    async def main() -> Any:
-        hub = MemoryHub()
-        mailboxes = connect_federation(hub, "modeller", pods)
-        scripted = {name: Scripted(mailboxes[name], **options) for name, options in pods.items()}
-        tasks = [asyncio.create_task(pod.run()) for pod in scripted.values()]
-        inner = mailboxes["modeller"]
-        mailbox: Mailbox = inner if gate is None else GatedMailbox(inner, gate)
-        modeller = Modeller(mailbox, store=MemoryExperimentStore())
-        try:
-            return await body(modeller, scripted)
-        finally:
-            await modeller.close()
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await hub.close()
-
-    return run_in_virtual_time(asyncio.wait_for(main(), 20))
+    hub = MemoryHub()
+    mailboxes = connect_federation(hub, "modeller", pods)
+    scripted = {name: Scripted(mailboxes[name], **options) for name, options in pods.items()}
+    tasks = [asyncio.create_task(pod.run()) for pod in scripted.values()]
+    inner = mailboxes["modeller"]
+    mailbox: Mailbox = inner if gate is None else GatedMailbox(inner, gate)
+    modeller = Modeller(mailbox, store=MemoryExperimentStore())
+    try:
+        return await body(modeller, scripted)
+    finally:
+        await modeller.close()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await hub.close()
 
 
 async def cancel_when(
@@ -130,7 +128,9 @@ async def cancel_when(
     return cancellations, seconds
 
 
-def test_cancel_mid_task_sends_task_cancel_and_waits_for_every_answer() -> None:
+@pytest.mark.virtual_time
+@pytest.mark.async_timeout(20)
+async def test_cancel_mid_task_sends_task_cancel_and_waits_for_every_answer() -> None:
     async def body(modeller: Modeller, pods: dict[str, Scripted]) -> Any:
         # the pods never answer the instruction: the modeller waits for their results
         run = asyncio.create_task(modeller.run(Fault("sleep"), ["pod-a", "pod-b"]))
@@ -141,7 +141,7 @@ def test_cancel_mid_task_sends_task_cancel_and_waits_for_every_answer() -> None:
         (experiment,) = modeller.store.list_experiments()
         return cancellation, seconds, pods, experiment
 
-    cancellation, seconds, pods, experiment = federation({"pod-a": {}, "pod-b": {}}, body)
+    cancellation, seconds, pods, experiment = await federation({"pod-a": {}, "pod-b": {}}, body)
     assert set(cancellation.acknowledged) == {"pod-a", "pod-b"}
     assert {r.reason for r in cancellation.acknowledged.values()} == {CANCELLED}
     assert cancellation.unanswered == []
@@ -155,7 +155,9 @@ def test_cancel_mid_task_sends_task_cancel_and_waits_for_every_answer() -> None:
     )
 
 
-def test_cancel_in_the_accept_phase_tells_the_pods_that_accepted(
+@pytest.mark.virtual_time
+@pytest.mark.async_timeout(20)
+async def test_cancel_in_the_accept_phase_tells_the_pods_that_accepted(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(modeller_module, "TELL_PODS_SECONDS", 0.5)
@@ -166,7 +168,7 @@ def test_cancel_in_the_accept_phase_tells_the_pods_that_accepted(
         accepted_and_asked += (pods["pod-silent"].saw(MessageType.JOB_REQUEST),)
         return (*await cancel_when(modeller, run, *accepted_and_asked), pods)
 
-    (cancellation,), seconds, pods = federation(
+    (cancellation,), seconds, pods = await federation(
         {"pod-a": {}, "pod-silent": {"answer": None, "ack": False}}, body
     )
     assert list(cancellation.acknowledged) == ["pod-a"]
@@ -178,7 +180,9 @@ def test_cancel_in_the_accept_phase_tells_the_pods_that_accepted(
     assert pods["pod-a"].seen == [MessageType.JOB_REQUEST, MessageType.TASK_CANCEL]
 
 
-def test_a_rejection_read_before_the_cancel_is_not_waited_for() -> None:
+@pytest.mark.virtual_time
+@pytest.mark.async_timeout(20)
+async def test_a_rejection_read_before_the_cancel_is_not_waited_for() -> None:
     """A pod whose JOB_REJECT the accept phase had read holds nothing: no 5 s wait for it."""
 
     async def body(modeller: Modeller, pods: dict[str, Scripted]) -> Any:
@@ -190,7 +194,7 @@ def test_a_rejection_read_before_the_cancel_is_not_waited_for() -> None:
         await asyncio.sleep(0.2)  # the accept and the rejection reach the modeller
         return (*await cancel_when(modeller, run), pods)
 
-    (cancellation,), seconds, pods = federation(
+    (cancellation,), seconds, pods = await federation(
         {
             "pod-a": {},
             "pod-no": {"answer": MessageType.JOB_REJECT, "ack": False},
@@ -204,7 +208,9 @@ def test_a_rejection_read_before_the_cancel_is_not_waited_for() -> None:
     assert pods["pod-no"].seen == [MessageType.JOB_REQUEST, MessageType.TASK_CANCEL]
 
 
-def test_cancel_while_the_request_goes_out_tells_the_pods_already_asked(
+@pytest.mark.virtual_time
+@pytest.mark.async_timeout(20)
+async def test_cancel_while_the_request_goes_out_tells_the_pods_already_asked(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(modeller_module, "TELL_PODS_SECONDS", 0.5)
@@ -215,7 +221,7 @@ def test_cancel_while_the_request_goes_out_tells_the_pods_already_asked(
         run = asyncio.create_task(modeller.run(Fault("ok"), ["pod-a", "pod-b", "pod-c"]))
         return (*await cancel_when(modeller, run, mailbox.held), pods)
 
-    (cancellation,), _, pods = federation(
+    (cancellation,), _, pods = await federation(
         {"pod-a": {}, "pod-b": {"ack": False}, "pod-c": {}}, body, gate="pod-b"
     )
     assert list(cancellation.acknowledged) == ["pod-a"]
@@ -227,7 +233,9 @@ def test_cancel_while_the_request_goes_out_tells_the_pods_already_asked(
     assert pods["pod-c"].seen == []
 
 
-def test_plain_task_cancellation_tells_the_pods_too() -> None:
+@pytest.mark.virtual_time
+@pytest.mark.async_timeout(20)
+async def test_plain_task_cancellation_tells_the_pods_too() -> None:
     async def body(modeller: Modeller, pods: dict[str, Scripted]) -> Any:
         run = asyncio.create_task(modeller.run(Fault("sleep"), ["pod-a"]))
         await pods["pod-a"].saw(MessageType.INSTRUCTION).wait()
@@ -236,13 +244,15 @@ def test_plain_task_cancellation_tells_the_pods_too() -> None:
             await run
         return pods["pod-a"].seen, modeller.running_tasks()
 
-    seen, running = federation({"pod-a": {}}, body)
+    seen, running = await federation({"pod-a": {}}, body)
     assert seen[-1] is MessageType.TASK_CANCEL
     assert running == []
 
 
-def test_cancel_of_an_unknown_or_finished_task_returns_nothing() -> None:
+@pytest.mark.virtual_time
+@pytest.mark.async_timeout(20)
+async def test_cancel_of_an_unknown_or_finished_task_returns_nothing() -> None:
     async def body(modeller: Modeller, pods: dict[str, Scripted]) -> Any:
         return await modeller.cancel("no-such-task"), await modeller.cancel()
 
-    assert federation({"pod-a": {}}, body) == ([], [])
+    assert await federation({"pod-a": {}}, body) == ([], [])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Self
@@ -46,16 +45,14 @@ def _context(rows: int, min_rows: int) -> WorkerContext:
     return WorkerContext("pod-a", source, min_rows, hooks=HookSet())
 
 
-def test_a_protocol_that_forgets_the_threshold_is_still_refused_below_it() -> None:
+async def test_a_protocol_that_forgets_the_threshold_is_still_refused_below_it() -> None:
     protocol = _Forgetful([])
     mailbox: Any = None  # never reached
     with pytest.raises(PrivacyThresholdError, match=r"cover 4 rows.*fewer than 5") as info:
-        asyncio.run(protocol.serve_worker(mailbox, _context(rows=4, min_rows=5)))
+        await protocol.serve_worker(mailbox, _context(rows=4, min_rows=5))
     assert protocol.ran == []
     assert abort_reason_for(info.value) is AbortReason.PRIVACY_THRESHOLD
-    assert asyncio.run(protocol.serve_worker(mailbox, _context(rows=5, min_rows=5))) == {
-        "released": True
-    }
+    assert await protocol.serve_worker(mailbox, _context(rows=5, min_rows=5)) == {"released": True}
     assert protocol.ran == [5]
 
 

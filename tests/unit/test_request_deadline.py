@@ -10,8 +10,10 @@ import asyncio
 from collections.abc import Mapping
 from typing import Any
 
+import pytest
+
 from fedloom import OnTimeout, RequestPolicy
-from fedloom.testing import connect_federation, run_in_virtual_time, virtual_loop
+from fedloom.testing import connect_federation, virtual_loop
 from fedloom.transport import MemoryHub, ModellerMailbox, TaskRouter, WorkerMailbox
 from fedloom.wire import Message, MessageType
 
@@ -50,18 +52,20 @@ async def with_pods(
         await hub.close()
 
 
-def test_collect_reads_the_replies_queued_when_its_time_is_up() -> None:
+@pytest.mark.virtual_time
+async def test_collect_reads_the_replies_queued_when_its_time_is_up() -> None:
     sends = [(MessageType.PROGRESS, {"step": 1}), (MessageType.RESULTS, {"ok": 1})]
 
     async def read(mailbox: ModellerMailbox) -> Any:
         return await mailbox.collect(MessageType.RESULTS, name="results")
 
-    gathered, _ = run_in_virtual_time(with_pods(sends, read))
+    gathered, _ = await with_pods(sends, read)
     assert sorted(gathered.replies) == PODS
     assert gathered.missing == []
 
 
-def test_a_stream_reads_the_messages_queued_when_a_pods_time_is_up() -> None:
+@pytest.mark.virtual_time
+async def test_a_stream_reads_the_messages_queued_when_a_pods_time_is_up() -> None:
     sends = [
         (MessageType.PROGRESS, {"step": 1}),
         (MessageType.BATCHES_COMPLETE, {"stage": "TASK_COMPLETE"}),
@@ -73,6 +77,6 @@ def test_a_stream_reads_the_messages_queued_when_a_pods_time_is_up() -> None:
 
         return [m.sender async for m in mailbox.collect_stream(final, name="batches")]
 
-    streamed, mailbox = run_in_virtual_time(with_pods(sends, read))
+    streamed, mailbox = await with_pods(sends, read)
     assert sorted(streamed) == PODS
     assert mailbox.dropped == set() and mailbox.pods == PODS

@@ -15,7 +15,7 @@ import pytest
 
 from fedloom import ConfigError, OnTimeout, PodResponseError, RequestPolicy
 from fedloom.errors import AbortReason, ErrorReport, TaskAbortedError
-from fedloom.testing import connect_federation, run_in_virtual_time
+from fedloom.testing import connect_federation
 from fedloom.transport import MemoryHub, ModellerMailbox, TaskRouter, WorkerMailbox
 from fedloom.wire import MessageType
 
@@ -85,31 +85,27 @@ def test_from_dict_round_trips_and_rejects_unknown_keys_and_non_maps() -> None:
 Scenario = Callable[[ModellerMailbox, dict[str, WorkerMailbox]], Awaitable[None]]
 
 
-def run_task(pods: list[str], policy: RequestPolicy | None, scenario: Scenario) -> None:
+async def run_task(pods: list[str], policy: RequestPolicy | None, scenario: Scenario) -> None:
     """Run ``scenario`` with a modeller mailbox for ``pods`` and each pod's worker end."""
-
-    async def main() -> None:
-        hub = MemoryHub()
-        mailboxes = connect_federation(hub, "modeller", pods)
-        modeller_router = TaskRouter(mailboxes["modeller"])
-        modeller_router.start()
-        modeller = ModellerMailbox(
-            modeller_router, modeller_router.open_channel("task"), pods, policy=policy
-        )
-        workers, routers = {}, [modeller_router]
-        for pod in pods:
-            router = TaskRouter(mailboxes[pod])
-            router.start()
-            routers.append(router)
-            workers[pod] = WorkerMailbox(router, router.open_channel("task"), "modeller")
-        try:
-            await scenario(modeller, workers)
-        finally:
-            for router in routers:
-                await router.close()
-            await hub.close()
-
-    run_in_virtual_time(asyncio.wait_for(main(), 30))  # time-outs cost no real time
+    hub = MemoryHub()
+    mailboxes = connect_federation(hub, "modeller", pods)
+    modeller_router = TaskRouter(mailboxes["modeller"])
+    modeller_router.start()
+    modeller = ModellerMailbox(
+        modeller_router, modeller_router.open_channel("task"), pods, policy=policy
+    )
+    workers, routers = {}, [modeller_router]
+    for pod in pods:
+        router = TaskRouter(mailboxes[pod])
+        router.start()
+        routers.append(router)
+        workers[pod] = WorkerMailbox(router, router.open_channel("task"), "modeller")
+    try:
+        await scenario(modeller, workers)
+    finally:
+        for router in routers:
+            await router.close()
+        await hub.close()
 
 
 def abort_body(reason: AbortReason = AbortReason.WORKER_ERROR) -> dict[str, str]:
@@ -121,7 +117,9 @@ async def answer_later(worker: WorkerMailbox, delay: float, body: Any = None) ->
     await worker.send(MessageType.RESULTS, body)
 
 
-def test_discard_drops_the_silent_pod_and_goes_on() -> None:
+@pytest.mark.virtual_time
+@pytest.mark.async_timeout(30)
+async def test_discard_drops_the_silent_pod_and_goes_on() -> None:
     async def scenario(modeller: ModellerMailbox, workers: dict[str, WorkerMailbox]) -> None:
         await workers["a"].send(MessageType.RESULTS, 1)
         gathered = await modeller.collect(MessageType.RESULTS, name="step")
@@ -140,10 +138,12 @@ def test_discard_drops_the_silent_pod_and_goes_on() -> None:
         assert set(modeller.timings["a"]) == {"step", "step#2"}
         assert "b" not in modeller.timings
 
-    run_task(["a", "b"], RequestPolicy(timeout=0.2), scenario)
+    await run_task(["a", "b"], RequestPolicy(timeout=0.2), scenario)
 
 
-def test_stop_names_the_late_pod_and_keeps_it_in_the_task() -> None:
+@pytest.mark.virtual_time
+@pytest.mark.async_timeout(30)
+async def test_stop_names_the_late_pod_and_keeps_it_in_the_task() -> None:
     async def scenario(modeller: ModellerMailbox, workers: dict[str, WorkerMailbox]) -> None:
         await workers["a"].send(MessageType.RESULTS)
         with pytest.raises(PodResponseError) as caught:
@@ -154,10 +154,12 @@ def test_stop_names_the_late_pod_and_keeps_it_in_the_task() -> None:
         # not dropped: the caller aborts the whole task, b included
         assert modeller.pods == ["a", "b"] and not modeller.dropped
 
-    run_task(["a", "b"], RequestPolicy(timeout=0.2, on_timeout=OnTimeout.STOP), scenario)
+    await run_task(["a", "b"], RequestPolicy(timeout=0.2, on_timeout=OnTimeout.STOP), scenario)
 
 
-def test_stop_on_error_returns_at_the_first_abort_without_waiting() -> None:
+@pytest.mark.virtual_time
+@pytest.mark.async_timeout(30)
+async def test_stop_on_error_returns_at_the_first_abort_without_waiting() -> None:
     async def scenario(modeller: ModellerMailbox, workers: dict[str, WorkerMailbox]) -> None:
         await workers["a"].send(MessageType.TASK_ABORT, abort_body())
         started = asyncio.get_running_loop().time()
@@ -168,10 +170,12 @@ def test_stop_on_error_returns_at_the_first_abort_without_waiting() -> None:
         assert caught.value.failed_pods == {"a": "WORKER_ERROR: it broke"}
         assert "stop_on_error" in str(caught.value)
 
-    run_task(["a", "b"], RequestPolicy(timeout=20, stop_on_error=True), scenario)
+    await run_task(["a", "b"], RequestPolicy(timeout=20, stop_on_error=True), scenario)
 
 
-def test_without_stop_on_error_an_abort_waits_for_the_others() -> None:
+@pytest.mark.virtual_time
+@pytest.mark.async_timeout(30)
+async def test_without_stop_on_error_an_abort_waits_for_the_others() -> None:
     async def scenario(modeller: ModellerMailbox, workers: dict[str, WorkerMailbox]) -> None:
         await workers["a"].send(MessageType.TASK_ABORT, abort_body())
         late = asyncio.create_task(answer_later(workers["b"], 0.2, "b"))
@@ -180,10 +184,12 @@ def test_without_stop_on_error_an_abort_waits_for_the_others() -> None:
         assert set(gathered.replies) == {"b"} and set(gathered.aborted) == {"a"}
         assert modeller.timings["b"]["request-1"] >= 0.15
 
-    run_task(["a", "b"], RequestPolicy(timeout=20), scenario)
+    await run_task(["a", "b"], RequestPolicy(timeout=20), scenario)
 
 
-def test_stop_on_error_ignores_a_pod_the_modeller_dropped() -> None:
+@pytest.mark.virtual_time
+@pytest.mark.async_timeout(30)
+async def test_stop_on_error_ignores_a_pod_the_modeller_dropped() -> None:
     async def scenario(modeller: ModellerMailbox, workers: dict[str, WorkerMailbox]) -> None:
         await modeller.drop("b", AbortReason.WORKER_UNRESPONSIVE, "too slow")
         await workers["b"].send(MessageType.TASK_ABORT, abort_body())
@@ -192,10 +198,12 @@ def test_stop_on_error_ignores_a_pod_the_modeller_dropped() -> None:
         await late
         assert set(gathered.replies) == {"a"}
 
-    run_task(["a", "b"], RequestPolicy(timeout=20, stop_on_error=True), scenario)
+    await run_task(["a", "b"], RequestPolicy(timeout=20, stop_on_error=True), scenario)
 
 
-def test_require_all_names_the_aborted_and_the_late_pods() -> None:
+@pytest.mark.virtual_time
+@pytest.mark.async_timeout(30)
+async def test_require_all_names_the_aborted_and_the_late_pods() -> None:
     async def scenario(modeller: ModellerMailbox, workers: dict[str, WorkerMailbox]) -> None:
         await workers["a"].send(MessageType.RESULTS)
         await workers["b"].send(MessageType.TASK_ABORT, abort_body(AbortReason.NO_DATA))
@@ -208,10 +216,12 @@ def test_require_all_names_the_aborted_and_the_late_pods() -> None:
         assert "require_all" in str(caught.value)
         assert modeller.dropped == {"c"}, "late pods are dropped (told) before the task stops"
 
-    run_task(["a", "b", "c"], RequestPolicy(timeout=0.2, require_all=True), scenario)
+    await run_task(["a", "b", "c"], RequestPolicy(timeout=0.2, require_all=True), scenario)
 
 
-def test_require_all_counts_a_pod_that_aborted_before_the_request() -> None:
+@pytest.mark.virtual_time
+@pytest.mark.async_timeout(30)
+async def test_require_all_counts_a_pod_that_aborted_before_the_request() -> None:
     async def scenario(modeller: ModellerMailbox, workers: dict[str, WorkerMailbox]) -> None:
         await workers["b"].send(MessageType.TASK_ABORT, abort_body())
         await workers["a"].send(MessageType.RESULTS)
@@ -223,10 +233,12 @@ def test_require_all_counts_a_pod_that_aborted_before_the_request() -> None:
             await modeller.collect(MessageType.RESULTS, ["a", "b"])
         assert set(caught.value.failed_pods) == {"b"}
 
-    run_task(["a", "b"], RequestPolicy(timeout=5, require_all=True), scenario)
+    await run_task(["a", "b"], RequestPolicy(timeout=5, require_all=True), scenario)
 
 
-def test_min_replies() -> None:
+@pytest.mark.virtual_time
+@pytest.mark.async_timeout(30)
+async def test_min_replies() -> None:
     async def scenario(modeller: ModellerMailbox, workers: dict[str, WorkerMailbox]) -> None:
         await workers["a"].send(MessageType.RESULTS)
         await workers["b"].send(MessageType.RESULTS)
@@ -239,10 +251,12 @@ def test_min_replies() -> None:
         assert caught.value.failed_pods["c"].startswith("WORKER_UNRESPONSIVE: no answer")
         assert modeller.dropped == {"b", "c"}
 
-    run_task(["a", "b", "c"], RequestPolicy(timeout=0.2, min_replies=2), scenario)
+    await run_task(["a", "b", "c"], RequestPolicy(timeout=0.2, min_replies=2), scenario)
 
 
-def test_refusals_fail_the_request_and_leave_the_task() -> None:
+@pytest.mark.virtual_time
+@pytest.mark.async_timeout(30)
+async def test_refusals_fail_the_request_and_leave_the_task() -> None:
     async def scenario(modeller: ModellerMailbox, workers: dict[str, WorkerMailbox]) -> None:
         await workers["a"].send(MessageType.JOB_ACCEPT)
         await workers["b"].send(MessageType.JOB_REJECT, abort_body(AbortReason.NO_ACCESS))
@@ -253,10 +267,12 @@ def test_refusals_fail_the_request_and_leave_the_task() -> None:
         assert modeller.pods == ["a"] and "b" not in modeller.aborted
         assert set(modeller.timings) == {"a", "b"}
 
-    run_task(["a", "b"], RequestPolicy(timeout=5), scenario)
+    await run_task(["a", "b"], RequestPolicy(timeout=5), scenario)
 
 
-def test_a_refusal_under_stop_on_error_stops_at_once() -> None:
+@pytest.mark.virtual_time
+@pytest.mark.async_timeout(30)
+async def test_a_refusal_under_stop_on_error_stops_at_once() -> None:
     async def scenario(modeller: ModellerMailbox, workers: dict[str, WorkerMailbox]) -> None:
         await workers["b"].send(MessageType.JOB_REJECT, abort_body(AbortReason.NO_ACCESS))
         with pytest.raises(PodResponseError) as caught:
@@ -264,10 +280,12 @@ def test_a_refusal_under_stop_on_error_stops_at_once() -> None:
         assert caught.value.failed_pods == {"b": "NO_ACCESS: it broke"}
         assert modeller.pods == ["a"], "a has not answered yet: it stays to be told"
 
-    run_task(["a", "b"], RequestPolicy(timeout=20, stop_on_error=True), scenario)
+    await run_task(["a", "b"], RequestPolicy(timeout=20, stop_on_error=True), scenario)
 
 
-def test_a_requests_own_timeout_wins_over_the_policy() -> None:
+@pytest.mark.virtual_time
+@pytest.mark.async_timeout(30)
+async def test_a_requests_own_timeout_wins_over_the_policy() -> None:
     async def scenario(modeller: ModellerMailbox, workers: dict[str, WorkerMailbox]) -> None:
         started = asyncio.get_running_loop().time()
         with pytest.raises(PodResponseError, match="0 usable replies"):
@@ -276,20 +294,24 @@ def test_a_requests_own_timeout_wins_over_the_policy() -> None:
         assert asyncio.get_running_loop().time() - started == pytest.approx(0.2)
         assert modeller.dropped == {"a"}
 
-    run_task(["a"], RequestPolicy(timeout=None), scenario)
+    await run_task(["a"], RequestPolicy(timeout=None), scenario)
 
 
-def test_without_a_policy_late_pods_are_dropped_and_nothing_is_raised() -> None:
+@pytest.mark.virtual_time
+@pytest.mark.async_timeout(30)
+async def test_without_a_policy_late_pods_are_dropped_and_nothing_is_raised() -> None:
     async def scenario(modeller: ModellerMailbox, workers: dict[str, WorkerMailbox]) -> None:
         await workers["b"].send(MessageType.TASK_ABORT, abort_body())
         gathered = await modeller.collect(MessageType.RESULTS, timeout=0.2)
         assert not gathered.replies and set(gathered.aborted) == {"b"}
         assert gathered.missing == ["a"] and modeller.dropped == {"a"}
 
-    run_task(["a", "b"], None, scenario)
+    await run_task(["a", "b"], None, scenario)
 
 
-def test_stream_and_progress_ignore_a_dropped_pod() -> None:
+@pytest.mark.virtual_time
+@pytest.mark.async_timeout(30)
+async def test_stream_and_progress_ignore_a_dropped_pod() -> None:
     async def scenario(modeller: ModellerMailbox, workers: dict[str, WorkerMailbox]) -> None:
         seen: list[str] = []
         modeller._on_progress = lambda pod, kind, body: seen.append(pod)
@@ -304,10 +326,12 @@ def test_stream_and_progress_ignore_a_dropped_pod() -> None:
         assert set((await modeller.collect(MessageType.RESULTS)).replies) == {"a"}
         assert seen == [], "a dropped pod's progress is not reported either"
 
-    run_task(["a", "b"], RequestPolicy(timeout=1), scenario)
+    await run_task(["a", "b"], RequestPolicy(timeout=1), scenario)
 
 
-def test_a_min_replies_shortfall_says_why_earlier_pods_left_too() -> None:
+@pytest.mark.virtual_time
+@pytest.mark.async_timeout(30)
+async def test_a_min_replies_shortfall_says_why_earlier_pods_left_too() -> None:
     async def scenario(modeller: ModellerMailbox, workers: dict[str, WorkerMailbox]) -> None:
         for pod in ("a", "b"):
             await workers[pod].send(MessageType.RESULTS)
@@ -323,4 +347,4 @@ def test_a_min_replies_shortfall_says_why_earlier_pods_left_too() -> None:
             "c": "NO_DATA: it broke",
         }
 
-    run_task(["a", "b", "c"], RequestPolicy(timeout=20, min_replies=2), scenario)
+    await run_task(["a", "b", "c"], RequestPolicy(timeout=20, min_replies=2), scenario)

@@ -7,7 +7,6 @@ on disk, the protocol-layer helper and FedAvg's handling of a resume point.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -254,17 +253,19 @@ def test_round_metrics_from_a_record() -> None:
     assert record.per_pod["pod-a"]["loss"] == 0.25  # a copy
 
 
-def _run_without_pods(protocol: FedAvg, point: ResumePoint) -> Any:
+async def _run_without_pods(protocol: FedAvg, point: ResumePoint) -> Any:
     """FedAvg's modeller side with a mailbox that fails any use: no round may be sent."""
     mailbox = cast(ModellerMailbox, object())
-    return asyncio.run(protocol.run_modeller(mailbox, ModellerContext(resume=point)))
+    return await protocol.run_modeller(mailbox, ModellerContext(resume=point))
 
 
 @pytest.mark.parametrize("rounds", [2, 3])
-def test_a_resume_past_the_last_round_sends_nothing(rounds: int) -> None:
+async def test_a_resume_past_the_last_round_sends_nothing(rounds: int) -> None:
     parameters = _model_arrays(5)
     history = (RoundRecord(0, {"loss": 1.0}, PER_POD, 0.0), RoundRecord(2, {"loss": 0.5}, {}, 0.0))
-    result = _run_without_pods(FedAvg(TINY_MLP, rounds=rounds), ResumePoint(3, parameters, history))
+    result = await _run_without_pods(
+        FedAvg(TINY_MLP, rounds=rounds), ResumePoint(3, parameters, history)
+    )
     assert [m.round_index for m in result.history] == [0, 2]
     assert result.history[0].pods == ["pod-a", "pod-b"] and result.history[1].aggregated == {
         "loss": 0.5
@@ -308,9 +309,9 @@ def _retyped(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         (_retyped, r"float64\[\d+, \d+\], the model has float32"),
     ],
 )
-def test_a_checkpoint_that_does_not_fit_the_model_is_a_config_error(
+async def test_a_checkpoint_that_does_not_fit_the_model_is_a_config_error(
     change: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], message: str
 ) -> None:
     point = ResumePoint(2, change(_model_arrays(0)), ())
     with pytest.raises(ConfigError, match=f"round 1 does not fit model 'mlp'.*{message}"):
-        _run_without_pods(FedAvg(TINY_MLP, rounds=5), point)
+        await _run_without_pods(FedAvg(TINY_MLP, rounds=5), point)

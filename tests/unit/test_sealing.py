@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import numpy as np
 import pytest
 
@@ -51,15 +49,15 @@ def _message(sender: str = "alice", recipient: str = "bob", task: str = "t1") ->
     )
 
 
-def _seal(sealer: Sealer, message: Message) -> Message:
-    asyncio.run(sealer.prepare(message))
+async def _seal(sealer: Sealer, message: Message) -> Message:
+    await sealer.prepare(message)
     return sealer.seal(message)
 
 
-def test_round_trip_and_marker_never_in_sealed_frame(parties: tuple[Sealer, Sealer]) -> None:
+async def test_round_trip_and_marker_never_in_sealed_frame(parties: tuple[Sealer, Sealer]) -> None:
     alice, bob = parties
     message = _message()
-    sealed = _seal(alice, message)
+    sealed = await _seal(alice, message)
     frame = encode(sealed)
     assert MARKER not in frame
     assert set(sealed.tensors) == {SEALED_TENSOR}
@@ -73,22 +71,22 @@ def test_round_trip_and_marker_never_in_sealed_frame(parties: tuple[Sealer, Seal
     assert bob.open(sealed) == message
 
 
-def test_one_key_per_task_both_ways(parties: tuple[Sealer, Sealer]) -> None:
+async def test_one_key_per_task_both_ways(parties: tuple[Sealer, Sealer]) -> None:
     alice, bob = parties
-    bob.open(_seal(alice, _message()))
+    bob.open(await _seal(alice, _message()))
     key = alice.task_key("t1")
     assert key is not None and bob.task_key("t1") == key
-    reply = _seal(bob, _message("bob", "alice"))
+    reply = await _seal(bob, _message("bob", "alice"))
     assert alice.open(reply).sender == "bob"
     assert alice.task_key("t1") == key, "the reply must use the task's key, not a new one"
     assert alice.task_key("t2") is None
-    _seal(alice, _message(task="t2"))
+    await _seal(alice, _message(task="t2"))
     assert alice.task_key("t2") not in (None, key)
 
 
-def test_tampered_ciphertext_is_refused(parties: tuple[Sealer, Sealer]) -> None:
+async def test_tampered_ciphertext_is_refused(parties: tuple[Sealer, Sealer]) -> None:
     alice, bob = parties
-    sealed = _seal(alice, _message())
+    sealed = await _seal(alice, _message())
     tampered = sealed.tensors[SEALED_TENSOR].copy()
     tampered[len(tampered) // 2] ^= 1
     with pytest.raises(DecryptionError):
@@ -105,21 +103,21 @@ def test_tampered_ciphertext_is_refused(parties: tuple[Sealer, Sealer]) -> None:
         {"recipient": "carol"},
     ],
 )
-def test_rerouted_or_relabelled_envelope_is_refused(
+async def test_rerouted_or_relabelled_envelope_is_refused(
     parties: tuple[Sealer, Sealer], change: dict[str, object]
 ) -> None:
     alice, bob = parties
-    sealed = _seal(alice, _message())
+    sealed = await _seal(alice, _message())
     with pytest.raises(DecryptionError):
         bob.open(sealed.with_updates(**change))
 
 
-def test_someone_else_cannot_open(parties: tuple[Sealer, Sealer]) -> None:
+async def test_someone_else_cannot_open(parties: tuple[Sealer, Sealer]) -> None:
     alice, _ = parties
     carol_identity = Identity.generate("bob")  # same name, other keys
     carol = Sealer(carol_identity, _directory(carol_identity))
     with pytest.raises(DecryptionError):
-        carol.open(_seal(alice, _message()))
+        carol.open(await _seal(alice, _message()))
 
 
 @pytest.mark.parametrize(
@@ -136,12 +134,12 @@ def test_unsealed_messages_are_refused(parties: tuple[Sealer, Sealer], sealed: M
         bob.open(sealed)
 
 
-def test_seal_needs_prepare_and_a_known_recipient(parties: tuple[Sealer, Sealer]) -> None:
+async def test_seal_needs_prepare_and_a_known_recipient(parties: tuple[Sealer, Sealer]) -> None:
     alice, _ = parties
     with pytest.raises(ConfigError):
         alice.seal(_message())
     with pytest.raises(UnknownRecipientError):
-        asyncio.run(alice.prepare(_message(recipient="nobody")))
+        await alice.prepare(_message(recipient="nobody"))
 
 
 def test_frame_signatures() -> None:

@@ -17,7 +17,7 @@ from fedloom.errors import (
     RouteRefusedError,
     TaskAbortedError,
 )
-from fedloom.testing import check_hub, check_mailbox, connect_federation, run_in_virtual_time
+from fedloom.testing import check_hub, check_mailbox, connect_federation
 from fedloom.transport import (
     Channel,
     Endpoint,
@@ -42,18 +42,20 @@ async def memory_hub(identities: Mapping[str, Role]) -> Hub:
     return MemoryHub()
 
 
-def test_memory_hub_passes_the_hub_contract() -> None:
-    asyncio.run(check_hub(memory_hub))
+async def test_memory_hub_passes_the_hub_contract() -> None:
+    await check_hub(memory_hub)
 
 
-def test_hub_suite_catches_a_hub_that_routes_anything(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_hub_suite_catches_a_hub_that_routes_anything(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """The in-memory hub as it was: every route carried."""
     monkeypatch.setattr(memory, "check_route", lambda sender, recipient: None)
     with pytest.raises(AssertionError, match="refuses_pod_to_pod"):
-        asyncio.run(check_hub(memory_hub))
+        await check_hub(memory_hub)
 
 
-def test_hub_suite_catches_a_hub_that_lets_any_modeller_reach_a_pod(
+async def test_hub_suite_catches_a_hub_that_lets_any_modeller_reach_a_pod(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     def roles_only(sender: Endpoint, recipient: Endpoint) -> None:
@@ -62,16 +64,18 @@ def test_hub_suite_catches_a_hub_that_lets_any_modeller_reach_a_pod(
 
     monkeypatch.setattr(memory, "check_route", roles_only)
     with pytest.raises(AssertionError, match="refuses_an_unaccepted_modeller"):
-        asyncio.run(check_hub(memory_hub))
+        await check_hub(memory_hub)
 
 
-def test_hub_suite_catches_a_hub_that_refuses_too_much(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_hub_suite_catches_a_hub_that_refuses_too_much(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     def refuses_all(sender: Endpoint, recipient: Endpoint) -> None:
         raise RouteRefusedError("nothing is carried")
 
     monkeypatch.setattr(memory, "check_route", refuses_all)
     with pytest.raises(AssertionError, match="carries_accepted_routes: RouteRefusedError"):
-        asyncio.run(check_hub(memory_hub))
+        await check_hub(memory_hub)
 
 
 def test_memory_hub_refuses_bad_roles_and_accepts_lists() -> None:
@@ -101,11 +105,11 @@ def test_one_routing_rule_for_every_pair() -> None:
             check_route(sender, recipient)
 
 
-def test_memory_mailbox_passes_the_conformance_suite() -> None:
-    asyncio.run(check_mailbox(memory_pair))  # type: ignore[arg-type]
+async def test_memory_mailbox_passes_the_conformance_suite() -> None:
+    await check_mailbox(memory_pair)  # type: ignore[arg-type]
 
 
-def test_conformance_suite_catches_a_broken_mailbox() -> None:
+async def test_conformance_suite_catches_a_broken_mailbox() -> None:
     class ReordersMessages:
         """A mailbox that delivers in reverse order: the suite must notice."""
 
@@ -131,75 +135,67 @@ def test_conformance_suite_catches_a_broken_mailbox() -> None:
         return alice, ReordersMessages(bob)
 
     with pytest.raises(AssertionError, match="keeps_order"):
-        asyncio.run(check_mailbox(broken_pair))  # type: ignore[arg-type]
+        await check_mailbox(broken_pair)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("reader", ["channel", "mailbox"])
-def test_a_cancel_that_comes_with_a_message_is_not_lost(reader: str) -> None:
+@pytest.mark.virtual_time
+async def test_a_cancel_that_comes_with_a_message_is_not_lost(reader: str) -> None:
     """SIGTERM cancels the modeller's task while a reply arrives: the task must stop.
 
     With 3.11's asyncio.wait_for under a request time-out, the cancel was swallowed and the
     task read on (``fedloom run`` did not exit after SIGTERM, 2 full-suite runs in 5).
     """
 
-    async def scenario() -> bool:
-        hub = MemoryHub()
-        modeller, pod = connect_federation(hub, "modeller", ["pod"]).values()
-        channel = Channel("t")
+    hub = MemoryHub()
+    modeller, pod = connect_federation(hub, "modeller", ["pod"]).values()
+    channel = Channel("t")
 
-        async def read() -> None:
-            while True:
-                if reader == "channel":
-                    await channel.get(timeout=60)
-                else:
-                    await pod.receive(timeout=60)
+    async def read() -> None:
+        while True:
+            if reader == "channel":
+                await channel.get(timeout=60)
+            else:
+                await pod.receive(timeout=60)
 
-        task = asyncio.create_task(read())
-        await asyncio.sleep(0)  # the reader waits
-        channel.put(Message(MessageType.RESULTS, "pod", "modeller", "t"))
-        await modeller.send(Message(MessageType.RESULTS, "", "pod", "t"))
-        task.cancel()  # in the same loop iteration as the arrival
-        await asyncio.wait({task}, timeout=1)
-        stopped = task.done()
-        task.cancel()
-        await asyncio.wait({task})
-        await hub.close()
-        return stopped
-
-    assert run_in_virtual_time(scenario()), "the cancellation was lost"
+    task = asyncio.create_task(read())
+    await asyncio.sleep(0)  # the reader waits
+    channel.put(Message(MessageType.RESULTS, "pod", "modeller", "t"))
+    await modeller.send(Message(MessageType.RESULTS, "", "pod", "t"))
+    task.cancel()  # in the same loop iteration as the arrival
+    await asyncio.wait({task}, timeout=1)
+    stopped = task.done()
+    task.cancel()
+    await asyncio.wait({task})
+    await hub.close()
+    assert stopped, "the cancellation was lost"
 
 
-def test_hub_refuses_duplicate_and_empty_identities() -> None:
-    async def scenario() -> None:
-        hub = MemoryHub()
+async def test_hub_refuses_duplicate_and_empty_identities() -> None:
+    hub = MemoryHub()
+    hub.connect("pod-a", "pod", accepts=[])
+    with pytest.raises(ConfigError, match="already connected"):
         hub.connect("pod-a", "pod", accepts=[])
-        with pytest.raises(ConfigError, match="already connected"):
-            hub.connect("pod-a", "pod", accepts=[])
-        with pytest.raises(ConfigError):
-            hub.connect("", "modeller")
-        await hub.close()
-        with pytest.raises(MailboxClosedError):
-            hub.connect("pod-b", "pod", accepts=[])
-
-    asyncio.run(scenario())
+    with pytest.raises(ConfigError):
+        hub.connect("", "modeller")
+    await hub.close()
+    with pytest.raises(MailboxClosedError):
+        hub.connect("pod-b", "pod", accepts=[])
 
 
-def test_router_sends_each_task_to_its_channel_and_the_rest_to_the_inbox() -> None:
-    async def scenario() -> None:
-        hub = MemoryHub()
-        modeller, pod = connect_federation(hub, "modeller", ["pod"]).values()
-        router = TaskRouter(pod)
-        router.start()
-        channel = router.open_channel("t1")
-        await modeller.send(Message(MessageType.INSTRUCTION, "", "pod", "t2", body=2))
-        await modeller.send(Message(MessageType.INSTRUCTION, "", "pod", "t1", body=1))
-        assert (await channel.get(timeout=5)).body == 1
-        assert (await router.inbox.get(timeout=5)).body == 2
-        await router.close()
-        with pytest.raises(MailboxClosedError):
-            await channel.get(timeout=5)
-
-    asyncio.run(scenario())
+async def test_router_sends_each_task_to_its_channel_and_the_rest_to_the_inbox() -> None:
+    hub = MemoryHub()
+    modeller, pod = connect_federation(hub, "modeller", ["pod"]).values()
+    router = TaskRouter(pod)
+    router.start()
+    channel = router.open_channel("t1")
+    await modeller.send(Message(MessageType.INSTRUCTION, "", "pod", "t2", body=2))
+    await modeller.send(Message(MessageType.INSTRUCTION, "", "pod", "t1", body=1))
+    assert (await channel.get(timeout=5)).body == 1
+    assert (await router.inbox.get(timeout=5)).body == 2
+    await router.close()
+    with pytest.raises(MailboxClosedError):
+        await channel.get(timeout=5)
 
 
 def _task_pair(
@@ -218,147 +214,129 @@ def _task_pair(
     return modeller, workers, routers
 
 
-def test_gather_collects_replies_aborts_and_missing_pods() -> None:
-    async def scenario() -> None:
-        hub = MemoryHub()
-        modeller, workers, routers = _task_pair(hub, ["a", "b", "c"])
-        progress: list[tuple[str, object]] = []
-        modeller._on_progress = lambda pod, kind, body: progress.append((pod, body.get("step")))
-        await workers["a"].progress(step=1)
-        await workers["a"].send(MessageType.RESULTS, {"value": 1}, {"w": np.ones(2)})
-        report = ErrorReport(
-            AbortReason.PRIVACY_THRESHOLD, "too few rows", "PrivacyThresholdError", ""
-        )
-        await workers["b"].send(MessageType.TASK_ABORT, report.to_body())
-        gathered = await modeller.gather(MessageType.RESULTS, timeout=0.3)
-        assert set(gathered.replies) == {"a"}
-        assert np.array_equal(gathered.replies["a"].tensors["w"], np.ones(2))
-        assert gathered.aborted["b"].reason is AbortReason.PRIVACY_THRESHOLD
-        assert gathered.missing == ["c"]
-        assert modeller.pods == ["a", "c"], "an aborting pod leaves the task"
-        assert progress == [("a", 1)]
-        for router in routers:
-            await router.close()
-
-    asyncio.run(scenario())
+async def test_gather_collects_replies_aborts_and_missing_pods() -> None:
+    hub = MemoryHub()
+    modeller, workers, routers = _task_pair(hub, ["a", "b", "c"])
+    progress: list[tuple[str, object]] = []
+    modeller._on_progress = lambda pod, kind, body: progress.append((pod, body.get("step")))
+    await workers["a"].progress(step=1)
+    await workers["a"].send(MessageType.RESULTS, {"value": 1}, {"w": np.ones(2)})
+    report = ErrorReport(AbortReason.PRIVACY_THRESHOLD, "too few rows", "PrivacyThresholdError", "")
+    await workers["b"].send(MessageType.TASK_ABORT, report.to_body())
+    gathered = await modeller.gather(MessageType.RESULTS, timeout=0.3)
+    assert set(gathered.replies) == {"a"}
+    assert np.array_equal(gathered.replies["a"].tensors["w"], np.ones(2))
+    assert gathered.aborted["b"].reason is AbortReason.PRIVACY_THRESHOLD
+    assert gathered.missing == ["c"]
+    assert modeller.pods == ["a", "c"], "an aborting pod leaves the task"
+    assert progress == [("a", 1)]
+    for router in routers:
+        await router.close()
 
 
-def test_gather_keeps_early_replies_to_a_later_step() -> None:
-    async def scenario() -> None:
-        hub = MemoryHub()
-        modeller, workers, routers = _task_pair(hub, ["a"])
-        await workers["a"].send(MessageType.RESULTS, "later")
-        await workers["a"].send(MessageType.TRAINING_UPDATE, "now")
-        first = await modeller.gather(MessageType.TRAINING_UPDATE, timeout=5)
-        second = await modeller.gather(MessageType.RESULTS, timeout=5)
-        assert first.replies["a"].body == "now" and second.replies["a"].body == "later"
-        for router in routers:
-            await router.close()
-
-    asyncio.run(scenario())
+async def test_gather_keeps_early_replies_to_a_later_step() -> None:
+    hub = MemoryHub()
+    modeller, workers, routers = _task_pair(hub, ["a"])
+    await workers["a"].send(MessageType.RESULTS, "later")
+    await workers["a"].send(MessageType.TRAINING_UPDATE, "now")
+    first = await modeller.gather(MessageType.TRAINING_UPDATE, timeout=5)
+    second = await modeller.gather(MessageType.RESULTS, timeout=5)
+    assert first.replies["a"].body == "now" and second.replies["a"].body == "later"
+    for router in routers:
+        await router.close()
 
 
-def test_worker_receive_rejects_unexpected_types_and_reports_cancellation() -> None:
-    async def scenario() -> None:
-        hub = MemoryHub()
-        modeller, workers, routers = _task_pair(hub, ["a"])
-        await modeller.send("a", MessageType.RESULTS)
-        with pytest.raises(ProtocolError, match="expected TASK_START"):
-            await workers["a"].receive(MessageType.TASK_START, timeout=5)
-        await modeller.send("a", MessageType.TASK_CANCEL)
-        with pytest.raises(TaskAbortedError) as caught:
-            await workers["a"].receive(MessageType.TASK_START, timeout=5)
-        assert caught.value.reason is AbortReason.CANCELLED_BY_MODELLER
-        await modeller.drop("a", AbortReason.MODELLER_TIMEOUT, "too slow")
-        with pytest.raises(TaskAbortedError) as dropped:
-            await workers["a"].receive(MessageType.TASK_START, timeout=5)
-        assert dropped.value.reason is AbortReason.MODELLER_TIMEOUT
-        assert modeller.pods == []
-        for router in routers:
-            await router.close()
-
-    asyncio.run(scenario())
+async def test_worker_receive_rejects_unexpected_types_and_reports_cancellation() -> None:
+    hub = MemoryHub()
+    modeller, workers, routers = _task_pair(hub, ["a"])
+    await modeller.send("a", MessageType.RESULTS)
+    with pytest.raises(ProtocolError, match="expected TASK_START"):
+        await workers["a"].receive(MessageType.TASK_START, timeout=5)
+    await modeller.send("a", MessageType.TASK_CANCEL)
+    with pytest.raises(TaskAbortedError) as caught:
+        await workers["a"].receive(MessageType.TASK_START, timeout=5)
+    assert caught.value.reason is AbortReason.CANCELLED_BY_MODELLER
+    await modeller.drop("a", AbortReason.MODELLER_TIMEOUT, "too slow")
+    with pytest.raises(TaskAbortedError) as dropped:
+        await workers["a"].receive(MessageType.TASK_START, timeout=5)
+    assert dropped.value.reason is AbortReason.MODELLER_TIMEOUT
+    assert modeller.pods == []
+    for router in routers:
+        await router.close()
 
 
-def test_stream_yields_replies_routes_status_and_stops_when_quiet() -> None:
-    async def scenario() -> None:
-        hub = MemoryHub()
-        modeller, workers, routers = _task_pair(hub, ["a", "b"])
-        seen: list[str] = []
-        modeller._on_progress = lambda pod, kind, body: seen.append(f"{pod}:{kind.value}")
-        await workers["a"].send(MessageType.PREPARING_DATA)
-        await workers["a"].send(MessageType.EVALUATION_RESULTS, {"batch": 1})
-        report = ErrorReport(AbortReason.WORKER_ERROR, "boom", "RuntimeError", "")
-        await workers["b"].send(MessageType.TASK_ABORT, report.to_body())
-        await workers["a"].send(MessageType.EVALUATION_RESULTS, {"batch": 2})
-        streamed = [(m.sender, m.type) async for m in modeller.stream(timeout=0.2)]
-        assert streamed == [
-            ("a", MessageType.EVALUATION_RESULTS),
-            ("b", MessageType.TASK_ABORT),
-            ("a", MessageType.EVALUATION_RESULTS),
-        ]
-        assert seen == ["a:PREPARING_DATA"], "status messages go to the callback, not the stream"
-        assert modeller.pods == ["a"] and modeller.aborted["b"].message == "boom"
-        for router in routers:
-            await router.close()
-
-    asyncio.run(scenario())
+async def test_stream_yields_replies_routes_status_and_stops_when_quiet() -> None:
+    hub = MemoryHub()
+    modeller, workers, routers = _task_pair(hub, ["a", "b"])
+    seen: list[str] = []
+    modeller._on_progress = lambda pod, kind, body: seen.append(f"{pod}:{kind.value}")
+    await workers["a"].send(MessageType.PREPARING_DATA)
+    await workers["a"].send(MessageType.EVALUATION_RESULTS, {"batch": 1})
+    report = ErrorReport(AbortReason.WORKER_ERROR, "boom", "RuntimeError", "")
+    await workers["b"].send(MessageType.TASK_ABORT, report.to_body())
+    await workers["a"].send(MessageType.EVALUATION_RESULTS, {"batch": 2})
+    streamed = [(m.sender, m.type) async for m in modeller.stream(timeout=0.2)]
+    assert streamed == [
+        ("a", MessageType.EVALUATION_RESULTS),
+        ("b", MessageType.TASK_ABORT),
+        ("a", MessageType.EVALUATION_RESULTS),
+    ]
+    assert seen == ["a:PREPARING_DATA"], "status messages go to the callback, not the stream"
+    assert modeller.pods == ["a"] and modeller.aborted["b"].message == "boom"
+    for router in routers:
+        await router.close()
 
 
-def test_a_pod_survives_a_request_from_a_modeller_that_already_left() -> None:
+async def test_a_pod_survives_a_request_from_a_modeller_that_already_left() -> None:
     from fedloom.datasources import ArraySource
     from fedloom.pod import Pod
     from fedloom.store import MemoryPodStore
 
-    async def scenario() -> None:
-        hub = MemoryHub()
-        store = MemoryPodStore()
-        pod = Pod(
-            "pod",
-            {"default": ArraySource(np.ones((20, 2)), np.zeros(20, dtype=np.int64))},
-            store=store,
-        )
-        serving = asyncio.ensure_future(
-            pod.serve(hub.connect("pod", "pod", accepts=["ghost", "modeller"]))
-        )
-        ghost = hub.connect("ghost", "modeller")
-        request = {
-            "task": {"protocol": "results_only", "config": {"algorithm": "dataset_summary"}},
-            "dataset": "default",
-        }
-        await ghost.send(Message(MessageType.JOB_REQUEST, "", "pod", "t1", body=request))
-        await ghost.close()  # gone before the pod answers
-        modeller = hub.connect("modeller", "modeller")
-        await modeller.send(Message(MessageType.JOB_REQUEST, "", "pod", "t2", body=request))
-        reply = await modeller.receive(timeout=5)
-        assert reply.type is MessageType.JOB_ACCEPT and reply.task_id == "t2"
-        assert not serving.done(), "the pod must keep serving"
-        await hub.close()
-        await serving
-
-    asyncio.run(scenario())
+    hub = MemoryHub()
+    store = MemoryPodStore()
+    pod = Pod(
+        "pod",
+        {"default": ArraySource(np.ones((20, 2)), np.zeros(20, dtype=np.int64))},
+        store=store,
+    )
+    serving = asyncio.ensure_future(
+        pod.serve(hub.connect("pod", "pod", accepts=["ghost", "modeller"]))
+    )
+    ghost = hub.connect("ghost", "modeller")
+    request = {
+        "task": {"protocol": "results_only", "config": {"algorithm": "dataset_summary"}},
+        "dataset": "default",
+    }
+    await ghost.send(Message(MessageType.JOB_REQUEST, "", "pod", "t1", body=request))
+    await ghost.close()  # gone before the pod answers
+    modeller = hub.connect("modeller", "modeller")
+    await modeller.send(Message(MessageType.JOB_REQUEST, "", "pod", "t2", body=request))
+    reply = await modeller.receive(timeout=5)
+    assert reply.type is MessageType.JOB_ACCEPT and reply.task_id == "t2"
+    assert not serving.done(), "the pod must keep serving"
+    await hub.close()
+    await serving
 
 
-def test_virtual_time_jumps_when_idle_and_waits_for_threads() -> None:
+@pytest.mark.virtual_time
+@pytest.mark.async_timeout(1100)  # it sleeps 1000 s of the loop's clock
+async def test_virtual_time_jumps_when_idle_and_waits_for_threads() -> None:
     """The loop unit tests run on: timers cost no real time, threads are waited for."""
     import threading
 
     release = threading.Event()
 
-    async def scenario() -> tuple[float, float, bool]:
-        loop = asyncio.get_running_loop()
-        await asyncio.sleep(1000)
-        slept = loop.time()
-        with pytest.raises(TimeoutError):
-            async with asyncio.timeout(30):
-                await asyncio.Event().wait()
-        timed_out = loop.time()
-        # while a thread works, a timer must not fire however long it takes
-        timer = asyncio.ensure_future(asyncio.sleep(1))
-        threading.Timer(0.05, release.set).start()  # the thread's work: 50 ms of real time
-        assert await asyncio.to_thread(release.wait, 5)
-        fired_during_work = timer.done() or loop.time() != timed_out
-        await timer
-        return slept, timed_out, fired_during_work
-
-    assert run_in_virtual_time(scenario()) == (1000.0, 1030.0, False)
+    loop = asyncio.get_running_loop()
+    await asyncio.sleep(1000)
+    slept = loop.time()
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(30):
+            await asyncio.Event().wait()
+    timed_out = loop.time()
+    # while a thread works, a timer must not fire however long it takes
+    timer = asyncio.ensure_future(asyncio.sleep(1))
+    threading.Timer(0.05, release.set).start()  # the thread's work: 50 ms of real time
+    assert await asyncio.to_thread(release.wait, 5)
+    fired_during_work = timer.done() or loop.time() != timed_out
+    await timer
+    assert (slept, timed_out, fired_during_work) == (1000.0, 1030.0, False)
