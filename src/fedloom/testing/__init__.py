@@ -5,6 +5,7 @@ Nothing in fedloom imports this package; tests and third-party implementations d
 
 from fedloom.testing.backend_conformance import BackendFactory, check_backend
 from fedloom.testing.clock import FakeClock, VirtualTimeLoop, run_in_virtual_time, virtual_loop
+from fedloom.testing.datasource_conformance import DatasourceCase, check_datasource
 from fedloom.testing.hub_conformance import HubFactory, check_hub
 from fedloom.testing.hubs import connect_federation
 from fedloom.testing.ledger_conformance import FileLedger, check_ledger
@@ -13,12 +14,14 @@ from fedloom.testing.store_conformance import check_experiment_store, check_pod_
 
 __all__ = [
     "BackendFactory",
+    "DatasourceCase",
     "FileLedger",
     "FakeClock",
     "HubFactory",
     "VirtualTimeLoop",
     "MailboxPairFactory",
     "check_backend",
+    "check_datasource",
     "check_experiment_store",
     "check_hub",
     "check_ledger",
