@@ -5,20 +5,26 @@ Nothing in fedloom imports this package; tests and third-party implementations d
 
 from fedloom.testing.backend_conformance import BackendFactory, check_backend
 from fedloom.testing.clock import FakeClock, VirtualTimeLoop, run_in_virtual_time, virtual_loop
+from fedloom.testing.datasource_conformance import DatasourceCase, check_datasource
 from fedloom.testing.hub_conformance import HubFactory, check_hub
 from fedloom.testing.hubs import connect_federation
+from fedloom.testing.ledger_conformance import FileLedger, check_ledger
 from fedloom.testing.mailbox_conformance import MailboxPairFactory, check_mailbox
 from fedloom.testing.store_conformance import check_experiment_store, check_pod_store
 
 __all__ = [
     "BackendFactory",
+    "DatasourceCase",
+    "FileLedger",
     "FakeClock",
     "HubFactory",
     "VirtualTimeLoop",
     "MailboxPairFactory",
     "check_backend",
+    "check_datasource",
     "check_experiment_store",
     "check_hub",
+    "check_ledger",
     "check_mailbox",
     "check_pod_store",
     "connect_federation",

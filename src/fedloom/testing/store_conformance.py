@@ -17,12 +17,9 @@ from typing import Any
 
 from fedloom.errors import ConfigError, NotFoundError, StoreError
 from fedloom.store import (
-    MAX_FILE_NAME_LENGTH,
     ExperimentStore,
-    FailedFile,
     PodStore,
     TaskRunRecord,
-    task_hash,
 )
 from fedloom.testing._store_experiment_checks import (
     BAD_JSON,
@@ -31,6 +28,7 @@ from fedloom.testing._store_experiment_checks import (
     raises,
     run_check,
 )
+from fedloom.testing.ledger_conformance import LEDGER_CHECKS
 
 __all__ = ["check_experiment_store", "check_pod_store"]
 
@@ -158,89 +156,8 @@ def _pod_threads(store: PodStore) -> None:
     expect(len(runs) == 150 and all(r.status == "completed" for r in runs), "writes were lost")
 
 
-_HASH_A = task_hash({"protocol": "inference", "model": "m"}, {"kind": "folder", "path": "/d"})
-_HASH_B = task_hash({"protocol": "inference", "model": "m"}, {"kind": "folder", "path": "/e"})
-
-
-def _fail(name: str, level: str = "file", reason: str = "bad pixels") -> FailedFile:
-    return FailedFile(name, reason, "ValueError", level, 12.5)
-
-
-def _processed_files(store: PodStore) -> None:
-    expect(store.processed_files(_HASH_A) == {}, "an unknown task hash has processed files")
-    store.record_processed_files(_HASH_A, [("b.png", 20), ("a.png", 10)])
-    store.record_processed_files(_HASH_A, ())
-    store.record_processed_files(_HASH_B, [("a.png", 99)])
-    got = store.processed_files(_HASH_A)
-    expect(got == {"a.png": 10, "b.png": 20}, f"processed files read back as {got}")
-    expect(all(type(m) is int for m in got.values()), "mtime_ns is not read back as an int")
-    got["a.png"] = -1
-    expect(store.processed_files(_HASH_A)["a.png"] == 10, "the store shares its dict")
-    store.record_processed_files(_HASH_A, [("a.png", 11), ("c.png", 5), ("c.png", 6)])
-    got = store.processed_files(_HASH_A)
-    expect(got == {"a.png": 11, "b.png": 20, "c.png": 6}, f"upsert read back as {got}")
-    expect(store.processed_files(_HASH_B) == {"a.png": 99}, "task hashes are not kept apart")
-    name = "é/ü " + "x" * (MAX_FILE_NAME_LENGTH - 4)
-    store.record_processed_files(_HASH_B, [(name, 2**63 - 1), ("zero", 0)])
-    expect(store.processed_files(_HASH_B)[name] == 2**63 - 1, "a long name or big mtime changed")
-
-
-def _failed_files(store: PodStore) -> None:
-    expect(store.failed_files(_HASH_A) == [], "an unknown task hash has failed files")
-    store.record_failed_files(_HASH_A, [_fail("c.png"), _fail("a.png", "batch"), _fail("b.png")])
-    store.record_failed_files(_HASH_B, [_fail("a.png")])
-    got = store.failed_files(_HASH_A)
-    expect([f.name for f in got] == ["a.png", "b.png", "c.png"], f"not sorted by name: {got}")
-    expect(got[0] == _fail("a.png", "batch"), f"failure read back as {got[0]}")
-    expect(all(type(f.recorded_at) is float for f in got), "recorded_at is not a float")
-    store.record_failed_files(_HASH_A, [FailedFile("b.png", "", "", "batch", 13)])
-    updated = store.failed_files(_HASH_A)[1]
-    expect(updated == FailedFile("b.png", "", "", "batch", 13.0), f"upsert read as {updated}")
-    store.record_processed_files(_HASH_A, [("a.png", 1), ("b.png", 2)])
-    left = [f.name for f in store.failed_files(_HASH_A)]
-    expect(left == ["c.png"], f"processing did not clear failures: {left}")
-    expect(len(store.failed_files(_HASH_B)) == 1, "processing cleared another hash's failure")
-
-
-def _bad_file_records_refused(store: PodStore) -> None:
-    store.record_processed_files(_HASH_A, [("kept", 1)])
-    store.record_failed_files(_HASH_A, [_fail("broken")])
+def _bad_usage_refused(store: PodStore) -> None:
     store.add_usage("model", 3)
-    bad_hashes: list[Any] = [_HASH_A.upper(), _HASH_A[:-1], _HASH_A + "0", "", None, 7, b"00"]
-    methods: list[tuple[Callable[..., object], tuple[Any, ...]]] = [
-        (store.record_processed_files, ([],)),
-        (store.processed_files, ()),
-        (store.record_failed_files, ([],)),
-        (store.failed_files, ()),
-    ]
-    for bad_hash in bad_hashes:
-        for method, rest in methods:
-            with raises(ConfigError, f"{method.__name__}({bad_hash!r})", mentions="task_hash"):
-                method(bad_hash, *rest)
-    bad_pairs: list[Any] = [
-        ("", 1), ("new", -1), ("new", True), ("new", 1.5), ("new", "1"), ("new", None),
-        (5, 1), ("x" * (MAX_FILE_NAME_LENGTH + 1), 1), ("nul\x00", 1), ("\udcff", 1),
-        ("new", 2**63), ("new",), ("new", 1, 2), "ab", None,
-    ]  # fmt: skip
-    for pair in bad_pairs:
-        files = [("good-1", 1), pair, ("good-2", 2)]
-        with raises(ConfigError, f"record_processed_files with {pair!r}"):
-            store.record_processed_files(_HASH_A, files)
-    not_lists: list[Any] = ["ab", b"ab", None, 5, {"a": 1}]
-    for not_a_list in not_lists:
-        with raises(ConfigError, f"record_processed_files({not_a_list!r})"):
-            store.record_processed_files(_HASH_A, not_a_list)
-    bad_failures: list[Any] = [
-        _fail("new", "FILE"), _fail("new", "task"), _fail(""), _fail("new", reason=None),  # type: ignore[arg-type]
-        FailedFile("new", "r", 5, "file", 1.0),  # type: ignore[arg-type]
-        FailedFile("new", "r", "E", "file", float("nan")),
-        FailedFile("new", "r", "E", "file", True),
-        FailedFile("new", "r", "E", "file", "1"),  # type: ignore[arg-type]
-        ("new", "r", "E", "file", 1.0), None,
-    ]  # fmt: skip
-    for failure in bad_failures:
-        with raises(ConfigError, f"record_failed_files with {failure!r}"):
-            store.record_failed_files(_HASH_A, [_fail("good"), failure])
     for model, count in [("", 1), (None, 1), (3, 1), ("m", -1), ("m", True), ("m", 1.0),
                          ("m", "2"), ("m", None)]:  # fmt: skip
         with raises(ConfigError, f"add_usage({model!r}, {count!r})"):
@@ -248,8 +165,6 @@ def _bad_file_records_refused(store: PodStore) -> None:
     for model in ("", None, 3):
         with raises(ConfigError, f"usage({model!r})"):
             store.usage(model)  # type: ignore[arg-type]
-    expect(store.processed_files(_HASH_A) == {"kept": 1}, "a refused batch was partly written")
-    expect(store.failed_files(_HASH_A) == [_fail("broken")], "a refused failure was written")
     expect((store.usage("model"), store.usage("m")) == (3, 0), "refused usage was counted")
 
 
@@ -266,20 +181,18 @@ def _usage(store: PodStore) -> None:
     expect(store.usage("big") == 2**63 - 1, "an overflowing add changed the total")
 
 
-def _files_and_usage_threads(store: PodStore) -> None:
+def _usage_threads(store: PodStore) -> None:
     errors: list[BaseException] = []
     totals: list[int] = []
 
-    def work(worker: int) -> None:
+    def work() -> None:
         try:
-            for step in range(25):
+            for _ in range(25):
                 totals.append(store.add_usage("shared", 1))
-                store.record_processed_files(_HASH_A, [(f"w{worker}-{step}", step)])
-                store.record_failed_files(_HASH_B, [_fail(f"w{worker}-{step}")])
         except BaseException as exc:  # reported below
             errors.append(exc)
 
-    threads = [threading.Thread(target=work, args=(worker,)) for worker in range(6)]
+    threads = [threading.Thread(target=work) for _ in range(6)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -287,8 +200,6 @@ def _files_and_usage_threads(store: PodStore) -> None:
     expect(not errors, f"concurrent calls failed: {errors[:3]}")
     expect(sorted(totals) == list(range(1, 151)), "add_usage is not atomic")
     expect(store.usage("shared") == 150, "usage was lost")
-    expect(len(store.processed_files(_HASH_A)) == 150, "processed files were lost")
-    expect(len(store.failed_files(_HASH_B)) == 150, "failed files were lost")
 
 
 def _pod_close(store: PodStore) -> None:
@@ -299,10 +210,6 @@ def _pod_close(store: PodStore) -> None:
         ("record_task_run", lambda: store.record_task_run("u", "alice", "fedavg", "accepted")),
         ("get_task_run", lambda: store.get_task_run("t")),
         ("task_runs", store.task_runs),
-        ("record_processed_files", lambda: store.record_processed_files(_HASH_A, [("a", 1)])),
-        ("processed_files", lambda: store.processed_files(_HASH_A)),
-        ("record_failed_files", lambda: store.record_failed_files(_HASH_A, [_fail("a")])),
-        ("failed_files", lambda: store.failed_files(_HASH_A)),
         ("add_usage", lambda: store.add_usage("m", 1)),
         ("usage", lambda: store.usage("m")),
     ]
@@ -319,10 +226,9 @@ POD_CHECKS: list[Callable[[PodStore], None]] = [
     _runs_are_copies,
     _pod_statistics,
     _pod_threads,
-    _processed_files,
-    _failed_files,
-    _bad_file_records_refused,
+    *LEDGER_CHECKS,
+    _bad_usage_refused,
     _usage,
-    _files_and_usage_threads,
+    _usage_threads,
     _pod_close,
 ]

@@ -649,14 +649,14 @@ class WorkerMailbox:
         type: MessageType,
         body: Body = None,
         tensors: Mapping[str, np.ndarray] | None = None,
-    ) -> None:
-        """Send one message of this task to the modeller.
+    ) -> Message:
+        """Send one message of this task to the modeller; returns it as sent.
 
         Raises:
             TransportError: the message could not be delivered.
             WireError: the body or tensors cannot be encoded.
         """
-        await self._router.send(
+        return await self._router.send(
             Message(type, "", self.modeller, self.task_id, body=body, tensors=dict(tensors or {}))
         )
 

@@ -19,7 +19,6 @@ import itertools
 import logging
 import signal
 import threading
-import time
 from collections.abc import Sequence
 from multiprocessing.sharedctypes import Synchronized
 from multiprocessing.synchronize import Event
@@ -34,6 +33,7 @@ from fedloom.errors import (
     ReceiveTimeoutError,
     TaskAbortedError,
     TransportError,
+    error_from_public,
 )
 from fedloom.hooks import build_hooks
 from fedloom.protocols import WorkerContext, load_protocol
@@ -43,6 +43,7 @@ from fedloom.store import FailedFile
 from fedloom.transport import MailboxStatistics, TaskRouter, WorkerMailbox
 from fedloom.wire import Message
 from fedloom.worker.config import WorkerConfig
+from fedloom.worker.heartbeat import tick
 from fedloom.worker.ipc import Link
 from fedloom.worker.lifetime import die_with_parent
 from fedloom.worker.threads import apply_thread_budget
@@ -71,17 +72,31 @@ class ProxyMailbox:
         return self._identity
 
     async def send(self, message: Message) -> Message:
+        """Send through the pod; returns the message as the pod sent it (its sequence).
+
+        Raises:
+            MailboxClosedError: this mailbox is closed, or the pod went away.
+            WireError: the message cannot be encoded.
+            UnknownRecipientError: the recipient is not the task's modeller (or not known
+                to the hub); any other error the pod's send raised, by its catalogue code.
+        """
         if self._closed:
             raise MailboxClosedError("the task's mailbox is closed")
-        await self.request("send", {}, message.with_updates(sender=self._identity))
+        stamped = message.with_updates(sender=self._identity)
+        answer = await self.request("send", {}, stamped)
         self._sent += 1
-        return message.with_updates(sender=self._identity)
+        if isinstance(answer, dict):
+            sequence, timestamp = answer.get("sequence"), answer.get("timestamp")
+            if isinstance(sequence, int) and isinstance(timestamp, int | float):
+                return stamped.with_updates(sequence=sequence, timestamp=float(timestamp))
+        return stamped
 
     async def request(self, op: str, fields: dict[str, Any], message: Message | None = None) -> Any:
         """One request to the pod; returns its answer's ``result``.
 
         Raises:
-            TransportError: the pod could not do it (the message says why).
+            FedloomError: the pod could not do it: the error it reported, rebuilt from its
+                catalogue code and public text (a TransportError when it sent no code).
             MailboxClosedError: the pod went away.
         """
         request = next(self._ids)
@@ -131,12 +146,30 @@ class ProxyMailbox:
             return
         if error is None:
             ack.set_result(result)
-        else:
-            try:
-                report = ErrorReport.from_body(error)
-                ack.set_exception(TransportError(f"the pod could not send: {report.message}"))
-            except FedloomError as exc:
-                ack.set_exception(TransportError(f"the pod could not send: {exc}"))
+            return
+        try:
+            report = ErrorReport.from_body(error)
+        except FedloomError as exc:
+            ack.set_exception(TransportError(f"the pod could not do it: {exc}"))
+            return
+        if report.code is None:
+            ack.set_exception(TransportError(f"the pod could not do it: {report.message}"))
+        else:  # the pod's own typed error (UnknownRecipientError, WireError, ...)
+            ack.set_exception(error_from_public(report.code, report.message))
+
+    def attach(self, main: asyncio.Task[Any] | None = None) -> threading.Thread:
+        """Start reading the link into this mailbox, in a daemon thread it returns.
+
+        A ``stop`` from the pod cancels ``main``; the thread ends when the link closes.
+        """
+        reader = threading.Thread(
+            target=_read_link,
+            args=(self._link, self, self._loop, main),
+            daemon=True,
+            name="link-reader",
+        )
+        reader.start()
+        return reader
 
     def lost(self) -> None:
         for ack in self._acks.values():
@@ -211,13 +244,9 @@ async def _main(
     config: WorkerConfig, link: Link, start: Event, heartbeat: Synchronized[float]
 ) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
-    beating = loop.create_task(_beat(heartbeat, config.heartbeat_interval))
+    beating = loop.create_task(tick(heartbeat, config.heartbeat_interval))
     proxy = ProxyMailbox(config.pod, link, loop)
-    this_task = asyncio.current_task()
-    reader = threading.Thread(
-        target=_read_link, args=(link, proxy, loop, this_task), daemon=True, name="link-reader"
-    )
-    reader.start()
+    proxy.attach(asyncio.current_task())
     try:
         return await _run(config, link, proxy, start)
     except (Exception, asyncio.CancelledError) as exc:
@@ -279,13 +308,6 @@ def resolve_once(future: asyncio.Future[None]) -> None:
     """Set ``future``'s result unless it is already done (for loop callbacks)."""
     if not future.done():
         future.set_result(None)
-
-
-async def _beat(heartbeat: Synchronized[float], interval: float) -> None:
-    """Tick from the event loop: code that blocks the loop stops the heartbeat."""
-    while True:
-        heartbeat.value = time.time()
-        await asyncio.sleep(interval / 4)
 
 
 def _read_link(
