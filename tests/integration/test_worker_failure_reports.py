@@ -19,7 +19,8 @@ FAST = IsolationSettings(heartbeat_interval=0.5, heartbeat_patience=4, stop_grac
 
 def _abort_of(error: str) -> tuple[object, MemoryPodStore]:
     store = MemoryPodStore()
-    pods = {"pod-a": ArraySource(np.zeros((8, 2), dtype=np.float32))}
+    # 16 rows: above the pod's default release threshold, which every protocol passes
+    pods = {"pod-a": ArraySource(np.zeros((16, 2), dtype=np.float32))}
 
     async def main() -> object:
         async with LocalFederation(
