@@ -46,9 +46,9 @@ from fedloom.errors import (
 )
 from fedloom.transport.base import MailboxStatistics
 from fedloom.transport.hub import frames
+from fedloom.transport.hub.channel_options import grpc_options
 from fedloom.transport.hub.config import HubAddress, TlsClientConfig, parse_hub_address
 from fedloom.transport.hub.frames import Kind
-from fedloom.transport.hub.server import grpc_options
 from fedloom.transport.sealing import Sealer, sign_frame, verify_frame
 from fedloom.wire import DEFAULT_MAX_MESSAGE_BYTES, Message, decode, encode
 
