@@ -38,8 +38,8 @@ from fedloom.crypto.pem import read_pem
 from fedloom.errors import HubUnavailableError
 from fedloom.transport.hub import frames
 from fedloom.transport.hub.channel_options import SERVER_ONLY_OPTIONS, grpc_options
-from fedloom.transport.hub.connections import _HubConnections
-from fedloom.transport.hub.settings import (
+from fedloom.transport.hub.server_connections import _HubConnections
+from fedloom.transport.hub.server_settings import (
     DEFAULT_CLOCK_WINDOW,
     HubServerStatistics,
     HubSettings,

@@ -36,7 +36,7 @@ from fedloom.errors import (
 from fedloom.registry import NAME_PATTERN
 from fedloom.transport.hub import frames
 from fedloom.transport.hub.frames import Kind
-from fedloom.transport.hub.settings import HubSettings
+from fedloom.transport.hub.server_settings import HubSettings
 from fedloom.transport.hub.state import FrameCache, load_accepts, save_accepts
 from fedloom.transport.hub.store import HubStore, RegisteredIdentity
 from fedloom.transport.routing import Endpoint, check_route, parse_role, pod_accepts
