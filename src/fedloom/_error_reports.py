@@ -10,7 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from fedloom._error_codes import AbortReason, ExitCode
-from fedloom._error_tree import FedloomError, ProtocolError, TaskAbortedError
+from fedloom._error_tree import FedloomError
+from fedloom._error_tree_tasks import ProtocolError, TaskAbortedError
 
 
 @dataclass(frozen=True)

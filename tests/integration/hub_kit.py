@@ -16,9 +16,10 @@ import grpc.aio
 
 from fedloom.crypto import Identity, sign
 from fedloom.transport.hub import frames
+from fedloom.transport.hub.channel_options import grpc_options
 from fedloom.transport.hub.client import GrpcMailbox
 from fedloom.transport.hub.frames import Kind
-from fedloom.transport.hub.server import HubServer, HubSettings, grpc_options
+from fedloom.transport.hub.server import HubServer, HubSettings
 from fedloom.transport.hub.store import HubStore
 from fedloom.transport.sealing import sign_frame
 from fedloom.wire import Message, encode

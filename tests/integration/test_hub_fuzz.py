@@ -15,8 +15,8 @@ import pytest
 
 from fedloom import errors
 from fedloom.transport.hub import frames
+from fedloom.transport.hub.channel_options import grpc_options
 from fedloom.transport.hub.frames import Kind
-from fedloom.transport.hub.server import grpc_options
 from fedloom.wire import Message, MessageType
 
 from .conftest import run_async

@@ -332,7 +332,7 @@ def test_a_message_whose_spool_file_is_lost_is_dropped_on_open(
         path.unlink()
     else:
         path.write_bytes(BIG[:100])
-    with caplog.at_level(logging.ERROR, logger="fedloom.transport.hub.store"):
+    with caplog.at_level(logging.ERROR, logger="fedloom.transport.hub.store_core"):
         reopened = open_store()
     assert any(f"dropped message {lost.id}" in r.getMessage() for r in caplog.records)
     assert reopened.pending("modeller") == [kept]
@@ -348,7 +348,7 @@ def test_a_spool_file_lost_while_open_gives_not_found(
     assert message is not None
     (store.data_dir / "spool" / f"{message.id}.frame").unlink()
     with (
-        caplog.at_level(logging.ERROR, logger="fedloom.transport.hub.store"),
+        caplog.at_level(logging.ERROR, logger="fedloom.transport.hub.store_core"),
         pytest.raises(NotFoundError, match="lost"),
     ):
         store.load(message.id)

@@ -8,7 +8,7 @@ import pytest
 
 from fedloom.crypto import Identity
 from fedloom.errors import FedloomError, HubUnavailableError, UnknownIdentityError
-from fedloom.transport.hub import client, frames
+from fedloom.transport.hub import client, client_connection, frames
 from fedloom.transport.hub.frames import Kind
 
 
@@ -28,7 +28,7 @@ async def _expect(error: FedloomError) -> Any:
 
 
 async def test_a_refusal_that_cannot_pass_ends_the_attempts() -> None:
-    with pytest.raises(client._FatalError) as caught:
+    with pytest.raises(client_connection._FatalError) as caught:
         await _expect(UnknownIdentityError("the hub does not know 'pod-a'"))
     assert type(caught.value.error) is UnknownIdentityError
 

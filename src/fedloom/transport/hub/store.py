@@ -1,6 +1,3 @@
-# Over 500 lines on purpose (issue 14): HubStore is one class around one SQLite connection
-# and one lock; splitting it would split that lock's rules. Its file helpers (schema,
-# opening, folder lock) are in store_files.py.
 """The hub's durable mailboxes: one SQLite file plus a spool folder for large frames.
 
 Layout of ``data_dir`` (created with mode 0700):
@@ -25,15 +22,7 @@ constants of this module.
 
 from __future__ import annotations
 
-import io
 import logging
-import os
-import sqlite3
-import tempfile
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
@@ -44,21 +33,40 @@ from fedloom.errors import (
     MessageTooLargeError,
     NotFoundError,
     StoreError,
-    UnknownIdentityError,
-    UnknownRecipientError,
+)
+from fedloom.transport.hub.store_core import (
+    DATABASE_NAME,
+    DEFAULT_SPOOL_THRESHOLD,
+    LOCK_NAME,
+    MAX_INLINE_FRAME_BYTES,
+    SPOOL_DIR_NAME,
+    _StoreCore,
 )
 from fedloom.transport.hub.store_files import (
     HUB_APPLICATION_ID,
     HUB_SCHEMA_VERSION,
-    _connect,
     _discard,
-    _fsync_dir,
-    _lock_folder,
-    _unlock_folder,
+)
+from fedloom.transport.hub.store_rows import (
+    _MAX_SQL_INTEGER,
+    SIGNATURE_BYTES,
+    HubStoreStatistics,
+    RegisteredIdentity,
+    StoredMessage,
+    _check_message_id,
+    _check_sequence,
+    _check_signature,
+    _check_text,
+    _frame_view,
+    _insert,
+    _is_int,
+    _last_sequence,
+    _require_sender,
 )
 from fedloom.transport.routing import ROLES
 
-# The schema constants live with the database file's helpers and are re-exported here.
+# The schema constants live with the database file's helpers, the store's folder and rows
+# with theirs; all are re-exported here.
 __all__ = [
     "DATABASE_NAME",
     "DEFAULT_SPOOL_THRESHOLD",
@@ -81,62 +89,14 @@ logger = logging.getLogger(__name__)
 HUB_ROLES: Final = ROLES
 """The roles an identity can be registered with."""
 
-DEFAULT_SPOOL_THRESHOLD = 1 << 20
-"""Frames larger than this many bytes are kept in spool files rather than in the database."""
-
-MAX_INLINE_FRAME_BYTES = 64 << 20
-"""The largest ``spool_threshold`` allowed: bigger frames never go into the database."""
-
 MAX_FRAME_BYTES = 2 << 30
 """The largest frame the store accepts (2 GiB)."""
 
-SIGNATURE_BYTES = 64
-"""Length of the Ed25519 signature stored with every frame."""
-
-
-DATABASE_NAME = "hub.db"
-SPOOL_DIR_NAME = "spool"
-LOCK_NAME = "hub.lock"
-
-_MAX_SQL_INTEGER = (1 << 63) - 1
-_SYNCHRONOUS_MODES = {"NORMAL": "PRAGMA synchronous = NORMAL", "FULL": "PRAGMA synchronous = FULL"}
-_SPOOL_SUFFIX = ".frame"
-_TEMP_PREFIX = ".incoming-"
-_TEMP_SUFFIX = ".tmp"
 
 _MESSAGE_COLUMNS = "id, sender, recipient, sequence, size"
 
 
-@dataclass(frozen=True)
-class RegisteredIdentity:
-    """An identity the hub keeps a mailbox for."""
-
-    name: str
-    role: str
-    public: PublicIdentity
-
-
-@dataclass(frozen=True)
-class StoredMessage:
-    """A queued message without its bytes; ``id`` increases with every accepted message."""
-
-    id: int
-    sender: str
-    recipient: str
-    sequence: int
-    size: int
-
-
-@dataclass(frozen=True)
-class HubStoreStatistics:
-    """Registered identities, and the messages and frame bytes waiting for delivery."""
-
-    identities: int
-    queued_messages: int
-    queued_bytes: int
-
-
-class HubStore:
+class HubStore(_StoreCore):
     """Durable mailboxes in ``data_dir``: identities, sender sequences, queued messages.
 
     Safe to share between threads (one lock guards the connection), so large appends may run
@@ -157,58 +117,6 @@ class HubStore:
             newer fedloom; the file is left untouched.
         StoreError: the folder is in use by another open hub store, or cannot be used.
     """
-
-    def __init__(
-        self,
-        data_dir: str | os.PathLike[str],
-        *,
-        spool_threshold: int = DEFAULT_SPOOL_THRESHOLD,
-        synchronous: str = "NORMAL",
-    ) -> None:
-        if (
-            not isinstance(spool_threshold, int)
-            or isinstance(spool_threshold, bool)
-            or not 0 <= spool_threshold <= MAX_INLINE_FRAME_BYTES
-        ):
-            raise ConfigError(
-                f"spool_threshold must be an integer from 0 to {MAX_INLINE_FRAME_BYTES} "
-                f"bytes, got {spool_threshold!r}"
-            )
-        mode = synchronous.upper() if isinstance(synchronous, str) else synchronous
-        if mode not in _SYNCHRONOUS_MODES:
-            raise ConfigError(
-                f"synchronous must be 'NORMAL' (survives process crashes) or 'FULL' "
-                f"(also survives power loss), got {synchronous!r}"
-            )
-        self._folder = Path(data_dir).resolve()
-        self._path = self._folder / DATABASE_NAME
-        self._spool = self._folder / SPOOL_DIR_NAME
-        self._spool_threshold = spool_threshold
-        self._full = mode == "FULL"
-        self._lock = threading.Lock()
-        self._closed = False
-        try:
-            self._folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-            self._spool.mkdir(mode=0o700, exist_ok=True)
-        except OSError as exc:
-            raise StoreError(f"cannot create the hub folder {self._folder}: {exc}") from exc
-        self._folder_lock = _lock_folder(self._folder / LOCK_NAME)
-        try:
-            self._conn = _connect(self._path, _SYNCHRONOUS_MODES[mode])
-        except BaseException:
-            _unlock_folder(self._folder_lock)
-            raise
-        try:
-            self._recover()
-        except BaseException:
-            self._conn.close()
-            _unlock_folder(self._folder_lock)
-            raise
-
-    @property
-    def data_dir(self) -> Path:
-        """The hub's folder."""
-        return self._folder
 
     def register(self, public: PublicIdentity, role: str, *, replace: bool = False) -> None:
         """Give ``public`` a mailbox, registered as ``role``.
@@ -274,7 +182,7 @@ class HubStore:
             dropped = conn.execute("DELETE FROM messages WHERE recipient = ?", (name,)).rowcount
             conn.execute("DELETE FROM identities WHERE name = ?", (name,))
         for message_id in spooled:
-            self._unlink_spool(message_id)
+            self._spool.unlink(message_id)
         if dropped:
             logger.info("removed identity %r and %d message(s) queued for it", name, dropped)
 
@@ -353,7 +261,7 @@ class HubStore:
             _require_sender(conn, sender)
             if sequence <= _last_sequence(conn, sender):
                 return None
-        temp = self._write_temp(view)  # outside the lock: the slow part
+        temp = self._spool.write_temp(view)  # outside the lock: the slow part
         published: Path | None = None
         try:
             with self._transaction(action) as conn:
@@ -367,8 +275,8 @@ class HubStore:
                     spooled=True,
                 )
                 if message is not None:
-                    published = self._spool_path(message.id)
-                    self._publish(temp, published)
+                    published = self._spool.path(message.id)
+                    self._spool.publish(temp, published)
             return message
         except BaseException:
             if published is not None:  # renamed, but the row was never committed
@@ -417,16 +325,7 @@ class HubStore:
         size, signature, spooled, frame = row
         if not spooled:
             return bytes(frame), bytes(signature)
-        path = self._spool_path(message_id)
-        try:
-            with io.FileIO(path, "r") as stream:
-                data = stream.readall()
-        except FileNotFoundError:
-            data = None
-        except OSError as exc:
-            raise StoreError(
-                f"cannot read spool file {path} of message {message_id}: {exc}"
-            ) from exc
+        data = self._spool.read(message_id)
         if data is None or len(data) != size:
             why = "is missing" if data is None else f"holds {len(data)} of {size} bytes"
             self._drop_lost(message_id, why)
@@ -450,7 +349,7 @@ class HubStore:
                 return False
             conn.execute("DELETE FROM messages WHERE id = ?", (message_id,))
         if row[0]:
-            self._unlink_spool(message_id)
+            self._spool.unlink(message_id)
         return True
 
     def queued(self, recipient: str) -> int:
@@ -471,15 +370,6 @@ class HubStore:
             ).fetchone()
         return HubStoreStatistics(int(identities), int(messages), int(size))
 
-    def close(self) -> None:
-        """Release the database and the folder; closing twice is allowed, other calls are not."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            self._conn.close()
-            _unlock_folder(self._folder_lock)
-
     def __enter__(self) -> HubStore:
         return self
 
@@ -491,33 +381,6 @@ class HubStore:
     ) -> None:
         self.close()
 
-    # --- internals -------------------------------------------------------------------------
-
-    @contextmanager
-    def _transaction(self, action: str) -> Iterator[sqlite3.Connection]:
-        """Hold the lock and one write transaction; roll back on any error."""
-        with self._lock:
-            self._require_open(action)
-            try:
-                with self._conn:
-                    self._conn.execute("BEGIN IMMEDIATE")
-                    yield self._conn
-            except sqlite3.Error as exc:
-                raise StoreError(f"cannot {action} in hub store {self._path}: {exc}") from exc
-
-    @contextmanager
-    def _reading(self, action: str) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._require_open(action)
-            try:
-                yield self._conn
-            except sqlite3.Error as exc:
-                raise StoreError(f"cannot {action} in hub store {self._path}: {exc}") from exc
-
-    def _require_open(self, action: str) -> None:
-        if self._closed:
-            raise StoreError(f"cannot {action}: the hub store at {self._folder} is closed")
-
     def _identity_from_row(self, row: tuple[Any, ...]) -> RegisteredIdentity:
         name, role, ed25519_public, x25519_public = row
         try:
@@ -525,191 +388,3 @@ class HubStore:
         except ConfigError as exc:
             raise StoreError(f"hub store {self._path} holds a malformed identity: {exc}") from exc
         return RegisteredIdentity(str(name), str(role), public)
-
-    def _spool_path(self, message_id: int) -> Path:
-        return self._spool / f"{message_id}{_SPOOL_SUFFIX}"
-
-    def _write_temp(self, view: memoryview) -> Path:
-        try:
-            descriptor, name = tempfile.mkstemp(
-                prefix=_TEMP_PREFIX, suffix=_TEMP_SUFFIX, dir=self._spool
-            )
-        except OSError as exc:
-            raise StoreError(f"cannot create a spool file in {self._spool}: {exc}") from exc
-        path = Path(name)
-        try:
-            written = 0
-            while written < len(view):  # one write; the loop only resumes a short write
-                written += os.write(descriptor, view[written:])
-            if self._full:
-                os.fsync(descriptor)
-        except OSError as exc:
-            _discard(path)
-            raise StoreError(f"cannot write spool file {path}: {exc}") from exc
-        finally:
-            os.close(descriptor)
-        return path
-
-    def _publish(self, temp: Path, final: Path) -> None:
-        try:
-            os.replace(temp, final)
-        except OSError as exc:
-            raise StoreError(f"cannot move spool file {temp} to {final}: {exc}") from exc
-        if self._full:
-            _fsync_dir(self._spool)
-
-    def _unlink_spool(self, message_id: int) -> None:
-        path = self._spool_path(message_id)
-        try:
-            path.unlink(missing_ok=True)
-        except OSError as exc:  # harmless: the next open removes files no row refers to
-            logger.warning("could not remove spool file %s: %s", path, exc)
-
-    def _drop_lost(self, message_id: int, why: str) -> None:
-        with self._transaction(f"drop lost message {message_id}") as conn:
-            row = conn.execute(
-                "SELECT sender, recipient, sequence FROM messages WHERE id = ?", (message_id,)
-            ).fetchone()
-            if row is None:  # acknowledged meanwhile: nothing was lost
-                return
-            conn.execute("DELETE FROM messages WHERE id = ?", (message_id,))
-        logger.error(
-            "dropped message %d (sequence %d from %r to %r): its spool file %s",
-            message_id,
-            row[2],
-            row[0],
-            row[1],
-            why,
-        )
-        self._unlink_spool(message_id)
-
-    def _recover(self) -> None:
-        """Delete spool files no row refers to; drop rows whose spool file is gone."""
-        files: dict[int, Path] = {}
-        try:
-            entries = list(os.scandir(self._spool))
-        except OSError as exc:
-            raise StoreError(f"cannot list the spool folder {self._spool}: {exc}") from exc
-        for entry in entries:
-            name = entry.name
-            if name.startswith(_TEMP_PREFIX) and name.endswith(_TEMP_SUFFIX):
-                _discard(Path(entry.path))  # an append that never finished
-                continue
-            stem = name.removesuffix(_SPOOL_SUFFIX)
-            if stem != name and stem.isascii() and stem.isdigit() and str(int(stem)) == stem:
-                files[int(stem)] = Path(entry.path)
-        with self._reading("check the spool folder") as conn:
-            rows = dict(conn.execute("SELECT id, size FROM messages WHERE spooled = 1"))
-        for message_id in sorted(files.keys() - rows.keys()):
-            logger.info("removing spool file %s: no queued message refers to it", files[message_id])
-            _discard(files[message_id])
-        for message_id, size in sorted(rows.items()):
-            path = files.get(message_id)
-            if path is None:
-                self._drop_lost(message_id, "is missing")
-                continue
-            try:
-                actual = path.stat().st_size
-            except OSError as exc:
-                raise StoreError(f"cannot inspect spool file {path}: {exc}") from exc
-            if actual != size:
-                self._drop_lost(message_id, f"holds {actual} of {size} bytes")
-
-
-# --- module helpers --------------------------------------------------------------------------
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _check_text(value: object, what: str) -> None:
-    if not isinstance(value, str):
-        raise ConfigError(f"{what} must be a str, got {type(value).__name__}")
-
-
-def _check_sequence(sequence: object) -> None:
-    if not (isinstance(sequence, int) and _is_int(sequence) and 1 <= sequence <= _MAX_SQL_INTEGER):
-        raise ConfigError(
-            f"sequence number must be an integer from 1 to 2**63 - 1, got {sequence!r}"
-        )
-
-
-def _check_message_id(message_id: object) -> int:
-    if not (isinstance(message_id, int) and _is_int(message_id)):
-        raise ConfigError(f"message id must be an integer, got {message_id!r}")
-    return message_id if message_id <= _MAX_SQL_INTEGER else -1  # -1: matches no message
-
-
-def _check_signature(signature: object) -> bytes:
-    if not isinstance(signature, bytes | bytearray | memoryview):
-        raise ConfigError(f"signature must be bytes, got {type(signature).__name__}")
-    raw = bytes(signature)
-    if len(raw) != SIGNATURE_BYTES:
-        raise ConfigError(f"signature must be {SIGNATURE_BYTES} bytes, got {len(raw)}")
-    return raw
-
-
-def _frame_view(frame: object) -> memoryview:
-    if not isinstance(frame, bytes | bytearray | memoryview):
-        raise ConfigError(f"frame must be bytes or a memoryview, got {type(frame).__name__}")
-    view = memoryview(frame)
-    if not view.c_contiguous:
-        raise ConfigError("frame must be a contiguous buffer")
-    return view.cast("B") if view.format != "B" or view.ndim != 1 else view
-
-
-def _require_sender(conn: sqlite3.Connection, sender: str) -> bytes:
-    row = conn.execute("SELECT ed25519_public FROM identities WHERE name = ?", (sender,)).fetchone()
-    if row is None:
-        raise UnknownIdentityError(
-            f"sender {sender!r} is not registered with the hub; register its public identity first"
-        )
-    return bytes(row[0])
-
-
-def _last_sequence(conn: sqlite3.Connection, sender: str) -> int:
-    row = conn.execute("SELECT last_sequence FROM sequences WHERE sender = ?", (sender,)).fetchone()
-    return 0 if row is None else int(row[0])
-
-
-def _insert(
-    conn: sqlite3.Connection,
-    sender: str,
-    recipient: str,
-    *,
-    sequence: int,
-    signature: bytes,
-    frame: memoryview,
-    spooled: bool,
-) -> StoredMessage | None:
-    """Queue one message inside the caller's transaction (a spooled frame is not stored)."""
-    key = _require_sender(conn, sender)
-    if sequence <= _last_sequence(conn, sender):
-        return None
-    if conn.execute("SELECT 1 FROM identities WHERE name = ?", (recipient,)).fetchone() is None:
-        raise UnknownRecipientError(
-            f"recipient {recipient!r} is not registered with the hub; check the name"
-        )
-    conn.execute(
-        "INSERT INTO sequences (sender, ed25519_public, last_sequence) VALUES (?, ?, ?)"
-        " ON CONFLICT (sender) DO UPDATE SET ed25519_public = excluded.ed25519_public,"
-        " last_sequence = excluded.last_sequence",
-        (sender, key, sequence),
-    )
-    cursor = conn.execute(
-        "INSERT INTO messages (sender, recipient, sequence, size, signature, spooled, frame)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (
-            sender,
-            recipient,
-            sequence,
-            frame.nbytes,
-            signature,
-            int(spooled),
-            None if spooled else frame,
-        ),
-    )
-    message_id = cursor.lastrowid
-    assert message_id is not None  # an INSERT into a rowid table always sets it
-    return StoredMessage(message_id, sender, recipient, sequence, frame.nbytes)
