@@ -20,7 +20,8 @@ from fedloom.protocols.batched import (
     BatchWorker,
     SetupValues,
 )
-from fedloom.protocols.fedavg import FedAvg, FedAvgResult, RoundMetrics
+from fedloom.protocols.fedavg import FedAvg
+from fedloom.protocols.fedavg_result import FedAvgResult, RoundMetrics
 from fedloom.protocols.file_statistics import (
     ChannelStatistics,
     FileStatistics,
