@@ -2,7 +2,7 @@
 
 Everything here reads plain summaries (:func:`~fedloom.modeller.report.describe`,
 ``Protocol.summarise``, round rows as :meth:`RoundMetrics.to_dict
-<fedloom.protocols.fedavg.RoundMetrics.to_dict>` writes them) and returns rich renderables;
+<fedloom.protocols.RoundMetrics.to_dict>` writes them) and returns rich renderables;
 what pods wrote (their error messages) is shown as plain text, never read as markup.
 """
 

@@ -189,7 +189,7 @@ async def _cancel_on_sigterm(coro: Coroutine[Any, Any, T]) -> T:
 
     A cancelled run tells its pods first, in whatever phase it was: TASK_CANCEL, and each
     pod's TASK_ABORT(CANCELLED_BY_MODELLER) answer awaited, within
-    ``fedloom.modeller.modeller.TELL_PODS_SECONDS`` (5 s) in all; closing the hub
+    ``fedloom.modeller.cancel.TELL_PODS_SECONDS`` (5 s) in all; closing the hub
     connection afterwards is bounded too (5 s).
     """
     task = asyncio.current_task()

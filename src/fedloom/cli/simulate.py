@@ -12,8 +12,10 @@ from rich.console import Console
 from rich.table import Table
 
 from fedloom.cli.progress import LiveProgress
-from fedloom.simulation.engine import Simulation, SimulationConfig, SimulationResult, make_backend
+from fedloom.simulation.engine import Simulation, SimulationResult
 from fedloom.simulation.report_cli import check_out_folder, summary, write_outputs
+from fedloom.simulation.settings import SimulationConfig
+from fedloom.simulation.startup import make_backend
 
 __all__ = ["rounds_table", "run_and_report"]
 

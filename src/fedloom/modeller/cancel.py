@@ -1,9 +1,10 @@
-"""Cancelling a task: TASK_CANCEL to its pods, and their acknowledgements.
+"""Stopping a task: TASK_CANCEL to its pods and their acknowledgements, or TASK_ABORT.
 
 DESIGN: the modeller may send TASK_CANCEL; the pod stops the task (its child process, or
 its place in the queue) and answers TASK_ABORT(CANCELLED_BY_MODELLER). A cancelled
 :meth:`~fedloom.modeller.Modeller.run` tells every pod that may hold the task, whatever
-phase it was in, and waits a bounded time for those answers.
+phase it was in, and waits a bounded time for those answers. A task that cannot start,
+or whose modeller side failed, is ended with TASK_ABORT to its pods instead, as boundedly.
 """
 
 from __future__ import annotations
@@ -14,13 +15,18 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from fedloom.errors import AbortReason, ErrorReport, FedloomError
+from fedloom.errors import AbortReason, ErrorReport, FedloomError, PodResponseError
 from fedloom.transport import ModellerMailbox
 from fedloom.wire import MessageType
 
 logger = logging.getLogger(__name__)
 
 CANCEL_MESSAGE = "the modeller cancelled the task"
+
+TELL_PODS_SECONDS = 5.0
+"""How long a stopping modeller tries to tell the pods before it gives up: to send
+TASK_ABORT when it failed, or to send TASK_CANCEL and hear each pod's answer when it was
+cancelled."""
 
 
 @dataclass(frozen=True)
@@ -98,3 +104,32 @@ def _log(cancellation: TaskCancellation) -> None:
         )
     else:
         logger.info("task %s cancelled; pods that stopped it: %s", cancellation.task_id, stopped)
+
+
+async def _cancel(mailbox: ModellerMailbox, message: str) -> None:
+    """Tell the task's pods with TASK_ABORT(CANCELLED_BY_MODELLER) that it will not start."""
+    report = ErrorReport(AbortReason.CANCELLED_BY_MODELLER, message, "", "")
+    # the task fails either way; the caller's error says why, not the delivery
+    with contextlib.suppress(FedloomError, TimeoutError):
+        await asyncio.wait_for(
+            mailbox.broadcast(MessageType.TASK_ABORT, report.to_body()), TELL_PODS_SECONDS
+        )
+
+
+async def _abort(mailbox: ModellerMailbox, error: BaseException) -> None:
+    """Tell the task's pods with TASK_ABORT that the modeller side failed with ``error``."""
+    if isinstance(error, PodResponseError):
+        # its text names the other pods and why they failed: not for every pod to read
+        report = ErrorReport(
+            AbortReason.CANCELLED_BY_MODELLER,
+            "the modeller stopped the task: pods failed its request policy",
+            type(error).__name__,
+            "",
+        )
+    else:
+        report = ErrorReport.from_exception(error, AbortReason.CANCELLED_BY_MODELLER)
+    # bounded: a modeller asked to stop must stop even if the hub is slow to answer
+    with contextlib.suppress(FedloomError, asyncio.CancelledError, TimeoutError):
+        await asyncio.wait_for(
+            mailbox.broadcast(MessageType.TASK_ABORT, report.to_body()), TELL_PODS_SECONDS
+        )

@@ -11,87 +11,41 @@ for each pod's TASK_ABORT(CANCELLED_BY_MODELLER) (:mod:`fedloom.modeller.cancel`
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
-from fedloom.errors import (
-    AbortReason,
-    AccessDeniedError,
-    ConfigError,
-    ErrorReport,
-    FedloomError,
-    PodFailure,
-    PodResponseError,
-    StoreError,
-    UnknownRecipientError,
-)
+from fedloom.errors import ConfigError, ErrorReport, FedloomError, StoreError
 from fedloom.events import EventCallback, EventStream, Subscription
-from fedloom.modeller.cancel import CANCEL_MESSAGE, TaskCancellation, cancel_pods
+from fedloom.modeller.accept import _accept, _request_job
+from fedloom.modeller.cancel import (
+    CANCEL_MESSAGE,
+    TELL_PODS_SECONDS,
+    TaskCancellation,
+    _abort,
+    cancel_pods,
+)
 from fedloom.modeller.keepalive import KeepAlive
 from fedloom.modeller.live import TaskEvents
 from fedloom.modeller.policy import RequestPolicy
+from fedloom.modeller.result import TaskResult
 from fedloom.protocols import ModellerContext, Protocol, RoundCallback, resume_experiment
 from fedloom.store import CheckpointRetention, ExperimentStore
 from fedloom.store.base import COMPLETED
 from fedloom.store.retention import KEEP_LAST
 from fedloom.transport import Gathered, Mailbox, ModellerMailbox, TaskRouter
-from fedloom.transport.task import report_of
 from fedloom.wire import MessageType
 
 logger = logging.getLogger(__name__)
-
-TELL_PODS_SECONDS = 5.0
-"""How long a stopping modeller tries to tell the pods before it gives up: to send
-TASK_ABORT when it failed, or to send TASK_CANCEL and hear each pod's answer when it was
-cancelled."""
 
 DEFAULT_ACCEPT_TIMEOUT = 30.0
 """Seconds the modeller waits for pods to accept or reject a task run without a policy."""
 
 ExperimentCallback = Callable[[str], None]
 """Called with an experiment's id (see :meth:`Modeller.run`'s ``on_experiment``)."""
-
-ACCEPT_REQUEST = "accept"
-"""The name of the accept phase in :attr:`TaskResult.timings`."""
-
-
-@dataclass(frozen=True)
-class TaskResult:
-    """The outcome of one task: the protocol's result and what each pod did.
-
-    Attributes:
-        accepted: the pods that answered JOB_ACCEPT, whatever happened afterwards.
-        rejected: the pods that answered JOB_REJECT, with their reports.
-        aborted: the pods that left the task after the request went out: those that sent
-            TASK_ABORT and those the modeller dropped (see ``dropped``).
-        dropped: the pods the modeller left out because they did not answer a request in
-            time (``on_timeout="discard"``); each is in ``aborted`` as WORKER_UNRESPONSIVE.
-        timings: pod → request name → seconds from the request to the pod's reply:
-            ``"accept"`` for the accept phase, then the protocol's requests (``"round-0"``,
-            ``"round-1"``, ... for FedAvg; ``"ranges"`` and ``"partials"`` for analytics;
-            ``"results"`` for results-only; ``"ready"`` and ``"batches"``, up to the pod's
-            last message, for batched protocols). A pod has no entry for a request it did
-            not answer.
-        accept_seconds: pod → seconds to its JOB_ACCEPT or JOB_REJECT (``timings``'s
-            ``"accept"`` entries).
-    """
-
-    task_id: str
-    protocol: str
-    result: Any
-    accepted: list[str]
-    rejected: dict[str, ErrorReport] = field(default_factory=dict)
-    aborted: dict[str, ErrorReport] = field(default_factory=dict)
-    accept_seconds: dict[str, float] = field(default_factory=dict)
-    experiment_id: str | None = None
-    seconds: float = 0.0
-    dropped: list[str] = field(default_factory=list)
-    timings: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 class Modeller:
@@ -276,9 +230,9 @@ class Modeller:
     ) -> TaskResult:
         """:meth:`run` from the request on; ``asked`` gets each pod the request went to."""
         async with KeepAlive(mailbox) as keepalive:
-            refused = await self._request_job(mailbox, {"task": spec, "dataset": dataset}, asked)
-            answers, accepted, rejected = await self._accept(
-                mailbox, protocol.name, refused, require_all
+            refused = await _request_job(mailbox, {"task": spec, "dataset": dataset}, asked)
+            answers, accepted, rejected = await _accept(
+                mailbox, protocol.name, refused, require_all, self.accept_timeout
             )
             events.rejected(rejected)
             keepalive.fit(answers.replies.values())
@@ -330,7 +284,7 @@ class Modeller:
             logger.info("experiment %s goes on at round %d", resume, point.next_round)
             return ModellerContext(self.store, resume, on_round, resume=point)
         except FedloomError as exc:
-            await self._abort(mailbox, exc)
+            await _abort(mailbox, exc)
             raise
 
     async def _started(  # noqa: PLR0917 - private, called once from _run
@@ -353,7 +307,7 @@ class Modeller:
             self._finish(experiment_id, "failed", {"error": CANCEL_MESSAGE})
             raise  # run() tells the pods
         except BaseException as exc:
-            await self._abort(mailbox, exc)
+            await _abort(mailbox, exc)
             self._finish(experiment_id, "failed", {"error": str(exc)[:2000]})
             raise
         await mailbox.broadcast(MessageType.TASK_COMPLETE)
@@ -371,56 +325,6 @@ class Modeller:
             dropped=sorted(mailbox.dropped),
             timings={pod: dict(times) for pod, times in sorted(mailbox.timings.items())},
         )
-
-    async def _accept(
-        self,
-        mailbox: ModellerMailbox,
-        task: str,
-        refused: dict[str, ErrorReport],
-        require_all: bool | None,
-    ) -> tuple[Gathered, list[str], dict[str, ErrorReport]]:
-        """The accept phase: the answers, the pods that accepted, those that rejected.
-
-        Leaves :attr:`ModellerMailbox.pods` to the pods that accepted and are still in.
-
-        Raises:
-            PodResponseError: the task cannot start (the pods that may hold it were told).
-        """
-        policy = mailbox.policy
-        try:
-            answers = await mailbox.collect(
-                MessageType.JOB_ACCEPT,
-                name=ACCEPT_REQUEST,
-                timeout=None if policy is not None else self.accept_timeout,
-                refusals={MessageType.JOB_REJECT},
-            )
-        except PodResponseError as exc:
-            # the pods that accepted, or have not answered yet, wait for TASK_START
-            await self._cancel(mailbox, "the modeller's request policy stopped the task")
-            if not refused:
-                raise
-            reasons = {pod: PodFailure.from_report(r) for pod, r in refused.items()}
-            raise PodResponseError(
-                f"task {task!r} could not start", {**reasons, **exc.reports}
-            ) from exc
-        accepted = sorted(p for p, m in answers.replies.items() if m.type is MessageType.JOB_ACCEPT)
-        rejected = refused | {
-            pod: report_of(m)
-            for pod, m in answers.replies.items()
-            if m.type is MessageType.JOB_REJECT
-        }
-        failed: dict[str, PodFailure | str] = {
-            pod: PodFailure.from_report(report) for pod, report in rejected.items()
-        }
-        failed |= {pod: "no answer" for pod in answers.missing}
-        # a pod may already have aborted (e.g. its data failed to load) right after accepting
-        mailbox.pods = [pod for pod in accepted if pod not in mailbox.aborted]
-        legacy_require_all = policy is None and require_all is not False
-        must_have_all = legacy_require_all or (policy is not None and policy.require_all)
-        if not accepted or (legacy_require_all and failed) or (must_have_all and refused):
-            await self._cancel(mailbox, "not every pod accepted the task")
-            raise PodResponseError(f"task {task!r} could not start", failed)
-        return answers, accepted, rejected
 
     def running_tasks(self) -> list[str]:
         """Ids of the tasks this modeller is running (:meth:`run` calls under way), sorted."""
@@ -459,53 +363,9 @@ class Modeller:
             for tid in targets:
                 self._cancellations.pop(tid, None)
 
-    async def _request_job(
-        self, mailbox: ModellerMailbox, body: dict[str, Any], asked: list[str]
-    ) -> dict[str, ErrorReport]:
-        """Send JOB_REQUEST to every pod; the pods the hub refused it for, with why.
-
-        A hub refuses a request to a pod that does not accept this modeller or does not
-        exist; such a pod counts as having rejected the task. ``asked`` gets each pod as
-        its request goes out (a cancelled run tells those pods).
-        """
-        refused: dict[str, ErrorReport] = {}
-        for pod in list(mailbox.pods):
-            asked.append(pod)
-            try:
-                await mailbox.send(pod, MessageType.JOB_REQUEST, body)
-            except (AccessDeniedError, UnknownRecipientError) as exc:
-                refused[pod] = mailbox.refused[pod] = ErrorReport.from_exception(exc)
-                mailbox.pods.remove(pod)
-        return refused
-
     async def close(self) -> None:
         """Close the modeller's mailbox."""
         await self._router.close()
-
-    async def _cancel(self, mailbox: ModellerMailbox, message: str) -> None:
-        report = ErrorReport(AbortReason.CANCELLED_BY_MODELLER, message, "", "")
-        # the task fails either way; the caller's error says why, not the delivery
-        with contextlib.suppress(FedloomError, TimeoutError):
-            await asyncio.wait_for(
-                mailbox.broadcast(MessageType.TASK_ABORT, report.to_body()), TELL_PODS_SECONDS
-            )
-
-    async def _abort(self, mailbox: ModellerMailbox, error: BaseException) -> None:
-        if isinstance(error, PodResponseError):
-            # its text names the other pods and why they failed: not for every pod to read
-            report = ErrorReport(
-                AbortReason.CANCELLED_BY_MODELLER,
-                "the modeller stopped the task: pods failed its request policy",
-                type(error).__name__,
-                "",
-            )
-        else:
-            report = ErrorReport.from_exception(error, AbortReason.CANCELLED_BY_MODELLER)
-        # bounded: a modeller asked to stop must stop even if the hub is slow to answer
-        with contextlib.suppress(FedloomError, asyncio.CancelledError, TimeoutError):
-            await asyncio.wait_for(
-                mailbox.broadcast(MessageType.TASK_ABORT, report.to_body()), TELL_PODS_SECONDS
-            )
 
     def _create_experiment(self, name: str, spec: dict[str, Any]) -> str | None:
         return None if self.store is None else self.store.create_experiment(name, spec)

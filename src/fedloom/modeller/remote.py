@@ -11,8 +11,9 @@ from typing import Any
 
 from fedloom.crypto import load_identity, load_pinned_identities
 from fedloom.events import EventStream
-from fedloom.modeller.modeller import Modeller, TaskResult
+from fedloom.modeller.modeller import Modeller
 from fedloom.modeller.policy import RequestPolicy
+from fedloom.modeller.result import TaskResult
 from fedloom.modeller.task_file import TaskFile
 from fedloom.store import ExperimentStore, SqliteExperimentStore
 from fedloom.transport.hub.client import GrpcMailbox

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from fedloom.errors import ErrorReport
-from fedloom.modeller.modeller import TaskResult
+from fedloom.modeller.result import TaskResult
 
 __all__ = ["NO_NEW_DATA", "describe"]
 

@@ -2,11 +2,11 @@
 
 from fedloom.pod.activity import PodStatistics
 from fedloom.pod.config import PodConfig, load_pod_config
-from fedloom.pod.pod import (
+from fedloom.pod.pod import Pod
+from fedloom.pod.policy import (
     DEFAULT_MAX_CONCURRENT_TASKS,
     DEFAULT_MODELLER_TIMEOUT,
     DEFAULT_START_TIMEOUT,
-    Pod,
     PodPolicy,
 )
 

@@ -54,7 +54,7 @@ from fedloom.config_file import TomlTable, read_toml
 from fedloom.datasources import Datasource, check_datasource, datasource_from_config
 from fedloom.errors import ConfigError, DataError
 from fedloom.hooks import DEFAULT_WORKER_HOOKS
-from fedloom.pod.pod import (
+from fedloom.pod.policy import (
     DEFAULT_MAX_CONCURRENT_TASKS,
     DEFAULT_MODELLER_TIMEOUT,
     DEFAULT_START_TIMEOUT,

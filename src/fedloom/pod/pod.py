@@ -19,18 +19,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
-from collections.abc import Coroutine, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from fedloom.datasources import Datasource
 from fedloom.errors import (
     AbortReason,
-    AccessDeniedError,
-    ConfigError,
-    DatasetNotFoundError,
     ErrorReport,
     FedloomError,
     MailboxClosedError,
@@ -42,171 +37,22 @@ from fedloom.errors import (
 from fedloom.events import EventCallback, EventKind, EventStream, Subscription
 from fedloom.hooks import DEFAULT_WORKER_HOOKS, build_hooks
 from fedloom.pod.activity import PodActivity, PodStatistics
-from fedloom.protocols import DEFAULT_MIN_ROWS, Protocol, StoreLedger, WorkerContext, load_protocol
+from fedloom.pod.liveness import _HeldChannel, _while_heard
+from fedloom.pod.policy import PodPolicy, _Accepted, _decide
+from fedloom.pod.slots import _Slots, _wait_for_slot
+from fedloom.protocols import StoreLedger, WorkerContext
 from fedloom.store import PodStore
-from fedloom.transport import Channel, Mailbox, TaskRouter, WorkerMailbox
-from fedloom.transport.task import report_of
+from fedloom.transport import Mailbox, TaskRouter, WorkerMailbox
 from fedloom.wire import Message, MessageType
 from fedloom.worker import IsolationSettings, WorkerConfig, WorkerProcess
 
 logger = logging.getLogger(__name__)
-
-_T = TypeVar("_T")
 
 _OUTCOME_CHARACTERS = 300
 """How much of a task's outcome (an error message) its log line shows."""
 
 _QUIET_AFTER_END = frozenset({MessageType.TASK_COMPLETE, MessageType.HEARTBEAT})
 """What a modeller may still send a task the pod has already ended (not worth a log line)."""
-
-DEFAULT_START_TIMEOUT = 300.0
-"""Seconds an accepted task waits for the modeller's TASK_START before giving up."""
-
-DEFAULT_MODELLER_TIMEOUT = 300.0
-"""Seconds an accepted task may go without any message from its modeller (the modeller
-sends HEARTBEAT while a task runs) before the pod ends it with MODELLER_TIMEOUT."""
-
-DEFAULT_MAX_CONCURRENT_TASKS = 4
-"""Tasks a pod runs at once; more are accepted and wait in arrival order."""
-
-
-@dataclass(frozen=True)
-class PodPolicy:
-    """What a pod accepts, and how many tasks it runs at once.
-
-    ``None`` means "any" for the allow-lists.
-
-    Raises:
-        ConfigError: ``min_rows`` or ``max_concurrent_tasks`` is not an integer >= 1, or
-            ``start_timeout`` or ``modeller_timeout`` is not > 0.
-    """
-
-    allowed_protocols: frozenset[str] | None = None
-    allowed_modellers: frozenset[str] | None = None
-    allowed_algorithms: frozenset[str] | None = None
-    """Registered model and algorithm names a task may run here (see Protocol.algorithms)."""
-    min_rows: int = DEFAULT_MIN_ROWS
-    start_timeout: float = DEFAULT_START_TIMEOUT
-    modeller_timeout: float = DEFAULT_MODELLER_TIMEOUT
-    """A task whose modeller sends nothing (not even HEARTBEAT) for this long is ended:
-    a modeller that died must not hold the pod's task slots for ever."""
-    max_concurrent_tasks: int = DEFAULT_MAX_CONCURRENT_TASKS
-    usage_limits: Mapping[str, int] = field(default_factory=dict)
-    """Most predictions each model (by registered name) may make on this pod, ever."""
-    approved_models: frozenset[str] | None = None
-    """SHA-256 hashes of model files tasks may run; None: any weights a modeller sends."""
-
-    def __post_init__(self) -> None:
-        if (
-            isinstance(self.min_rows, bool)
-            or not isinstance(self.min_rows, int)
-            or self.min_rows < 1
-        ):
-            raise ConfigError(f"PodPolicy.min_rows must be an integer >= 1, got {self.min_rows!r}")
-        for name in ("start_timeout", "modeller_timeout"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-                raise ConfigError(f"PodPolicy.{name} must be a number of seconds > 0")
-        if (
-            isinstance(self.max_concurrent_tasks, bool)
-            or not isinstance(self.max_concurrent_tasks, int)
-            or self.max_concurrent_tasks < 1
-        ):
-            raise ConfigError(
-                "PodPolicy.max_concurrent_tasks must be an integer >= 1, "
-                f"got {self.max_concurrent_tasks!r}"
-            )
-
-
-@dataclass(frozen=True)
-class _Accepted:
-    protocol: Protocol
-    datasource: Datasource
-
-
-class _Slots:
-    """At most ``limit`` tasks hold a slot; the others wait in arrival order.
-
-    A freed slot goes straight to the head of the queue, so a task that arrives later never
-    overtakes one already waiting. Each waiter has an event that is set whenever the queue
-    moves (it got the slot, or someone ahead of it left).
-    """
-
-    def __init__(self) -> None:
-        self.running: set[str] = set()
-        self._waiting: dict[str, asyncio.Event] = {}  # insertion order = arrival order
-
-    def admit(self, task_id: str, limit: int) -> None:
-        """Give ``task_id`` a slot now if one is free and nobody waits; else queue it."""
-        if not self._waiting and len(self.running) < limit:
-            self.running.add(task_id)
-        else:
-            self._waiting[task_id] = asyncio.Event()
-
-    def queued(self) -> list[str]:
-        return list(self._waiting)
-
-    def position(self, task_id: str) -> int | None:
-        """1-based place in the queue; None once ``task_id`` holds a slot."""
-        if task_id in self.running:
-            return None
-        return list(self._waiting).index(task_id) + 1
-
-    def moved(self, task_id: str) -> asyncio.Event:
-        return self._waiting[task_id]
-
-    def release(self, task_id: str, limit: int) -> None:
-        """``task_id`` ended (running or queued): hand free slots on, wake the waiters."""
-        moved = self._waiting.pop(task_id, None) is not None
-        self.running.discard(task_id)
-        while self._waiting and len(self.running) < limit:
-            head = next(iter(self._waiting))
-            self.running.add(head)
-            self._waiting.pop(head).set()
-            moved = True
-        if moved:
-            for event in self._waiting.values():
-                event.set()
-
-
-class _HeldChannel(Channel):
-    """A task's channel with the messages read while the task was queued put back in front.
-
-    A queued task must read its channel to notice TASK_CANCEL / TASK_ABORT, but the
-    modeller's TASK_START and first instruction may arrive meanwhile: those are held here
-    and handed to the worker side first, in order.
-
-
-    It also keeps the time the modeller was last heard from: HEARTBEAT messages only
-    say that it is alive, so they are noted here and never reach the worker side.
-    """
-
-    def __init__(self, inner: Channel, modeller: str) -> None:
-        super().__init__(inner.task_id)
-        self.inner = inner
-        self.modeller = modeller
-        self.held: deque[Message] = deque()
-        self.heard = asyncio.get_running_loop().time()
-        # on arrival: the task may be busy for long without reading its channel
-        inner.observe(self._note)
-
-    def put(self, item: Message | None) -> None:
-        self.inner.put(item)
-
-    def _note(self, message: Message) -> bool:
-        """Note that the modeller was heard; True if ``message`` says nothing more."""
-        if message.sender != self.modeller:
-            return False
-        self.heard = asyncio.get_running_loop().time()
-        return message.type is MessageType.HEARTBEAT
-
-    async def get(self, timeout: float | None = None) -> Message:
-        if self.held:
-            return self.held.popleft()
-        return await self.inner.get(timeout)
-
-    def qsize(self) -> int:
-        return len(self.held) + self.inner.qsize()
 
 
 class Pod:
@@ -332,35 +178,10 @@ class Pod:
         """Ids of the accepted tasks waiting for a slot, next first."""
         return self._slots.queued()
 
-    def _decide(self, message: Message) -> _Accepted:
-        policy = self.policy
-        if policy.allowed_modellers is not None and message.sender not in policy.allowed_modellers:
-            raise AccessDeniedError(f"modeller {message.sender!r} is not allowed on this pod")
-        body = message.body
-        if not isinstance(body, dict) or not isinstance(body.get("dataset"), str):
-            raise ConfigError('a JOB_REQUEST body must be {"task": {...}, "dataset": "<name>"}')
-        protocol = load_protocol(body.get("task"))
-        refused = sorted(protocol.algorithms() - (policy.allowed_algorithms or frozenset()))
-        if policy.allowed_algorithms is not None and refused:
-            raise AccessDeniedError(f"algorithms {refused} are not allowed on this pod")
-        if policy.allowed_protocols is not None and protocol.name not in policy.allowed_protocols:
-            raise AccessDeniedError(f"protocol {protocol.name!r} is not allowed on this pod")
-        datasource = self.datasets.get(body["dataset"])
-        if datasource is None:
-            # names only: the one the modeller asked for and those the pod offers
-            missing = (
-                f"pod {self.name!r} has no dataset {body['dataset']!r}; "
-                f"it has: {sorted(self.datasets) or 'none'}"
-            )
-            raise DatasetNotFoundError(missing, public=missing)
-        if message.task_id in self._tasks:
-            raise ConfigError(f"task {message.task_id!r} is already running on this pod")
-        return _Accepted(protocol, datasource)
-
     async def _on_job_request(self, router: TaskRouter, request: Message) -> None:
         reply = Message(MessageType.JOB_ACCEPT, self.name, request.sender, request.task_id)
         try:
-            accepted = self._decide(request)
+            accepted = _decide(self.policy, self.name, self.datasets, self._tasks, request)
         except FedloomError as exc:
             report = ErrorReport.from_exception(exc)
             task = request.body.get("task") if isinstance(request.body, dict) else None
@@ -392,50 +213,6 @@ class Pod:
             name=f"{self.name}:{request.task_id}",
         )
 
-    async def _wait_for_slot(self, mailbox: WorkerMailbox, channel: _HeldChannel) -> None:
-        """Return once the task holds a slot, telling the modeller its place meanwhile.
-
-        Raises:
-            TaskAbortedError: the modeller cancelled or aborted the task while it waited.
-            MailboxClosedError: the pod's connection closed while the task waited.
-        """
-        task_id = mailbox.task_id
-        reported: int | None = None
-        reader: asyncio.Task[Message] | None = None
-        try:
-            while (position := self._slots.position(task_id)) is not None:
-                if position != reported:
-                    await mailbox.progress(state="queued", position=position)
-                    reported = position
-                    continue  # the queue may have moved while that was sent
-                # nothing was awaited since the position was read: an earlier move is
-                # already in it, and any later one sets the event again
-                moved = self._slots.moved(task_id)
-                moved.clear()
-                reader = reader or asyncio.ensure_future(channel.inner.get())
-                waiter = asyncio.ensure_future(moved.wait())
-                try:
-                    await asyncio.wait({reader, waiter}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    waiter.cancel()
-                if reader.done():
-                    message, reader = reader.result(), None
-                    self._hold(mailbox, channel, message)
-        finally:
-            if reader is not None and not reader.done():
-                reader.cancel()  # a cancelled get leaves its message in the channel
-            elif reader is not None and not reader.cancelled() and reader.exception() is None:
-                channel.held.append(reader.result())
-
-    def _hold(self, mailbox: WorkerMailbox, channel: _HeldChannel, message: Message) -> None:
-        """Act on a message that reached a queued task: end it, or keep it for later."""
-        if message.sender == mailbox.modeller and message.type is MessageType.TASK_CANCEL:
-            raise TaskCancelledError()
-        if message.sender == mailbox.modeller and message.type is MessageType.TASK_ABORT:
-            report = report_of(message)
-            raise TaskAbortedError(report.reason, report.message)
-        channel.held.append(message)
-
     async def _run_task(
         self,
         router: TaskRouter,
@@ -447,7 +224,7 @@ class Pod:
         name = accepted.protocol.name
 
         async def work() -> Mapping[str, Any] | None:
-            await self._wait_for_slot(mailbox, channel)
+            await _wait_for_slot(self._slots, mailbox, channel)
             self._publish(request, name, EventKind.TASK_STARTED)
             if self.isolation is not None:
                 return await self._run_in_child(request, accepted, channel, mailbox)
@@ -617,25 +394,3 @@ def _shown(value: object, limit: int = 64) -> str:
     text = value if isinstance(value, str) else repr(value)
     text = "".join(c if c.isprintable() else "?" for c in text)
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-async def _while_heard(work: Coroutine[Any, Any, _T], channel: _HeldChannel, timeout: float) -> _T:
-    """Run ``work`` while the modeller is heard from at least every ``timeout`` seconds.
-
-    Raises:
-        ModellerTimeoutError: it was not; ``work`` is cancelled (a task child is stopped).
-    """
-    task = asyncio.ensure_future(work)
-    try:
-        while True:
-            # the loop clock, which times the wait below too (virtual in unit tests)
-            left = timeout - (asyncio.get_running_loop().time() - channel.heard)
-            if left <= 0:
-                raise ModellerTimeoutError(f"no message from the modeller for {timeout:g} s")
-            done, _ = await asyncio.wait({task}, timeout=left)
-            if done:
-                return task.result()
-    finally:
-        if not task.done():
-            task.cancel()
-            await asyncio.wait({task})  # its clean-up (stopping a child) runs to the end

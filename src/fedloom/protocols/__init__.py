@@ -13,14 +13,10 @@ from fedloom.protocols.base import (
     register_protocol,
     resume_experiment,
 )
-from fedloom.protocols.batched import (
-    BatchCollector,
-    BatchedProtocol,
-    BatchOutput,
-    BatchWorker,
-    SetupValues,
-)
-from fedloom.protocols.fedavg import FedAvg, FedAvgResult, RoundMetrics
+from fedloom.protocols.batched import BatchedProtocol
+from fedloom.protocols.batched_parts import BatchCollector, BatchOutput, BatchWorker, SetupValues
+from fedloom.protocols.fedavg import FedAvg
+from fedloom.protocols.fedavg_result import FedAvgResult, RoundMetrics
 from fedloom.protocols.file_statistics import (
     ChannelStatistics,
     FileStatistics,

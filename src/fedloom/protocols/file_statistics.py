@@ -36,14 +36,13 @@ from fedloom.errors import (
     SchemaMismatchError,
 )
 from fedloom.protocols.base import WorkerContext, check_keys, register_protocol
-from fedloom.protocols.batched import (
+from fedloom.protocols.batched import BatchedProtocol, image_loader_options
+from fedloom.protocols.batched_parts import (
     NO_NEW_DATA,
     BatchCollector,
-    BatchedProtocol,
     BatchOutput,
     BatchWorker,
     SetupValues,
-    image_loader_options,
 )
 from fedloom.store import FailedFile
 

@@ -43,16 +43,15 @@ from fedloom.algorithms.ml import ModelSpec, build_model, load_arrays, state_to_
 from fedloom.datasources import FileRecord, FileSource
 from fedloom.errors import AccessDeniedError, ConfigError, LimitsExceededError
 from fedloom.protocols.base import ReleaseGuard, WorkerContext, check_keys, register_protocol
-from fedloom.protocols.batched import (
+from fedloom.protocols.batched import BatchedProtocol, image_loader_options
+from fedloom.protocols.batched_parts import (
     BATCHES_ONLY,
     FINISHED,
     NO_NEW_DATA,
     BatchCollector,
-    BatchedProtocol,
     BatchOutput,
     BatchWorker,
     SetupValues,
-    image_loader_options,
 )
 from fedloom.protocols.ledger import Ledger
 from fedloom.registry import Registry

@@ -15,18 +15,13 @@ from fedloom.simulation.backend import (
 )
 from fedloom.simulation.client import ClientJob, ClientOutcome, ClientRunner, RunnerPlan
 from fedloom.simulation.data import CLIENT_DATA, ClientData, DataSpec, build_client_data
-from fedloom.simulation.engine import (
-    BACKENDS,
-    ClientResources,
-    Simulation,
-    SimulationConfig,
-    SimulationResult,
-    make_backend,
-)
+from fedloom.simulation.engine import Simulation, SimulationResult
 from fedloom.simulation.fold import OrderedFold
 from fedloom.simulation.process_pool import ProcessPoolBackend
 from fedloom.simulation.report import ClientRecord, RoundReport
 from fedloom.simulation.sampling import Sampling
+from fedloom.simulation.settings import BACKENDS, ClientResources, SimulationConfig
+from fedloom.simulation.startup import make_backend
 from fedloom.simulation.threads import ThreadPoolBackend
 
 __all__ = [

@@ -5,7 +5,7 @@ run on a pool of threads, with out-of-memory failures re-queued under a raised e
 
 Private to the simulation, and exported nowhere: the simulation's rounds admit their
 clients on the same ledger themselves (:mod:`fedloom.simulation.round`), and a pod queues
-its tasks by count (``fedloom.pod.pod``), since its tasks declare no resources. It is kept,
+its tasks by count (``fedloom.pod.slots``), since its tasks declare no resources. It is kept,
 with its tests, as the reference of the INIT → ... → FINISHED life that
 :class:`~fedloom.scheduler.TaskStatus` names, until a runner needs it.
 """

@@ -69,8 +69,8 @@ from fedloom.registry import import_plugins
 from fedloom.scheduler import ResourceBudget, ResourceEstimate
 from fedloom.simulation.client import with_overrides
 from fedloom.simulation.data import CLIENT_DATA, DataSpec, build_client_data
-from fedloom.simulation.engine import ClientResources, SimulationConfig
 from fedloom.simulation.sampling import Sampling
+from fedloom.simulation.settings import ClientResources, SimulationConfig
 from fedloom.strategies import StrategySpec
 
 __all__ = ["SimulationFile", "load_simulation_file", "simulation_from_mapping"]

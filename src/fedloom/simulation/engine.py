@@ -18,13 +18,11 @@ raised, and re-queued.
 from __future__ import annotations
 
 import gc
-import logging
-import math
 import threading
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,136 +31,35 @@ import torch
 
 from fedloom.algorithms.ml import (
     ModelSpec,
-    TrainingConfig,
     build_model,
     flat_metrics,
     load_arrays,
     weighted_metrics,
 )
-from fedloom.errors import ConfigError, SimulationError, UnknownNameError
+from fedloom.errors import ConfigError, SimulationError
 from fedloom.events import MODELLER, EventCallback, EventKind, EventStream, Subscription
 from fedloom.events import virtual_client as client_name
-from fedloom.privacy import FoldContext, TransformChain, TransformSpec, check_specs
+from fedloom.privacy import FoldContext, TransformChain
 from fedloom.registry import import_plugins
-from fedloom.scheduler import (
-    ResourceBudget,
-    ResourceEstimate,
-    ResourceLedger,
-    check_retry_rules,
-)
-from fedloom.simulation.backend import (
-    START_METHODS,
-    Backend,
-    BackendPlan,
-    ClientResult,
-    worker_devices,
-)
-from fedloom.simulation.client import ClientJob, RunnerPlan, participant, with_overrides
-from fedloom.simulation.data import DataSpec
+from fedloom.scheduler import ResourceEstimate, ResourceLedger
+from fedloom.simulation.backend import Backend, BackendPlan, ClientResult, worker_devices
+from fedloom.simulation.client import ClientJob, participant
 from fedloom.simulation.fold import FoldBuffers
 from fedloom.simulation.report import RoundReport
 from fedloom.simulation.round import RoundRules, run_round
-from fedloom.simulation.sampling import Sampling
+from fedloom.simulation.settings import SimulationConfig
 from fedloom.simulation.shm import FlatLayout
-from fedloom.strategies import Strategy, StrategySpec
+from fedloom.simulation.startup import (
+    _forks,
+    _Initialiser,
+    _ledger,
+    _num_clients,
+    _shapes,
+    make_backend,
+)
+from fedloom.strategies import Strategy
 
-__all__ = [
-    "BACKENDS",
-    "ClientResources",
-    "Simulation",
-    "SimulationConfig",
-    "SimulationResult",
-]
-
-logger = logging.getLogger(__name__)
-
-BACKENDS = ("process", "thread", "ray")
-
-
-@dataclass(frozen=True)
-class ClientResources:
-    """What one client's round needs, for admission (and for Ray's placement)."""
-
-    estimate: ResourceEstimate = field(default_factory=ResourceEstimate)
-    budget: ResourceBudget | None = None
-    max_retries: int = 3
-    growth: float = 1.5
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.estimate, ResourceEstimate):
-            raise ConfigError(
-                f"resources estimate must be a ResourceEstimate, got {self.estimate!r}"
-            )
-        if self.budget is not None and not isinstance(self.budget, ResourceBudget):
-            raise ConfigError(f"resources budget must be a ResourceBudget, got {self.budget!r}")
-        check_retry_rules(self.max_retries, self.growth)
-
-
-@dataclass(frozen=True)
-class SimulationConfig:
-    """A simulation: model, client data, rounds, sampling, training, strategy, workers."""
-
-    model: ModelSpec
-    data: DataSpec
-    rounds: int = 3
-    training: TrainingConfig = field(default_factory=TrainingConfig)
-    sampling: Sampling = field(default_factory=Sampling)
-    seed: int = 0
-    validation_fraction: float = 0.0
-    num_parallels: int = 2
-    backend: str = "process"
-    device: str = "cpu"
-    device_count: int = 1
-    client_overrides: Mapping[int, Mapping[str, Any]] = field(default_factory=dict)
-    resources: ClientResources | None = None
-    round_timeout: float | None = None
-    torch_threads: int = 1
-    plugins: tuple[str, ...] = ()
-    start_method: str = "auto"
-    strategy: StrategySpec = field(default_factory=StrategySpec)
-    privacy: tuple[TransformSpec, ...] = ()
-
-    def __post_init__(self) -> None:
-        for name in ("rounds", "num_parallels", "device_count", "torch_threads"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"simulation {name} must be an int >= 1, got {value!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ConfigError(f"simulation seed must be an int >= 0, got {self.seed!r}")
-        _check_types(self)
-        if self.backend not in BACKENDS:
-            raise ConfigError(
-                f"unknown simulation backend {self.backend!r}; known: {', '.join(BACKENDS)}"
-            )
-        if not 0.0 <= self.validation_fraction < 0.9:
-            raise ConfigError(
-                f"validation_fraction must be in [0, 0.9), got {self.validation_fraction}"
-            )
-        if self.device != "cpu" and not self.device.startswith("cuda"):
-            raise ConfigError(f"device must be 'cpu' or 'cuda[:N]', got {self.device!r}")
-        if self.start_method not in START_METHODS:
-            raise ConfigError(
-                f"start_method must be one of {', '.join(START_METHODS)}, got {self.start_method!r}"
-            )
-        if self.round_timeout is not None and not (
-            _is_number(self.round_timeout) and 0 < self.round_timeout < math.inf
-        ):
-            raise ConfigError(
-                f"round_timeout must be a number of seconds > 0, got {self.round_timeout!r}"
-            )
-
-    def runner_plan(self) -> RunnerPlan:
-        return RunnerPlan(
-            model=self.model,
-            data=self.data,
-            training=self.training,
-            seed=self.seed,
-            validation_fraction=self.validation_fraction,
-            torch_threads=self.torch_threads,
-            plugins=self.plugins,
-            strategy=self.strategy,
-            privacy=self.privacy,
-        )
+__all__ = ["Simulation", "SimulationResult"]
 
 
 @dataclass(frozen=True)
@@ -403,142 +300,3 @@ def _fold_context(seed: int, report: RoundReport, strategy: Strategy) -> FoldCon
             total += strategy.fold_weight(record.outcome.num_samples, record.outcome.aux)
             folded.append(participant(record.client))
     return FoldContext(seed, report.round, tuple(sorted(folded)), total)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-_FIELD_TYPES: tuple[tuple[str, type | tuple[type, ...]], ...] = (
-    ("model", ModelSpec),
-    ("data", DataSpec),
-    ("training", TrainingConfig),
-    ("sampling", Sampling),
-    ("resources", (ClientResources, type(None))),
-    ("backend", str),
-    ("device", str),
-    ("start_method", str),
-    ("client_overrides", Mapping),
-    ("plugins", (tuple, list)),
-    ("strategy", StrategySpec),
-)
-
-
-def _check_types(config: SimulationConfig) -> None:
-    """Wrong types are ConfigErrors here, not AttributeErrors deep inside a run."""
-    for name, kind in _FIELD_TYPES:
-        value = getattr(config, name)
-        if not isinstance(value, kind):
-            raise ConfigError(f"simulation {name} has the wrong type: {value!r}")
-    config.strategy.build()
-    object.__setattr__(config, "privacy", check_specs("simulation", config.privacy))
-    if not all(isinstance(module, str) for module in config.plugins):
-        raise ConfigError(f"simulation plugins must be module names, got {config.plugins!r}")
-    object.__setattr__(config, "plugins", tuple(config.plugins))  # frozen: stays hashable
-    for client, overrides in config.client_overrides.items():
-        if isinstance(client, bool) or not isinstance(client, int) or client < 0:
-            raise ConfigError(f"client overrides are keyed by client number, got {client!r}")
-        if not isinstance(overrides, Mapping):
-            raise ConfigError(f"client {client}'s overrides must be a mapping, got {overrides!r}")
-        try:
-            with_overrides(config.training, overrides)
-        except ConfigError as exc:
-            raise ConfigError(f"client {client}'s overrides: {exc}") from exc
-    if not _is_number(config.validation_fraction):
-        raise ConfigError(
-            f"validation_fraction must be a number, got {config.validation_fraction!r}"
-        )
-
-
-def _ledger(config: SimulationConfig, devices: list[str]) -> ResourceLedger | None:
-    """Admission over this machine, placing GPU work only on GPUs that have workers.
-
-    None without resource estimates, and on Ray: Ray places clients by their actors'
-    resources across the cluster, and a ledger of this machine would cap a cluster at the
-    driver's size.
-    """
-    if config.resources is None or config.backend == "ray":
-        return None
-    gpus = sorted({device for device in devices if device != "cpu"})
-    return ResourceLedger(config.resources.budget, gpus=gpus)
-
-
-def _shapes(spec: ModelSpec) -> dict[str, torch.Tensor]:
-    """The model's state as shapes only when it builds on the meta device, else real."""
-    try:
-        with torch.device("meta"):
-            return build_model(spec).state_dict()
-    except (ConfigError, UnknownNameError):
-        raise
-    except Exception:
-        logger.debug("model %s does not build on the meta device", spec.name)
-        return build_model(spec).state_dict()
-
-
-class _Initialiser:
-    """Builds the seeded initial model and packs it into ``flats`` (in a thread or now)."""
-
-    def __init__(
-        self,
-        config: SimulationConfig,
-        layout: FlatLayout,
-        flats: dict[str, torch.Tensor],
-        *,
-        threaded: bool = True,
-    ) -> None:
-        self._error: BaseException | None = None
-        self._thread: threading.Thread | None = None
-        if not threaded:
-            self._run(config, layout, flats)
-            return
-        self._thread = threading.Thread(
-            target=self._run, args=(config, layout, flats), name="fedloom-sim-init"
-        )
-        self._thread.start()
-
-    def _run(
-        self, config: SimulationConfig, layout: FlatLayout, flats: dict[str, torch.Tensor]
-    ) -> None:
-        try:
-            state = build_model(config.model, seed=config.seed).state_dict()
-            layout.pack({k: v.detach().cpu().numpy() for k, v in state.items()}, flats)
-        except BaseException as exc:
-            self._error = exc
-
-    def wait(self) -> None:
-        """Block until the weights are in ``flats``; re-raise what building them raised."""
-        if self._thread is not None:
-            self._thread.join()
-        if self._error is not None:
-            raise self._error
-
-
-def _forks(backend: Backend, plan: BackendPlan) -> bool:
-    """Whether ``backend`` will fork its workers for ``plan`` (only the process pool may)."""
-    forks = getattr(backend, "forks", None)
-    return bool(forks(plan)) if callable(forks) else False
-
-
-def make_backend(config: SimulationConfig, *, ray_address: str | None = None) -> Backend:
-    """The backend ``config.backend`` names, with default settings.
-
-    Raises:
-        ConfigError: the Ray backend without Ray installed.
-    """
-    if config.backend == "thread":
-        from fedloom.simulation.threads import ThreadPoolBackend
-
-        return ThreadPoolBackend()
-    if config.backend == "ray":
-        from fedloom.simulation.ray_backend import RayBackend
-
-        return RayBackend(address=ray_address, resources=config.resources)
-    from fedloom.simulation.process_pool import ProcessPoolBackend
-
-    return ProcessPoolBackend(start_method=config.start_method)
-
-
-def _num_clients(config: SimulationConfig) -> int:
-    from fedloom.simulation.data import build_client_data
-
-    return build_client_data(config.data).num_clients

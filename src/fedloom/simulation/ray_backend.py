@@ -50,7 +50,7 @@ from fedloom.simulation.client import ClientJob, ClientOutcome
 from fedloom.simulation.ray_actor import Array, ClientActor, Reply, import_ray
 
 if TYPE_CHECKING:
-    from fedloom.simulation.engine import ClientResources
+    from fedloom.simulation.settings import ClientResources
 
 __all__ = ["DEFAULT_START_TIMEOUT", "RayBackend", "import_ray", "ray_actor_options"]
 

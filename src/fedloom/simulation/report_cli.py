@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from fedloom.errors import ConfigError
-from fedloom.simulation.engine import SimulationConfig, SimulationResult
+from fedloom.simulation.engine import SimulationResult
+from fedloom.simulation.settings import SimulationConfig
 
 __all__ = ["REPORT_FILES", "check_out_folder", "summary", "write_outputs"]
 
