@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fedloom.cluster import LocalCluster, PodSpec
-from fedloom.transport.hub.client import GrpcMailbox
+from fedloom._cluster import LocalCluster, PodSpec
+from fedloom.transport._grpc_mailbox import GrpcMailbox
 from fedloom.wire import Message, MessageType
 
 MB = 1 << 20

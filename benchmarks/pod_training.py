@@ -130,8 +130,8 @@ def bare_round_limits(count: int, rounds: int) -> list[float]:
 
 
 async def pod_rounds(count: int, rounds: int, threads: int | None, root: Path) -> dict[str, Any]:
+    from fedloom._cluster import LocalCluster, PodSpec
     from fedloom.algorithms.ml import ModelSpec, TrainingConfig
-    from fedloom.cluster import LocalCluster, PodSpec
     from fedloom.modeller import Modeller
     from fedloom.protocols import FedAvg
 

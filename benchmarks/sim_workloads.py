@@ -12,7 +12,7 @@ then the fedloom simulation, and prints one JSON line:
 used (``auto`` forks when that is safe: here it is, as nothing but torch is loaded).
 
 fedloom's workers keep the memory they free instead of taking an mmap per large tensor
-(fedloom.worker.allocator), which the plain-torch limit does not. ``--tuned-limit`` also
+(fedloom.worker._allocator), which the plain-torch limit does not. ``--tuned-limit`` also
 measures the bare loop with the same malloc settings (``median_tuned_limit_s`` and
 ``tuned_efficiency``): how close the framework comes to plain torch on equal footing.
 Medians are over rounds 2..5 (W1) and 2..3 (W2, W3) as the workloads say. ``startup_s``
@@ -69,7 +69,7 @@ SPECS: dict[str, dict[str, Any]] = {
 TARGETS = {"W1": "median <= 3x limit", "W2": "efficiency >= 0.90", "W3": "efficiency >= 0.60"}
 
 
-# what fedloom.worker.allocator.keep_freed_memory sets, as glibc's environment variables
+# what fedloom.worker._allocator.keep_freed_memory sets, as glibc's environment variables
 TUNED_MALLOC = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
 
 

@@ -20,9 +20,9 @@ import time
 
 import numpy as np
 
-import fedloom.testing.faults  # noqa: F401 - registers the "fault" protocol
+import fedloom.testing._faults  # noqa: F401 - registers the "fault" protocol
 from fedloom import ArraySource, LocalFederation
-from fedloom.testing.faults import Fault
+from fedloom.testing._faults import Fault
 from fedloom.worker import IsolationSettings, WorkerProcess
 
 
@@ -44,7 +44,7 @@ async def run_tasks(count: int, isolated: bool) -> tuple[list[float], list[float
         async with LocalFederation(
             pods,
             isolation=IsolationSettings() if isolated else None,
-            plugins=("fedloom.testing.faults",),
+            plugins=("fedloom.testing._faults",),
         ) as federation:
             for _ in range(count):
                 started = time.perf_counter()

@@ -5,7 +5,7 @@
   stuck conversation fails the test instead of hanging the run. It is the one way to run
   async tests here: no plugin, no ``asyncio.run`` in test bodies.
 * ``@pytest.mark.virtual_time`` (``virtual_time(start=s)`` sets the first reading) runs
-  the test on :class:`fedloom.testing.clock.VirtualTimeLoop` instead: time-outs end at
+  the test on :class:`fedloom.testing._clock.VirtualTimeLoop` instead: time-outs end at
   once and read exactly. The bound then holds on both clocks: on the loop's, as a
   ``wait_for`` in the test did (a conversation stuck on timers fails at once), and on the
   wall clock's, so a test that hangs in real time (on a thread or on I/O, where virtual
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from fedloom.testing.clock import run_in_virtual_time
+from fedloom.testing._clock import run_in_virtual_time
 from integration.hub_kit import SharedHub
 
 ASYNC_TEST_TIMEOUT = 60.0

@@ -9,11 +9,24 @@ import importlib as _importlib
 import typing as _typing
 
 if _typing.TYPE_CHECKING:
-    from fedloom.algorithms.aggregation import (
+    from fedloom._cluster import (
+        LocalCluster,
+        PodSpec,
+    )
+    from fedloom._hooks import (
+        Hook,
+        HookPoint,
+        register_hook,
+    )
+    from fedloom._local import (
+        LocalFederation,
+        run_local,
+    )
+    from fedloom.algorithms._aggregation import (
         WeightedMean,
         fedavg,
     )
-    from fedloom.algorithms.analytics import (
+    from fedloom.algorithms._analytics import (
         AnalyticsRequest,
     )
     from fedloom.algorithms.ml import (
@@ -21,10 +34,6 @@ if _typing.TYPE_CHECKING:
         ModelSpec,
         TrainingConfig,
         build_model,
-    )
-    from fedloom.cluster import (
-        LocalCluster,
-        PodSpec,
     )
     from fedloom.crypto import (
         Identity,
@@ -86,14 +95,13 @@ if _typing.TYPE_CHECKING:
         WireError,
         WorkerLostError,
     )
-    from fedloom.hooks import (
-        Hook,
-        HookPoint,
-        register_hook,
+    from fedloom.hub._server import (
+        HubServer,
+        HubSettings,
     )
-    from fedloom.local import (
-        LocalFederation,
-        run_local,
+    from fedloom.hub._tls import (
+        init_hub_tls,
+        load_hub_tls,
     )
     from fedloom.modeller import (
         Modeller,
@@ -102,10 +110,10 @@ if _typing.TYPE_CHECKING:
         TaskCancellation,
         TaskResult,
     )
-    from fedloom.modeller.remote import (
+    from fedloom.modeller._remote import (
         run_task_file,
     )
-    from fedloom.modeller.task_file import (
+    from fedloom.modeller._task_file import (
         TaskFile,
         load_task_file,
     )
@@ -113,11 +121,11 @@ if _typing.TYPE_CHECKING:
         Pod,
         PodPolicy,
     )
-    from fedloom.pod.config import (
+    from fedloom.pod._config import (
         PodConfig,
         load_pod_config,
     )
-    from fedloom.pod.daemon import (
+    from fedloom.pod._daemon import (
         serve_pod,
     )
     from fedloom.protocols import (
@@ -157,7 +165,7 @@ if _typing.TYPE_CHECKING:
         SimulationResult,
         ThreadPoolBackend,
     )
-    from fedloom.simulation.config import (
+    from fedloom.simulation._config import (
         load_simulation_file,
     )
     from fedloom.store import (
@@ -172,20 +180,12 @@ if _typing.TYPE_CHECKING:
         Mailbox,
         MemoryHub,
     )
-    from fedloom.transport.hub.client import (
+    from fedloom.transport._grpc_mailbox import (
         GrpcMailbox,
     )
-    from fedloom.transport.hub.config import (
+    from fedloom.transport._hub_config import (
         HubAddress,
         TlsClientConfig,
-    )
-    from fedloom.transport.hub.server import (
-        HubServer,
-        HubSettings,
-    )
-    from fedloom.transport.hub.tls import (
-        init_hub_tls,
-        load_hub_tls,
     )
     from fedloom.wire import (
         Message,
@@ -204,7 +204,7 @@ _EXPORTS: dict[str, str] = {
     "AccessDeniedError": "fedloom.errors",
     "AggregationError": "fedloom.errors",
     "Analytics": "fedloom.protocols",
-    "AnalyticsRequest": "fedloom.algorithms.analytics",
+    "AnalyticsRequest": "fedloom.algorithms._analytics",
     "AnalyticsResult": "fedloom.protocols",
     "ArraySource": "fedloom.datasources",
     "AuthenticationError": "fedloom.errors",
@@ -221,9 +221,9 @@ _EXPORTS: dict[str, str] = {
     "DecryptionError": "fedloom.errors",
     "EmptyDatasetError": "fedloom.errors",
     "ErrorReport": "fedloom.errors",
-    "Event": "fedloom.events",
-    "EventKind": "fedloom.events",
-    "EventStream": "fedloom.events",
+    "Event": "fedloom._events",
+    "EventKind": "fedloom._events",
+    "EventStream": "fedloom._events",
     "ExitCode": "fedloom.errors",
     "ExperimentStore": "fedloom.store",
     "FedAvg": "fedloom.protocols",
@@ -232,12 +232,12 @@ _EXPORTS: dict[str, str] = {
     "FileSource": "fedloom.datasources",
     "FileStatistics": "fedloom.protocols",
     "FileStatisticsResult": "fedloom.protocols",
-    "GrpcMailbox": "fedloom.transport.hub.client",
-    "Hook": "fedloom.hooks",
-    "HookPoint": "fedloom.hooks",
-    "HubAddress": "fedloom.transport.hub.config",
-    "HubServer": "fedloom.transport.hub.server",
-    "HubSettings": "fedloom.transport.hub.server",
+    "GrpcMailbox": "fedloom.transport._grpc_mailbox",
+    "Hook": "fedloom._hooks",
+    "HookPoint": "fedloom._hooks",
+    "HubAddress": "fedloom.transport._hub_config",
+    "HubServer": "fedloom.hub._server",
+    "HubSettings": "fedloom.hub._server",
     "HubUnavailableError": "fedloom.errors",
     "Identity": "fedloom.crypto",
     "InsecureKeyFileError": "fedloom.errors",
@@ -245,8 +245,8 @@ _EXPORTS: dict[str, str] = {
     "IsolationSettings": "fedloom.worker",
     "KeyFileError": "fedloom.errors",
     "LimitsExceededError": "fedloom.errors",
-    "LocalCluster": "fedloom.cluster",
-    "LocalFederation": "fedloom.local",
+    "LocalCluster": "fedloom._cluster",
+    "LocalFederation": "fedloom._local",
     "MODELS": "fedloom.algorithms.ml",
     "Mailbox": "fedloom.transport",
     "MailboxClosedError": "fedloom.errors",
@@ -262,10 +262,10 @@ _EXPORTS: dict[str, str] = {
     "OnTimeout": "fedloom.modeller",
     "PROTOCOLS": "fedloom.protocols",
     "Pod": "fedloom.pod",
-    "PodConfig": "fedloom.pod.config",
+    "PodConfig": "fedloom.pod._config",
     "PodPolicy": "fedloom.pod",
     "PodResponseError": "fedloom.errors",
-    "PodSpec": "fedloom.cluster",
+    "PodSpec": "fedloom._cluster",
     "PodStore": "fedloom.store",
     "PrivacyThresholdError": "fedloom.errors",
     "ProcessPoolBackend": "fedloom.simulation",
@@ -298,11 +298,11 @@ _EXPORTS: dict[str, str] = {
     "TaskAbortedError": "fedloom.errors",
     "TaskCancellation": "fedloom.modeller",
     "TaskCancelledError": "fedloom.errors",
-    "TaskFile": "fedloom.modeller.task_file",
+    "TaskFile": "fedloom.modeller._task_file",
     "TaskResult": "fedloom.modeller",
     "TaskStatus": "fedloom.scheduler",
     "ThreadPoolBackend": "fedloom.simulation",
-    "TlsClientConfig": "fedloom.transport.hub.config",
+    "TlsClientConfig": "fedloom.transport._hub_config",
     "TrainingConfig": "fedloom.algorithms.ml",
     "TransportError": "fedloom.errors",
     "UnknownIdentityError": "fedloom.errors",
@@ -310,7 +310,7 @@ _EXPORTS: dict[str, str] = {
     "UnknownRecipientError": "fedloom.errors",
     "UpdateRejectedError": "fedloom.errors",
     "UpdateRejectionReason": "fedloom.errors",
-    "WeightedMean": "fedloom.algorithms.aggregation",
+    "WeightedMean": "fedloom.algorithms._aggregation",
     "WireError": "fedloom.errors",
     "WorkerLostError": "fedloom.errors",
     "build_model": "fedloom.algorithms.ml",
@@ -318,24 +318,24 @@ _EXPORTS: dict[str, str] = {
     "decode": "fedloom.wire",
     "dirichlet_partition": "fedloom.datasources",
     "encode": "fedloom.wire",
-    "fedavg": "fedloom.algorithms.aggregation",
+    "fedavg": "fedloom.algorithms._aggregation",
     "iid_partition": "fedloom.datasources",
-    "init_hub_tls": "fedloom.transport.hub.tls",
-    "load_hub_tls": "fedloom.transport.hub.tls",
+    "init_hub_tls": "fedloom.hub._tls",
+    "load_hub_tls": "fedloom.hub._tls",
     "load_identity": "fedloom.crypto",
-    "load_pod_config": "fedloom.pod.config",
+    "load_pod_config": "fedloom.pod._config",
     "load_protocol": "fedloom.protocols",
     "load_public_identity": "fedloom.crypto",
-    "load_simulation_file": "fedloom.simulation.config",
-    "load_task_file": "fedloom.modeller.task_file",
+    "load_simulation_file": "fedloom.simulation._config",
+    "load_task_file": "fedloom.modeller._task_file",
     "parse_size": "fedloom.scheduler",
-    "register_hook": "fedloom.hooks",
+    "register_hook": "fedloom._hooks",
     "register_protocol": "fedloom.protocols",
     "resume_experiment": "fedloom.protocols",
-    "run_local": "fedloom.local",
-    "run_task_file": "fedloom.modeller.remote",
+    "run_local": "fedloom._local",
+    "run_task_file": "fedloom.modeller._remote",
     "save_identity": "fedloom.crypto",
-    "serve_pod": "fedloom.pod.daemon",
+    "serve_pod": "fedloom.pod._daemon",
 }
 
 __all__ = [

@@ -128,7 +128,8 @@ class DataError(FedloomError):
 
 class DatasetNotFoundError(DataError, LookupError):
     """A dataset name or file that does not exist (its message may name a path: raisers
-    give a ``public=`` text)."""
+    give a ``public=`` text).
+    """
 
     code = 2001
     abort_reason = AbortReason.NO_DATA

@@ -15,13 +15,13 @@ import grpc
 import grpc.aio
 
 from fedloom.crypto import Identity, sign
-from fedloom.transport.hub import frames
-from fedloom.transport.hub.channel_options import grpc_options
-from fedloom.transport.hub.client import GrpcMailbox
-from fedloom.transport.hub.frames import Kind
-from fedloom.transport.hub.server import HubServer, HubSettings
-from fedloom.transport.hub.store import HubStore
-from fedloom.transport.sealing import sign_frame
+from fedloom.crypto._sealing import sign_frame
+from fedloom.hub._server import HubServer, HubSettings
+from fedloom.hub._store import HubStore
+from fedloom.transport import _frames as frames
+from fedloom.transport._frames import Kind
+from fedloom.transport._grpc_mailbox import GrpcMailbox
+from fedloom.transport._grpc_options import grpc_options
 from fedloom.wire import Message, encode
 
 HUB_START_TIMEOUT = 30.0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fedloom.events import MODELLER, Event, EventKind
+from fedloom._events import MODELLER, Event, EventKind
 
 
 def said(event: Event) -> str:

@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedloom.events import EventKind
+from fedloom._events import EventKind
 from fedloom.simulation import CLIENT_DATA
-from fedloom.simulation.data import ClientData, SyntheticClients
+from fedloom.simulation._data import ClientData, SyntheticClients
 
 
 class _Flaky:

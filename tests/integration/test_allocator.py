@@ -1,4 +1,4 @@
-"""glibc malloc settings for training processes (fedloom.worker.allocator)."""
+"""glibc malloc settings for training processes (fedloom.worker._allocator)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ import sys
 
 import pytest
 
-from fedloom.worker.allocator import keep_freed_memory, user_tuned_malloc
+from fedloom.worker._allocator import keep_freed_memory, user_tuned_malloc
 
 # allocates and frees a 64 MiB tensor (a W3-sized gradient) a few times, before and after
 # keep_freed_memory(), and prints the page faults each loop cost
 _FAULTS = """
 import json, resource, sys, torch
-from fedloom.worker.allocator import keep_freed_memory
+from fedloom.worker._allocator import keep_freed_memory
 
 def faults():
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt

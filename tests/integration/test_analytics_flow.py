@@ -27,7 +27,7 @@ from fedloom import (
     load_protocol,
     run_local,
 )
-from fedloom.algorithms.analytics import compute_partials, partials_to_wire
+from fedloom.algorithms._analytics import compute_partials, partials_to_wire
 
 from .conftest import RAW, FakePod, RawClient, run_async, until_idle
 

@@ -26,8 +26,8 @@ from fedloom import (
     RequestPolicy,
     TaskResult,
 )
-from fedloom.cluster import LocalCluster, PodSpec
-from fedloom.events import Event, EventKind
+from fedloom._cluster import LocalCluster, PodSpec
+from fedloom._events import Event, EventKind
 from fedloom.protocols import BatchedInference
 
 from .conftest import run_async

@@ -16,10 +16,10 @@ import psutil
 import pytest
 
 from fedloom import AbortReason, Modeller, SqlitePodStore, TaskCancellation
-from fedloom.cluster import LocalCluster, PodSpec
-from fedloom.events import MODELLER, Event
-from fedloom.modeller.modeller import TELL_PODS_SECONDS
-from fedloom.testing.faults import Fault
+from fedloom._cluster import LocalCluster, PodSpec
+from fedloom._events import MODELLER, Event
+from fedloom.modeller._modeller import TELL_PODS_SECONDS
+from fedloom.testing._faults import Fault
 
 from .conftest import run_async
 from .pod_events import said
@@ -35,7 +35,7 @@ def _specs(root: Path, pods: tuple[str, ...]) -> dict[str, PodSpec]:
     return {
         pod: PodSpec(
             datasets={"default": table},
-            plugins=("fedloom.testing.faults",),
+            plugins=("fedloom.testing._faults",),
             max_concurrent_tasks=1,
             worker={"heartbeat_interval": 1.0},
         )

@@ -11,7 +11,7 @@ import pytest
 
 _RUN = """
 import json, sys
-from fedloom.cli.app import main
+from fedloom.cli._app import main
 sys.argv = ["fedloom", *sys.argv[1:]]
 try:
     main()

@@ -28,9 +28,9 @@ from fedloom import (
     SqlitePodStore,
     TrainingConfig,
 )
-from fedloom.cluster import LocalCluster, PodSpec
+from fedloom._cluster import LocalCluster, PodSpec
+from fedloom._events import Event, EventKind
 from fedloom.errors import PodResponseError
-from fedloom.events import Event, EventKind
 
 from .cli_kit import wait_for_rows
 from .conftest import run_async
@@ -275,14 +275,14 @@ def test_signals_stop_every_process_cleanly(tmp_path: Path) -> None:
 def test_pod_daemon_isolates_each_task_in_a_child(tmp_path: Path) -> None:
     """A task that kills its own process ends with TASK_ABORT; the pod daemon goes on, and
     its children hold no hub connection of their own."""
-    import fedloom.testing.faults  # noqa: F401 - the modeller needs the protocol's name
+    import fedloom.testing._faults  # noqa: F401 - the modeller needs the protocol's name
     from fedloom.errors import AbortReason
-    from fedloom.testing.faults import Fault
+    from fedloom.testing._faults import Fault
 
     specs = _write_pod_data(tmp_path, ("pod-a",))
     specs["pod-a"] = PodSpec(
         datasets=specs["pod-a"].datasets,
-        plugins=("fedloom.testing.faults",),
+        plugins=("fedloom.testing._faults",),
         worker={"heartbeat_interval": 1.0, "heartbeat_patience": 2},
     )
 

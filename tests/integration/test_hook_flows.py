@@ -30,11 +30,12 @@ from fedloom import (
     TableSource,
     TrainingConfig,
 )
-from fedloom.algorithms.analytics import AnalyticsRequest
-from fedloom.hooks import Hook, HookEvent, HookPoint, HookSet, build_hooks, register_hook
+from fedloom._hooks import Hook, HookEvent, HookPoint, HookSet, build_hooks, register_hook
+from fedloom.algorithms._analytics import AnalyticsRequest
 from fedloom.protocols import ModellerContext, Protocol, WorkerContext
+from fedloom.session import ModellerMailbox, WorkerMailbox
 from fedloom.testing import connect_federation
-from fedloom.transport import ModellerMailbox, TaskRouter, WorkerMailbox
+from fedloom.transport import TaskRouter
 
 from .conftest import TINY_MLP, labelled_arrays, run_async
 from .pod_events import PodEvents

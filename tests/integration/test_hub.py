@@ -12,6 +12,7 @@ import pytest
 
 from fedloom import errors
 from fedloom.crypto import Identity
+from fedloom.crypto._sealing import sign_frame
 from fedloom.errors import (
     AccessDeniedError,
     BadSignatureError,
@@ -23,9 +24,8 @@ from fedloom.errors import (
 )
 from fedloom.testing import check_hub, check_mailbox
 from fedloom.transport import Hub, Mailbox, Role
-from fedloom.transport.hub.client import GrpcMailbox
-from fedloom.transport.hub.frames import Kind, control
-from fedloom.transport.sealing import sign_frame
+from fedloom.transport._frames import Kind, control
+from fedloom.transport._grpc_mailbox import GrpcMailbox
 from fedloom.wire import Message, MessageType, encode
 
 from .hub_kit import GrpcTestHub, RawSession, SharedHub, connect, free_port, register, start_hub
@@ -275,9 +275,9 @@ async def test_unreachable_hub() -> None:
 
 
 async def test_tls_and_mutual_tls(tmp_path: Path) -> None:
-    from fedloom.transport.hub.config import TlsClientConfig
-    from fedloom.transport.hub.server import HubServer, HubSettings
-    from fedloom.transport.hub.tls import init_hub_tls, issue_client_certificate
+    from fedloom.hub._server import HubServer, HubSettings
+    from fedloom.hub._tls import init_hub_tls, issue_client_certificate
+    from fedloom.transport._hub_config import TlsClientConfig
 
     ids = register(tmp_path, {"alice": "modeller", "bob": "pod"})
     tls = init_hub_tls(tmp_path / "tls")
@@ -305,7 +305,7 @@ async def test_tls_and_mutual_tls(tmp_path: Path) -> None:
 
 def test_plaintext_needs_an_explicit_choice(tmp_path: Path) -> None:
     from fedloom.errors import ConfigError
-    from fedloom.transport.hub.server import HubSettings
+    from fedloom.hub._server import HubSettings
 
     with pytest.raises(ConfigError, match="insecure"):
         HubSettings(data_dir=tmp_path)
@@ -317,7 +317,7 @@ async def test_answers_interleaved_with_a_large_delivery(
     shared_hub: SharedHub, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The hub's RESULTs to bob may arrive between the chunks of a big delivery to bob."""
-    from fedloom.transport.hub import frames
+    from fedloom.transport import _frames as frames
 
     monkeypatch.setattr(frames, "CHUNK_BYTES", 64 << 10)  # many chunks per delivery
     ids = shared_hub.identities(alice="modeller", bob="pod")

@@ -14,9 +14,9 @@ import msgpack
 import pytest
 
 from fedloom import errors
-from fedloom.transport.hub import frames
-from fedloom.transport.hub.channel_options import grpc_options
-from fedloom.transport.hub.frames import Kind
+from fedloom.transport import _frames as frames
+from fedloom.transport._frames import Kind
+from fedloom.transport._grpc_options import grpc_options
 from fedloom.wire import Message, MessageType
 
 from .conftest import run_async

@@ -1,4 +1,4 @@
-"""fedloom.transport.hub.store: durable hub mailboxes on real SQLite files and spool folders."""
+"""fedloom.hub._store: durable hub mailboxes on real SQLite files and spool folders."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from fedloom.errors import (
     UnknownIdentityError,
     UnknownRecipientError,
 )
-from fedloom.transport.hub.store import (
+from fedloom.hub._store import (
     HUB_APPLICATION_ID,
     HUB_ROLES,
     HUB_SCHEMA_VERSION,
@@ -230,7 +230,7 @@ def test_messages_survive_a_store_that_was_never_closed(tmp_path: Path) -> None:
 _KILLED_CHILD = textwrap.dedent(
     """
     import os, signal, sys
-    from fedloom.transport.hub.store import HubStore
+    from fedloom.hub._store import HubStore
 
     hub = HubStore(sys.argv[1], spool_threshold=int(sys.argv[2]))
     small = hub.append("pod-a", "modeller", 3, b"small" * 40, bytes(range(64)))
@@ -332,7 +332,7 @@ def test_a_message_whose_spool_file_is_lost_is_dropped_on_open(
         path.unlink()
     else:
         path.write_bytes(BIG[:100])
-    with caplog.at_level(logging.ERROR, logger="fedloom.transport.hub.store_core"):
+    with caplog.at_level(logging.ERROR, logger="fedloom.hub._store_core"):
         reopened = open_store()
     assert any(f"dropped message {lost.id}" in r.getMessage() for r in caplog.records)
     assert reopened.pending("modeller") == [kept]
@@ -348,7 +348,7 @@ def test_a_spool_file_lost_while_open_gives_not_found(
     assert message is not None
     (store.data_dir / "spool" / f"{message.id}.frame").unlink()
     with (
-        caplog.at_level(logging.ERROR, logger="fedloom.transport.hub.store_core"),
+        caplog.at_level(logging.ERROR, logger="fedloom.hub._store_core"),
         pytest.raises(NotFoundError, match="lost"),
     ):
         store.load(message.id)

@@ -9,7 +9,7 @@ import uuid
 import psutil
 
 from fedloom import AbortReason, LocalFederation, MemoryPodStore, MessageType, PodPolicy
-from fedloom.testing.faults import Fault
+from fedloom.testing._faults import Fault
 from fedloom.worker import IsolationSettings
 
 from .conftest import REPLY_TIMEOUT, run_async, until_idle

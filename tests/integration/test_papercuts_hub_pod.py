@@ -22,10 +22,10 @@ import pandas as pd
 import pytest
 
 from fedloom import HubUnavailableError, Identity, save_identity
-from fedloom.transport.hub.client import GrpcMailbox
-from fedloom.transport.hub.server import HubServer, HubSettings
-from fedloom.transport.hub.store import HubStore
-from fedloom.transport.hub.tls import init_hub_tls
+from fedloom.hub._server import HubServer, HubSettings
+from fedloom.hub._store import HubStore
+from fedloom.hub._tls import init_hub_tls
+from fedloom.transport._grpc_mailbox import GrpcMailbox
 
 from .cli_kit import daemon, pod_toml, start_hub, stop
 from .hub_kit import connect, free_port, register

@@ -20,8 +20,8 @@ from fedloom import (
     ResultsOnly,
     TaskResult,
 )
+from fedloom._events import Event, EventKind
 from fedloom.errors import ErrorReport, ReceiveTimeoutError
-from fedloom.events import Event, EventKind
 from fedloom.transport import Mailbox
 
 from .conftest import REPLY_TIMEOUT, run_async, until_idle

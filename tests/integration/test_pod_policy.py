@@ -71,7 +71,7 @@ DANGEROUS_NAMES: list[Any] = [
     "builtins.eval",
     "this",  # a real module that prints when imported
     "__import__",
-    "fedloom.protocols.fedavg.FedAvg",
+    "fedloom.protocols._fedavg.FedAvg",
     "FedAvg",
     "../fedavg",
     "fedavg\x00",

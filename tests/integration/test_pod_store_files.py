@@ -22,8 +22,8 @@ from fedloom.store import (
     SqlitePodStore,
     task_hash,
 )
-from fedloom.store.schema import APPLICATION_ID, MIGRATIONS
-from fedloom.testing.store_conformance import check_pod_store
+from fedloom.store._schema import APPLICATION_ID, MIGRATIONS
+from fedloom.testing._store_conformance import check_pod_store
 
 posix_only = pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX only")
 

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import torch
 
+from fedloom._events import Event, EventKind
 from fedloom.algorithms.ml import ModelSpec, build_model
 from fedloom.errors import ConfigError, SimulationError
-from fedloom.events import Event, EventKind
 from fedloom.scheduler import ResourceEstimate, TaskStatus
 from fedloom.simulation import (
     BackendPlan,
@@ -30,8 +30,8 @@ from fedloom.simulation import (
     SimulationConfig,
     SimulationResult,
 )
-from fedloom.simulation.ray_backend import RayBackend, import_ray, ray_actor_options
-from fedloom.simulation.shm import FlatLayout
+from fedloom.simulation._ray_backend import RayBackend, import_ray, ray_actor_options
+from fedloom.simulation._shm import FlatLayout
 
 ray = pytest.importorskip("ray")
 

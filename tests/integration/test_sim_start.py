@@ -13,18 +13,18 @@ import pytest
 import torch
 
 from fedloom import ModelSpec, TrainingConfig
+from fedloom._events import Event
 from fedloom.errors import ConfigError
-from fedloom.events import Event
 from fedloom.simulation import (
     DataSpec,
     ProcessPoolBackend,
     Simulation,
     SimulationConfig,
 )
-from fedloom.simulation.backend import BackendPlan
-from fedloom.simulation.client import RunnerPlan
-from fedloom.simulation.process_pool import fork_hazard
-from fedloom.simulation.shm import FlatLayout
+from fedloom.simulation._backend import BackendPlan
+from fedloom.simulation._client import RunnerPlan
+from fedloom.simulation._process_pool import fork_hazard
+from fedloom.simulation._shm import FlatLayout
 
 SCRIPT = Path(__file__).with_name("sim_fork_check.py")
 MLP = ModelSpec("mlp", {"in_features": 12, "hidden": [8], "out_features": 4})

@@ -11,7 +11,8 @@ import psutil
 import pytest
 
 from fedloom import ArraySource, FedAvg, ModelSpec, TrainingConfig, run_local
-from fedloom.algorithms.aggregation import WeightedMean
+from fedloom._events import Event, EventCallback, EventKind, virtual_client
+from fedloom.algorithms._aggregation import WeightedMean
 from fedloom.algorithms.ml import (
     build_model,
     load_arrays,
@@ -26,7 +27,6 @@ from fedloom.errors import (
     SimulationError,
     UnknownNameError,
 )
-from fedloom.events import Event, EventCallback, EventKind, virtual_client
 from fedloom.scheduler import ResourceBudget, ResourceEstimate, TaskStatus
 from fedloom.simulation import (
     ClientResources,
@@ -37,7 +37,7 @@ from fedloom.simulation import (
     SimulationConfig,
     build_client_data,
 )
-from fedloom.simulation.client import participant
+from fedloom.simulation._client import participant
 
 from . import sim_plugins
 

@@ -17,7 +17,7 @@ import torch
 from fedloom import ArraySource, FedAvg, ModelSpec, TrainingConfig, run_local
 from fedloom.privacy import TransformSpec
 from fedloom.simulation import DataSpec, Simulation, SimulationConfig, build_client_data
-from fedloom.simulation.client import participant
+from fedloom.simulation._client import participant
 from fedloom.strategies import StrategySpec, registered_strategies
 from fedloom.worker import IsolationSettings
 

@@ -7,14 +7,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-import fedloom.testing.faults  # noqa: F401 - registers the "fault" protocol here
+import fedloom.testing._faults  # noqa: F401 - registers the "fault" protocol here
 from fedloom import ArraySource, LocalFederation, PodPolicy
-from fedloom.testing.faults import Fault
+from fedloom.testing._faults import Fault
 from fedloom.worker import IsolationSettings
 
 from .conftest import run_async
 
-PLUGINS = ("fedloom.testing.faults",)
+PLUGINS = ("fedloom.testing._faults",)
 
 
 def _facts(isolation: IsolationSettings, policy: PodPolicy) -> dict[str, Any]:

@@ -10,7 +10,7 @@ def test_exchange_folders_of_dead_pods_are_swept(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from fedloom.worker.ipc import sweep_exchange_folders
+    from fedloom.worker._ipc import sweep_exchange_folders
 
     gone = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"],

@@ -11,14 +11,14 @@ import numpy as np
 import psutil
 import pytest
 
-import fedloom.testing.faults  # noqa: F401 - registers the "fault" protocol here
+import fedloom.testing._faults  # noqa: F401 - registers the "fault" protocol here
 from fedloom import AbortReason, ArraySource, LocalFederation, MemoryPodStore, PodResponseError
-from fedloom.testing.faults import Fault
+from fedloom.testing._faults import Fault
 from fedloom.worker import IsolationSettings
 
 from .conftest import run_async, until_idle
 
-PLUGINS = ("fedloom.testing.faults",)
+PLUGINS = ("fedloom.testing._faults",)
 FAST = IsolationSettings(heartbeat_interval=0.5, heartbeat_patience=2, stop_grace=2.0)
 
 
@@ -168,7 +168,7 @@ def test_task_cancel_is_answered_with_task_abort(isolated: bool) -> None:
     TASK_ABORT(CANCELLED_BY_MODELLER). A child is stopped wherever it is; a worker in the
     pod's own process notices when it next reads its mailbox (here: waiting for the end)."""
     from fedloom import MemoryHub, Message, MessageType, Pod
-    from fedloom.transport.task import report_of
+    from fedloom.session import report_of
 
     from .conftest import RAW, RawClient
 

@@ -15,7 +15,7 @@ from typing import Any, Self
 import torch
 
 from fedloom.protocols import ModellerContext, Protocol, WorkerContext, register_protocol
-from fedloom.transport import ModellerMailbox, WorkerMailbox
+from fedloom.session import ModellerMailbox, WorkerMailbox
 from fedloom.wire import MessageType
 
 

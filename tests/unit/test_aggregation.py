@@ -1,4 +1,4 @@
-"""Tests for fedloom.algorithms.aggregation (streaming FedAvg)."""
+"""Tests for fedloom.algorithms._aggregation (streaming FedAvg)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from fedloom.algorithms.aggregation import WeightedMean, fedavg, validate_update
+from fedloom.algorithms._aggregation import WeightedMean, fedavg, validate_update
 from fedloom.errors import AggregationError, UpdateRejectedError, UpdateRejectionReason
 
 Array = npt.NDArray[Any]

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fedloom.algorithms.analytics import (
+from fedloom.algorithms._analytics import (
     STATISTIC_NAMES,
     AnalyticsRequest,
     column_ranges,
@@ -22,7 +22,7 @@ from fedloom.algorithms.analytics import (
     partials_from_wire,
     partials_to_wire,
 )
-from fedloom.algorithms.statistics import ColumnPartial
+from fedloom.algorithms._statistics import ColumnPartial
 from fedloom.errors import (
     AggregationError,
     ConfigError,

@@ -11,14 +11,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-import fedloom.protocols.analytics as analytics_protocol
-from fedloom.algorithms.analytics import AnalyticsRequest
+import fedloom.protocols._analytics as analytics_protocol
+from fedloom._hooks import HookSet
+from fedloom.algorithms._analytics import AnalyticsRequest
 from fedloom.datasources import ArraySource
-from fedloom.hooks import HookSet
 from fedloom.protocols import ModellerContext, WorkerContext
-from fedloom.protocols.analytics import Analytics, AnalyticsResult
+from fedloom.protocols._analytics import Analytics, AnalyticsResult
+from fedloom.session import ModellerMailbox, WorkerMailbox
 from fedloom.testing import connect_federation
-from fedloom.transport import MemoryHub, ModellerMailbox, TaskRouter, WorkerMailbox
+from fedloom.transport import MemoryHub, TaskRouter
 from fedloom.wire import MessageType
 
 TASK = "task-1"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fedloom.testing.clock import VirtualTimeLoop, virtual_loop
+from fedloom.testing._clock import VirtualTimeLoop, virtual_loop
 
 pytest_plugins = ["pytester"]
 

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fedloom._hooks import Hook, HookEvent, HookPoint, HookSet
 from fedloom.datasources import ArraySource, Datasource, FileRecord, FileSource
 from fedloom.errors import (
     AbortReason,
@@ -36,7 +37,6 @@ from fedloom.errors import (
     SchemaMismatchError,
     TooManyFailuresError,
 )
-from fedloom.hooks import Hook, HookEvent, HookPoint, HookSet
 from fedloom.protocols import (
     BatchCollector,
     BatchedInference,
@@ -52,9 +52,10 @@ from fedloom.protocols import (
     load_protocol,
     pool_statistics,
 )
+from fedloom.session import ModellerMailbox, WorkerMailbox
 from fedloom.store import FailedFile, MemoryPodStore, task_hash
 from fedloom.testing import connect_federation
-from fedloom.transport import MemoryHub, ModellerMailbox, TaskRouter, WorkerMailbox
+from fedloom.transport import MemoryHub, TaskRouter
 from fedloom.wire import MessageType
 
 TASK = "task-1"

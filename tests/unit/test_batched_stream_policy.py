@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from fedloom import OnTimeout, PodResponseError, RequestPolicy
+from fedloom._hooks import HookSet
 from fedloom.datasources import FileRecord, FileSource
 from fedloom.errors import (
     AbortReason,
@@ -26,7 +27,6 @@ from fedloom.errors import (
     ReceiveTimeoutError,
     TaskAbortedError,
 )
-from fedloom.hooks import HookSet
 from fedloom.protocols import (
     BatchCollector,
     BatchedProtocol,
@@ -35,9 +35,10 @@ from fedloom.protocols import (
     ModellerContext,
     WorkerContext,
 )
+from fedloom.session import ModellerMailbox, WorkerMailbox
 from fedloom.store import FailedFile
 from fedloom.testing import connect_federation
-from fedloom.transport import MemoryHub, ModellerMailbox, TaskRouter, WorkerMailbox
+from fedloom.transport import MemoryHub, TaskRouter
 from fedloom.wire import MessageType
 
 TASK = "task-1"

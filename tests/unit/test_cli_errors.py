@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fedloom.cli.app import main
+from fedloom.cli._app import main
 from fedloom.errors import ExitCode
 
 

@@ -8,8 +8,8 @@ from typing import Any
 
 from rich.console import Console
 
-from fedloom.cli.progress import LiveProgress, progress_label
-from fedloom.events import MODELLER, Event, EventKind, virtual_client
+from fedloom._events import MODELLER, Event, EventKind, virtual_client
+from fedloom.cli._progress import LiveProgress, progress_label
 
 TASK = "task-1"
 

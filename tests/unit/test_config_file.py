@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from fedloom.config_file import MAX_CONFIG_FILE_BYTES, parse_toml, read_toml
+from fedloom._config_file import MAX_CONFIG_FILE_BYTES, parse_toml, read_toml
 from fedloom.errors import ConfigError
-from fedloom.modeller.task_file import load_task_file
-from fedloom.pod.config import load_pod_config
-from fedloom.simulation.config import load_simulation_file
+from fedloom.modeller._task_file import load_task_file
+from fedloom.pod._config import load_pod_config
+from fedloom.simulation._config import load_simulation_file
 
 
 @pytest.mark.parametrize(

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
+from fedloom._events import MODELLER, Event, EventKind, EventStream, fields_of, virtual_client
 from fedloom.errors import ConfigError
-from fedloom.events import MODELLER, Event, EventKind, EventStream, fields_of, virtual_client
-from fedloom.testing.clock import FakeClock
+from fedloom.testing._clock import FakeClock
 
 
 def test_subscribers_get_every_event_in_order_stamped_by_the_clock() -> None:
@@ -57,7 +57,7 @@ def test_a_failing_subscriber_is_logged_and_the_others_still_get_the_event(
 
     stream.subscribe(broken)
     stream.subscribe(lambda e: seen.append(e.kind))
-    with caplog.at_level(logging.ERROR, logger="fedloom.events"):
+    with caplog.at_level(logging.ERROR, logger="fedloom._events"):
         stream.publish("t", MODELLER, EventKind.TASK_STARTED)
         stream.publish("t", MODELLER, EventKind.TASK_FINISHED)
     assert seen == [EventKind.TASK_STARTED, EventKind.TASK_FINISHED]

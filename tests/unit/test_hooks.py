@@ -14,16 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fedloom.algorithms.ml import (
-    ModelSpec,
-    TrainingConfig,
-    build_model,
-    state_to_arrays,
-    train_local,
-)
-from fedloom.datasources import ArraySource
-from fedloom.errors import ConfigError, DuplicateNameError, UnknownNameError
-from fedloom.hooks import (
+from fedloom._hooks import (
     DEFAULT_WORKER_HOOKS,
     HOOKS,
     Hook,
@@ -34,9 +25,19 @@ from fedloom.hooks import (
     build_hooks,
     register_hook,
 )
+from fedloom.algorithms.ml import (
+    ModelSpec,
+    TrainingConfig,
+    build_model,
+    state_to_arrays,
+    train_local,
+)
+from fedloom.datasources import ArraySource
+from fedloom.errors import ConfigError, DuplicateNameError, UnknownNameError
 from fedloom.protocols import WorkerContext
+from fedloom.session import WorkerMailbox
 from fedloom.testing import FakeClock, connect_federation
-from fedloom.transport import Mailbox, MemoryHub, TaskRouter, WorkerMailbox
+from fedloom.transport import Mailbox, MemoryHub, TaskRouter
 from fedloom.wire import Message, MessageType
 
 TASK = "task-1"
@@ -126,7 +127,7 @@ def test_built_in_hooks_are_registered_and_progress_is_the_pod_default() -> None
 
 
 @pytest.mark.parametrize(
-    "name", ["os.system", "builtins.eval", "fedloom.hooks.LogHook", "Progress", "", None, 3]
+    "name", ["os.system", "builtins.eval", "fedloom._hooks.LogHook", "Progress", "", None, 3]
 )
 def test_a_malformed_or_unknown_hook_name_is_refused_without_importing(name: object) -> None:
     before = set(sys.modules)
@@ -174,7 +175,7 @@ def test_a_factory_that_fails_or_makes_no_hook_is_a_config_error() -> None:
     HOOKS.add(wrong, lambda: "not a hook")  # type: ignore[arg-type,return-value]
     with pytest.raises(ConfigError, match=f"hook '{broken}' could not be built: no such device"):
         build_hooks([broken])
-    with pytest.raises(ConfigError, match=r"made a str, not a fedloom\.hooks\.Hook"):
+    with pytest.raises(ConfigError, match=r"made a str, not a fedloom\.plugins\.Hook"):
         build_hooks([wrong])
 
 
@@ -235,7 +236,7 @@ async def test_a_raising_hook_is_logged_once_counted_and_the_others_still_run(
         ]
     )
 
-    with caplog.at_level(logging.DEBUG, logger="fedloom.hooks"):
+    with caplog.at_level(logging.DEBUG, logger="fedloom._hooks"):
         async with task_mailboxes() as (worker, _):
             bound = hooks.bind(worker, "pod-a")
             for batch in range(3):
@@ -256,7 +257,7 @@ async def test_the_log_hook_logs_batches_at_debug_and_the_rest_at_info(
 ) -> None:
     hooks = build_hooks(["log"])
 
-    with caplog.at_level(logging.DEBUG, logger="fedloom.hooks"):
+    with caplog.at_level(logging.DEBUG, logger="fedloom._hooks"):
         async with task_mailboxes() as (worker, _):
             bound = hooks.bind(worker, "pod-a")
             await bound.fire(HookPoint.BATCH_END, batch=1)

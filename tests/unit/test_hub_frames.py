@@ -12,8 +12,8 @@ from fedloom.errors import (
     ProtocolError,
     UnknownRecipientError,
 )
-from fedloom.transport.hub import frames
-from fedloom.transport.hub.frames import Kind
+from fedloom.transport import _frames as frames
+from fedloom.transport._frames import Kind
 
 
 def test_control_round_trip_and_field_checks() -> None:

@@ -8,8 +8,10 @@ import pytest
 
 from fedloom.crypto import Identity
 from fedloom.errors import FedloomError, HubUnavailableError, UnknownIdentityError
-from fedloom.transport.hub import client, client_connection, frames
-from fedloom.transport.hub.frames import Kind
+from fedloom.transport import _frames as frames
+from fedloom.transport import _grpc_link as client_connection
+from fedloom.transport import _grpc_mailbox as client
+from fedloom.transport._frames import Kind
 
 
 class _FailingCall:

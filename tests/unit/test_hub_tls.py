@@ -1,5 +1,5 @@
-"""fedloom.transport.hub.tls: the hub's CA, server and client certificates, and real TLS;
-fedloom.crypto.pem: reading those files."""
+"""fedloom.hub._tls: the hub's CA, server and client certificates, and real TLS;
+fedloom.crypto._pem: reading those files."""
 
 from __future__ import annotations
 
@@ -22,9 +22,9 @@ from cryptography.hazmat.primitives.serialization import (
 )
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from fedloom.crypto.pem import MAX_PEM_BYTES, read_pem
+from fedloom.crypto._pem import MAX_PEM_BYTES, read_pem
 from fedloom.errors import ConfigError, InsecureKeyFileError, KeyFileError
-from fedloom.transport.hub.tls import (
+from fedloom.hub._tls import (
     HubTlsFiles,
     init_hub_tls,
     issue_client_certificate,

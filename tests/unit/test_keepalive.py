@@ -6,9 +6,9 @@ import asyncio
 from typing import Any, cast
 
 from fedloom.errors import TransportError
-from fedloom.modeller.keepalive import KeepAlive
+from fedloom.modeller._keepalive import KeepAlive
+from fedloom.session import ModellerMailbox
 from fedloom.testing import run_in_virtual_time, virtual_loop
-from fedloom.transport import ModellerMailbox
 from fedloom.wire import Message, MessageType
 
 

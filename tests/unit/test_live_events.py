@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from fedloom import ArraySource, FedAvg, LocalFederation, ModelSpec, PodPolicy, TrainingConfig
+from fedloom._events import MODELLER, Event, EventKind
 from fedloom.errors import AccessDeniedError, ErrorReport, PodResponseError
-from fedloom.events import MODELLER, Event, EventKind
 from fedloom.pod import PodStatistics
 
 ROUNDS = 2

@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 
-import fedloom.modeller.modeller as modeller_module
+import fedloom.modeller._modeller as modeller_module
 from fedloom import MemoryExperimentStore, Modeller
 from fedloom.errors import AbortReason, ErrorReport
 from fedloom.modeller import TaskCancellation
 from fedloom.testing import connect_federation
-from fedloom.testing.faults import Fault
+from fedloom.testing._faults import Fault
 from fedloom.transport import Mailbox, MailboxStatistics, MemoryHub
 from fedloom.wire import Message, MessageType
 

@@ -198,7 +198,7 @@ def test_network_facing_code_never_unpickles() -> None:
     assert not findings, "\n".join(findings)
     reached = {path.relative_to(SRC).as_posix() for path in files}
     # the walk really covered the roots and followed their imports
-    assert {"fedloom/wire/codec.py", "fedloom/wire/message.py", "fedloom/errors.py"} <= reached
+    assert {"fedloom/wire/_codec.py", "fedloom/wire/_message.py", "fedloom/errors.py"} <= reached
     assert "fedloom/__init__.py" in reached
     assert any(name.startswith("fedloom/transport/") for name in reached)
     assert any(name.startswith("fedloom/pod/") for name in reached)
@@ -285,7 +285,7 @@ def test_scan_follows_imports_transitively(tmp_path: Path, importer: str) -> Non
         {
             "fedloom/__init__.py": "",
             "fedloom/wire/__init__.py": "from .codec import encode\n",
-            "fedloom/wire/codec.py": f"{importer}\n",
+            "fedloom/wire/_codec.py": f"{importer}\n",
             "fedloom/helper.py": "from fedloom import deeper\n",
             "fedloom/deeper.py": "import pickle\n",
             "fedloom/unrelated.py": "import dill\n",

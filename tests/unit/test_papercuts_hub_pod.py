@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from fedloom import ArraySource, ConfigError
+from fedloom._registry import import_plugins
 from fedloom.datasources import (
     DATASOURCE_KINDS,
     FileSource,
@@ -26,7 +27,6 @@ from fedloom.errors import (
     MissingColumnError,
 )
 from fedloom.pod import load_pod_config
-from fedloom.registry import import_plugins
 
 # --- plugins ------------------------------------------------------------------------------
 
@@ -217,7 +217,7 @@ def test_a_pod_logs_one_line_per_task_accepted_or_rejected(
             modeller_name="bob",
             policy=PodPolicy(allowed_modellers=frozenset({"alice"})),
         )
-    lines = [r.getMessage() for r in caplog.records if r.name == "fedloom.pod.pod"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "fedloom.pod._pod"]
     assert len(lines) == 2, lines
     assert re.fullmatch(
         r"pod-a: task [0-9a-f]{8} from alice: analytics on dataset default: "
@@ -291,7 +291,7 @@ def _model_file_bytes(**config: object) -> bytes:
 def test_a_model_file_that_does_not_fit_the_model_is_refused_by_the_modeller(
     tmp_path: Path,
 ) -> None:
-    from fedloom.modeller.task_file import load_task_file
+    from fedloom.modeller._task_file import load_task_file
 
     (tmp_path / "other.safetensors").write_bytes(_model_file_bytes(hidden=[5]))
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
@@ -302,8 +302,8 @@ def test_a_model_file_that_does_not_fit_the_model_is_refused_by_the_modeller(
 
 
 def test_a_task_file_model_file_is_a_path_relative_to_the_task_file(tmp_path: Path) -> None:
-    from fedloom.modeller.task_file import load_task_file
-    from fedloom.protocols.inference import MODEL_FILE
+    from fedloom.modeller._task_file import load_task_file
+    from fedloom.protocols._inference import MODEL_FILE
 
     (tmp_path / "models").mkdir()
     weights = _model_file_bytes()
@@ -316,7 +316,7 @@ def test_a_task_file_model_file_is_a_path_relative_to_the_task_file(tmp_path: Pa
 
 
 def test_a_missing_model_file_is_one_config_error_naming_the_path(tmp_path: Path) -> None:
-    from fedloom.modeller.task_file import load_task_file
+    from fedloom.modeller._task_file import load_task_file
 
     path = _infer_task(tmp_path, "missing.safetensors")
     with pytest.raises(ConfigError) as caught:

@@ -19,7 +19,7 @@ from torch import nn
 
 from fedloom.algorithms.inference import predict
 from fedloom.algorithms.ml import ModelSpec, build_model
-from fedloom.algorithms.ml.rng import seeded
+from fedloom.algorithms.ml._rng import seeded
 from fedloom.datasources import FileSource
 from fedloom.errors import ConfigError, SchemaMismatchError
 

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from fedloom.algorithms.ml import ModelSpec
-from fedloom.algorithms.ml.plots import RoundCurves, plot_training
+from fedloom.algorithms.ml._plots import RoundCurves, plot_training
 from fedloom.errors import ConfigError
 from fedloom.scheduler import TaskStatus
 from fedloom.simulation import ClientOutcome, ClientRecord, RoundReport, SimulationResult
-from fedloom.simulation.report_cli import check_out_folder, summary, write_outputs
+from fedloom.simulation._report_cli import check_out_folder, summary, write_outputs
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -212,8 +212,8 @@ def test_the_simulation_plots_each_finished_client(tmp_path: Path) -> None:
 def test_the_demo_plot_numbers_rounds_as_its_table_does(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import fedloom.algorithms.ml.plots as plots
-    from fedloom import demo
+    import fedloom.algorithms.ml._plots as plots
+    from fedloom.cli import _demo as demo
 
     real = plots.plot_training
     figures: list[Any] = []

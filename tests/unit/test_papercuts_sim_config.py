@@ -11,7 +11,7 @@ import pytest
 
 from fedloom.errors import ConfigError
 from fedloom.privacy import TransformSpec
-from fedloom.simulation.config import load_simulation_file, simulation_from_mapping
+from fedloom.simulation._config import load_simulation_file, simulation_from_mapping
 from fedloom.strategies import StrategySpec
 
 GOOD = """

@@ -10,7 +10,7 @@ import pytest
 
 from fedloom import ConfigError, PodResponseError, ResultsOnly, run_local
 from fedloom.pod import PodConfig, PodPolicy, load_pod_config
-from fedloom.transport.hub.config import HubAddress, TlsClientConfig, parse_hub_address
+from fedloom.transport._hub_config import HubAddress, TlsClientConfig, parse_hub_address
 
 VALID = """\
 name = "pod-a"

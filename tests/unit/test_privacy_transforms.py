@@ -26,8 +26,8 @@ from fedloom.privacy import (
     update_norm,
 )
 from fedloom.simulation import DataSpec
-from fedloom.simulation.client import ClientJob, ClientRunner, RunnerPlan
-from fedloom.simulation.shm import FlatLayout
+from fedloom.simulation._client import ClientJob, ClientRunner, RunnerPlan
+from fedloom.simulation._shm import FlatLayout
 
 Array = npt.NDArray[Any]
 CONTEXT = ReleaseContext(seed=3, participant="pod-a", round_index=1)

@@ -12,12 +12,13 @@ import pytest
 
 from fedloom.errors import RouteRefusedError, UnknownRecipientError
 from fedloom.protocols import StoreLedger
+from fedloom.session import WorkerMailbox
 from fedloom.testing import check_mailbox
-from fedloom.transport import Mailbox, MemoryHub, TaskRouter, WorkerMailbox
+from fedloom.transport import Mailbox, MemoryHub, TaskRouter
 from fedloom.wire import Message, MessageType
-from fedloom.worker.broker import LinkBroker
-from fedloom.worker.child import ProxyMailbox
-from fedloom.worker.ipc import Link
+from fedloom.worker._broker import LinkBroker
+from fedloom.worker._child import ProxyMailbox
+from fedloom.worker._ipc import Link
 
 TASK = "task-1"
 

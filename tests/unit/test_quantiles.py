@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedloom.algorithms.quantiles import ZERO_THRESHOLD, QuantileSketch
+from fedloom.algorithms._quantiles import ZERO_THRESHOLD, QuantileSketch
 from fedloom.errors import ConfigError, DataError, ProtocolError
 
 QS = [0.0, 0.001, 0.01, 0.1, 0.25, 0.333, 0.5, 0.75, 0.9, 0.99, 0.999, 1.0]

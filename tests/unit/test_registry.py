@@ -6,15 +6,15 @@ import sys
 
 import pytest
 
+from fedloom._registry import Registry
 from fedloom.errors import ConfigError, DuplicateNameError, UnknownNameError
 from fedloom.protocols import PROTOCOLS, FedAvg, load_protocol
-from fedloom.registry import Registry
 
 DANGEROUS = [
     "os.system",
     "builtins.eval",
     "subprocess.Popen",
-    "fedloom.protocols.fedavg.FedAvg",
+    "fedloom.protocols._fedavg.FedAvg",
     "__import__",
     "../etc/passwd",
     "FedAvg",

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from fedloom import ArraySource
+from fedloom._hooks import HookSet
 from fedloom.errors import AbortReason, PrivacyThresholdError, abort_reason_for
-from fedloom.hooks import HookSet
-from fedloom.protocols.base import ModellerContext, Protocol, WorkerContext
-from fedloom.transport import ModellerMailbox, WorkerMailbox
+from fedloom.protocols._base import ModellerContext, Protocol, WorkerContext
+from fedloom.session import ModellerMailbox, WorkerMailbox
 
 
 @dataclass(frozen=True)

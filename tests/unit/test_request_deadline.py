@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 
 from fedloom import OnTimeout, RequestPolicy
+from fedloom.session import ModellerMailbox, WorkerMailbox
 from fedloom.testing import connect_federation, virtual_loop
-from fedloom.transport import MemoryHub, ModellerMailbox, TaskRouter, WorkerMailbox
+from fedloom.transport import MemoryHub, TaskRouter
 from fedloom.wire import Message, MessageType
 
 TASK = "task-1"

@@ -15,8 +15,9 @@ import pytest
 
 from fedloom import ConfigError, OnTimeout, PodResponseError, RequestPolicy
 from fedloom.errors import AbortReason, ErrorReport, TaskAbortedError
+from fedloom.session import ModellerMailbox, WorkerMailbox
 from fedloom.testing import connect_federation
-from fedloom.transport import MemoryHub, ModellerMailbox, TaskRouter, WorkerMailbox
+from fedloom.transport import MemoryHub, TaskRouter
 from fedloom.wire import MessageType
 
 # --- RequestPolicy validation -----------------------------------------------------------

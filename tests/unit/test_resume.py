@@ -26,6 +26,7 @@ from fedloom import (
 from fedloom.algorithms.ml import state_to_arrays
 from fedloom.errors import ConfigError, NotFoundError, StoreError
 from fedloom.protocols import ModellerContext, Protocol, RoundMetrics
+from fedloom.session import ModellerMailbox
 from fedloom.store import (
     ExperimentStore,
     MemoryExperimentStore,
@@ -33,7 +34,6 @@ from fedloom.store import (
     SqliteExperimentStore,
     last_complete_round,
 )
-from fedloom.transport import ModellerMailbox
 
 TINY_MLP = ModelSpec("mlp", {"in_features": 4, "hidden": [8], "out_features": 2})
 PER_POD = {"pod-b": {"loss": 0.5, "seconds": 0.1}, "pod-a": {"loss": 0.25, "seconds": 0.2}}

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from fedloom.algorithms.ml import ModelSpec, build_model, state_to_arrays
-from fedloom.algorithms.ml.rng import seeded
+from fedloom.algorithms.ml._rng import seeded
 
 SPEC = ModelSpec("mlp", {"in_features": 32, "hidden": [64, 64], "out_features": 10})
 

@@ -1,4 +1,4 @@
-"""End-to-end sealing and frame signatures (fedloom.transport.sealing)."""
+"""End-to-end sealing and frame signatures (fedloom.crypto._sealing)."""
 
 from __future__ import annotations
 
@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 
 from fedloom.crypto import Identity, PublicIdentity
+from fedloom.crypto._sealing import SEALED_TENSOR, Sealer, sign_frame, verify_frame
 from fedloom.errors import (
     BadSignatureError,
     ConfigError,
     DecryptionError,
     UnknownRecipientError,
 )
-from fedloom.transport.sealing import SEALED_TENSOR, Sealer, sign_frame, verify_frame
 from fedloom.wire import Message, MessageType, encode
 
 MARKER = b"PATIENT-RECORD-MARKER-7f3a"

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedloom.algorithms.aggregation import WeightedMean
+from fedloom.algorithms._aggregation import WeightedMean
 from fedloom.algorithms.ml import ModelSpec, build_model, state_to_arrays
 from fedloom.errors import AggregationError, ConfigError, DataError, UnknownNameError
 from fedloom.simulation import (
@@ -20,9 +20,9 @@ from fedloom.simulation import (
     SimulationConfig,
     build_client_data,
 )
-from fedloom.simulation.backend import worker_devices
-from fedloom.simulation.config import load_simulation_file, simulation_from_mapping
-from fedloom.simulation.shm import FlatLayout, SharedBlock, alias_module
+from fedloom.simulation._backend import worker_devices
+from fedloom.simulation._config import load_simulation_file, simulation_from_mapping
+from fedloom.simulation._shm import FlatLayout, SharedBlock, alias_module
 
 MLP = ModelSpec("mlp", {"in_features": 6, "hidden": [5], "out_features": 3})
 

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedloom.algorithms.statistics import (
+from fedloom.algorithms._statistics import (
     ColumnPartial,
     check_edges,
     column_partial,

@@ -25,8 +25,8 @@ from fedloom.store import (
     SqliteExperimentStore,
     SqlitePodStore,
 )
-from fedloom.store.schema import APPLICATION_ID, MIGRATIONS
-from fedloom.testing.store_conformance import check_experiment_store, check_pod_store
+from fedloom.store._schema import APPLICATION_ID, MIGRATIONS
+from fedloom.testing._store_conformance import check_experiment_store, check_pod_store
 
 EXPERIMENT_FACTORIES: dict[str, Callable[[Path], ExperimentStore]] = {
     "memory": lambda folder: MemoryExperimentStore(),

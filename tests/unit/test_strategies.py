@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from fedloom.algorithms.aggregation import WeightedMean
+from fedloom.algorithms._aggregation import WeightedMean
 from fedloom.algorithms.ml import ModelSpec, TrainingConfig, build_model, local_round
 from fedloom.errors import AbortReason, ConfigError, UpdateRejectionReason
 from fedloom.protocols import FedAvg
-from fedloom.simulation.backend import ClientFailure, FailureKind
-from fedloom.simulation.fold import OrderedFold
+from fedloom.simulation._backend import ClientFailure, FailureKind
+from fedloom.simulation._fold import OrderedFold
 from fedloom.strategies import (
     STATE_PREFIX,
     FedAdamStrategy,

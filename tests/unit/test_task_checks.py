@@ -17,7 +17,7 @@ from fedloom import (
     UnknownNameError,
     run_local,
 )
-from fedloom.modeller.task_file import load_task_file
+from fedloom.modeller._task_file import load_task_file
 
 
 def _pods() -> dict[str, ArraySource]:

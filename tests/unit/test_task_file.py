@@ -15,9 +15,9 @@ from fedloom import (
     ResultsOnly,
     run_local,
 )
-from fedloom.modeller.policy import RequestPolicy
-from fedloom.modeller.task_file import TaskFile, load_task_file
-from fedloom.transport.hub.config import HubAddress, TlsClientConfig
+from fedloom.modeller._task_file import TaskFile, load_task_file
+from fedloom.session import RequestPolicy
+from fedloom.transport._hub_config import HubAddress, TlsClientConfig
 
 VALID = """\
 hub = "hub.example.org:7800"

@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 
 from fedloom import ConfigError
-from fedloom.cluster import LocalCluster, PodSpec
+from fedloom._cluster import LocalCluster, PodSpec
 from fedloom.pod import load_pod_config
 from fedloom.worker import IsolationSettings
-from fedloom.worker.threads import available_cores, share_of_cores
+from fedloom.worker._threads import available_cores, share_of_cores
 
 POD_TOML = """\
 name = "pod-a"

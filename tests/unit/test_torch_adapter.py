@@ -1,4 +1,4 @@
-"""Tests for fedloom.algorithms.ml.torch_adapter and fedloom.algorithms.ml.models."""
+"""Tests for fedloom.algorithms.ml._torch_adapter and fedloom.algorithms.ml._models."""
 
 from __future__ import annotations
 

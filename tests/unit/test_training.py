@@ -1,4 +1,4 @@
-"""Tests for fedloom.algorithms.ml.training."""
+"""Tests for fedloom.algorithms.ml._training."""
 
 from __future__ import annotations
 

@@ -17,19 +17,18 @@ from fedloom.errors import (
     RouteRefusedError,
     TaskAbortedError,
 )
+from fedloom.session import ModellerMailbox, WorkerMailbox
 from fedloom.testing import check_hub, check_mailbox, connect_federation
 from fedloom.transport import (
     Channel,
     Endpoint,
     Hub,
     MemoryHub,
-    ModellerMailbox,
     Role,
     TaskRouter,
-    WorkerMailbox,
     check_route,
-    memory,
 )
+from fedloom.transport import _memory as memory
 from fedloom.wire import Message, MessageType
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from fedloom.errors import AbortReason
 from fedloom.testing import FakeClock, run_in_virtual_time, virtual_loop
-from fedloom.worker.heartbeat import NO_BEAT, Liveness, tick
+from fedloom.worker._heartbeat import NO_BEAT, Liveness, tick
 
 
 def test_a_beating_child_lives_and_a_silent_one_hangs_after_hang_seconds() -> None:

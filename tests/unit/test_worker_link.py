@@ -12,7 +12,7 @@ import pytest
 from fedloom.errors import ConfigError, ProtocolError, TransportError
 from fedloom.wire import Message, MessageType
 from fedloom.worker import IsolationSettings
-from fedloom.worker.ipc import INLINE_FRAME_BYTES, Link, exchange_folder
+from fedloom.worker._ipc import INLINE_FRAME_BYTES, Link, exchange_folder
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
 """The ``fedloom`` command line (typer): thin wrappers that parse and call the library."""
 
-from fedloom.cli.app import app, main
+from fedloom.cli._app import app, main
 
 __all__ = ["app", "main"]

@@ -14,7 +14,7 @@ others: :class:`~fedloom.errors.InsecureKeyFileError`); other bad local inputs r
 or :class:`~fedloom.errors.DecryptionError`.
 """
 
-from fedloom.crypto.identity import (
+from fedloom.crypto._identity import (
     Identity,
     PublicIdentity,
     load_identity,
@@ -25,7 +25,7 @@ from fedloom.crypto.identity import (
     verify,
     write_file,
 )
-from fedloom.crypto.task_keys import TaskKey, unwrap_task_key, wrap_task_key
+from fedloom.crypto._task_keys import TaskKey, unwrap_task_key, wrap_task_key
 
 __all__ = [
     "Identity",

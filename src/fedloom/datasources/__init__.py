@@ -1,13 +1,13 @@
 """Datasources: how a pod or a virtual client reads its data (tables, arrays, folders of
 files), and seeded partitions."""
 
-from fedloom.datasources.arrays import ArraySource
-from fedloom.datasources.base import Datasource, check_datasource
-from fedloom.datasources.file_listing import FileCount, FileRecord
-from fedloom.datasources.file_loaders import LOADERS, Loader
-from fedloom.datasources.files import FileSource
-from fedloom.datasources.partition import dirichlet_partition, iid_partition
-from fedloom.datasources.table import DATASOURCE_KINDS, TableSource, datasource_from_config
+from fedloom.datasources._arrays import ArraySource
+from fedloom.datasources._base import Datasource, check_datasource
+from fedloom.datasources._file_listing import FileCount, FileRecord
+from fedloom.datasources._file_loaders import LOADERS, Loader
+from fedloom.datasources._files import FileSource
+from fedloom.datasources._partition import dirichlet_partition, iid_partition
+from fedloom.datasources._table import DATASOURCE_KINDS, TableSource, datasource_from_config
 
 __all__ = [
     "ArraySource",

@@ -1,9 +1,9 @@
 """The pod: a data owner's node that accepts, runs and records tasks."""
 
-from fedloom.pod.activity import PodStatistics
-from fedloom.pod.config import PodConfig, load_pod_config
-from fedloom.pod.pod import Pod
-from fedloom.pod.policy import (
+from fedloom.pod._activity import PodStatistics
+from fedloom.pod._config import PodConfig, load_pod_config
+from fedloom.pod._pod import Pod
+from fedloom.pod._policy import (
     DEFAULT_MAX_CONCURRENT_TASKS,
     DEFAULT_MODELLER_TIMEOUT,
     DEFAULT_START_TIMEOUT,

@@ -6,7 +6,7 @@ and the chain a task runs (:class:`TransformChain`), used by the pods' FedAvg pr
 and the simulation alike. Registered: ``clip``.
 """
 
-from fedloom.privacy.base import (
+from fedloom.privacy._base import (
     FoldContext,
     ReleaseContext,
     TransformChain,
@@ -17,7 +17,7 @@ from fedloom.privacy.base import (
     register_transform,
     registered_transforms,
 )
-from fedloom.privacy.clip import ClipTransform, update_norm
+from fedloom.privacy._clip import ClipTransform, update_norm
 
 __all__ = [
     "ClipTransform",

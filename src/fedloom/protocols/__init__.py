@@ -1,7 +1,7 @@
 """Protocols: the conversations between a modeller and its pods, and their registry."""
 
-from fedloom.protocols.analytics import Analytics, AnalyticsResult
-from fedloom.protocols.base import (
+from fedloom.protocols._analytics import Analytics, AnalyticsResult
+from fedloom.protocols._base import (
     DEFAULT_MIN_ROWS,
     PROTOCOLS,
     ModellerContext,
@@ -13,19 +13,19 @@ from fedloom.protocols.base import (
     register_protocol,
     resume_experiment,
 )
-from fedloom.protocols.batched import BatchedProtocol
-from fedloom.protocols.batched_parts import BatchCollector, BatchOutput, BatchWorker, SetupValues
-from fedloom.protocols.fedavg import FedAvg
-from fedloom.protocols.fedavg_result import FedAvgResult, RoundMetrics
-from fedloom.protocols.file_statistics import (
+from fedloom.protocols._batched import BatchedProtocol
+from fedloom.protocols._batched_parts import BatchCollector, BatchOutput, BatchWorker, SetupValues
+from fedloom.protocols._fedavg import FedAvg
+from fedloom.protocols._fedavg_result import FedAvgResult, RoundMetrics
+from fedloom.protocols._file_statistics import (
     ChannelStatistics,
     FileStatistics,
     FileStatisticsResult,
     pool_statistics,
 )
-from fedloom.protocols.inference import REDUCERS, BatchedInference, InferenceResult
-from fedloom.protocols.ledger import Ledger, StoreLedger
-from fedloom.protocols.results_only import (
+from fedloom.protocols._inference import REDUCERS, BatchedInference, InferenceResult
+from fedloom.protocols._ledger import Ledger, StoreLedger
+from fedloom.protocols._results_only import (
     RESULT_ALGORITHMS,
     PodResults,
     ResultAlgorithm,

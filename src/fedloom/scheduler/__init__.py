@@ -21,19 +21,19 @@ Re-queue. An out-of-memory error (:func:`is_out_of_memory`: ``MemoryError``,
 the runner raises the estimate of the memory that ran out by ``growth``
 (:meth:`ResourceEstimate.raised`) and puts the task back at the front of its queue, up to
 ``max_retries`` times (:func:`check_retry_rules`); then it ends in EXCEPTION. The
-simulation's rounds admit their clients this way (:mod:`fedloom.simulation.round`).
+simulation's rounds admit their clients this way (:mod:`fedloom.simulation._round`).
 """
 
-from fedloom.scheduler.ledger import Reservation, ResourceLedger
-from fedloom.scheduler.resources import (
+from fedloom.scheduler._ledger import Reservation, ResourceLedger
+from fedloom.scheduler._resources import (
     CPU_DEVICE,
     ResourceBudget,
     ResourceEstimate,
     ResourceProbe,
     SystemProbe,
 )
-from fedloom.scheduler.sizes import format_size, parse_size
-from fedloom.scheduler.task import (
+from fedloom.scheduler._sizes import format_size, parse_size
+from fedloom.scheduler._task import (
     TaskStatus,
     check_retry_rules,
     is_device_out_of_memory,

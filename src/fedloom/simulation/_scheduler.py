@@ -4,8 +4,8 @@ A FIFO queue of tasks, admitted against a :class:`~fedloom.scheduler.ResourceLed
 run on a pool of threads, with out-of-memory failures re-queued under a raised estimate.
 
 Private to the simulation, and exported nowhere: the simulation's rounds admit their
-clients on the same ledger themselves (:mod:`fedloom.simulation.round`), and a pod queues
-its tasks by count (``fedloom.pod.slots``), since its tasks declare no resources. It is kept,
+clients on the same ledger themselves (:mod:`fedloom.simulation._round`), and a pod queues
+its tasks by count (``fedloom.pod._slots``), since its tasks declare no resources. It is kept,
 with its tests, as the reference of the INIT → ... → FINISHED life that
 :class:`~fedloom.scheduler.TaskStatus` names, until a runner needs it.
 """

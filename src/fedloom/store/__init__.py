@@ -3,14 +3,14 @@
 Two small contracts, each with an in-memory and an SQLite implementation:
 :class:`ExperimentStore` (modeller: experiments, rounds, metrics, safetensors checkpoints)
 and :class:`PodStore` (pod: task runs, processed and failed files keyed by :func:`task_hash`,
-per-model usage). :mod:`fedloom.testing.store_conformance` checks
+per-model usage). :mod:`fedloom.testing._store_conformance` checks
 any implementation against the contract. An experiment whose modeller crashed or failed
 is made resumable by :meth:`ExperimentStore.reopen_experiment`, which keeps the rounds up
 to :func:`last_complete_round`; :class:`CheckpointRetention` says which round checkpoints
 an experiment keeps (:meth:`ExperimentStore.delete_checkpoints` drops the others).
 """
 
-from fedloom.store.base import (
+from fedloom.store._base import (
     EXPERIMENT_STATUSES,
     FAILED_FILE_LEVELS,
     MAX_FILE_NAME_LENGTH,
@@ -28,11 +28,11 @@ from fedloom.store.base import (
     last_complete_round,
     task_hash,
 )
-from fedloom.store.checkpoints import SUPPORTED_CHECKPOINT_DTYPES
-from fedloom.store.memory import MemoryExperimentStore, MemoryPodStore
-from fedloom.store.retention import CheckpointRetention
-from fedloom.store.schema import DEFAULT_BUSY_TIMEOUT_S, SCHEMA_VERSION
-from fedloom.store.sqlite import SqliteExperimentStore, SqlitePodStore
+from fedloom.store._checkpoints import SUPPORTED_CHECKPOINT_DTYPES
+from fedloom.store._memory import MemoryExperimentStore, MemoryPodStore
+from fedloom.store._retention import CheckpointRetention
+from fedloom.store._schema import DEFAULT_BUSY_TIMEOUT_S, SCHEMA_VERSION
+from fedloom.store._sqlite import SqliteExperimentStore, SqlitePodStore
 
 __all__ = [
     "CheckpointRef",

@@ -5,7 +5,7 @@ engine alike; a registry by name + JSON args (:func:`get_strategy`, :class:`Stra
 Registered: ``fedavg``, ``fedprox``, ``fedadam``.
 """
 
-from fedloom.strategies.base import (
+from fedloom.strategies._base import (
     STATE_PREFIX,
     ClientHook,
     Strategy,
@@ -16,9 +16,9 @@ from fedloom.strategies.base import (
     split_state,
     with_state,
 )
-from fedloom.strategies.fedadam import FedAdamStrategy
-from fedloom.strategies.fedavg import FedAvgStrategy
-from fedloom.strategies.fedprox import FedProxStrategy
+from fedloom.strategies._fedadam import FedAdamStrategy
+from fedloom.strategies._fedavg import FedAvgStrategy
+from fedloom.strategies._fedprox import FedProxStrategy
 
 __all__ = [
     "STATE_PREFIX",

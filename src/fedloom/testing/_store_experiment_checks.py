@@ -1,4 +1,4 @@
-"""The ExperimentStore checks of :mod:`fedloom.testing.store_conformance`.
+"""The ExperimentStore checks of :mod:`fedloom.testing._store_conformance`.
 
 They run with the helpers of :mod:`fedloom.testing._store_check_kit`, which this module
 also passes on to the conformance suite.

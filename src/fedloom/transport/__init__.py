@@ -1,26 +1,29 @@
-"""Transports: the Mailbox contract, the in-memory hub, and task-scoped mailboxes."""
+"""Transports: the Mailbox and Hub contracts, the routing rules, the in-memory hub, and the
+gRPC client of the hub daemon (:class:`GrpcMailbox`) with its frames.
+"""
 
-from fedloom.transport.base import Hub, Mailbox, MailboxStatistics
-from fedloom.transport.memory import HubStatistics, MemoryHub, MemoryMailbox
-from fedloom.transport.router import Channel, TaskRouter
-from fedloom.transport.routing import ROLES, Endpoint, Role, check_route
-from fedloom.transport.task import Gathered, ModellerMailbox, ProgressCallback, WorkerMailbox
+from fedloom.transport._base import Hub, Mailbox, MailboxStatistics
+from fedloom.transport._grpc_mailbox import ConnectionEvent, GrpcMailbox
+from fedloom.transport._hub_config import HubAddress, TlsClientConfig
+from fedloom.transport._memory import HubStatistics, MemoryHub, MemoryMailbox
+from fedloom.transport._router import Channel, TaskRouter
+from fedloom.transport._routing import ROLES, Endpoint, Role, check_route
 
 __all__ = [
     "ROLES",
     "Channel",
+    "ConnectionEvent",
     "Endpoint",
-    "Gathered",
+    "GrpcMailbox",
     "Hub",
+    "HubAddress",
     "HubStatistics",
     "Mailbox",
     "MailboxStatistics",
     "MemoryHub",
     "MemoryMailbox",
-    "ModellerMailbox",
-    "ProgressCallback",
     "Role",
     "TaskRouter",
-    "WorkerMailbox",
+    "TlsClientConfig",
     "check_route",
 ]

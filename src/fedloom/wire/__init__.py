@@ -6,14 +6,14 @@ bytes.
 """
 
 from fedloom.wire._checks import ALLOWED_DTYPES
-from fedloom.wire.codec import (
+from fedloom.wire._codec import (
     DEFAULT_MAX_MESSAGE_BYTES,
     FRAME_PREFIX_SIZE,
     decode,
     encode,
     frame_size,
 )
-from fedloom.wire.message import Body, Message, MessageType
+from fedloom.wire._message import Body, Message, MessageType
 
 __all__ = [
     "ALLOWED_DTYPES",

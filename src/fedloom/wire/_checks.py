@@ -13,7 +13,7 @@ from typing import Final
 import numpy as np
 
 from fedloom.errors import WireError
-from fedloom.wire.message import MessageType
+from fedloom.wire._message import MessageType
 
 ALIGNMENT: Final = 64
 """Each tensor starts at a multiple of this many bytes from the start of the blob."""

@@ -6,7 +6,7 @@ start event on the modeller's TASK_START, and watches the child's exit, heartbea
 memory.
 
 The names are loaded on first use: the child's module imports torch, and commands that
-only need :mod:`fedloom.worker.lifetime` (every ``fedloom`` command does) must not pay
+only need :mod:`fedloom.worker._lifetime` (every ``fedloom`` command does) must not pay
 for it.
 """
 
@@ -16,10 +16,10 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from fedloom.registry import import_plugins
-    from fedloom.worker.child import ProxyMailbox, child_main
-    from fedloom.worker.config import IsolationSettings, WorkerConfig
-    from fedloom.worker.process import WorkerProcess
+    from fedloom._registry import import_plugins
+    from fedloom.worker._child import ProxyMailbox, child_main
+    from fedloom.worker._config import IsolationSettings, WorkerConfig
+    from fedloom.worker._process import WorkerProcess
 
 __all__ = [
     "IsolationSettings",
@@ -31,12 +31,12 @@ __all__ = [
 ]
 
 _HOMES = {
-    "IsolationSettings": "fedloom.worker.config",
-    "ProxyMailbox": "fedloom.worker.child",
-    "WorkerConfig": "fedloom.worker.config",
-    "WorkerProcess": "fedloom.worker.process",
-    "child_main": "fedloom.worker.child",
-    "import_plugins": "fedloom.registry",
+    "IsolationSettings": "fedloom.worker._config",
+    "ProxyMailbox": "fedloom.worker._child",
+    "WorkerConfig": "fedloom.worker._config",
+    "WorkerProcess": "fedloom.worker._process",
+    "child_main": "fedloom.worker._child",
+    "import_plugins": "fedloom._registry",
 }
 
 

@@ -18,35 +18,35 @@ CSV), ``images`` (output images) and ``model_files`` (approved model files).
 
 from __future__ import annotations
 
-from fedloom.algorithms.inference.images import (
+from fedloom.algorithms.inference._images import (
     IMAGE_OUTPUTS,
     ImageContext,
     ImageOutput,
     write_output_images,
 )
-from fedloom.algorithms.inference.model_files import load_approved_model
+from fedloom.algorithms.inference._model_files import load_approved_model
 
 # Not in __all__, but the inference protocol imports these two from here.
-from fedloom.algorithms.inference.model_files import (
+from fedloom.algorithms.inference._model_files import (
     load_approved_model_bytes as load_approved_model_bytes,
 )
-from fedloom.algorithms.inference.model_files import (
+from fedloom.algorithms.inference._model_files import (
     load_model_bytes as load_model_bytes,
 )
-from fedloom.algorithms.inference.predictions import (
+from fedloom.algorithms.inference._predictions import (
     DEFAULT_INFERENCE_BATCH_SIZE,
     PredictionRow,
     Predictions,
     predict,
 )
-from fedloom.algorithms.inference.report import (
+from fedloom.algorithms.inference._report import (
     REPORT_COLUMNS,
     report_rows,
     rows_from_body,
     rows_to_body,
     write_report_csv,
 )
-from fedloom.algorithms.inference.usage import UsageCut, apply_usage_limit, cut
+from fedloom.algorithms.inference._usage import UsageCut, apply_usage_limit, cut
 
 __all__ = [
     "DEFAULT_INFERENCE_BATCH_SIZE",

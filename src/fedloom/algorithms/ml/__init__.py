@@ -5,7 +5,7 @@ Models are rebuilt from a registered name plus JSON config (:data:`MODELS`,
 (:func:`state_to_arrays`, :func:`load_arrays`).
 """
 
-from fedloom.algorithms.ml.local_round import (
+from fedloom.algorithms.ml._local_round import (
     METRIC_NAMES,
     LocalRound,
     flat_metrics,
@@ -14,9 +14,9 @@ from fedloom.algorithms.ml.local_round import (
     split_validation,
     weighted_metrics,
 )
-from fedloom.algorithms.ml.models import MODELS, ModelFactory, ModelSpec, build_model
-from fedloom.algorithms.ml.torch_adapter import load_arrays, state_to_arrays
-from fedloom.algorithms.ml.training import TrainingConfig, evaluate, train_local
+from fedloom.algorithms.ml._models import MODELS, ModelFactory, ModelSpec, build_model
+from fedloom.algorithms.ml._torch_adapter import load_arrays, state_to_arrays
+from fedloom.algorithms.ml._training import TrainingConfig, evaluate, train_local
 
 __all__ = [
     "METRIC_NAMES",

@@ -1,1 +1,0 @@
-"""The gRPC hub: durable mailboxes, server, client, TLS."""
