@@ -21,7 +21,8 @@ import time
 import numpy as np
 
 import fedloom.testing._faults  # noqa: F401 - registers the "fault" protocol
-from fedloom import ArraySource, LocalFederation
+from fedloom import LocalFederation
+from fedloom.pod import ArraySource
 from fedloom.testing._faults import Fault
 from fedloom.worker import IsolationSettings, WorkerProcess
 

@@ -2,7 +2,9 @@
 
 A tier module (``fedloom.errors``, ``fedloom.pod``, ``fedloom.hub``, ``fedloom.plugins``,
 ``fedloom.testing``) imports each public name as ``from ... import Name as Name`` (the
-explicit re-export type checkers honour) and ends with ``__all__ = public_names(globals())``.
+explicit re-export type checkers honour) and ends with
+``__all__ = _public_names(globals())``, having imported this function under that private
+name. The researcher's tier, ``fedloom`` itself, lists its names once in ``__init__.pyi``.
 """
 
 from __future__ import annotations

@@ -11,19 +11,23 @@ import asyncio
 import contextlib
 from collections.abc import Iterable, Mapping
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 from fedloom.datasources import Datasource
 from fedloom.errors import ConfigError
 from fedloom.modeller import Modeller, RequestPolicy, TaskResult
 from fedloom.pod import Pod, PodPolicy
-from fedloom.protocols import Protocol
+from fedloom.protocols import TaskProtocol
 from fedloom.store import ExperimentStore, PodStore
 from fedloom.transport import MemoryHub
 from fedloom.worker import IsolationSettings
 
 PodData = Datasource | Mapping[str, Datasource]
 """A pod's datasets: one datasource (registered as "default") or a name → datasource map."""
+
+
+R = TypeVar("R")
+"""The result type of the protocol a task runs."""
 
 
 class LocalFederation:
@@ -102,12 +106,14 @@ class LocalFederation:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    async def run(self, protocol: Protocol, **options: Any) -> TaskResult:
+    async def run(self, protocol: TaskProtocol[R], **options: Any) -> TaskResult[R]:
         """Run ``protocol`` on every pod; options as for :meth:`Modeller.run`."""
         return await self.modeller.run(protocol, sorted(self.pods), **options)
 
 
-def run_local(protocol: Protocol, pods: Mapping[str, PodData], **options: Any) -> TaskResult:
+def run_local(
+    protocol: TaskProtocol[R], pods: Mapping[str, PodData], **options: Any
+) -> TaskResult[R]:
     """Run one task on in-process pods and return its result (blocking).
 
     ``options`` go to :class:`LocalFederation` (``policy``, ``policies``,
@@ -134,7 +140,7 @@ def run_local(protocol: Protocol, pods: Mapping[str, PodData], **options: Any) -
     if "request_policy" in run_options:
         run_options["policy"] = run_options.pop("request_policy")
 
-    async def main() -> TaskResult:
+    async def main() -> TaskResult[R]:
         async with LocalFederation(pods, **federation_options) as federation:
             return await federation.run(protocol, **run_options)
 

@@ -31,130 +31,64 @@ it as ``public=``.
 
 from __future__ import annotations
 
-from fedloom._error_codes import (
-    AbortReason,
-    ExitCode,
-)
-from fedloom._error_reports import (
-    ErrorReport,
-    PodFailure,
-    PodResponseError,
-    abort_reason_for,
-    exit_code_for,
-    is_device_out_of_memory,
-    is_out_of_memory,
-)
-from fedloom._error_tree import (
-    ConfigError,
-    DataError,
-    DatasetNotFoundError,
-    DuplicateNameError,
-    EmptyDatasetError,
-    FedloomError,
-    HubUnavailableError,
-    InsecureKeyFileError,
-    KeyFileError,
-    MailboxClosedError,
-    MessageTooLargeError,
-    MissingColumnError,
-    NoNewDataError,
-    ReceiveTimeoutError,
-    RegistryError,
-    ResourceSpecError,
-    SchemaMismatchError,
-    TooManyFailuresError,
-    TransportError,
-    UnknownNameError,
-    UnknownRecipientError,
-    WireError,
-)
-from fedloom._error_tree_tasks import (
-    AccessDeniedError,
-    AggregationError,
-    AuthenticationError,
-    BadSignatureError,
-    DecryptionError,
-    InsufficientResourcesError,
-    LimitsExceededError,
-    ModellerTimeoutError,
-    NotFoundError,
-    PrivacyThresholdError,
-    ProtocolError,
-    ReplayedMessageError,
-    RouteRefusedError,
-    SchemaVersionError,
-    SimulationError,
-    StaleMessageError,
-    StoreError,
-    TaskAbortedError,
-    TaskCancelledError,
-    UnknownIdentityError,
-    UpdateRejectedError,
-    UpdateRejectionReason,
-    WorkerFailedError,
-    WorkerLostError,
-    catalogue,
-    error_class,
-    error_from_public,
-)
+from fedloom._error_codes import AbortReason as AbortReason
+from fedloom._error_codes import ExitCode as ExitCode
+from fedloom._error_reports import ErrorReport as ErrorReport
+from fedloom._error_reports import PodFailure as PodFailure
+from fedloom._error_reports import PodResponseError as PodResponseError
+from fedloom._error_reports import abort_reason_for as abort_reason_for
+from fedloom._error_reports import exit_code_for as exit_code_for
+from fedloom._error_reports import is_device_out_of_memory as is_device_out_of_memory
+from fedloom._error_reports import is_out_of_memory as is_out_of_memory
+from fedloom._error_tree import ConfigError as ConfigError
+from fedloom._error_tree import DataError as DataError
+from fedloom._error_tree import DatasetNotFoundError as DatasetNotFoundError
+from fedloom._error_tree import DuplicateNameError as DuplicateNameError
+from fedloom._error_tree import EmptyDatasetError as EmptyDatasetError
+from fedloom._error_tree import FedloomError as FedloomError
+from fedloom._error_tree import HubUnavailableError as HubUnavailableError
+from fedloom._error_tree import InsecureKeyFileError as InsecureKeyFileError
+from fedloom._error_tree import KeyFileError as KeyFileError
+from fedloom._error_tree import MailboxClosedError as MailboxClosedError
+from fedloom._error_tree import MessageTooLargeError as MessageTooLargeError
+from fedloom._error_tree import MissingColumnError as MissingColumnError
+from fedloom._error_tree import NoNewDataError as NoNewDataError
+from fedloom._error_tree import ReceiveTimeoutError as ReceiveTimeoutError
+from fedloom._error_tree import RegistryError as RegistryError
+from fedloom._error_tree import ResourceSpecError as ResourceSpecError
+from fedloom._error_tree import SchemaMismatchError as SchemaMismatchError
+from fedloom._error_tree import TooManyFailuresError as TooManyFailuresError
+from fedloom._error_tree import TransportError as TransportError
+from fedloom._error_tree import UnknownNameError as UnknownNameError
+from fedloom._error_tree import UnknownRecipientError as UnknownRecipientError
+from fedloom._error_tree import WireError as WireError
+from fedloom._error_tree_tasks import AccessDeniedError as AccessDeniedError
+from fedloom._error_tree_tasks import AggregationError as AggregationError
+from fedloom._error_tree_tasks import AuthenticationError as AuthenticationError
+from fedloom._error_tree_tasks import BadSignatureError as BadSignatureError
+from fedloom._error_tree_tasks import DecryptionError as DecryptionError
+from fedloom._error_tree_tasks import InsufficientResourcesError as InsufficientResourcesError
+from fedloom._error_tree_tasks import LimitsExceededError as LimitsExceededError
+from fedloom._error_tree_tasks import ModellerTimeoutError as ModellerTimeoutError
+from fedloom._error_tree_tasks import NotFoundError as NotFoundError
+from fedloom._error_tree_tasks import PrivacyThresholdError as PrivacyThresholdError
+from fedloom._error_tree_tasks import ProtocolError as ProtocolError
+from fedloom._error_tree_tasks import ReplayedMessageError as ReplayedMessageError
+from fedloom._error_tree_tasks import RouteRefusedError as RouteRefusedError
+from fedloom._error_tree_tasks import SchemaVersionError as SchemaVersionError
+from fedloom._error_tree_tasks import SimulationError as SimulationError
+from fedloom._error_tree_tasks import StaleMessageError as StaleMessageError
+from fedloom._error_tree_tasks import StoreError as StoreError
+from fedloom._error_tree_tasks import TaskAbortedError as TaskAbortedError
+from fedloom._error_tree_tasks import TaskCancelledError as TaskCancelledError
+from fedloom._error_tree_tasks import UnknownIdentityError as UnknownIdentityError
+from fedloom._error_tree_tasks import UpdateRejectedError as UpdateRejectedError
+from fedloom._error_tree_tasks import UpdateRejectionReason as UpdateRejectionReason
+from fedloom._error_tree_tasks import WorkerFailedError as WorkerFailedError
+from fedloom._error_tree_tasks import WorkerLostError as WorkerLostError
+from fedloom._error_tree_tasks import catalogue as catalogue
+from fedloom._error_tree_tasks import error_class as error_class
+from fedloom._error_tree_tasks import error_from_public as error_from_public
+from fedloom._exports import public_names as _public_names
 
-__all__ = [
-    "AbortReason",
-    "AccessDeniedError",
-    "AggregationError",
-    "AuthenticationError",
-    "BadSignatureError",
-    "ConfigError",
-    "DataError",
-    "DatasetNotFoundError",
-    "DecryptionError",
-    "DuplicateNameError",
-    "EmptyDatasetError",
-    "ErrorReport",
-    "ExitCode",
-    "FedloomError",
-    "HubUnavailableError",
-    "InsecureKeyFileError",
-    "InsufficientResourcesError",
-    "KeyFileError",
-    "LimitsExceededError",
-    "MailboxClosedError",
-    "MessageTooLargeError",
-    "MissingColumnError",
-    "ModellerTimeoutError",
-    "NoNewDataError",
-    "NotFoundError",
-    "PodFailure",
-    "PodResponseError",
-    "PrivacyThresholdError",
-    "ProtocolError",
-    "ReceiveTimeoutError",
-    "RegistryError",
-    "ReplayedMessageError",
-    "ResourceSpecError",
-    "RouteRefusedError",
-    "SchemaMismatchError",
-    "SchemaVersionError",
-    "SimulationError",
-    "StaleMessageError",
-    "StoreError",
-    "TaskAbortedError",
-    "TaskCancelledError",
-    "TooManyFailuresError",
-    "TransportError",
-    "UnknownIdentityError",
-    "UnknownNameError",
-    "UnknownRecipientError",
-    "UpdateRejectedError",
-    "UpdateRejectionReason",
-    "WireError",
-    "WorkerFailedError",
-    "WorkerLostError",
-    "abort_reason_for",
-    "catalogue",
-    "error_class",
-    "error_from_public",
-    "exit_code_for",
-    "is_device_out_of_memory",
-    "is_out_of_memory",
-]
+__all__ = _public_names(globals())

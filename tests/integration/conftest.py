@@ -1,6 +1,6 @@
 """Shared pieces of the integration suite.
 
-Everything here drives the real components: a real :class:`~fedloom.MemoryHub`, real
+Everything here drives the real components: a real :class:`~fedloom.hub.MemoryHub`, real
 pods and modeller (through :class:`~fedloom.LocalFederation`), real SQLite stores in
 ``tmp_path``. The only stand-ins are the participants in :class:`FakePod` and
 :class:`RawClient`: a pod or a modeller that the test scripts message by message, for
@@ -17,14 +17,10 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from fedloom import (
-    ArraySource,
-    MemoryHub,
-    Message,
-    MessageType,
-    ModelSpec,
-    Pod,
-)
+from fedloom import ModelSpec
+from fedloom.hub import MemoryHub
+from fedloom.plugins import Message, MessageType
+from fedloom.pod import ArraySource, Pod
 from fedloom.transport import Mailbox
 
 T = TypeVar("T")

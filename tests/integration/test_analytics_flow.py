@@ -11,23 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fedloom import (
-    AbortReason,
-    Analytics,
-    AnalyticsRequest,
-    AnalyticsResult,
-    ConfigError,
-    LocalFederation,
-    MemoryPodStore,
-    Message,
-    MessageType,
-    PodPolicy,
-    PodResponseError,
-    TableSource,
-    load_protocol,
-    run_local,
-)
+from fedloom import Analytics, AnalyticsRequest, AnalyticsResult, LocalFederation, run_local
 from fedloom.algorithms._analytics import compute_partials, partials_to_wire
+from fedloom.errors import AbortReason, ConfigError, PodResponseError
+from fedloom.plugins import Message, MessageType, load_protocol
+from fedloom.pod import MemoryPodStore, PodPolicy, TableSource
 
 from .conftest import RAW, FakePod, RawClient, run_async, until_idle
 

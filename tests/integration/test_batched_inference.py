@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fedloom import AbortReason, LocalFederation, ModelSpec, PodPolicy, SqlitePodStore
+from fedloom import LocalFederation, ModelSpec
 from fedloom.datasources import FileSource
-from fedloom.errors import PodResponseError
+from fedloom.errors import AbortReason, PodResponseError
+from fedloom.pod import PodPolicy, SqlitePodStore
 from fedloom.protocols import BatchedInference
 from fedloom.worker import IsolationSettings
 
@@ -161,7 +162,8 @@ def test_force_rerun_failed_files(tmp_path: Path) -> None:
 
 
 def test_non_batched_tasks_say_one_batch(tmp_path: Path) -> None:
-    from fedloom import ArraySource, FedAvg, TrainingConfig
+    from fedloom import FedAvg, TrainingConfig
+    from fedloom.pod import ArraySource
 
     events = PodEvents()
     rng = np.random.default_rng(0)

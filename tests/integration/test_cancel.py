@@ -15,10 +15,13 @@ from typing import Any
 import psutil
 import pytest
 
-from fedloom import AbortReason, Modeller, SqlitePodStore, TaskCancellation
+from fedloom import Modeller
 from fedloom._cluster import LocalCluster, PodSpec
 from fedloom._events import MODELLER, Event
+from fedloom.errors import AbortReason
+from fedloom.modeller import TaskCancellation
 from fedloom.modeller._modeller import TELL_PODS_SECONDS
+from fedloom.pod import SqlitePodStore
 from fedloom.testing._faults import Fault
 
 from .conftest import run_async

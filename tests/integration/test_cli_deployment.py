@@ -96,7 +96,9 @@ def test_keys_hub_pod_and_run_from_the_command_line(tmp_path: Path) -> None:
 
 
 def test_the_readme_config_files_load(tmp_path: Path) -> None:
-    from fedloom import Identity, load_pod_config, load_task_file, save_identity
+    from fedloom import load_task_file
+    from fedloom.hub import Identity
+    from fedloom.pod import load_pod_config, save_identity
 
     from .test_demo_cli import README
 

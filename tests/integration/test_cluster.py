@@ -25,12 +25,12 @@ from fedloom import (
     Modeller,
     ModelSpec,
     RequestPolicy,
-    SqlitePodStore,
     TrainingConfig,
 )
 from fedloom._cluster import LocalCluster, PodSpec
 from fedloom._events import Event, EventKind
 from fedloom.errors import PodResponseError
+from fedloom.pod import SqlitePodStore
 
 from .cli_kit import wait_for_rows
 from .conftest import run_async

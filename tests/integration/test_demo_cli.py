@@ -16,7 +16,8 @@ import pandas as pd
 import pytest
 import torch
 
-from fedloom import SqliteExperimentStore, SqlitePodStore
+from fedloom import SqliteExperimentStore
+from fedloom.pod import SqlitePodStore
 
 README = Path(__file__).parents[2] / "README.md"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

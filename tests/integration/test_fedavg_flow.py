@@ -13,28 +13,19 @@ import pandas as pd
 import pytest
 
 from fedloom import (
-    AbortReason,
-    AggregationError,
-    ArraySource,
-    ConfigError,
     FedAvg,
     FedAvgResult,
     LocalFederation,
-    MemoryPodStore,
-    Message,
-    MessageType,
     ModelSpec,
     SqliteExperimentStore,
-    SqlitePodStore,
-    TableSource,
     TrainingConfig,
-    UpdateRejectionReason,
-    build_model,
-    load_protocol,
     run_local,
 )
 from fedloom.algorithms.ml import load_arrays, state_to_arrays, train_local
 from fedloom.algorithms.ml import round_seed as _stable_seed
+from fedloom.errors import AbortReason, AggregationError, ConfigError, UpdateRejectionReason
+from fedloom.plugins import Message, MessageType, build_model, load_protocol
+from fedloom.pod import ArraySource, MemoryPodStore, SqlitePodStore, TableSource
 
 from .conftest import (
     RAW,

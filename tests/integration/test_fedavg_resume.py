@@ -23,10 +23,8 @@ import pytest
 from fedloom import (
     Analytics,
     AnalyticsRequest,
-    ArraySource,
     FedAvg,
     FedAvgResult,
-    MemoryPodStore,
     SqliteExperimentStore,
     TaskResult,
     TrainingConfig,
@@ -34,7 +32,8 @@ from fedloom import (
     run_local,
 )
 from fedloom.errors import ConfigError, NotFoundError, StoreError
-from fedloom.protocols import Protocol
+from fedloom.pod import ArraySource, MemoryPodStore
+from fedloom.protocols import TaskProtocol
 
 from .conftest import TINY_MLP, labelled_pods
 
@@ -261,7 +260,7 @@ def test_a_process_killed_after_the_reopen_commit_leaves_only_harmless_files(
 # --- what cannot be resumed is refused before any pod is asked ------------------------
 
 
-def _refused(path: Path | None, protocol: Protocol, experiment_id: str, error: type) -> None:
+def _refused(path: Path | None, protocol: TaskProtocol, experiment_id: str, error: type) -> None:
     pod_stores = {pod: MemoryPodStore() for pod in SIZES}
     store = None if path is None else SqliteExperimentStore(path)
     try:

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fedloom import AbortReason, LocalFederation, PodPolicy, SqlitePodStore
+from fedloom import LocalFederation
 from fedloom.datasources import FileSource
-from fedloom.errors import PodResponseError
+from fedloom.errors import AbortReason, PodResponseError
+from fedloom.pod import PodPolicy, SqlitePodStore
 from fedloom.protocols import ChannelStatistics, FileStatistics, FileStatisticsResult
 from fedloom.worker import IsolationSettings
 

@@ -4,7 +4,7 @@ The first tests run through :class:`~fedloom.LocalFederation`, whose pods use th
 hooks (``DEFAULT_WORKER_HOOKS``). A pod has no way yet to be given other hooks (that comes
 with the spawned worker's config, which carries hook names), so the tests with a custom
 hook set run both sides of the protocol themselves: the real protocol code on real task
-mailboxes over a real :class:`~fedloom.MemoryHub`, with the modeller's TASK_COMPLETE sent
+mailboxes over a real :class:`~fedloom.hub.MemoryHub`, with the modeller's TASK_COMPLETE sent
 the way :class:`~fedloom.Modeller` sends it.
 """
 
@@ -19,20 +19,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fedloom import (
-    Analytics,
-    ArraySource,
-    FedAvg,
-    FedAvgResult,
-    LocalFederation,
-    MemoryHub,
-    MessageType,
-    TableSource,
-    TrainingConfig,
-)
+from fedloom import Analytics, FedAvg, FedAvgResult, LocalFederation, TrainingConfig
 from fedloom._hooks import Hook, HookEvent, HookPoint, HookSet, build_hooks, register_hook
 from fedloom.algorithms._analytics import AnalyticsRequest
-from fedloom.protocols import ModellerContext, Protocol, WorkerContext
+from fedloom.hub import MemoryHub
+from fedloom.plugins import MessageType
+from fedloom.pod import ArraySource, TableSource
+from fedloom.protocols import ModellerContext, TaskProtocol, WorkerContext
 from fedloom.session import ModellerMailbox, WorkerMailbox
 from fedloom.testing import connect_federation
 from fedloom.transport import TaskRouter
@@ -78,7 +71,7 @@ class RecorderHook(Hook):
 
 
 async def run_both_sides(
-    protocol: Protocol, data: Mapping[str, ArraySource], hooks: Callable[[], HookSet]
+    protocol: TaskProtocol, data: Mapping[str, ArraySource], hooks: Callable[[], HookSet]
 ) -> tuple[Any, dict[str, Any]]:
     """The modeller's and every pod's side of ``protocol`` on one in-memory hub.
 

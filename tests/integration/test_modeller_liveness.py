@@ -8,7 +8,10 @@ import uuid
 
 import psutil
 
-from fedloom import AbortReason, LocalFederation, MemoryPodStore, MessageType, PodPolicy
+from fedloom import LocalFederation
+from fedloom.errors import AbortReason
+from fedloom.plugins import MessageType
+from fedloom.pod import MemoryPodStore, PodPolicy
 from fedloom.testing._faults import Fault
 from fedloom.worker import IsolationSettings
 

@@ -21,10 +21,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fedloom import HubUnavailableError, Identity, save_identity
+from fedloom.errors import HubUnavailableError
+from fedloom.hub import Identity
 from fedloom.hub._server import HubServer, HubSettings
 from fedloom.hub._store import HubStore
 from fedloom.hub._tls import init_hub_tls
+from fedloom.pod import save_identity
 from fedloom.transport._grpc_mailbox import GrpcMailbox
 
 from .cli_kit import daemon, pod_toml, start_hub, stop

@@ -9,19 +9,11 @@ from typing import Any
 
 import numpy as np
 
-from fedloom import (
-    AbortReason,
-    ArraySource,
-    LocalFederation,
-    MemoryPodStore,
-    Message,
-    MessageType,
-    PodPolicy,
-    ResultsOnly,
-    TaskResult,
-)
+from fedloom import LocalFederation, ResultsOnly, TaskResult
 from fedloom._events import Event, EventKind
-from fedloom.errors import ErrorReport, ReceiveTimeoutError
+from fedloom.errors import AbortReason, ErrorReport, ReceiveTimeoutError
+from fedloom.plugins import Message, MessageType
+from fedloom.pod import ArraySource, MemoryPodStore, PodPolicy
 from fedloom.transport import Mailbox
 
 from .conftest import REPLY_TIMEOUT, run_async, until_idle

@@ -9,23 +9,18 @@ import numpy as np
 import pytest
 
 from fedloom import (
-    AbortReason,
     Analytics,
     AnalyticsRequest,
-    ArraySource,
     FedAvg,
     LocalFederation,
-    MemoryPodStore,
-    Message,
-    MessageType,
-    PodPolicy,
-    PodResponseError,
     ResultsOnly,
     TrainingConfig,
-    build_model,
     run_local,
 )
 from fedloom.algorithms.ml import evaluate, load_arrays, state_to_arrays
+from fedloom.errors import AbortReason, PodResponseError
+from fedloom.plugins import Message, MessageType, build_model
+from fedloom.pod import ArraySource, MemoryPodStore, PodPolicy
 
 from .conftest import RAW, TINY_MLP, RawClient, labelled_arrays, run_async, until_idle
 

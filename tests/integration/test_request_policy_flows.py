@@ -1,7 +1,7 @@
 """Request policies end to end: real hub, pods and modeller, plus scripted pods.
 
 The scripted pods (:class:`FakePod`) stand in where a real pod cannot be made to stay
-silent, answer late or abort on demand; the honest pods are real :class:`~fedloom.Pod`s.
+silent, answer late or abort on demand; the honest pods are real :class:`~fedloom.pod.Pod`s.
 """
 
 from __future__ import annotations
@@ -17,27 +17,20 @@ import pandas as pd
 import pytest
 
 from fedloom import (
-    AbortReason,
     Analytics,
     AnalyticsRequest,
-    ArraySource,
-    ConfigError,
-    ErrorReport,
     FedAvg,
     LocalFederation,
-    MemoryPodStore,
-    Message,
-    MessageType,
     OnTimeout,
-    PodPolicy,
-    PodResponseError,
     RequestPolicy,
     ResultsOnly,
-    TableSource,
     TaskResult,
     TrainingConfig,
     run_local,
 )
+from fedloom.errors import AbortReason, ConfigError, ErrorReport, PodResponseError
+from fedloom.plugins import Message, MessageType
+from fedloom.pod import ArraySource, MemoryPodStore, PodPolicy, TableSource
 
 from .conftest import TINY_MLP, FakePod, labelled_arrays, labelled_pods, run_async, until_idle
 

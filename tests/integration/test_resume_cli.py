@@ -16,7 +16,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fedloom import AbortReason, SqliteExperimentStore, SqlitePodStore
+from fedloom import SqliteExperimentStore
+from fedloom.errors import AbortReason
+from fedloom.pod import SqlitePodStore
 
 from .cli_kit import daemon, identities, pod_toml, start_hub, stop, wait_for_rows
 from .test_demo_cli import fedloom_command, run_cli

@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fedloom import SqliteExperimentStore, SqlitePodStore
+from fedloom import SqliteExperimentStore
+from fedloom.pod import SqlitePodStore
 
 from .cli_kit import daemon, identities, pod_toml, start_hub, stop, wait_for_rows
 from .test_demo_cli import fedloom_command, run_cli

@@ -10,7 +10,7 @@ import numpy as np
 import psutil
 import pytest
 
-from fedloom import ArraySource, FedAvg, ModelSpec, TrainingConfig, run_local
+from fedloom import FedAvg, ModelSpec, TrainingConfig, run_local
 from fedloom._events import Event, EventCallback, EventKind, virtual_client
 from fedloom.algorithms._aggregation import WeightedMean
 from fedloom.algorithms.ml import (
@@ -27,6 +27,7 @@ from fedloom.errors import (
     SimulationError,
     UnknownNameError,
 )
+from fedloom.pod import ArraySource
 from fedloom.scheduler import ResourceBudget, ResourceEstimate, TaskStatus
 from fedloom.simulation import (
     ClientResources,

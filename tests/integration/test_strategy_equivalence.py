@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 import torch
 
-from fedloom import ArraySource, FedAvg, ModelSpec, TrainingConfig, run_local
+from fedloom import FedAvg, ModelSpec, TrainingConfig, run_local
+from fedloom.pod import ArraySource
 from fedloom.privacy import TransformSpec
 from fedloom.simulation import DataSpec, Simulation, SimulationConfig, build_client_data
 from fedloom.simulation._client import participant

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import fedloom.testing._faults  # noqa: F401 - registers the "fault" protocol here
-from fedloom import ArraySource, LocalFederation, PodPolicy
+from fedloom import LocalFederation
+from fedloom.pod import ArraySource, PodPolicy
 from fedloom.testing._faults import Fault
 from fedloom.worker import IsolationSettings
 

@@ -7,7 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedloom import AbortReason, ArraySource, LocalFederation, MemoryPodStore
+from fedloom import LocalFederation
+from fedloom.errors import AbortReason
+from fedloom.pod import ArraySource, MemoryPodStore
 from fedloom.worker import IsolationSettings
 
 from . import worker_plugins

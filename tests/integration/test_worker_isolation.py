@@ -12,7 +12,9 @@ import psutil
 import pytest
 
 import fedloom.testing._faults  # noqa: F401 - registers the "fault" protocol here
-from fedloom import AbortReason, ArraySource, LocalFederation, MemoryPodStore, PodResponseError
+from fedloom import LocalFederation
+from fedloom.errors import AbortReason, PodResponseError
+from fedloom.pod import ArraySource, MemoryPodStore
 from fedloom.testing._faults import Fault
 from fedloom.worker import IsolationSettings
 
@@ -141,7 +143,7 @@ async def _failure_of(federation: LocalFederation) -> str:
 
 def test_failures_while_the_child_rebuilds_the_worker(tmp_path: Any) -> None:
     """A dataset that cannot be read, or an unknown hook, fails in the child, not the pod."""
-    from fedloom import TableSource
+    from fedloom.pod import TableSource
 
     store = MemoryPodStore()
 
@@ -167,7 +169,9 @@ def test_task_cancel_is_answered_with_task_abort(isolated: bool) -> None:
     """DESIGN: the modeller may send TASK_CANCEL; the pod stops the worker and answers
     TASK_ABORT(CANCELLED_BY_MODELLER). A child is stopped wherever it is; a worker in the
     pod's own process notices when it next reads its mailbox (here: waiting for the end)."""
-    from fedloom import MemoryHub, Message, MessageType, Pod
+    from fedloom.hub import MemoryHub
+    from fedloom.plugins import Message, MessageType
+    from fedloom.pod import Pod
     from fedloom.session import report_of
 
     from .conftest import RAW, RawClient

@@ -14,7 +14,7 @@ from typing import Any, Self
 
 import torch
 
-from fedloom.protocols import ModellerContext, Protocol, WorkerContext, register_protocol
+from fedloom.protocols import ModellerContext, TaskProtocol, WorkerContext, register_protocol
 from fedloom.session import ModellerMailbox, WorkerMailbox
 from fedloom.wire import MessageType
 
@@ -29,7 +29,7 @@ def explode_in_named_helper(error: str) -> None:
 
 @register_protocol
 @dataclass(frozen=True)
-class Failing(Protocol):
+class Failing(TaskProtocol):
     """Fails on the worker side as ``error`` says (see the module docstring)."""
 
     name = "test_failing"

@@ -17,13 +17,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fedloom import OnTimeout, PodResponseError, RequestPolicy
+from fedloom import OnTimeout, RequestPolicy
 from fedloom._hooks import HookSet
 from fedloom.datasources import FileRecord, FileSource
 from fedloom.errors import (
     AbortReason,
     ErrorReport,
     FedloomError,
+    PodResponseError,
     ReceiveTimeoutError,
     TaskAbortedError,
 )

@@ -7,7 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedloom import ArraySource, ConfigError, FedAvg, ModelSpec, SqliteExperimentStore, run_local
+from fedloom import FedAvg, ModelSpec, SqliteExperimentStore, run_local
+from fedloom.errors import ConfigError
+from fedloom.pod import ArraySource
 from fedloom.store import CheckpointRetention, RoundRecord
 
 

@@ -1,36 +1,147 @@
-"""The public API is exactly ``fedloom.__all__``: sorted, resolvable, documented."""
+"""The public API is tiered: ``fedloom`` for researchers, then ``fedloom.errors``,
+``fedloom.pod``, ``fedloom.hub``, ``fedloom.plugins`` and ``fedloom.testing``; each
+``__all__`` is sorted, resolvable, documented and derived from one list; everything else
+is a private module."""
 
 from __future__ import annotations
 
+import ast
+import importlib
+import inspect
+import pkgutil
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
 import fedloom
+from fedloom._registry import ArgsRegistry, Registry
+
+TIERS = ["fedloom", "fedloom.errors", "fedloom.pod", "fedloom.hub", "fedloom.plugins"]
+PUBLIC_MODULES = {*TIERS, "fedloom.testing", "fedloom.__main__"}
+SRC = Path(fedloom.__file__).parent
 
 
-def test_all_is_sorted_and_unique() -> None:
-    names = list(fedloom.__all__)
-    assert names == sorted(names), "keep fedloom.__all__ sorted"
+def _tier(name: str) -> ModuleType:
+    return importlib.import_module(name)
+
+
+@pytest.mark.parametrize("name", [*TIERS, "fedloom.testing"])
+def test_all_is_sorted_unique_and_resolves(name: str) -> None:
+    module = _tier(name)
+    names = list(module.__all__)
+    assert names == sorted(names), f"keep {name}.__all__ sorted"
     assert len(names) == len(set(names))
+    assert [n for n in names if not hasattr(module, n)] == []
+    assert [n for n in names if n.startswith("_")] == []
 
 
-def test_every_exported_name_resolves() -> None:
-    missing = [name for name in fedloom.__all__ if not hasattr(fedloom, name)]
-    assert not missing
+@pytest.mark.parametrize("name", [*TIERS, "fedloom.testing"])
+def test_exported_classes_and_functions_are_documented(name: str) -> None:
+    module = _tier(name)
+    undocumented = [
+        n
+        for n in module.__all__
+        if (inspect.isclass(getattr(module, n)) or inspect.isfunction(getattr(module, n)))
+        and not (getattr(module, n).__doc__ or "").strip()
+    ]
+    assert not undocumented
+
+
+def test_the_researchers_tier_is_small_and_listed_once_in_its_stub() -> None:
+    """``fedloom.__all__`` comes from ``__init__.pyi`` alone (lazy_loader reads it)."""
+    stub = ast.parse((SRC / "__init__.pyi").read_text())
+    listed = sorted(
+        alias.asname or alias.name
+        for node in stub.body
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+    )
+    assert listed == sorted(fedloom.__all__)
+    assert len(fedloom.__all__) <= 40, "the researcher's tier is about 30 names"
+    init = (SRC / "__init__.py").read_text()
+    assert not any(name in init for name in fedloom.__all__), "names live in the stub only"
 
 
 def test_no_public_name_is_left_unexported() -> None:
-    public = {
-        name
-        for name, value in vars(fedloom).items()
-        if not name.startswith("_")
-        and not getattr(value, "__name__", "").startswith("fedloom.")
-        and not isinstance(value, type(fedloom))
-    }
-    assert public - set(fedloom.__all__) == set()
+    for name in TIERS[1:]:
+        module = _tier(name)
+        public = {
+            n
+            for n, value in vars(module).items()
+            if not n.startswith("_") and not isinstance(value, ModuleType) and n != "annotations"
+        }
+        assert public - set(module.__all__) == set(), name
 
 
-def test_exported_classes_and_functions_are_documented() -> None:
-    undocumented = [
-        name
-        for name in fedloom.__all__
-        if callable(getattr(fedloom, name)) and not (getattr(fedloom, name).__doc__ or "").strip()
+def test_fedloom_protocol_no_longer_shadows_typing_protocol() -> None:
+    assert "Protocol" not in fedloom.__all__
+    assert "TaskProtocol" in fedloom.__all__
+
+
+def _all_modules() -> list[str]:
+    return [
+        info.name
+        for info in pkgutil.walk_packages([str(SRC)], prefix="fedloom.")
+        if not info.name.startswith("fedloom.testing.") and info.name != "fedloom.__main__"
     ]
-    assert not undocumented
+
+
+def test_every_internal_module_is_private() -> None:
+    """A module path is public only for a tier; the rest is ``_name`` or a package."""
+    public_looking = []
+    for name in _all_modules():
+        leaf = name.rsplit(".", 1)[1]
+        is_package = (SRC.joinpath(*name.split(".")[1:]) / "__init__.py").exists()
+        if not leaf.startswith("_") and not is_package and name not in PUBLIC_MODULES:
+            public_looking.append(name)
+    assert public_looking == []
+
+
+def test_every_registry_is_in_the_plugin_tier() -> None:
+    import fedloom.plugins
+
+    registries = {
+        id(value)
+        for name in _all_modules()
+        for value in vars(importlib.import_module(name)).values()
+        if isinstance(value, Registry | ArgsRegistry)
+    }
+    exported = {
+        id(getattr(fedloom.plugins, n))
+        for n in fedloom.plugins.__all__
+        if isinstance(getattr(fedloom.plugins, n), Registry | ArgsRegistry)
+    }
+    assert registries and registries <= exported
+    registers = {n for n in fedloom.plugins.__all__ if n.startswith("register_")}
+    assert {"register_protocol", "register_strategy", "register_transform"} <= registers
+    assert "register_hook" in registers
+
+
+def test_results_are_generic_over_the_protocols_result_type() -> None:
+    import typing
+
+    from fedloom.protocols import PodResults
+
+    expected = {
+        fedloom.FedAvg: fedloom.FedAvgResult,
+        fedloom.Analytics: fedloom.AnalyticsResult,
+        fedloom.ResultsOnly: dict[str, PodResults],
+        fedloom.FileStatistics: fedloom.FileStatisticsResult,
+    }
+    for protocol, result in expected.items():
+        bases = [
+            base
+            for klass in protocol.__mro__
+            for base in getattr(klass, "__orig_bases__", ())
+            if typing.get_origin(base) is fedloom.TaskProtocol
+        ]
+        assert bases, protocol
+        resolved = typing.get_args(bases[0])[0]
+        if isinstance(resolved, typing.TypeVar):  # BatchedProtocol passes its ResultT on
+            parametrised = next(
+                b for b in protocol.__orig_bases__ if typing.get_origin(b) is not None
+            )
+            resolved = typing.get_args(parametrised)[-1]
+        assert resolved == result, protocol
+    assert fedloom.TaskResult[fedloom.FedAvgResult].__args__ == (fedloom.FedAvgResult,)

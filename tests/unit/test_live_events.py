@@ -7,10 +7,10 @@ import asyncio
 import numpy as np
 import pytest
 
-from fedloom import ArraySource, FedAvg, LocalFederation, ModelSpec, PodPolicy, TrainingConfig
+from fedloom import FedAvg, LocalFederation, ModelSpec, TrainingConfig
 from fedloom._events import MODELLER, Event, EventKind
 from fedloom.errors import AccessDeniedError, ErrorReport, PodResponseError
-from fedloom.pod import PodStatistics
+from fedloom.pod import ArraySource, PodPolicy, PodStatistics
 
 ROUNDS = 2
 

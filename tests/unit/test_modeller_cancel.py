@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 
 import fedloom.modeller._modeller as modeller_module
-from fedloom import MemoryExperimentStore, Modeller
+from fedloom import Modeller
 from fedloom.errors import AbortReason, ErrorReport
 from fedloom.modeller import TaskCancellation
+from fedloom.plugins import MemoryExperimentStore
 from fedloom.testing import connect_federation
 from fedloom.testing._faults import Fault
 from fedloom.transport import Mailbox, MailboxStatistics, MemoryHub

@@ -11,7 +11,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fedloom import ArraySource, ConfigError
 from fedloom._registry import import_plugins
 from fedloom.datasources import (
     DATASOURCE_KINDS,
@@ -21,12 +20,13 @@ from fedloom.datasources import (
     datasource_from_config,
 )
 from fedloom.errors import (
+    ConfigError,
     DataError,
     DatasetNotFoundError,
     EmptyDatasetError,
     MissingColumnError,
 )
-from fedloom.pod import load_pod_config
+from fedloom.pod import ArraySource, load_pod_config
 
 # --- plugins ------------------------------------------------------------------------------
 
@@ -202,7 +202,9 @@ def test_check_datasets_with_one_bad_dataset_is_one_line(tmp_path: Path) -> None
 def test_a_pod_logs_one_line_per_task_accepted_or_rejected(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from fedloom import AnalyticsRequest, PodPolicy, PodResponseError, run_local
+    from fedloom import AnalyticsRequest, run_local
+    from fedloom.errors import PodResponseError
+    from fedloom.pod import PodPolicy
     from fedloom.protocols import Analytics
 
     rng = np.random.default_rng(0)
@@ -234,7 +236,8 @@ def test_a_pod_logs_one_line_per_task_accepted_or_rejected(
 def test_what_a_modeller_sent_is_logged_as_bounded_printable_text(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from fedloom import Message, MessageType, Pod
+    from fedloom.plugins import Message, MessageType
+    from fedloom.pod import Pod
 
     pod = Pod("pod-a", {"default": ArraySource(np.zeros((2, 2)))})
     request = Message(

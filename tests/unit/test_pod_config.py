@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fedloom import ConfigError, PodResponseError, ResultsOnly, run_local
+from fedloom import ResultsOnly, run_local
+from fedloom.errors import ConfigError, PodResponseError
 from fedloom.pod import PodConfig, PodPolicy, load_pod_config
 from fedloom.transport._hub_config import HubAddress, TlsClientConfig, parse_hub_address
 

@@ -5,16 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedloom import (
-    ArraySource,
-    FedAvg,
-    ModelSpec,
-    PodPolicy,
-    PodResponseError,
-    RequestPolicy,
-    TableSource,
-    run_local,
-)
+from fedloom import FedAvg, ModelSpec, RequestPolicy, run_local
+from fedloom.errors import PodResponseError
+from fedloom.pod import ArraySource, PodPolicy, TableSource
 
 MODEL = ModelSpec("mlp", {"in_features": 2, "hidden": [4], "out_features": 2})
 MISSING = "no such data file"

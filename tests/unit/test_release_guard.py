@@ -9,15 +9,15 @@ from typing import Any, Self
 import numpy as np
 import pytest
 
-from fedloom import ArraySource
 from fedloom._hooks import HookSet
 from fedloom.errors import AbortReason, PrivacyThresholdError, abort_reason_for
-from fedloom.protocols._base import ModellerContext, Protocol, WorkerContext
+from fedloom.pod import ArraySource
+from fedloom.protocols._base import ModellerContext, TaskProtocol, WorkerContext
 from fedloom.session import ModellerMailbox, WorkerMailbox
 
 
 @dataclass(frozen=True)
-class _Forgetful(Protocol):
+class _Forgetful(TaskProtocol):
     """A new protocol that checks no threshold itself."""
 
     name = "forgetful-test"

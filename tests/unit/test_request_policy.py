@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from fedloom import ConfigError, OnTimeout, PodResponseError, RequestPolicy
-from fedloom.errors import AbortReason, ErrorReport, TaskAbortedError
+from fedloom import OnTimeout, RequestPolicy
+from fedloom.errors import AbortReason, ConfigError, ErrorReport, PodResponseError, TaskAbortedError
 from fedloom.session import ModellerMailbox, WorkerMailbox
 from fedloom.testing import connect_federation
 from fedloom.transport import MemoryHub, TaskRouter

@@ -14,18 +14,11 @@ from typing import Any, cast
 import numpy as np
 import pytest
 
-from fedloom import (
-    Analytics,
-    FedAvg,
-    ModelSpec,
-    ResultsOnly,
-    ResumePoint,
-    build_model,
-    resume_experiment,
-)
+from fedloom import Analytics, FedAvg, ModelSpec, ResultsOnly, resume_experiment
 from fedloom.algorithms.ml import state_to_arrays
 from fedloom.errors import ConfigError, NotFoundError, StoreError
-from fedloom.protocols import ModellerContext, Protocol, RoundMetrics
+from fedloom.plugins import ResumePoint, build_model
+from fedloom.protocols import ModellerContext, RoundMetrics, TaskProtocol
 from fedloom.session import ModellerMailbox
 from fedloom.store import (
     ExperimentStore,
@@ -241,7 +234,7 @@ def test_resume_with_a_damaged_checkpoint_writes_nothing(
 
 def test_only_fedavg_is_resumable() -> None:
     assert FedAvg.resumable is True
-    assert Protocol.resumable is False
+    assert TaskProtocol.resumable is False
     assert Analytics.resumable is False and ResultsOnly.resumable is False
 
 

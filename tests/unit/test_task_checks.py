@@ -7,17 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedloom import (
-    ArraySource,
-    ConfigError,
-    FedAvg,
-    MemoryExperimentStore,
-    MemoryPodStore,
-    ModelSpec,
-    UnknownNameError,
-    run_local,
-)
+from fedloom import FedAvg, ModelSpec, run_local
+from fedloom.errors import ConfigError, UnknownNameError
 from fedloom.modeller._task_file import load_task_file
+from fedloom.plugins import MemoryExperimentStore
+from fedloom.pod import ArraySource, MemoryPodStore
 
 
 def _pods() -> dict[str, ArraySource]:

@@ -7,15 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedloom import (
-    Analytics,
-    AnalyticsRequest,
-    ArraySource,
-    ConfigError,
-    ResultsOnly,
-    run_local,
-)
+from fedloom import Analytics, AnalyticsRequest, ResultsOnly, run_local
+from fedloom.errors import ConfigError
 from fedloom.modeller._task_file import TaskFile, load_task_file
+from fedloom.pod import ArraySource
 from fedloom.session import RequestPolicy
 from fedloom.transport._hub_config import HubAddress, TlsClientConfig
 

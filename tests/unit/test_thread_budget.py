@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fedloom import ConfigError
 from fedloom._cluster import LocalCluster, PodSpec
+from fedloom.errors import ConfigError
 from fedloom.pod import load_pod_config
 from fedloom.worker import IsolationSettings
 from fedloom.worker._threads import available_cores, share_of_cores

@@ -34,7 +34,7 @@ from fedloom.cli._report import people_console, rounds_table, statistics_table
 from fedloom.datasources import TableSource, dirichlet_partition
 from fedloom.errors import ConfigError
 from fedloom.modeller import Modeller, TaskResult
-from fedloom.protocols import Analytics, AnalyticsResult, FedAvg, FedAvgResult, Protocol
+from fedloom.protocols import Analytics, AnalyticsResult, FedAvg, FedAvgResult, TaskProtocol
 from fedloom.store import SqliteExperimentStore, SqlitePodStore
 
 POD_NAMES = ("pod-a", "pod-b", "pod-c")
@@ -145,7 +145,7 @@ class _Runner(typing.Protocol):
     @property
     def modeller(self) -> Modeller: ...
 
-    async def run(self, protocol: Protocol, **options: Any) -> TaskResult: ...
+    async def run(self, protocol: TaskProtocol[Any], **options: Any) -> TaskResult[Any]: ...
 
 
 @contextlib.asynccontextmanager
@@ -204,7 +204,7 @@ class _ClusterRunner:
         self.modeller = modeller
         self._pods = pods
 
-    async def run(self, protocol: Protocol, **options: Any) -> TaskResult:
+    async def run(self, protocol: TaskProtocol[Any], **options: Any) -> TaskResult[Any]:
         return await self.modeller.run(protocol, self._pods, **options)
 
 

@@ -1,7 +1,7 @@
 """A task's outcome for people: the tables and lines ``fedloom run`` and the demo print.
 
 Everything here reads plain summaries (:func:`~fedloom.modeller._report.describe`,
-``Protocol.summarise``, round rows as :meth:`RoundMetrics.to_dict
+``TaskProtocol.summarise``, round rows as :meth:`RoundMetrics.to_dict
 <fedloom.protocols.RoundMetrics.to_dict>` writes them) and returns rich renderables;
 what pods wrote (their error messages) is shown as plain text, never read as markup.
 """

@@ -111,7 +111,7 @@ def run_command(
     )
 
 
-def summarise(task: TaskFile, result: TaskResult) -> dict[str, Any]:
+def summarise(task: TaskFile, result: TaskResult[Any]) -> dict[str, Any]:
     """The JSON summary: the outcome, the protocol's result, and the kept checkpoints."""
     summary: dict[str, Any] = {
         **describe(result),

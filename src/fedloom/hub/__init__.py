@@ -5,10 +5,13 @@ The hub is the message service between modellers and pods: a gRPC server
 (:class:`HubStore`), with its own certificate authority (:func:`init_hub_tls`). The
 clients' side of the same service (:class:`GrpcMailbox`, :class:`HubAddress`) and the
 in-memory hub that runs a federation in one process (:class:`MemoryHub`, the same
-:class:`Hub` contract and routing rules) are here too.
+:class:`Hub` contract and routing rules) are here too, with the :class:`Identity` every
+party connects as.
 """
 
-from fedloom._exports import public_names
+from fedloom._exports import public_names as _public_names
+from fedloom.crypto import Identity as Identity
+from fedloom.crypto import load_identity as load_identity
 from fedloom.hub._server import HubServer as HubServer
 from fedloom.hub._server import serve_hub as serve_hub
 from fedloom.hub._server_settings import HubServerStatistics as HubServerStatistics
@@ -29,4 +32,4 @@ from fedloom.transport import MailboxStatistics as MailboxStatistics
 from fedloom.transport import MemoryHub as MemoryHub
 from fedloom.transport import TlsClientConfig as TlsClientConfig
 
-__all__ = public_names(globals())
+__all__ = _public_names(globals())

@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 from fedloom._events import EventCallback, EventStream, Subscription
 from fedloom.errors import ConfigError, ErrorReport, FedloomError, StoreError
@@ -31,7 +31,7 @@ from fedloom.modeller._cancel import (
 from fedloom.modeller._keepalive import KeepAlive
 from fedloom.modeller._live import TaskEvents
 from fedloom.modeller._result import TaskResult
-from fedloom.protocols import ModellerContext, Protocol, RoundCallback, resume_experiment
+from fedloom.protocols import ModellerContext, RoundCallback, TaskProtocol, resume_experiment
 from fedloom.session import Gathered, ModellerMailbox, RequestPolicy
 from fedloom.store import CheckpointRetention, ExperimentStore
 from fedloom.store._base import COMPLETED
@@ -40,6 +40,8 @@ from fedloom.transport import Mailbox, TaskRouter
 from fedloom.wire import MessageType
 
 logger = logging.getLogger(__name__)
+
+R = TypeVar("R")
 
 DEFAULT_ACCEPT_TIMEOUT = 30.0
 """Seconds the modeller waits for pods to accept or reject a task run without a policy."""
@@ -93,7 +95,7 @@ class Modeller:
 
     async def run(
         self,
-        protocol: Protocol,
+        protocol: TaskProtocol[R],
         pods: Sequence[str],
         *,
         dataset: str = "default",
@@ -103,7 +105,7 @@ class Modeller:
         resume: str | None = None,
         keep_checkpoints: str | int | CheckpointRetention = KEEP_LAST,
         on_experiment: ExperimentCallback | None = None,
-    ) -> TaskResult:
+    ) -> TaskResult[R]:
         """Run ``protocol`` on ``pods`` over their dataset ``dataset``.
 
         Args:
@@ -132,7 +134,7 @@ class Modeller:
 
         Raises:
             ConfigError: no pods, duplicate pods, a protocol config that is not JSON or
-                that :meth:`Protocol.check_task` refuses (nothing is sent then), a
+                that :meth:`TaskProtocol.check_task` refuses (nothing is sent then), a
                 ``policy`` that is not a :class:`RequestPolicy`, or a ``resume`` without a
                 store, of a protocol that cannot resume, or of an experiment that ran
                 another task.
@@ -215,7 +217,7 @@ class Modeller:
 
     async def _run(
         self,
-        protocol: Protocol,
+        protocol: TaskProtocol[R],
         mailbox: ModellerMailbox,
         *,
         spec: dict[str, Any],
@@ -228,7 +230,7 @@ class Modeller:
         resume: str | None,
         retention: CheckpointRetention,
         on_experiment: ExperimentCallback | None,
-    ) -> TaskResult:
+    ) -> TaskResult[R]:
         """:meth:`run` from the request on; ``asked`` gets each pod the request went to."""
         async with KeepAlive(mailbox) as keepalive:
             refused = await _request_job(mailbox, {"task": spec, "dataset": dataset}, asked)
@@ -247,7 +249,7 @@ class Modeller:
                 protocol, mailbox, started, context, answers, accepted, rejected
             )
 
-    def _check_resume(self, protocol: Protocol, spec: dict[str, Any], resume: str) -> None:
+    def _check_resume(self, protocol: TaskProtocol[Any], spec: dict[str, Any], resume: str) -> None:
         """Refuse a resume that cannot work before any pod is asked (reads only)."""
         if self.store is None:
             raise ConfigError("resume needs the modeller's experiment store (store=...)")
@@ -264,7 +266,7 @@ class Modeller:
 
     async def _experiment(  # noqa: PLR0917 - private, called once from _run
         self,
-        protocol: Protocol,
+        protocol: TaskProtocol[R],
         mailbox: ModellerMailbox,
         spec: dict[str, Any],
         name: str | None,
@@ -290,14 +292,14 @@ class Modeller:
 
     async def _started(  # noqa: PLR0917 - private, called once from _run
         self,
-        protocol: Protocol,
+        protocol: TaskProtocol[R],
         mailbox: ModellerMailbox,
         started: float,
         context: ModellerContext,
         answers: Gathered,
         accepted: list[str],
         rejected: dict[str, ErrorReport],
-    ) -> TaskResult:
+    ) -> TaskResult[R]:
         """The task once the pods have accepted it: the protocol, then the record."""
         experiment_id = context.experiment_id
         if not protocol.handles_start:

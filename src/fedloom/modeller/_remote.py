@@ -40,7 +40,7 @@ async def connect_modeller(task: TaskFile, *, timeout: float = 15.0) -> GrpcMail
 
 async def run_task_file(
     task: TaskFile, *, events: EventStream | None = None, **options: Any
-) -> TaskResult:
+) -> TaskResult[Any]:
     """Run ``task`` through its hub; ``options`` go to :meth:`Modeller.run`.
 
     The task's events are published on ``events`` (see :class:`Modeller`).

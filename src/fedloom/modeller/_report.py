@@ -17,7 +17,7 @@ NO_NEW_DATA = "no_new_data"
 """The key of a batched protocol's summary that lists the pods with no new files."""
 
 
-def describe(result: TaskResult) -> dict[str, Any]:
+def describe(result: TaskResult[Any]) -> dict[str, Any]:
     """A JSON-able summary of a task's outcome for people and scripts.
 
     ``rejected`` and ``aborted`` map each pod to its ``{"reason": CODE, "message": ...}``.

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Generic, TypeVar
 
 from fedloom.errors import ErrorReport
 
+R = TypeVar("R")
+
 
 @dataclass(frozen=True)
-class TaskResult:
+class TaskResult(Generic[R]):
     """The outcome of one task: the protocol's result and what each pod did.
+
+    Generic over the protocol's result type: ``Modeller.run(FedAvg(...))`` gives a
+    ``TaskResult[FedAvgResult]``, whose ``result`` a type checker knows.
 
     Attributes:
         accepted: the pods that answered JOB_ACCEPT, whatever happened afterwards.
@@ -31,7 +36,7 @@ class TaskResult:
 
     task_id: str
     protocol: str
-    result: Any
+    result: R
     accepted: list[str]
     rejected: dict[str, ErrorReport] = field(default_factory=dict)
     aborted: dict[str, ErrorReport] = field(default_factory=dict)

@@ -27,7 +27,7 @@ Example (every key shown; the comments say which are optional)::
     timeout = 60                    # RequestPolicy: timeout, on_timeout, stop_on_error,
                                     # require_all, min_replies
 
-    [task]                          # the protocol, as Protocol.dump() writes it
+    [task]                          # the protocol, as TaskProtocol.dump() writes it
     protocol = "analytics"
     [task.config]                   # optional when the protocol needs no settings
     request = { statistics = ["mean"], columns = ["age"] }
@@ -51,7 +51,7 @@ from typing import Any, cast
 from fedloom._config_file import TomlTable, read_toml
 from fedloom._registry import NAME_PATTERN, import_plugins
 from fedloom.errors import ConfigError, FedloomError
-from fedloom.protocols import PROTOCOLS, Protocol, load_protocol
+from fedloom.protocols import PROTOCOLS, TaskProtocol, load_protocol
 from fedloom.store import CheckpointRetention
 from fedloom.store._retention import KEEP_LAST
 from fedloom.transport._hub_config import (
@@ -104,7 +104,7 @@ class TaskFile:
     hub_address: HubAddress
     identity_path: Path
     pods: tuple[str, ...]
-    protocol: Protocol
+    protocol: TaskProtocol[Any]
     dataset: str = DEFAULT_DATASET
     name: str | None = None
     store_path: Path | None = None
@@ -181,7 +181,7 @@ def _read_retention(top: TomlTable) -> CheckpointRetention:
         raise top.error("keep_checkpoints", str(exc)) from exc
 
 
-def _local_files(protocol: type[Protocol], config: TomlTable | None) -> dict[str, Path]:
+def _local_files(protocol: type[TaskProtocol[Any]], config: TomlTable | None) -> dict[str, Path]:
     """The settings of ``[task.config]`` the protocol takes as files on this machine.
 
     Those are its ``local_files`` (e.g. inference's ``model_file``), as absolute paths: a
@@ -193,7 +193,7 @@ def _local_files(protocol: type[Protocol], config: TomlTable | None) -> dict[str
     return {name: config.resolve(name, config.data[name]) for name in names if config.has(name)}
 
 
-def _read_task(top: TomlTable) -> Protocol:
+def _read_task(top: TomlTable) -> TaskProtocol[Any]:
     task = top.table("task")
     if task is None:
         raise ConfigError(

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from fedloom.datasources import Datasource
 from fedloom.errors import AccessDeniedError, ConfigError, DatasetNotFoundError
-from fedloom.protocols import DEFAULT_MIN_ROWS, Protocol, load_protocol
+from fedloom.protocols import DEFAULT_MIN_ROWS, TaskProtocol, load_protocol
 from fedloom.wire import Message
 
 DEFAULT_START_TIMEOUT = 300.0
@@ -39,7 +40,7 @@ class PodPolicy:
     allowed_protocols: frozenset[str] | None = None
     allowed_modellers: frozenset[str] | None = None
     allowed_algorithms: frozenset[str] | None = None
-    """Registered model and algorithm names a task may run here (see Protocol.algorithms)."""
+    """Registered model and algorithm names a task may run here (see TaskProtocol.algorithms)."""
     min_rows: int = DEFAULT_MIN_ROWS
     start_timeout: float = DEFAULT_START_TIMEOUT
     modeller_timeout: float = DEFAULT_MODELLER_TIMEOUT
@@ -75,7 +76,7 @@ class PodPolicy:
 
 @dataclass(frozen=True)
 class _Accepted:
-    protocol: Protocol
+    protocol: TaskProtocol[Any]
     datasource: Datasource
 
 

@@ -7,6 +7,7 @@ and the simulation alike. Registered: ``clip``.
 """
 
 from fedloom.privacy._base import (
+    TRANSFORMS,
     FoldContext,
     ReleaseContext,
     TransformChain,
@@ -20,6 +21,7 @@ from fedloom.privacy._base import (
 from fedloom.privacy._clip import ClipTransform, update_norm
 
 __all__ = [
+    "TRANSFORMS",
     "ClipTransform",
     "FoldContext",
     "ReleaseContext",

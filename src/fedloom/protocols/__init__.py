@@ -5,9 +5,10 @@ from fedloom.protocols._base import (
     DEFAULT_MIN_ROWS,
     PROTOCOLS,
     ModellerContext,
-    Protocol,
+    ReleaseGuard,
     ResumePoint,
     RoundCallback,
+    TaskProtocol,
     WorkerContext,
     load_protocol,
     register_protocol,
@@ -33,6 +34,7 @@ from fedloom.protocols._results_only import (
 )
 
 __all__ = [
+    "ReleaseGuard",
     "BatchCollector",
     "BatchOutput",
     "BatchWorker",
@@ -56,7 +58,7 @@ __all__ = [
     "FedAvgResult",
     "ModellerContext",
     "PodResults",
-    "Protocol",
+    "TaskProtocol",
     "ResultAlgorithm",
     "ResultsOnly",
     "ResumePoint",

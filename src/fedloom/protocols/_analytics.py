@@ -30,7 +30,7 @@ from fedloom.algorithms._statistics import ColumnPartial, partials_from_wire, pa
 from fedloom.errors import ErrorReport, PodFailure, PodResponseError, ProtocolError
 from fedloom.protocols._base import (
     ModellerContext,
-    Protocol,
+    TaskProtocol,
     WorkerContext,
     check_keys,
     optional_timeout,
@@ -54,7 +54,7 @@ class AnalyticsResult:
 
 @register_protocol
 @dataclass(frozen=True)
-class Analytics(Protocol):
+class Analytics(TaskProtocol[AnalyticsResult]):
     """Federated statistics; see the module docstring.
 
     ``require_all``: fail with :class:`PodResponseError` if any pod refuses or does not

@@ -1,8 +1,8 @@
-"""Protocol base class, run contexts and the closed protocol registry.
+"""TaskProtocol base class, run contexts and the closed protocol registry.
 
 A protocol is written once against :class:`ModellerMailbox` and :class:`WorkerMailbox`
 and runs unchanged in memory, over gRPC, or in simulation. It is a frozen dataclass whose
-fields are its JSON config: :meth:`Protocol.dump` gives ``{"protocol": name, "config":
+fields are its JSON config: :meth:`TaskProtocol.dump` gives ``{"protocol": name, "config":
 {...}}`` and :func:`load_protocol` rebuilds it on a pod from exactly that, through the
 closed :data:`PROTOCOLS` registry (never an import of a name the pod was sent).
 """
@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, ClassVar, Self, TypeVar
+from typing import Any, ClassVar, Generic, Self, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -42,12 +42,12 @@ DEFAULT_MIN_ROWS = 10
 class ReleaseGuard(Enum):
     """Where a protocol's results pass the pod's minimum-rows threshold.
 
-    Every protocol declares one (:attr:`Protocol.release_guard`); the default guards the
+    Every protocol declares one (:attr:`TaskProtocol.release_guard`); the default guards the
     whole dataset, so a protocol that says nothing cannot forget the threshold.
     """
 
     WHOLE_DATASET = "whole_dataset"
-    """:meth:`Protocol.serve_worker` checks the datasource's size before the worker runs."""
+    """:meth:`TaskProtocol.serve_worker` checks the datasource's size before the worker runs."""
     AT_RELEASE = "at_release"
     """The conversation calls :meth:`WorkerContext.release` with what the result covers
     just before it leaves: the batched flow (:class:`~fedloom.protocols.BatchedProtocol`)
@@ -82,7 +82,7 @@ class WorkerContext:
         """The pod's one release guard: refuse a result computed over fewer than
         :attr:`min_rows` rows (or files, or whatever ``unit`` the result counts).
 
-        :meth:`Protocol.serve_worker` calls it with the datasource's size before any
+        :meth:`TaskProtocol.serve_worker` calls it with the datasource's size before any
         protocol's worker runs, so a new protocol cannot forget it; a protocol whose
         result covers less than the whole datasource (files that failed, a filter) calls
         it again with what its result covers.
@@ -155,7 +155,7 @@ def resume_experiment(store: ExperimentStore, experiment_id: str) -> ResumePoint
     :meth:`~fedloom.store.ExperimentStore.reopen_experiment` drops the half-written
     rounds after it and sets the experiment ``"running"`` again. Put the result in
     :attr:`ModellerContext.resume` together with the same ``store`` and
-    ``experiment_id``, and run a protocol whose :attr:`Protocol.resumable` is True; it
+    ``experiment_id``, and run a protocol whose :attr:`TaskProtocol.resumable` is True; it
     records the remaining rounds into the same experiment, which the caller finishes as
     usual (``"failed"`` again if the resumed run fails, so it can be resumed once more).
 
@@ -187,7 +187,7 @@ class ModellerContext:
     """What a protocol's modeller side may use: the experiment store and UI callbacks.
 
     ``resume``, when set, says where an interrupted experiment goes on (see
-    :func:`resume_experiment`); only protocols with :attr:`Protocol.resumable` honour it,
+    :func:`resume_experiment`); only protocols with :attr:`TaskProtocol.resumable` honour it,
     and ``store``/``experiment_id`` should then name the experiment it came from.
     """
 
@@ -240,8 +240,16 @@ class ModellerContext:
                 del self._kept[index]
 
 
-class Protocol(ABC):
-    """Base of every protocol. Subclasses are frozen dataclasses registered by name."""
+ResultT_co = TypeVar("ResultT_co", covariant=True)
+"""What a protocol's modeller side returns (FedAvg: a FedAvgResult)."""
+
+
+class TaskProtocol(ABC, Generic[ResultT_co]):
+    """Base of every protocol. Subclasses are frozen dataclasses registered by name.
+
+    A protocol is generic over its result: ``Modeller.run(FedAvg(...))`` is a
+    ``TaskResult[FedAvgResult]``.
+    """
 
     name: ClassVar[str]
     handles_start: ClassVar[bool] = False
@@ -271,7 +279,7 @@ class Protocol(ABC):
         """
 
     @abstractmethod
-    async def run_modeller(self, mailbox: ModellerMailbox, context: ModellerContext) -> Any:
+    async def run_modeller(self, mailbox: ModellerMailbox, context: ModellerContext) -> ResultT_co:
         """The modeller's side of the conversation; returns the task's result."""
 
     @abstractmethod
@@ -334,10 +342,10 @@ class Protocol(ABC):
         return spec
 
 
-PROTOCOLS: Registry[type[Protocol]] = Registry("protocol")
+PROTOCOLS: Registry[type[TaskProtocol[Any]]] = Registry("protocol")
 
 
-P = TypeVar("P", bound=type[Protocol])
+P = TypeVar("P", bound=type[TaskProtocol[Any]])
 
 
 def register_protocol(cls: P) -> P:
@@ -346,7 +354,7 @@ def register_protocol(cls: P) -> P:
     return cls
 
 
-def load_protocol(spec: object) -> Protocol:
+def load_protocol(spec: object) -> TaskProtocol[Any]:
     """Rebuild a protocol from ``{"protocol": name, "config": {...}}``.
 
     Raises:

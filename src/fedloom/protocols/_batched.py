@@ -53,8 +53,8 @@ from fedloom.protocols import _batched_modeller as batched_modeller
 from fedloom.protocols import _batched_worker as batched_worker
 from fedloom.protocols._base import (
     ModellerContext,
-    Protocol,
     ReleaseGuard,
+    TaskProtocol,
     WorkerContext,
     optional_timeout,
 )
@@ -83,7 +83,7 @@ RUN_FLAGS = (
 
 
 @dataclass(frozen=True, kw_only=True)
-class BatchedProtocol(Protocol, Generic[StateT, ValueT, ResultT]):
+class BatchedProtocol(TaskProtocol[ResultT], Generic[StateT, ValueT, ResultT]):
     """Base of the protocols that run the batched streaming flow; see the module docstring.
 
     The batching settings are keyword-only fields, so a subclass's own fields come first.

@@ -7,7 +7,7 @@ samples. The modeller folds the updates into a streaming weighted mean; an updat
 malformed (NaN, wrong shape or dtype, unknown keys, weight ≤ 0) is left out with a typed
 reason and the round goes on without it.
 
-FedAvg is resumable (:attr:`~fedloom.protocols.Protocol.resumable`): given a
+FedAvg is resumable (:attr:`~fedloom.protocols.TaskProtocol.resumable`): given a
 :class:`~fedloom.protocols.ResumePoint` in its context it goes on at ``next_round`` from
 the checkpointed global model. Pods are sampled each round from one generator: a run
 that starts at round 0 seeds it with ``seed`` (so a fresh run samples exactly as before),
@@ -44,7 +44,7 @@ from fedloom.protocols import _fedavg_modeller as fedavg_modeller
 from fedloom.protocols import _fedavg_worker as fedavg_worker
 from fedloom.protocols._base import (
     ModellerContext,
-    Protocol,
+    TaskProtocol,
     WorkerContext,
     check_keys,
     optional_timeout,
@@ -61,7 +61,7 @@ __all__ = ["FedAvg", "FedAvgResult", "RoundMetrics"]
 
 @register_protocol
 @dataclass(frozen=True)
-class FedAvg(Protocol):
+class FedAvg(TaskProtocol[FedAvgResult]):
     """Federated averaging; see the module docstring.
 
     Each round is one request of the task (named ``round-<index>`` in the task's

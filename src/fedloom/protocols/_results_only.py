@@ -26,7 +26,7 @@ from fedloom.errors import (
 )
 from fedloom.protocols._base import (
     ModellerContext,
-    Protocol,
+    TaskProtocol,
     WorkerContext,
     check_keys,
     optional_timeout,
@@ -55,7 +55,7 @@ class PodResults:
 
 @register_protocol
 @dataclass(frozen=True)
-class ResultsOnly(Protocol):
+class ResultsOnly(TaskProtocol[dict[str, PodResults]]):
     """Run ``algorithm`` with ``config`` on every pod and collect the results.
 
     ``inputs`` travel with the instruction as tensors; they are not part of the JSON config.

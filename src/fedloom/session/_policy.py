@@ -31,7 +31,7 @@ class OnTimeout(StrEnum):
     DISCARD = "discard"
     """Leave the late pods out of the rest of the task (they get TASK_ABORT) and go on."""
     STOP = "stop"
-    """Stop the task with :class:`~fedloom.PodResponseError` naming the late pods."""
+    """Stop the task with :class:`~fedloom.errors.PodResponseError` naming the late pods."""
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ class RequestPolicy:
         min_replies: the fewest usable replies any request may get (accepts, for the
             accept phase) before the task stops.
 
-    A policy that stops the task raises :class:`~fedloom.PodResponseError` whose
+    A policy that stops the task raises :class:`~fedloom.errors.PodResponseError` whose
     ``failed_pods`` maps each failing pod to why.
 
     Raises (at construction):

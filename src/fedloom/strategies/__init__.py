@@ -7,6 +7,7 @@ Registered: ``fedavg``, ``fedprox``, ``fedadam``.
 
 from fedloom.strategies._base import (
     STATE_PREFIX,
+    STRATEGIES,
     ClientHook,
     Strategy,
     StrategySpec,
@@ -21,6 +22,7 @@ from fedloom.strategies._fedavg import FedAvgStrategy
 from fedloom.strategies._fedprox import FedProxStrategy
 
 __all__ = [
+    "STRATEGIES",
     "STATE_PREFIX",
     "ClientHook",
     "FedAdamStrategy",

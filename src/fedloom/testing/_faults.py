@@ -30,7 +30,7 @@ import numpy as np
 import psutil
 
 from fedloom.errors import ConfigError
-from fedloom.protocols import ModellerContext, Protocol, WorkerContext, register_protocol
+from fedloom.protocols import ModellerContext, TaskProtocol, WorkerContext, register_protocol
 from fedloom.session import ModellerMailbox, WorkerMailbox
 from fedloom.wire import MessageType
 
@@ -39,7 +39,7 @@ MODES = ("ok", "raise", "exit", "kill", "hang", "sleep", "allocate")
 
 @register_protocol
 @dataclass(frozen=True)
-class Fault(Protocol):
+class Fault(TaskProtocol[Any]):
     """A protocol whose worker side misbehaves as ``mode`` says (see the module docstring)."""
 
     name = "fault"
