@@ -10,13 +10,14 @@ from ._local import run_local as run_local
 from .algorithms._analytics_request import AnalyticsRequest as AnalyticsRequest
 from .algorithms.ml import ModelSpec as ModelSpec
 from .algorithms.ml import TrainingConfig as TrainingConfig
+from .datasources import ArraySource as ArraySource
+from .datasources import FileSource as FileSource
+from .datasources import TableSource as TableSource
 from .errors import FedloomError as FedloomError
 from .modeller import Modeller as Modeller
-from .modeller import OnTimeout as OnTimeout
 from .modeller import RequestPolicy as RequestPolicy
 from .modeller import TaskResult as TaskResult
 from .modeller._remote import run_task_file as run_task_file
-from .modeller._task_file import TaskFile as TaskFile
 from .modeller._task_file import load_task_file as load_task_file
 from .privacy import TransformSpec as TransformSpec
 from .protocols import Analytics as Analytics

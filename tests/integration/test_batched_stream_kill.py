@@ -17,11 +17,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fedloom import Modeller, ModelSpec, OnTimeout, RequestPolicy, TaskResult
+from fedloom import Modeller, ModelSpec, RequestPolicy, TaskResult
 from fedloom._cluster import LocalCluster, PodSpec
 from fedloom._events import Event, EventKind
 from fedloom.errors import AbortReason, PodResponseError
 from fedloom.protocols import BatchedInference
+from fedloom.session import OnTimeout
 
 from .conftest import run_async
 

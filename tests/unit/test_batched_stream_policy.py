@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fedloom import OnTimeout, RequestPolicy
+from fedloom import RequestPolicy
 from fedloom._hooks import HookSet
 from fedloom.datasources import FileRecord, FileSource
 from fedloom.errors import (
@@ -36,7 +36,7 @@ from fedloom.protocols import (
     ModellerContext,
     WorkerContext,
 )
-from fedloom.session import ModellerMailbox, WorkerMailbox
+from fedloom.session import ModellerMailbox, OnTimeout, WorkerMailbox
 from fedloom.store import FailedFile
 from fedloom.testing import connect_federation
 from fedloom.transport import MemoryHub, TaskRouter

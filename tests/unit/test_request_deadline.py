@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from fedloom import OnTimeout, RequestPolicy
-from fedloom.session import ModellerMailbox, WorkerMailbox
+from fedloom import RequestPolicy
+from fedloom.session import ModellerMailbox, OnTimeout, WorkerMailbox
 from fedloom.testing import connect_federation, virtual_loop
 from fedloom.transport import MemoryHub, TaskRouter
 from fedloom.wire import Message, MessageType

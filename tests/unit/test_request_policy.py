@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from fedloom import OnTimeout, RequestPolicy
+from fedloom import RequestPolicy
 from fedloom.errors import AbortReason, ConfigError, ErrorReport, PodResponseError, TaskAbortedError
-from fedloom.session import ModellerMailbox, WorkerMailbox
+from fedloom.session import ModellerMailbox, OnTimeout, WorkerMailbox
 from fedloom.testing import connect_federation
 from fedloom.transport import MemoryHub, TaskRouter
 from fedloom.wire import MessageType
