@@ -128,6 +128,10 @@ class ArgsRegistry(Generic[N]):
         """The registered names, sorted."""
         return sorted(self._classes)
 
+    def items(self) -> list[tuple[str, type[N]]]:
+        """``(name, class)`` pairs, sorted by name."""
+        return sorted(self._classes.items(), key=lambda item: item[0])
+
     def build(self, name: object, args: object = None) -> N:
         """The instance of the class registered as ``name``, built from JSON ``args``.
 

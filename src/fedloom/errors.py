@@ -92,3 +92,10 @@ from fedloom._error_tree_tasks import error_from_public as error_from_public
 from fedloom._exports import public_names as _public_names
 
 __all__ = _public_names(globals())
+
+# Tracebacks, reprs and pickles name the public path (fedloom.errors.ConfigError), not the
+# private module a class is written in (trio's fixup_module_metadata does the same).
+for _name in __all__:
+    _value = globals()[_name]
+    if isinstance(_value, type) and _value.__module__.startswith("fedloom._error"):
+        _value.__module__ = __name__

@@ -41,6 +41,8 @@ def test_every_kind_lists_its_built_in_names(tmp_path: Path) -> None:
     assert set(listing["loaders"]) >= {"image", "bytes", "table"}
     assert set(listing["hooks"]) >= {"progress", "log"}
     assert set(listing["client-data"]) >= {"synthetic", "partitioned", "digits"}
+    assert set(listing["strategies"]) >= {"fedavg", "fedprox", "fedadam"}
+    assert set(listing["privacy"]) >= {"clip"}
     assert "quantiles" in listing["statistics"]
     assert listing["protocols"]["fedavg"].startswith("Federated averaging")
     people = run_cli("list", "models", cwd=tmp_path)

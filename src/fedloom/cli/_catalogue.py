@@ -50,6 +50,16 @@ KINDS = (
     Kind("protocols", "[task] protocol", _registry("fedloom.protocols", "PROTOCOLS")),
     Kind("models", "[task.config.model] name", _registry("fedloom.algorithms.ml", "MODELS")),
     Kind(
+        "strategies",
+        "fedavg's [task.config.strategy] name",
+        _registry("fedloom.strategies", "STRATEGIES"),
+    ),
+    Kind(
+        "privacy",
+        "fedavg's [[task.config.privacy]] name",
+        _registry("fedloom.privacy", "TRANSFORMS"),
+    ),
+    Kind(
         "algorithms",
         "results_only's algorithm",
         _registry("fedloom.protocols._results_only", "RESULT_ALGORITHMS"),
