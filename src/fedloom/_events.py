@@ -72,7 +72,9 @@ def virtual_client(client: int) -> str:
 
 
 class EventKind(StrEnum):
-    """What happened. The fields each kind carries (more may be added, never removed):
+    """What happened.
+
+    The fields each kind carries (more may be added, never removed):
 
     Task life (participant :data:`MODELLER` on a modeller or simulation, the pod's name on
     a pod):
@@ -211,8 +213,10 @@ class EventStreamStatistics:
 
 
 class Subscription:
-    """What :meth:`EventStream.subscribe` returns: call :meth:`cancel` (or leave the
-    ``with`` block) to stop receiving events. Cancelling twice is harmless.
+    """What :meth:`EventStream.subscribe` returns: the handle that ends the subscription.
+
+    Call :meth:`cancel` (or leave the ``with`` block) to stop receiving events. Cancelling
+    twice is harmless.
     """
 
     def __init__(self, stream: EventStream, callback: EventCallback) -> None:

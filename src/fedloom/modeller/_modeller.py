@@ -88,8 +88,9 @@ class Modeller:
         return self._router.identity
 
     def subscribe(self, callback: EventCallback) -> Subscription:
-        """Deliver the events of this modeller's tasks to ``callback``, on the event loop
-        of :meth:`run` (see :meth:`EventStream.subscribe`).
+        """Deliver the events of this modeller's tasks to ``callback``.
+
+        They arrive on the event loop of :meth:`run` (see :meth:`EventStream.subscribe`).
         """
         return self.events.subscribe(callback)
 

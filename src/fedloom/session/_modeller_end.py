@@ -225,8 +225,9 @@ class ModellerMailbox(_ModellerEnd):
         name: str | None = None,
         timeout: float | None = None,
     ) -> AsyncIterator[Message]:
-        """One streamed request, judged under :attr:`policy`: each active pod's messages as
-        they arrive, until every pod has sent its last one or left the task.
+        """One streamed request, judged under :attr:`policy`: each active pod's messages.
+
+        They come as they arrive, until every pod has sent its last one or left the task.
 
         A pod has answered once it sent a message for which ``finished`` is true (asked
         before the message is yielded); the stream then ends by itself. Iterate it to the
