@@ -1,4 +1,4 @@
-"""The live-event stream: what is happening in a task, as it happens.
+r"""The live-event stream: what is happening in a task, as it happens.
 
 Every running part of fedloom tells the people watching it what it does through one type,
 :class:`Event` (task, participant, kind, fields, time), delivered to the subscribers of an
@@ -23,7 +23,7 @@ The contract a subscriber can rely on:
   task.
 - A subscriber that raises does not break the run, nor the other subscribers: the error
   is logged (with its traceback) and counted (:meth:`EventStream.statistics`), and
-  delivery goes on. Only ``BaseException``\\ s that are not ``Exception``\\ s (Ctrl-C,
+  delivery goes on. Only ``BaseException``\ s that are not ``Exception``\ s (Ctrl-C,
   ``SystemExit``) propagate.
 - An event is frozen and its fields are JSON values (None, bool, int, float, str, and
   lists and string-keyed mappings of them), read-only (mappings become

@@ -110,6 +110,10 @@ class Modeller:
         """Run ``protocol`` on ``pods`` over their dataset ``dataset``.
 
         Args:
+            protocol: the task: what each pod computes and how the modeller combines it.
+            pods: the names of the pods asked to run it (distinct, at least one).
+            dataset: which of each pod's datasets the task reads, by name.
+            name: the experiment's name in the store (default: the protocol's name).
             policy: how every request of the task (the accept phase and each of the
                 protocol's steps) is gathered: time-out, late pods, errors, how many
                 replies are enough. A protocol's own time-out (``FedAvg.round_timeout``,
