@@ -1,6 +1,8 @@
-"""What :mod:`fedloom.errors` says about a failure: the report a pod sends (TASK_ABORT,
-JOB_REJECT), the typed failures of :class:`PodResponseError`, the abort reason and exit code
-of any exception, and how an out-of-memory failure is told apart from any other.
+"""What :mod:`fedloom.errors` says about a failure.
+
+The report a pod sends (TASK_ABORT, JOB_REJECT), the typed failures of
+:class:`PodResponseError`, the abort reason and exit code of any exception, and how an
+out-of-memory failure is told apart from any other.
 """
 
 from __future__ import annotations

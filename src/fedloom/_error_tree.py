@@ -1,5 +1,6 @@
-"""The error tree behind :mod:`fedloom.errors` (which documents the catalogue's rules):
-every class with its code, exit code, abort reason and public text. Import the errors from
+"""The error tree behind :mod:`fedloom.errors` (which documents the catalogue's rules).
+
+Every class with its code, exit code, abort reason and public text. Import the errors from
 :mod:`fedloom.errors`.
 
 This module holds the root and the families of what is given or carried: configuration and
@@ -127,8 +128,9 @@ class DataError(FedloomError):
 
 
 class DatasetNotFoundError(DataError, LookupError):
-    """A dataset name or file that does not exist (its message may name a path: raisers
-    give a ``public=`` text).
+    """A dataset name or file that does not exist.
+
+    Its message may name a path: raisers give a ``public=`` text.
     """
 
     code = 2001

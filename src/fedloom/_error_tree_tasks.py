@@ -158,9 +158,10 @@ class UnknownIdentityError(AccessDeniedError):
 
 
 class RouteRefusedError(AccessDeniedError):
-    """The hub does not carry messages between this sender and this recipient: two
-    identities of one role (pod to pod, modeller to modeller), or a pod and a modeller
-    the pod does not accept.
+    """The hub does not carry messages between this sender and this recipient.
+
+    Either two identities of one role (pod to pod, modeller to modeller), or a pod and a
+    modeller the pod does not accept.
     """
 
     code = 5102

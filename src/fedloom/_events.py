@@ -1,4 +1,4 @@
-"""The live-event stream: what is happening in a task, as it happens.
+r"""The live-event stream: what is happening in a task, as it happens.
 
 Every running part of fedloom tells the people watching it what it does through one type,
 :class:`Event` (task, participant, kind, fields, time), delivered to the subscribers of an
@@ -23,7 +23,7 @@ The contract a subscriber can rely on:
   task.
 - A subscriber that raises does not break the run, nor the other subscribers: the error
   is logged (with its traceback) and counted (:meth:`EventStream.statistics`), and
-  delivery goes on. Only ``BaseException``\\ s that are not ``Exception``\\ s (Ctrl-C,
+  delivery goes on. Only ``BaseException``\ s that are not ``Exception``\ s (Ctrl-C,
   ``SystemExit``) propagate.
 - An event is frozen and its fields are JSON values (None, bool, int, float, str, and
   lists and string-keyed mappings of them), read-only (mappings become
@@ -72,7 +72,9 @@ def virtual_client(client: int) -> str:
 
 
 class EventKind(StrEnum):
-    """What happened. The fields each kind carries (more may be added, never removed):
+    """What happened.
+
+    The fields each kind carries (more may be added, never removed):
 
     Task life (participant :data:`MODELLER` on a modeller or simulation, the pod's name on
     a pod):
@@ -211,8 +213,10 @@ class EventStreamStatistics:
 
 
 class Subscription:
-    """What :meth:`EventStream.subscribe` returns: call :meth:`cancel` (or leave the
-    ``with`` block) to stop receiving events. Cancelling twice is harmless.
+    """What :meth:`EventStream.subscribe` returns: the handle that ends the subscription.
+
+    Call :meth:`cancel` (or leave the ``with`` block) to stop receiving events. Cancelling
+    twice is harmless.
     """
 
     def __init__(self, stream: EventStream, callback: EventCallback) -> None:

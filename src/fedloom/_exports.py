@@ -17,8 +17,9 @@ __all__ = ["public_names"]
 
 
 def public_names(namespace: Mapping[str, object]) -> list[str]:
-    """The sorted names of ``namespace`` that are public: not ``_private``, not modules and
-    not ``from __future__`` features.
+    """The sorted names of ``namespace`` that are public.
+
+    Public: not ``_private``, not modules and not ``from __future__`` features.
     """
     return sorted(
         name

@@ -46,11 +46,17 @@ class LocalFederation:
         plugins: tuple[str, ...] = (),
         guests: Iterable[str] = (),
     ) -> None:
-        """``isolation``: run each task's worker side in a spawned child process, as the
+        """Build the pods and the hub; the pods go online and the modeller connects on entry.
+
+        ``isolation``: run each task's worker side in a spawned child process, as the
         pod daemon does (``None``: in this process). ``plugins``: modules each pod imports
         in its children (and that must already be imported here). ``guests``: modellers
         besides ``modeller_name`` that the pods accept at the hub (clients a test writes
-        message by message); the hub refuses every other modeller, as a real one does."""
+        message by message); the hub refuses every other modeller, as a real one does.
+
+        Raises:
+            ConfigError: no pods, or ``modeller_name`` is also a pod's name.
+        """
         if not pods:
             raise ConfigError("a federation needs at least one pod")
         if modeller_name in pods:

@@ -1,5 +1,6 @@
-"""The fedloom errors and their catalogue: every error's code, public text, exit code and
-abort reason.
+"""The fedloom errors and their catalogue.
+
+The catalogue gives every error's code, public text, exit code and abort reason.
 
 Every failure fedloom raises on purpose is a :class:`FedloomError`. Each subclass names one
 kind of failure; callers catch the most specific one they can handle. Import every error

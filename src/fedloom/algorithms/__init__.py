@@ -1,5 +1,7 @@
-"""The computations on each side of a task: aggregation, statistics, analytics, inference
-(:mod:`~fedloom.algorithms.inference`) and machine learning (:mod:`~fedloom.algorithms.ml`).
+"""The computations on each side of a task.
+
+Aggregation, statistics, analytics, inference (:mod:`~fedloom.algorithms.inference`) and
+machine learning (:mod:`~fedloom.algorithms.ml`).
 """
 
 from fedloom.algorithms._aggregation import (

@@ -167,8 +167,10 @@ def _flat(value: Any) -> Array:
 
 
 def _magnitude(flat: Array, scratch: npt.NDArray[np.float64]) -> float:
-    """An upper bound of ``|value|`` over ``flat``: the dtype's range, or for float64 the
-    largest magnitude present (float64 is the sum's own range).
+    """An upper bound of ``|value|`` over ``flat``.
+
+    The dtype's range, or for float64 the largest magnitude present (float64 is the sum's
+    own range).
     """
     dtype = flat.dtype
     if dtype.kind == "b":
@@ -263,9 +265,10 @@ class WeightedSum:
             np.add(total[start:stop], part, out=total[start:stop])
 
     def mean_into(self, target: Mapping[str, Any]) -> None:
-        """Write the weighted mean into ``target`` (arrays or CPU tensors per name, of the
-        specs' dtypes). Floats are rounded to their dtype; integers to the nearest value
-        in range; booleans are true from 0.5. The sums stay as they are.
+        """Write the weighted mean into ``target``: arrays or CPU tensors per name.
+
+        ``target`` holds the specs' dtypes. Floats are rounded to their dtype; integers to
+        the nearest value in range; booleans are true from 0.5. The sums stay as they are.
 
         Raises:
             AggregationError: no update was added.

@@ -269,9 +269,12 @@ MAX_WIRE_BINS = 100_000
 def partials_to_wire(
     partials: Mapping[str, ColumnPartial],
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """``(body, tensors)``: ``{"columns": [{"name": ..., "count": ..., ...}]}`` (msgpack-able)
-    and the histograms and sketch arrays of column ``i`` as tensors named ``c{i}.histogram``
-    and ``c{i}.sketch.{array}``."""
+    """The wire form of ``partials``: ``(body, tensors)``.
+
+    ``body`` is ``{"columns": [{"name": ..., "count": ..., ...}]}`` (msgpack-able);
+    ``tensors`` holds the histograms and sketch arrays of column ``i``, named
+    ``c{i}.histogram`` and ``c{i}.sketch.{array}``.
+    """
     entries: list[dict[str, Any]] = []
     tensors: dict[str, np.ndarray] = {}
     for index, (column, partial) in enumerate(partials.items()):

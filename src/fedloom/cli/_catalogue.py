@@ -126,8 +126,11 @@ _MAX_SUMMARY = 110
 
 
 def _summary(entry: object) -> str:
-    """The first paragraph of the entry's docstring, or of its module's when it says
-    "see the module docstring"; without reST quotes, cut at a sentence or a length."""
+    """A one-line summary of ``entry``: the first paragraph of its docstring.
+
+    Or of its module's docstring when it says "see the module docstring"; without reST
+    quotes, cut at a sentence or a length.
+    """
     text = _first_paragraph(inspect.getdoc(entry))
     if _SEE_MODULE in text:
         module = inspect.getmodule(entry)

@@ -1,9 +1,9 @@
-"""Live progress on the command line: rich bars drawn from the event stream.
+r"""Live progress on the command line: rich bars drawn from the event stream.
 
 One renderer, :class:`LiveProgress`, serves ``fedloom run`` (subscribed to the
 :class:`~fedloom.modeller.Modeller`), ``fedloom simulate`` (subscribed to the
 :class:`~fedloom.simulation.Simulation`) and the demo; it reads only
-:class:`~fedloom._events.Event`\\ s, so any source of them can be shown.
+:class:`~fedloom._events.Event`\ s, so any source of them can be shown.
 
 - A pod's bar reads like ``pod-a: round 4/10, epoch 1/2, batch 13/40``: counts from 1,
   with their totals (the task's rounds, the pod's epochs and batches), and it fills with

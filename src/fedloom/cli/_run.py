@@ -150,8 +150,7 @@ def _resume_hint(console: Console, task: TaskFile, task_file: Path, watch: _Watc
 
 
 def _check_report_dir(task: TaskFile, folder: Path, force: bool) -> None:
-    """Before the run: reports go to an inference task's folder, and replace nothing
-    unless ``force``.
+    """Before the run: reports go to an inference task's folder, replacing nothing unless ``force``.
 
     Raises:
         ConfigError: another protocol, or a pod's report is already there.

@@ -211,9 +211,11 @@ def verify(public: PublicIdentity, data: bytes, signature: bytes) -> None:
 
 
 def write_file(path: Path, content: bytes, mode: int, *, exclusive: bool) -> None:
-    """Write ``content`` to ``path`` with exactly ``mode`` (the umask cannot widen or narrow
-    it); ``exclusive`` refuses an existing file (FileExistsError). A failed write leaves no
-    file behind."""
+    """Write ``content`` to ``path`` with exactly ``mode`` (the umask cannot widen or narrow it).
+
+    ``exclusive`` refuses an existing file (FileExistsError). A failed write leaves no file
+    behind.
+    """
     flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC)
     fd = os.open(path, flags, mode)
     try:

@@ -1,5 +1,7 @@
-"""Datasources: how a pod or a virtual client reads its data (tables, arrays, folders of
-files), and seeded partitions."""
+"""Datasources: how a pod or a virtual client reads its data, and seeded partitions.
+
+The data are tables, arrays or folders of files.
+"""
 
 from fedloom.datasources._arrays import ArraySource
 from fedloom.datasources._base import Datasource, check_datasource

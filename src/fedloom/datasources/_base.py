@@ -45,8 +45,11 @@ class Datasource(Protocol):
         ...
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray | None]:
-        """``(x, y)`` for training: ``x`` float32 with samples on the first axis (2-D for
-        tabular data), ``y`` int64 1-D, or ``None`` when the source has no labels."""
+        """``(x, y)`` for training.
+
+        ``x`` is float32 with samples on the first axis (2-D for tabular data); ``y`` is
+        int64 1-D, or ``None`` when the source has no labels.
+        """
         ...
 
     def __len__(self) -> int:
@@ -59,8 +62,10 @@ class Datasource(Protocol):
 
 
 def check_datasource(source: Datasource) -> None:
-    """Check that ``source`` can be used, without loading it: its ``check()`` if it has
-    one (a pod runs this for each dataset before it goes online); others pass.
+    """Check that ``source`` can be used, without loading it.
+
+    Runs its ``check()`` if it has one (a pod runs this for each dataset before it goes
+    online); others pass.
 
     Raises:
         DataError: (a subclass of it) what the first use of the source would raise.

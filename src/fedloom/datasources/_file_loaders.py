@@ -69,9 +69,10 @@ _OPTION_CHECKS: dict[str, Callable[[Mapping[str, Any]], object]] = {
 
 @LOADERS.register("image")
 def _load_image(path: Path, options: Mapping[str, Any]) -> np.ndarray:
-    """An image as float32 ``(h, w, c)`` in [0, 1], or ``(c, h, w)`` with
-    ``channels_first=True`` (what torch's convolutions take); options ``size=[h, w]``,
-    ``mode`` ("RGB" or "L"), ``channels_first`` (default False).
+    """An image as float32 ``(h, w, c)`` in [0, 1], or ``(c, h, w)`` with ``channels_first=True``.
+
+    ``(c, h, w)`` is what torch's convolutions take. Options: ``size=[h, w]``, ``mode``
+    ("RGB" or "L"), ``channels_first`` (default False).
     """
     size, mode, channels_first = _image_options(options)
     with Image.open(path) as image:

@@ -102,8 +102,10 @@ class FileSource:
         self._classes: tuple[str, ...] | None = None
 
     def identity(self) -> dict[str, Any]:
-        """What makes two sources "the same data" for a task's record of processed files:
-        the folder's name, pattern, recursion, loader and its options (no listing)."""
+        """What makes two sources "the same data" for a task's record of processed files.
+
+        The folder's name, pattern, recursion, loader and its options (no listing).
+        """
         return {
             "kind": "folder",
             "folder": self._folder.name,
@@ -356,8 +358,11 @@ class FileSource:
         return x, self.labels(records)
 
     def describe(self) -> dict[str, Any]:
-        """``kind`` "folder", the folder's name (never its absolute path), the pattern,
-        ``count`` (= ``rows``), the loader, and the table's columns."""
+        """The JSON-able summary of :meth:`Datasource.describe`, for a folder of files.
+
+        ``kind`` "folder", the folder's name (never its absolute path), the pattern,
+        ``count`` (= ``rows``), the loader, and the table's columns.
+        """
         summary = describe_frame("folder", self.table())
         summary.update(
             folder=self._root().name,

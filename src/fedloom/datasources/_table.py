@@ -131,8 +131,10 @@ class TableSource:
             raise DataError(f"could not read the {self._where()}: {detail}") from exc
 
     def _head(self) -> tuple[list[str], bool]:
-        """The column names, and whether there is a row: a CSV file's header and first
-        row, a Parquet file's footer (schema and row count); nothing more is read."""
+        """The column names, and whether there is a row; nothing more is read.
+
+        A CSV file's header and first row, a Parquet file's footer (schema and row count).
+        """
         if self._source_frame is not None:
             return [str(c) for c in self._source_frame.columns], len(self._source_frame) > 0
         if self._kind == "csv":
@@ -142,8 +144,9 @@ class TableSource:
         return list(metadata.schema.to_arrow_schema().names), metadata.num_rows > 0
 
     def check(self) -> None:
-        """Check, reading only what that needs (see ``_head``), that the table can be used:
-        the file exists and can be read, it has a row, and its label and feature columns.
+        """Check that the table can be used, reading only what that needs (see ``_head``).
+
+        The file exists and can be read, it has a row, and its label and feature columns.
 
         Raises:
             DatasetNotFoundError: the file does not exist.

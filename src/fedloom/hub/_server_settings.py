@@ -55,8 +55,11 @@ class HubSettings:
 
 @dataclass(frozen=True)
 class HubServerStatistics:
-    """A running hub: who is connected (sorted), messages stored and delivered since it
-    started, and the requests it refused by error type."""
+    """A running hub's statistics.
+
+    Who is connected (sorted), messages stored and delivered since it started, and the
+    requests it refused by error type.
+    """
 
     connected: tuple[str, ...]
     stored: int

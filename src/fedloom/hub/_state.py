@@ -12,8 +12,10 @@ logger = logging.getLogger(__name__)
 
 
 class FrameCache:
-    """Frames stored lately, kept in memory (up to a byte budget) so that delivering them
-    to a connected recipient does not read them back from disk."""
+    """Frames stored lately, kept in memory (up to a byte budget).
+
+    Delivering them to a connected recipient then does not read them back from disk.
+    """
 
     def __init__(self, budget: int) -> None:
         self._budget = budget

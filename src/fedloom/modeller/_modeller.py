@@ -88,8 +88,9 @@ class Modeller:
         return self._router.identity
 
     def subscribe(self, callback: EventCallback) -> Subscription:
-        """Deliver the events of this modeller's tasks to ``callback``, on the event loop
-        of :meth:`run` (see :meth:`EventStream.subscribe`).
+        """Deliver the events of this modeller's tasks to ``callback``.
+
+        They arrive on the event loop of :meth:`run` (see :meth:`EventStream.subscribe`).
         """
         return self.events.subscribe(callback)
 
@@ -109,6 +110,10 @@ class Modeller:
         """Run ``protocol`` on ``pods`` over their dataset ``dataset``.
 
         Args:
+            protocol: the task: what each pod computes and how the modeller combines it.
+            pods: the names of the pods asked to run it (distinct, at least one).
+            dataset: which of each pod's datasets the task reads, by name.
+            name: the experiment's name in the store (default: the protocol's name).
             policy: how every request of the task (the accept phase and each of the
                 protocol's steps) is gathered: time-out, late pods, errors, how many
                 replies are enough. A protocol's own time-out (``FedAvg.round_timeout``,

@@ -1,5 +1,6 @@
-"""The pod: a data owner's node that accepts, runs and records tasks (the public
-``fedloom.pod`` API, for the pod's admin).
+"""The pod: a data owner's node that accepts, runs and records tasks.
+
+This is the public ``fedloom.pod`` API, for the pod's admin.
 
 A pod holds datasets (:class:`TableSource`, :class:`FileSource`, :class:`ArraySource`),
 accepts only what its :class:`PodPolicy` allows, runs each task in an isolated child

@@ -22,8 +22,10 @@ _COUNTED = (
 
 @dataclass(frozen=True)
 class PodStatistics:
-    """A pod's tasks: those holding a slot and those waiting (by id), and how many it
-    accepted, rejected, finished and aborted since it started.
+    """A pod's tasks now, and its task counts since it started.
+
+    Those holding a slot and those waiting (by id), and how many it accepted, rejected,
+    finished and aborted since it started.
     """
 
     running: tuple[str, ...]

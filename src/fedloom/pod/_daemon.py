@@ -135,8 +135,10 @@ async def serve_pod(
 
 
 def _log_connection(pod: str, event: ConnectionEvent) -> None:
-    """One line per connection attempt that failed (with the wait before the next one),
-    and one when a lost connection is back."""
+    """Log one line per connection attempt that failed, and one when a lost connection is back.
+
+    The line of a failed attempt gives the wait before the next one.
+    """
     if event.state == "retrying":
         what = "lost the connection to" if event.lost else "cannot reach"
         logger.warning(

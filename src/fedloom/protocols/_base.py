@@ -79,8 +79,9 @@ class WorkerContext:
     """The counts :meth:`release` let through, in order (the guard's own record)."""
 
     def release(self, count: int, unit: str = "rows") -> None:
-        """The pod's one release guard: refuse a result computed over fewer than
-        :attr:`min_rows` rows (or files, or whatever ``unit`` the result counts).
+        """The pod's one release guard: refuse a result over fewer than :attr:`min_rows` rows.
+
+        ``count`` is of rows, or files, or whatever ``unit`` the result counts.
 
         :meth:`TaskProtocol.serve_worker` calls it with the datasource's size before any
         protocol's worker runs, so a new protocol cannot forget it; a protocol whose
@@ -213,8 +214,10 @@ class ModellerContext:
         per_pod: Mapping[str, Mapping[str, float]],
         arrays: Mapping[str, npt.NDArray[Any]],
     ) -> None:
-        """Record a finished round in the experiment: its metrics, then its checkpoint, then
-        drop the checkpoints :attr:`checkpoints` no longer keeps (none without a store).
+        """Record a finished round in the experiment: its metrics, then its checkpoint.
+
+        Then drop the checkpoints :attr:`checkpoints` no longer keeps. Without a store
+        nothing is recorded.
 
         The latest checkpoint is always kept, so the experiment can resume from it.
 
@@ -294,8 +297,9 @@ class TaskProtocol(ABC, Generic[ResultT_co]):
     async def serve_worker(
         self, mailbox: WorkerMailbox, context: WorkerContext
     ) -> dict[str, Any] | None:
-        """What a pod calls (never :meth:`run_worker` itself): the release guard, then the
-        protocol's worker side.
+        """Run the release guard, then the protocol's worker side: what a pod calls.
+
+        A pod never calls :meth:`run_worker` itself.
 
         Raises:
             PrivacyThresholdError: the datasource is smaller than the pod's threshold

@@ -216,8 +216,11 @@ class BatchedProtocol(TaskProtocol[ResultT], Generic[StateT, ValueT, ResultT]):
         return await batched_worker.run_worker(self, mailbox, context)
 
     def task_key(self, source: FileSource) -> str:
-        """The key of this task definition on ``source``: the protocol and its config
-        without the run flags and time-out, and the source's identity."""
+        """The key of this task definition on ``source``.
+
+        The protocol and its config without the run flags and time-out, and the source's
+        identity.
+        """
         definition = {k: v for k, v in self.dump().items() if k != "config"}
         definition["config"] = {
             k: v for k, v in self.to_config().items() if k not in (*RUN_FLAGS, "timeout")

@@ -186,8 +186,9 @@ class _Sums:
 @register_protocol
 @dataclass(frozen=True)
 class FileStatistics(BatchedProtocol[_Request, _Sums, FileStatisticsResult]):
-    """Per-channel count, mean and std of every pod's image/array files; see the module
-    docstring. The batching settings are :class:`~fedloom.protocols._batched.BatchedProtocol`'s.
+    """Per-channel count, mean and std of every pod's image/array files; see the module docstring.
+
+    The batching settings are :class:`~fedloom.protocols._batched.BatchedProtocol`'s.
 
     Args:
         channels: the channel count of every file (3 for RGB images, 1 for ``mode="L"``).
@@ -329,7 +330,9 @@ def _batch_sums(
     loaded: list[tuple[FileRecord, Any]], channels: int, channels_first: bool = False
 ) -> BatchOutput[_Sums]:
     """Add up each usable file; the others are file-level failures (nothing is sent).
-    ``channels_first``: the image loader gave ``(c, h, w)``, not ``(h, w, c)``."""
+
+    ``channels_first``: the image loader gave ``(c, h, w)``, not ``(h, w, c)``.
+    """
     done: list[FileRecord] = []
     failed: dict[str, BaseException] = {}
     count = 0
@@ -349,8 +352,9 @@ def _batch_sums(
 
 
 def _pixels(value: object, channels: int, channels_first: bool = False) -> np.ndarray:
-    """One file's values as float64 ``(pixels, channels)``; ``channels_first``: a 3-D
-    value is ``(channels, h, w)``.
+    """One file's values as float64 ``(pixels, channels)``.
+
+    ``channels_first``: a 3-D value is ``(channels, h, w)``.
 
     Raises:
         SchemaMismatchError: not a numeric array of ``(h, w, channels)`` (or ``(h, w)``).
@@ -406,8 +410,12 @@ class _Collector(BatchCollector[FileStatisticsResult]):
         self.no_new_data.append(pod)
 
     def result(self, active: Sequence[str], aborted: Mapping[str, str]) -> FileStatisticsResult:
-        """Raises PodResponseError: no pod delivered statistics or had nothing new (naming
-        why each left)."""
+        """The task's result: the statistics of the pods that delivered them.
+
+        Raises:
+            PodResponseError: no pod delivered statistics or had nothing new (naming why
+                each left).
+        """
         delivered = {pod: stats for pod, stats in sorted(self.pods.items()) if pod in active}
         nothing_new = tuple(sorted(pod for pod in self.no_new_data if pod in active))
         if not delivered and not nothing_new:

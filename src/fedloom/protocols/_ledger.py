@@ -1,5 +1,6 @@
-"""What a worker may read and write in its pod's records: processed files, failed files,
-usage per model.
+"""What a worker may read and write in its pod's records.
+
+Those are processed files, failed files and usage per model.
 
 The worker side of a task never holds the pod's store: in the pod's own process it gets a
 :class:`StoreLedger` over it; in a task's child process it gets a ledger whose calls go over

@@ -44,9 +44,10 @@ progress callback: batch counts and ids drive the per-pod progress bars)."""
 
 
 def _now() -> float:
-    """The running event loop's clock: its timers decide every time-out here, so reading
-    the same clock keeps deadlines and measured seconds consistent (and lets a test run
-    them in virtual time, :func:`fedloom.testing.run_in_virtual_time`).
+    """The running event loop's clock: its timers decide every time-out here.
+
+    Reading the same clock keeps deadlines and measured seconds consistent (and lets a test
+    run them in virtual time, :func:`fedloom.testing.run_in_virtual_time`).
     """
     return asyncio.get_running_loop().time()
 

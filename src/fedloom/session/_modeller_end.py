@@ -160,11 +160,14 @@ class ModellerMailbox(_ModellerEnd):
         """Apply :attr:`policy` to one request's outcome: drop the late pods, or stop the task.
 
         Args:
+            request: the request's name, as the log and the errors give it.
             failed: the asked pods that left the task (aborted, refused, dropped), with why.
             late: the pods that did not answer in time, with why; dropped (TASK_ABORT
                 WORKER_UNRESPONSIVE, ``dropping`` saying why) unless ``on_timeout="stop"``.
             usable: the usable replies; with ``ended=False`` (a request still under way),
                 the most it can still get once the late pods are gone.
+            dropping: why the late pods are dropped, as each one's TASK_ABORT says.
+            ended: whether the request is over (``False`` while pods still stream replies).
 
         Without a policy only the late pods are dropped; nothing is raised.
 
@@ -225,8 +228,9 @@ class ModellerMailbox(_ModellerEnd):
         name: str | None = None,
         timeout: float | None = None,
     ) -> AsyncIterator[Message]:
-        """One streamed request, judged under :attr:`policy`: each active pod's messages as
-        they arrive, until every pod has sent its last one or left the task.
+        """One streamed request, judged under :attr:`policy`: each active pod's messages.
+
+        They come as they arrive, until every pod has sent its last one or left the task.
 
         A pod has answered once it sent a message for which ``finished`` is true (asked
         before the message is yielded); the stream then ends by itself. Iterate it to the

@@ -83,8 +83,9 @@ class ClientFailure:
 
     @classmethod
     def of(cls, exc: BaseException) -> ClientFailure:
-        """The failure an exception in a client's job means (out of memory, a rejected
-        update, or an error).
+        """The failure an exception in a client's job means.
+
+        Out of memory, a rejected update, or an error.
         """
         from fedloom.scheduler import is_out_of_memory
 

@@ -142,8 +142,11 @@ class SyntheticClients:
 
 @CLIENT_DATA.register("synthetic")
 def synthetic(config: Mapping[str, Any]) -> ClientData:
-    """``clients``, ``samples``, ``shape`` (list of ints); optional ``classes`` (10),
-    ``seed_base`` (1000)."""
+    """The standard benchmark generator: random features and labels, seeded per client.
+
+    Config: ``clients``, ``samples``, ``shape`` (list of ints); optional ``classes`` (10),
+    ``seed_base`` (1000).
+    """
     name = "synthetic"
     _keys(name, config, {"clients", "samples", "shape"}, {"classes", "seed_base"})
     shape = config["shape"]
@@ -223,9 +226,12 @@ def _partitioned(
 
 @CLIENT_DATA.register("partitioned")
 def partitioned(config: Mapping[str, Any]) -> ClientData:
-    """``dataset`` (a datasource config, e.g. ``{"kind": "csv", "path": ...,
+    """One dataset split over the clients, IID or label-skewed (Dirichlet), from a seed.
+
+    Config: ``dataset`` (a datasource config, e.g. ``{"kind": "csv", "path": ...,
     "label_column": "y"}``), ``clients``; optional ``partition`` ("iid" or "dirichlet"),
-    ``alpha`` (0.5), ``seed`` (0)."""
+    ``alpha`` (0.5), ``seed`` (0).
+    """
     name = "partitioned client data"
     _keys(name, config, {"dataset", "clients"}, _PARTITION_KEYS - {"clients"})
     dataset = config["dataset"]
@@ -245,8 +251,10 @@ def partitioned(config: Mapping[str, Any]) -> ClientData:
 
 @CLIENT_DATA.register("digits")
 def digits(config: Mapping[str, Any]) -> ClientData:
-    """scikit-learn's digits (8x8 images as 64 features in [0, 1], 10 classes):
-    ``clients``; optional ``partition``, ``alpha``, ``seed``."""
+    """scikit-learn's digits (8x8 images as 64 features in [0, 1], 10 classes), partitioned.
+
+    Config: ``clients``; optional ``partition``, ``alpha``, ``seed`` (as for ``partitioned``).
+    """
     name = "digits client data"
     _keys(name, config, {"clients"}, _PARTITION_KEYS - {"clients"})
 

@@ -102,8 +102,9 @@ class OrderedFold:
         return self._order[self._next :]
 
     def offer(self, client: int, flats: Mapping[str, torch.Tensor], weight: float) -> list[int]:
-        """Hand in ``client``'s update; return the clients whose updates are done with now
-        (added, or rejected into :attr:`rejected`).
+        """Hand in ``client``'s update; return the clients whose updates are done with now.
+
+        Those are added, or rejected into :attr:`rejected`.
 
         The caller keeps ``flats`` untouched until ``client`` is in a returned list.
 

@@ -58,8 +58,10 @@ _MAX_BATCH = 32
 
 
 def slots_for(model_bytes: int) -> int:
-    """Slots per worker: three for big models, up to 64 for small ones (cheap to hold,
-    and they let a worker take many short clients at once)."""
+    """Slots per worker for a model of ``model_bytes``: three for big ones, up to 64 for small.
+
+    Small slots are cheap to hold, and they let a worker take many short clients at once.
+    """
     return max(_MIN_SLOTS, min(_MAX_SLOTS, _SLOT_BUDGET // max(1, model_bytes)))
 
 
@@ -109,8 +111,11 @@ def fork_hazard(plan: BackendPlan) -> str | None:
 
 
 class ProcessPoolBackend:
-    """See the module docstring. ``start_method`` ``auto`` forks when :func:`fork_hazard`
-    finds nothing, else spawns; ``spawn``, ``forkserver`` and ``fork`` force one."""
+    """Persistent worker processes sharing parameters through memory; see the module docstring.
+
+    ``start_method`` ``auto`` forks when :func:`fork_hazard` finds nothing, else spawns;
+    ``spawn``, ``forkserver`` and ``fork`` force one.
+    """
 
     def __init__(
         self,

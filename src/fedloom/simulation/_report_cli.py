@@ -69,7 +69,9 @@ def summary(config: SimulationConfig, result: SimulationResult) -> dict[str, Any
 
 
 def write_outputs(result: SimulationResult, data: dict[str, Any], out: Path) -> list[Path]:
-    """Per-round JSON reports, ``summary.json``, ``final_model.safetensors`` and
+    """Write a simulation's outputs into ``out``; return the paths written.
+
+    Per-round JSON reports, ``summary.json``, ``final_model.safetensors`` and
     ``training.png``; round reports of an earlier run in ``out`` are removed.
 
     Raises:

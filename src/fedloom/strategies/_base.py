@@ -72,8 +72,9 @@ NO_HOOK = ClientHook()
 
 
 class Strategy(ABC):
-    """Base of every strategy (see the module docstring). Subclasses are frozen
-    dataclasses of JSON args, registered with :func:`register_strategy`.
+    """Base of every strategy (see the module docstring).
+
+    Subclasses are frozen dataclasses of JSON args, registered with :func:`register_strategy`.
 
     Constraints: every method is deterministic given its inputs (pods and the simulation
     must compute the same bits); :meth:`server_step` does not modify its arguments.

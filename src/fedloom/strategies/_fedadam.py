@@ -33,7 +33,9 @@ STEPS = "steps"
 @register_strategy
 @dataclass(frozen=True)
 class FedAdamStrategy(Strategy):
-    """Args: ``eta`` (server learning rate, > 0), ``beta_1`` and ``beta_2`` (in [0, 1)),
+    """FedAdam (Reddi et al., 2021): the server applies Adam to the round's pseudo-gradient.
+
+    Args: ``eta`` (server learning rate, > 0), ``beta_1`` and ``beta_2`` (in [0, 1)),
     ``tau`` (adaptivity, > 0); defaults as the paper's experiments: 0.01, 0.9, 0.99, 1e-3.
 
     Raises (at construction):

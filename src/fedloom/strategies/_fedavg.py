@@ -12,8 +12,9 @@ __all__ = ["FedAvgStrategy"]
 @register_strategy
 @dataclass(frozen=True)
 class FedAvgStrategy(Strategy):
-    """Every default of :class:`~fedloom.strategies.Strategy`: no client hook, weights are
-    sample counts, no server state. Takes no args.
+    """FedAvg: every default of :class:`~fedloom.strategies.Strategy`.
+
+    No client hook, weights are sample counts, no server state. Takes no args.
     """
 
     name = "fedavg"

@@ -128,8 +128,9 @@ CHECKS = (
 
 
 async def check_hub(factory: HubFactory) -> None:
-    """Run every routing check, each on a fresh hub, then :func:`check_mailbox` on a
-    modeller and a pod that accepts it.
+    """Check a hub: every routing check, each on a fresh hub, then :func:`check_mailbox`.
+
+    :func:`check_mailbox` runs on a modeller and a pod that accepts it.
 
     Raises:
         AssertionError: naming the check that failed.

@@ -1,5 +1,6 @@
-"""Transports: the Mailbox and Hub contracts, the routing rules, the in-memory hub, and the
-gRPC client of the hub daemon (:class:`GrpcMailbox`) with its frames.
+"""Transports: the Mailbox and Hub contracts, the routing rules and the in-memory hub.
+
+Also the gRPC client of the hub daemon (:class:`GrpcMailbox`) with its frames.
 """
 
 from fedloom.transport._base import Hub, Mailbox, MailboxStatistics

@@ -172,15 +172,18 @@ class Reassembly:
 
 
 def error_fields(error: FedloomError) -> dict[str, str | int]:
-    """A refusal as FAIL or RESULT fields: the error's catalogue code and public text (never
-    its class name or its local message).
+    """A refusal as FAIL or RESULT fields: the error's catalogue code and public text.
+
+    Never its class name or its local message.
     """
     return {"code": error.code, "message": error.public_text()[:MAX_ERROR_CHARS]}
 
 
 def error_from_fields(fields: Mapping[str, Any]) -> FedloomError:
-    """Rebuild the typed error a hub reported, by its code (an unknown or missing code is a
-    ProtocolError that names it; a malformed field never raises).
+    """Rebuild the typed error a hub reported, by its code.
+
+    An unknown or missing code is a ProtocolError that names it; a malformed field never
+    raises.
     """
     message = fields.get("message", "")
     text = message[:MAX_ERROR_CHARS] if isinstance(message, str) else ""

@@ -63,15 +63,19 @@ def _reason(exc: BaseException) -> str:
 
 
 def _mark_retrieved(future: asyncio.Future[None]) -> None:
-    """Mark an error as seen: close() may fail a future that nobody awaits any more (a
-    connect() that timed out), and asyncio would log "exception was never retrieved"."""
+    """Mark an error as seen, so that asyncio does not log "exception was never retrieved".
+
+    close() may fail a future that nobody awaits any more (a connect() that timed out).
+    """
     if not future.cancelled():
         future.exception()
 
 
 class _FatalError(Exception):
-    """Wraps a hub refusal that reconnecting cannot fix (one not ``retryable``: the hub
-    refused who we are); internal, never raised to callers."""
+    """Wraps a hub refusal that reconnecting cannot fix; internal, never raised to callers.
+
+    That is a refusal that is not ``retryable``: the hub refused who we are.
+    """
 
     def __init__(self, error: FedloomError) -> None:
         super().__init__(str(error))

@@ -13,8 +13,10 @@ too and the kernel would share the connections out between the two; off, it cann
 
 
 def grpc_options(max_message_bytes: int = frames.GRPC_MESSAGE_LIMIT) -> list[tuple[str, int]]:
-    """Channel options shared by the hub and its clients (the hub adds
-    :data:`SERVER_ONLY_OPTIONS`)."""
+    """Channel options shared by the hub and its clients.
+
+    The hub adds :data:`SERVER_ONLY_OPTIONS`.
+    """
     return [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),

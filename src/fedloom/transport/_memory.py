@@ -40,9 +40,7 @@ class HubStatistics:
 
 
 class MemoryHub:
-    """Routes encoded messages between connected identities in one event loop
-    (implements ``Hub``).
-    """
+    """Routes encoded messages between connected identities in one event loop (a ``Hub``)."""
 
     def __init__(
         self, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, clock: Clock = time.time

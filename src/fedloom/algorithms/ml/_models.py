@@ -185,8 +185,9 @@ def mlp(config: Mapping[str, Any]) -> nn.Module:
 
 @MODELS.register("cnn")
 def cnn(config: Mapping[str, Any]) -> nn.Module:
-    """Small CNN: per ``channels`` entry Conv3x3(pad 1)-ReLU-MaxPool2, then
-    Flatten-Linear-ReLU-Linear.
+    """Small CNN: Conv3x3-ReLU-MaxPool2 per ``channels`` entry, then Flatten-Linear-ReLU-Linear.
+
+    Each convolution pads by 1, so only the pooling halves the image.
 
     Config: ``in_channels``, ``image_size`` (square images), ``channels`` (non-empty list),
     ``hidden``, ``out_features``; all positive ints. ``image_size`` must be at least
@@ -225,9 +226,10 @@ def cnn(config: Mapping[str, Any]) -> nn.Module:
 
 
 class _ImageCNN(nn.Sequential):
-    """The ``cnn`` model's layers, taking images channels first ``(N, C, H, W)`` or, when
-    that is unambiguous, channels last ``(N, H, W, C)`` (what the ``image`` loader gives
-    by default).
+    """The ``cnn`` model's layers, taking images channels first or channels last.
+
+    Channels first is ``(N, C, H, W)``; channels last, ``(N, H, W, C)`` (what the ``image``
+    loader gives by default), is taken when that is unambiguous.
 
     Input whose axis 1 is ``in_channels`` is channels first; otherwise input whose last
     axis is ``in_channels`` is moved to channels first. The layers, their state_dict keys
