@@ -92,19 +92,27 @@ class LocalCluster:
 
     @property
     def hub_dir(self) -> Path:
+        """The hub's data folder (its store and TLS files)."""
         return self.root / "hub"
 
     @property
     def keys_dir(self) -> Path:
+        """The folder of every party's key files."""
         return self.root / "keys"
 
     @property
     def address(self) -> HubAddress:
+        """The running hub's address.
+
+        Raises:
+            ConfigError: the hub has not started yet.
+        """
         if self.hub_port == 0:
             raise ConfigError("the hub has not started yet")
         return HubAddress("127.0.0.1", self.hub_port)
 
     def client_tls(self) -> TlsClientConfig | None:
+        """What a client needs to reach the hub over TLS (None: plaintext)."""
         return TlsClientConfig(ca=self.hub_dir / "tls" / "ca.crt") if self.tls else None
 
     def prepare(self) -> None:
@@ -128,9 +136,11 @@ class LocalCluster:
                 store.register(self._identities[name].public(), role, replace=True)
 
     def identity(self, name: str) -> Identity:
+        """The identity of party ``name`` (the modeller or a pod)."""
         return self._identities[name]
 
     def pod_config_path(self, pod: str) -> Path:
+        """The pod.toml this cluster wrote for ``pod``."""
         return self.root / "pods" / pod / "pod.toml"
 
     def _write_pod_config(self, pod: str, spec: PodSpec) -> Path:

@@ -301,6 +301,7 @@ class EventStream:
                 )
 
     def statistics(self) -> EventStreamStatistics:
+        """How many subscribers, events published and deliveries that failed."""
         with self._lock:
             return EventStreamStatistics(len(self._subscriptions), self._published, self._failed)
 

@@ -83,6 +83,11 @@ class LocalFederation:
 
     @property
     def modeller(self) -> Modeller:
+        """The federation's modeller.
+
+        Raises:
+            ConfigError: used outside ``async with``.
+        """
         if self._modeller is None:
             raise ConfigError(
                 "the federation is not started: use `async with LocalFederation(...)`"

@@ -54,6 +54,12 @@ class Registry(Generic[T]):
         return decorator
 
     def add(self, name: str, entry: T) -> None:
+        """Register ``entry`` under ``name``.
+
+        Raises:
+            UnknownNameError: ``name`` is not a well-formed registry name.
+            DuplicateNameError: ``name`` is already registered.
+        """
         check_name(self.kind, name)
         if name in self._entries:
             raise DuplicateNameError(f"{self.kind} {name!r} is already registered")
@@ -75,6 +81,7 @@ class Registry(Generic[T]):
             ) from None
 
     def names(self) -> list[str]:
+        """The registered names, sorted."""
         return sorted(self._entries)
 
     def items(self) -> list[tuple[str, T]]:

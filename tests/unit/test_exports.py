@@ -145,3 +145,40 @@ def test_results_are_generic_over_the_protocols_result_type() -> None:
             resolved = typing.get_args(parametrised)[-1]
         assert resolved == result, protocol
     assert fedloom.TaskResult[fedloom.FedAvgResult].__args__ == (fedloom.FedAvgResult,)
+
+
+@pytest.mark.parametrize("name", [*TIERS, "fedloom.testing"])
+def test_public_methods_of_exported_classes_are_documented(name: str) -> None:
+    """Docstring lint sees only public modules; the API's classes live in private ones."""
+    import fedloom.plugins as plugins
+    from fedloom.hub import GrpcMailbox, MemoryHub
+    from fedloom.pod import MemoryPodStore, SqlitePodStore
+
+    # implementations of a structural contract take the contract's documentation
+    contract_of: dict[type, type] = {
+        plugins.MemoryExperimentStore: plugins.ExperimentStore,
+        fedloom.SqliteExperimentStore: plugins.ExperimentStore,
+        MemoryPodStore: plugins.PodStore,
+        SqlitePodStore: plugins.PodStore,
+        plugins.ProcessPoolBackend: plugins.Backend,
+        plugins.ThreadPoolBackend: plugins.Backend,
+        GrpcMailbox: plugins.Mailbox,
+        MemoryHub: plugins.Hub,
+    }
+    module = _tier(name)
+    undocumented = []
+    for export in module.__all__:
+        cls = getattr(module, export)
+        if not inspect.isclass(cls) or not cls.__module__.startswith("fedloom"):
+            continue
+        for attribute, value in vars(cls).items():
+            if attribute.startswith("_") or not (
+                inspect.isfunction(value) or isinstance(value, property | classmethod)
+            ):
+                continue
+            documented = inspect.getdoc(getattr(cls, attribute)) or inspect.getdoc(
+                getattr(contract_of.get(cls, object), attribute, None)
+            )
+            if not (documented or "").strip():
+                undocumented.append(f"{export}.{attribute}")
+    assert undocumented == []

@@ -118,10 +118,12 @@ class HubServer(_HubConnections):
         self.store.close()
 
     async def wait_for_termination(self) -> None:
+        """Wait until the server has stopped."""
         if self._server is not None:
             await self._server.wait_for_termination()
 
     def statistics(self) -> HubServerStatistics:
+        """Connected identities, frames stored and delivered, refusals by kind."""
         counts = self._stats
         return HubServerStatistics(
             connected=tuple(sorted(self._sessions)),

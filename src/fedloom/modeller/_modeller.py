@@ -85,6 +85,7 @@ class Modeller:
 
     @property
     def identity(self) -> str:
+        """The modeller's identity name (its mailbox's)."""
         return self._router.identity
 
     def subscribe(self, callback: EventCallback) -> Subscription:

@@ -204,6 +204,7 @@ class ModellerContext:
     """The rounds whose checkpoints are kept, read from the store once, then kept here."""
 
     def report_round(self, summary: Mapping[str, Any]) -> None:
+        """Hand a finished round's summary to whoever watches the task (``on_round``)."""
         if self.on_round is not None:
             self.on_round(summary)
 

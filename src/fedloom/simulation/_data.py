@@ -58,6 +58,7 @@ class DataSpec:
     config: Mapping[str, Any] = field(default_factory=dict)
 
     def to_config(self) -> dict[str, Any]:
+        """The JSON-able config this spec is rebuilt from."""
         return {"name": self.name, "config": dict(self.config)}
 
     @classmethod

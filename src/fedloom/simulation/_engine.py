@@ -73,12 +73,14 @@ class SimulationResult:
     stopped: bool = False
 
     def model(self) -> torch.nn.Module:
+        """A torch module with the final global parameters."""
         module = build_model(self.model_spec)
         load_arrays(module, self.parameters)
         return module
 
     @property
     def round_seconds(self) -> list[float]:
+        """Each round's wall seconds, in order."""
         return [report.seconds for report in self.rounds]
 
     def write_reports(self, folder: Path) -> list[Path]:

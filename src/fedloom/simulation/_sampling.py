@@ -67,6 +67,7 @@ class Sampling:
         return sorted(int(c) for c in rng.choice(num_clients, size=count, replace=False))
 
     def to_config(self) -> dict[str, Any]:
+        """The JSON-able config this sampling is rebuilt from."""
         config: dict[str, Any] = {"kind": self.kind, "fraction": self.fraction}
         if self.per_round is not None:
             config["per_round"] = self.per_round

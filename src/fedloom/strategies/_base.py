@@ -174,9 +174,11 @@ class StrategySpec:
 
     @property
     def is_default(self) -> bool:
+        """Whether this is plain FedAvg with no args (task files then leave it out)."""
         return self.name == "fedavg" and not self.args
 
     def to_config(self) -> dict[str, Any]:
+        """The JSON-able ``{name, args}`` of this spec."""
         return {"name": self.name, "args": dict(self.args)}
 
     @classmethod

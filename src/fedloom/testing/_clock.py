@@ -89,6 +89,7 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
     def run_in_executor(
         self, executor: Executor | None, func: Callable[[*Ts], T], *args: *Ts
     ) -> asyncio.Future[T]:
+        """Run ``func`` in a thread; virtual time stands still until it returns."""
         future = super().run_in_executor(executor, func, *args)
         self._in_threads += 1
 

@@ -120,6 +120,7 @@ class GrpcMailbox(_HubLink):
         return message
 
     def statistics(self) -> MailboxStatistics:
+        """What this mailbox has sent, received and has queued, and its connection."""
         return MailboxStatistics(
             identity=self.identity,
             sent=self._sent,

@@ -88,6 +88,7 @@ class MemoryHub:
         return self.connect(identity, role, accepts=accepts)
 
     def identities(self) -> list[str]:
+        """The identities connected to this hub, sorted."""
         return sorted(self._mailboxes)
 
     def _deliver(self, message: Message) -> Message:
@@ -104,6 +105,7 @@ class MemoryHub:
         return message
 
     def now(self) -> float:
+        """The hub's clock (seconds), used to stamp messages."""
         return self._clock()
 
     def _disconnect(self, identity: str) -> None:
@@ -118,6 +120,7 @@ class MemoryHub:
             await mailbox.close()
 
     def statistics(self) -> HubStatistics:
+        """Mailboxes, messages and bytes carried so far."""
         return HubStatistics(len(self._mailboxes), self._messages, self._bytes)
 
 
@@ -170,6 +173,7 @@ class MemoryMailbox:
         self._hub._disconnect(self._identity)
 
     def statistics(self) -> MailboxStatistics:
+        """What this mailbox has sent, received and has queued."""
         queued = 0 if self._closed else self._hub._queues[self._identity].qsize()
         return MailboxStatistics(
             identity=self._identity,

@@ -107,4 +107,5 @@ class IsolationSettings:
 
     @property
     def hang_seconds(self) -> float:
+        """Seconds without a heartbeat after which the child counts as hung."""
         return self.heartbeat_interval * self.heartbeat_patience
