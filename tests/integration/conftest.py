@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -23,11 +23,6 @@ from fedloom.plugins import Message, MessageType
 from fedloom.pod import ArraySource, Pod
 from fedloom.transport import Mailbox
 
-T = TypeVar("T")
-
-TEST_TIMEOUT = 60.0
-"""Seconds any one federation run may take before the test fails instead of hanging."""
-
 REPLY_TIMEOUT = 10.0
 """Seconds a scripted participant waits for its next message."""
 
@@ -35,11 +30,6 @@ TINY_MLP = ModelSpec("mlp", {"in_features": 4, "hidden": [8], "out_features": 2}
 
 Answer = Callable[[Message], Awaitable[tuple[MessageType, Any, dict[str, np.ndarray]] | None]]
 """A fake pod's reply to one message of its task: (type, body, tensors), or None."""
-
-
-def run_async(coro: Coroutine[Any, Any, T], timeout: float = TEST_TIMEOUT) -> T:
-    """``asyncio.run`` with an upper bound, so a stuck conversation fails the test."""
-    return asyncio.run(asyncio.wait_for(coro, timeout))
 
 
 async def until_idle(pod: Pod, timeout: float = REPLY_TIMEOUT) -> None:
