@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,7 +21,7 @@ import numpy as np
 from fedloom import ModelSpec
 from fedloom.hub import MemoryHub
 from fedloom.plugins import Message, MessageType
-from fedloom.pod import ArraySource, Pod
+from fedloom.pod import ArraySource, Pod, SqlitePodStore
 from fedloom.transport import Mailbox
 
 REPLY_TIMEOUT = 10.0
@@ -43,6 +44,23 @@ async def until_idle(pod: Pod, timeout: float = REPLY_TIMEOUT) -> None:
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"pod {pod.name!r} still runs {pod.running_tasks()}")
         await asyncio.sleep(0.005)
+
+
+async def ended_task_runs(
+    store: Path, count: int, timeout: float = 20.0
+) -> list[tuple[str, str | None]]:
+    """The (status, reason) of every task run in the pod store at ``store``, once ``count``
+    of them have ended: a pod process records the end of a task a moment after it answered.
+    """
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        with SqlitePodStore(store) as opened:
+            runs = [(run.status, run.reason) for run in opened.task_runs()]
+        if sum(status in ("completed", "aborted") for status, _ in runs) >= count:
+            return runs
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"{store} never had {count} ended task runs: {runs}")
+        await asyncio.sleep(0.05)
 
 
 def labelled_arrays(rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

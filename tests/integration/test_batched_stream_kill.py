@@ -7,7 +7,6 @@ stops naming the pod (stop).
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import time
@@ -22,6 +21,8 @@ from fedloom._cluster import LocalCluster, PodSpec
 from fedloom._events import Event, EventKind
 from fedloom.errors import AbortReason, PodResponseError
 from fedloom.protocols import BatchedInference
+
+from .conftest import ended_task_runs
 
 MODEL = ModelSpec("mlp", {"in_features": 8 * 8 * 3, "hidden": [4], "out_features": 2})
 FILES = 600
@@ -90,7 +91,8 @@ async def test_a_pod_killed_mid_stream_is_dropped_or_stops_the_task(tmp_path: Pa
         assert killer.killed_at is not None
         stop_after_kill = time.monotonic() - killer.killed_at
         await modeller.close()
-        await asyncio.sleep(0.5)  # pod-a reads the TASK_ABORT and records it
+        # pod-a reads the TASK_ABORT and records it before it is stopped
+        await ended_task_runs(cluster.pod_config_path("pod-a").parent / "pod.sqlite", 2)
         await cluster.stop()
     error = stopped.value
     # (before the fix the stream waited forever for the killed pod: the async_timeout fails)
