@@ -12,21 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from fedloom import ModelSpec
 from fedloom.hub import MemoryHub
 from fedloom.plugins import Message, MessageType
-from fedloom.pod import ArraySource, Pod
+from fedloom.pod import ArraySource, Pod, SqlitePodStore
 from fedloom.transport import Mailbox
-
-T = TypeVar("T")
-
-TEST_TIMEOUT = 60.0
-"""Seconds any one federation run may take before the test fails instead of hanging."""
 
 REPLY_TIMEOUT = 10.0
 """Seconds a scripted participant waits for its next message."""
@@ -35,11 +31,6 @@ TINY_MLP = ModelSpec("mlp", {"in_features": 4, "hidden": [8], "out_features": 2}
 
 Answer = Callable[[Message], Awaitable[tuple[MessageType, Any, dict[str, np.ndarray]] | None]]
 """A fake pod's reply to one message of its task: (type, body, tensors), or None."""
-
-
-def run_async(coro: Coroutine[Any, Any, T], timeout: float = TEST_TIMEOUT) -> T:
-    """``asyncio.run`` with an upper bound, so a stuck conversation fails the test."""
-    return asyncio.run(asyncio.wait_for(coro, timeout))
 
 
 async def until_idle(pod: Pod, timeout: float = REPLY_TIMEOUT) -> None:
@@ -53,6 +44,23 @@ async def until_idle(pod: Pod, timeout: float = REPLY_TIMEOUT) -> None:
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"pod {pod.name!r} still runs {pod.running_tasks()}")
         await asyncio.sleep(0.005)
+
+
+async def ended_task_runs(
+    store: Path, count: int, timeout: float = 20.0
+) -> list[tuple[str, str | None]]:
+    """The (status, reason) of every task run in the pod store at ``store``, once ``count``
+    of them have ended: a pod process records the end of a task a moment after it answered.
+    """
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        with SqlitePodStore(store) as opened:
+            runs = [(run.status, run.reason) for run in opened.task_runs()]
+        if sum(status in ("completed", "aborted") for status, _ in runs) >= count:
+            return runs
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"{store} never had {count} ended task runs: {runs}")
+        await asyncio.sleep(0.05)
 
 
 def labelled_arrays(rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

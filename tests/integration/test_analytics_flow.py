@@ -17,7 +17,7 @@ from fedloom.errors import AbortReason, ConfigError, PodResponseError
 from fedloom.plugins import Message, MessageType, load_protocol
 from fedloom.pod import MemoryPodStore, PodPolicy, TableSource
 
-from .conftest import RAW, FakePod, RawClient, run_async, until_idle
+from .conftest import RAW, FakePod, RawClient, until_idle
 
 SIZES = {"pod-a": 37, "pod-b": 120, "pod-c": 253}
 COLUMNS = ("normal", "skewed", "counts")
@@ -167,41 +167,37 @@ def test_per_column_requests_work_end_to_end() -> None:
     check_histogram(result.statistics["counts"]["histogram"], counts, 5, -10.0, 50.0)
 
 
-def test_statistics_and_per_column_together_fail_before_anything_is_sent() -> None:
+async def test_statistics_and_per_column_together_fail_before_anything_is_sent() -> None:
     stores = {pod: MemoryPodStore() for pod in SIZES}
 
-    async def main() -> int:
-        async with LocalFederation(pods_from(FRAMES), pod_stores=stores) as federation:
-            with pytest.raises(ConfigError, match="not both"):
-                AnalyticsRequest(statistics=("mean",), per_column={"normal": ("mean",)})
-            with pytest.raises(ConfigError, match="not both"):
-                load_protocol(
-                    {
-                        "protocol": "analytics",
-                        "config": {
-                            "request": {"statistics": ["mean"], "per_column": {"normal": ["max"]}}
-                        },
-                    }
-                )
-            return federation.hub.statistics().messages
+    async with LocalFederation(pods_from(FRAMES), pod_stores=stores) as federation:
+        with pytest.raises(ConfigError, match="not both"):
+            AnalyticsRequest(statistics=("mean",), per_column={"normal": ("mean",)})
+        with pytest.raises(ConfigError, match="not both"):
+            load_protocol(
+                {
+                    "protocol": "analytics",
+                    "config": {
+                        "request": {"statistics": ["mean"], "per_column": {"normal": ["max"]}}
+                    },
+                }
+            )
+        assert federation.hub.statistics().messages == 0
 
-    assert run_async(main()) == 0
     assert all(store.task_runs() == [] for store in stores.values())
 
 
-def test_a_pod_rejects_a_raw_request_with_statistics_and_per_column() -> None:
+async def test_a_pod_rejects_a_raw_request_with_statistics_and_per_column() -> None:
     spec = {
         "protocol": "analytics",
         "config": {"request": {"statistics": ["mean"], "per_column": {"normal": ["max"]}}},
     }
 
-    async def main() -> Message:
-        async with LocalFederation(pods_from(FRAMES), guests=[RAW]) as federation:
-            return await RawClient(federation.hub).request(
-                "pod-a", {"task": spec, "dataset": "default"}
-            )
+    async with LocalFederation(pods_from(FRAMES), guests=[RAW]) as federation:
+        reply = await RawClient(federation.hub).request(
+            "pod-a", {"task": spec, "dataset": "default"}
+        )
 
-    reply = run_async(main())
     assert reply.type is MessageType.JOB_REJECT
     assert reply.body["reason"] == AbortReason.INVALID_TASK.value
 
@@ -303,7 +299,7 @@ def _late_pod(frame: pd.DataFrame, request: AnalyticsRequest) -> Any:
 
 
 @pytest.mark.parametrize("require_all", [False, True], ids=["best-effort", "require-all"])
-def test_a_pod_that_aborts_while_others_still_accept_is_not_forgotten(
+async def test_a_pod_that_aborts_while_others_still_accept_is_not_forgotten(
     tmp_path: Path, require_all: bool
 ) -> None:
     """pod-empty accepts and aborts (NO_DATA) while the modeller still waits for the
@@ -312,7 +308,7 @@ def test_a_pod_that_aborts_while_others_still_accept_is_not_forgotten(
     pods = pods_from(FRAMES) | {"pod-empty": TableSource(_header_only_csv(tmp_path))}
     late_frame = make_frame(30, seed=11)
 
-    async def main() -> Any:
+    async def with_a_late_pod() -> Any:
         async with LocalFederation(pods) as federation:
             late = FakePod(
                 federation.hub.connect("pod-late", "pod", accepts=["modeller"]),
@@ -331,10 +327,10 @@ def test_a_pod_that_aborts_while_others_still_accept_is_not_forgotten(
 
     if require_all:
         with pytest.raises(PodResponseError) as caught:
-            run_async(main())
+            await with_a_late_pod()
         assert caught.value.failed_pods["pod-empty"].startswith(AbortReason.NO_DATA.value)
         return
-    run = run_async(main())
+    run = await with_a_late_pod()
     assert run.aborted["pod-empty"].reason is AbortReason.NO_DATA
     assert run.result.pods == sorted([*SIZES, "pod-late"])
     assert run.result.excluded["pod-empty"].startswith(AbortReason.NO_DATA.value)

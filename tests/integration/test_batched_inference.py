@@ -17,7 +17,7 @@ from fedloom.pod import PodPolicy, SqlitePodStore
 from fedloom.protocols import BatchedInference
 from fedloom.worker import IsolationSettings
 
-from .conftest import run_async, until_idle
+from .conftest import until_idle
 from .pod_events import PodEvents
 
 MODEL = ModelSpec("mlp", {"in_features": 8 * 8 * 3, "hidden": [8], "out_features": 3})
@@ -58,7 +58,8 @@ async def _run(folder: Path, store_path: Path, protocol: BatchedInference, **opt
 
 
 @pytest.mark.parametrize("isolated", [False, True], ids=["in-process", "child-process"])
-def test_corrupt_files_are_file_level_failures_and_new_data_only(
+@pytest.mark.async_timeout(120)
+async def test_corrupt_files_are_file_level_failures_and_new_data_only(
     tmp_path: Path, isolated: bool
 ) -> None:
     folder = tmp_path / "images"
@@ -67,7 +68,7 @@ def test_corrupt_files_are_file_level_failures_and_new_data_only(
     store = tmp_path / "pod.sqlite"
     task = BatchedInference(MODEL, batch_size=4)
 
-    first = run_async(_run(folder, store, task, isolation=isolation), timeout=120)
+    first = await _run(folder, store, task, isolation=isolation)
     rows = first.result.rows["pod-a"]
     assert sorted(row["file"] for row in rows) == good
     assert all(row["status"] == "ok" for row in rows)
@@ -79,11 +80,11 @@ def test_corrupt_files_are_file_level_failures_and_new_data_only(
     # a second run on new data only sees just the files added since
     added = _images(folder, 2, start=100)
     again = BatchedInference(MODEL, batch_size=4, run_on_new_data_only=True)
-    second = run_async(_run(folder, store, again, isolation=isolation), timeout=120)
+    second = await _run(folder, store, again, isolation=isolation)
     assert sorted(row["file"] for row in second.result.rows["pod-a"]) == added
 
     # nothing new: the pod completes with 0 files, and the result says so
-    third = run_async(_run(folder, store, again, isolation=isolation), timeout=120)
+    third = await _run(folder, store, again, isolation=isolation)
     assert third.result.rows == {"pod-a": []} and third.result.no_new_data == ("pod-a",)
     assert third.aborted == {}
     # unless the task asks to fail then: NO_NEW_DATA
@@ -91,7 +92,7 @@ def test_corrupt_files_are_file_level_failures_and_new_data_only(
         MODEL, batch_size=4, run_on_new_data_only=True, fail_on_no_new_data=True
     )
     with pytest.raises(PodResponseError) as info:
-        run_async(_run(folder, store, strict, isolation=isolation), timeout=120)
+        await _run(folder, store, strict, isolation=isolation)
     assert info.value.failed_pods["pod-a"].startswith("NO_NEW_DATA")
 
     with SqlitePodStore(store) as pod_store:
@@ -104,7 +105,8 @@ def test_corrupt_files_are_file_level_failures_and_new_data_only(
     ]
 
 
-def test_usage_limit_cuts_results_exactly(tmp_path: Path) -> None:
+@pytest.mark.async_timeout(120)
+async def test_usage_limit_cuts_results_exactly(tmp_path: Path) -> None:
     folder = tmp_path / "images"
     _images(folder, 24)
     store_path = tmp_path / "pod.sqlite"
@@ -112,7 +114,7 @@ def test_usage_limit_cuts_results_exactly(tmp_path: Path) -> None:
         store.add_usage("mlp", 10)  # used before: 10
     policy = PodPolicy(usage_limits={"mlp": 20})
     task = BatchedInference(MODEL, batch_size=14)
-    run = run_async(_run(folder, store_path, task, policy=policy), timeout=120)
+    run = await _run(folder, store_path, task, policy=policy)
     # 10 used before + 14 new with limit 20 → overrun 4, allowed 10, then LIMITS_EXCEEDED
     assert len(run.result.rows["pod-a"]) == 10
     assert run.aborted["pod-a"].reason is AbortReason.LIMITS_EXCEEDED
@@ -122,19 +124,17 @@ def test_usage_limit_cuts_results_exactly(tmp_path: Path) -> None:
     assert record.reason == AbortReason.LIMITS_EXCEEDED.value
 
 
-def test_test_run_stops_after_the_first_batch_and_status_messages(tmp_path: Path) -> None:
+@pytest.mark.async_timeout(120)
+async def test_test_run_stops_after_the_first_batch_and_status_messages(tmp_path: Path) -> None:
     folder = tmp_path / "images"
     _images(folder, 9)
     events = PodEvents()
 
-    async def main() -> Any:
-        async with LocalFederation({"pod-a": {"default": _source(folder)}}) as federation:
-            federation.modeller.subscribe(events)
-            run = await federation.run(BatchedInference(MODEL, batch_size=4, test_run=True))
-            await until_idle(federation.pods["pod-a"])
-            return run
+    async with LocalFederation({"pod-a": {"default": _source(folder)}}) as federation:
+        federation.modeller.subscribe(events)
+        run = await federation.run(BatchedInference(MODEL, batch_size=4, test_run=True))
+        await until_idle(federation.pods["pod-a"])
 
-    run = run_async(main(), timeout=120)
     assert len(run.result.rows["pod-a"]) == 4
     seen = [(what, fields) for _, what, fields in events.seen]
     kinds = [what for what, _ in seen]
@@ -145,23 +145,25 @@ def test_test_run_stops_after_the_first_batch_and_status_messages(tmp_path: Path
     assert counts[0] == -1 and counts[-1] >= 1, counts  # the real count follows once known
 
 
-def test_force_rerun_failed_files(tmp_path: Path) -> None:
+@pytest.mark.async_timeout(120)
+async def test_force_rerun_failed_files(tmp_path: Path) -> None:
     folder = tmp_path / "images"
     _images(folder, 4, corrupt=1)
     store = tmp_path / "pod.sqlite"
-    first = run_async(_run(folder, store, BatchedInference(MODEL, batch_size=8)), timeout=120)
+    first = await _run(folder, store, BatchedInference(MODEL, batch_size=8))
     assert [row["file"] for row in first.result.failures["pod-a"]] == ["bad00.png"]
     # the owner repairs the file; only a forced re-run of failed files picks it up
     Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(folder / "bad00.png")
     forced = BatchedInference(
         MODEL, batch_size=8, run_on_new_data_only=True, force_rerun_failed_files=True
     )
-    second = run_async(_run(folder, store, forced), timeout=120)
+    second = await _run(folder, store, forced)
     assert [row["file"] for row in second.result.rows["pod-a"]] == ["bad00.png"]
     assert second.result.failures["pod-a"] == []
 
 
-def test_non_batched_tasks_say_one_batch(tmp_path: Path) -> None:
+@pytest.mark.async_timeout(120)
+async def test_non_batched_tasks_say_one_batch(tmp_path: Path) -> None:
     from fedloom import FedAvg, TrainingConfig
     from fedloom.pod import ArraySource
 
@@ -176,12 +178,10 @@ def test_non_batched_tasks_say_one_batch(tmp_path: Path) -> None:
         training=TrainingConfig(epochs=1, batch_size=8),
     )
 
-    async def main() -> None:
-        async with LocalFederation(pods) as federation:
-            federation.modeller.subscribe(events)
-            await federation.run(task)
+    async with LocalFederation(pods) as federation:
+        federation.modeller.subscribe(events)
+        await federation.run(task)
 
-    run_async(main(), timeout=120)
     seen = [(what, fields) for _, what, fields in events.seen]
     assert ("batch_count", {"count": 1}) in seen
     assert not any(what == "batch_started" for what, _ in seen)
@@ -211,7 +211,8 @@ def test_a_folder_datasource_from_config(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("isolated", [False, True], ids=["in-process", "child-process"])
-def test_csv_report_and_output_images_at_the_pod(tmp_path: Path, isolated: bool) -> None:
+@pytest.mark.async_timeout(120)
+async def test_csv_report_and_output_images_at_the_pod(tmp_path: Path, isolated: bool) -> None:
     import csv
 
     from fedloom.algorithms.inference import REPORT_COLUMNS
@@ -221,17 +222,14 @@ def test_csv_report_and_output_images_at_the_pod(tmp_path: Path, isolated: bool)
     outputs = tmp_path / "outputs"
     task = BatchedInference(MODEL, batch_size=4, report_at_pod=True, output_images="overlay")
 
-    async def main() -> Any:
-        async with LocalFederation(
-            {"pod-a": {"default": _source(folder)}},
-            isolation=IsolationSettings(heartbeat_interval=1.0) if isolated else None,
-        ) as federation:
-            federation.pods["pod-a"].outputs = outputs
-            run = await federation.run(task)
-            await until_idle(federation.pods["pod-a"])
-            return run
+    async with LocalFederation(
+        {"pod-a": {"default": _source(folder)}},
+        isolation=IsolationSettings(heartbeat_interval=1.0) if isolated else None,
+    ) as federation:
+        federation.pods["pod-a"].outputs = outputs
+        run = await federation.run(task)
+        await until_idle(federation.pods["pod-a"])
 
-    run = run_async(main(), timeout=120)
     (task_folder,) = outputs.iterdir()
     assert task_folder.name == run.task_id
     with (task_folder / "report.csv").open(newline="") as handle:
@@ -246,16 +244,17 @@ def test_csv_report_and_output_images_at_the_pod(tmp_path: Path, isolated: bool)
         assert first_image.size == (8, 8)
 
 
-def test_writing_at_a_pod_without_outputs_is_an_invalid_task(tmp_path: Path) -> None:
+async def test_writing_at_a_pod_without_outputs_is_an_invalid_task(tmp_path: Path) -> None:
     folder = tmp_path / "images"
     _images(folder, 2)
     with pytest.raises(PodResponseError) as info:
-        run_async(_run(folder, tmp_path / "p.sqlite", BatchedInference(MODEL, report_at_pod=True)))
+        await _run(folder, tmp_path / "p.sqlite", BatchedInference(MODEL, report_at_pod=True))
     assert info.value.failed_pods["pod-a"].startswith("INVALID_TASK")
 
 
 @pytest.mark.parametrize("isolated", [False, True], ids=["in-process", "child-process"])
-def test_pods_that_approve_model_files_run_only_those(tmp_path: Path, isolated: bool) -> None:
+@pytest.mark.async_timeout(120)
+async def test_pods_that_approve_model_files_run_only_those(tmp_path: Path, isolated: bool) -> None:
     import hashlib
 
     from safetensors.numpy import save
@@ -268,29 +267,29 @@ def test_pods_that_approve_model_files_run_only_those(tmp_path: Path, isolated: 
     digest = hashlib.sha256(model_file).hexdigest()
     isolation = IsolationSettings(heartbeat_interval=1.0) if isolated else None
 
-    def run(protocol: BatchedInference, approved: set[str]) -> Any:
+    async def run(protocol: BatchedInference, approved: set[str]) -> Any:
         policy = PodPolicy(approved_models=frozenset(approved))
-        return run_async(
-            _run(folder, tmp_path / "p.sqlite", protocol, policy=policy, isolation=isolation),
-            timeout=120,
+        return await _run(
+            folder, tmp_path / "p.sqlite", protocol, policy=policy, isolation=isolation
         )
 
-    approved = run(BatchedInference(MODEL, model_file=model_file), {digest})
+    approved = await run(BatchedInference(MODEL, model_file=model_file), {digest})
     assert len(approved.result.rows["pod-a"]) == 3
-    refused = run(BatchedInference(MODEL, model_file=model_file), {"0" * 64})
+    refused = await run(BatchedInference(MODEL, model_file=model_file), {"0" * 64})
     assert refused.aborted["pod-a"].reason is AbortReason.NO_ACCESS
     assert digest in refused.aborted["pod-a"].message
-    plain = run(BatchedInference(MODEL), {digest})  # plain weights: not a file it approved
+    plain = await run(BatchedInference(MODEL), {digest})  # plain weights: not a file it approved
     assert plain.aborted["pod-a"].reason is AbortReason.NO_ACCESS
 
 
-def test_a_final_reduce_step_sees_every_batch_and_replaces_the_rows(tmp_path: Path) -> None:
+@pytest.mark.async_timeout(120)
+async def test_a_final_reduce_step_sees_every_batch_and_replaces_the_rows(tmp_path: Path) -> None:
     from fedloom.errors import ConfigError
 
     folder = tmp_path / "images"
     _images(folder, 7, corrupt=1)
     task = BatchedInference(MODEL, batch_size=3, reduce="class_counts", send_rows=False)
-    run = run_async(_run(folder, tmp_path / "p.sqlite", task), timeout=120)
+    run = await _run(folder, tmp_path / "p.sqlite", task)
     assert run.result.rows["pod-a"] == []
     reduced = run.result.reduced["pod-a"]
     assert reduced["files"] == 7 and sum(reduced["counts"].values()) == 7

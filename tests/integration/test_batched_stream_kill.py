@@ -7,7 +7,6 @@ stops naming the pod (stop).
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import time
@@ -17,14 +16,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fedloom import Modeller, ModelSpec, RequestPolicy, TaskResult
+from fedloom import Modeller, ModelSpec, RequestPolicy
 from fedloom._cluster import LocalCluster, PodSpec
 from fedloom._events import Event, EventKind
 from fedloom.errors import AbortReason, PodResponseError
 from fedloom.protocols import BatchedInference
 from fedloom.session import OnTimeout
 
-from .conftest import run_async
+from .conftest import ended_task_runs
 
 MODEL = ModelSpec("mlp", {"in_features": 8 * 8 * 3, "hidden": [4], "out_features": 2})
 FILES = 600
@@ -56,7 +55,8 @@ class Killer:
             self.killed_at = time.monotonic()
 
 
-def test_a_pod_killed_mid_stream_is_dropped_or_stops_the_task(tmp_path: Path) -> None:
+@pytest.mark.async_timeout(240)
+async def test_a_pod_killed_mid_stream_is_dropped_or_stops_the_task(tmp_path: Path) -> None:
     specs = {
         pod: PodSpec(
             datasets={
@@ -71,34 +71,32 @@ def test_a_pod_killed_mid_stream_is_dropped_or_stops_the_task(tmp_path: Path) ->
     }
     task = BatchedInference(MODEL, batch_size=5)
 
-    async def main() -> tuple[TaskResult, float, PodResponseError, float]:
-        async with LocalCluster(tmp_path / "cluster", specs) as cluster:
-            modeller = Modeller(await cluster.connect_modeller())
-            killer = Killer(cluster, "pod-b")
-            with modeller.subscribe(killer):
-                run = await modeller.run(
-                    task, ["pod-a", "pod-b"], policy=RequestPolicy(timeout=TIMEOUT)
-                )
-            assert killer.killed_at is not None
-            discard_after_kill = time.monotonic() - killer.killed_at
+    async with LocalCluster(tmp_path / "cluster", specs) as cluster:
+        modeller = Modeller(await cluster.connect_modeller())
+        killer = Killer(cluster, "pod-b")
+        with modeller.subscribe(killer):
+            run = await modeller.run(
+                task, ["pod-a", "pod-b"], policy=RequestPolicy(timeout=TIMEOUT)
+            )
+        assert killer.killed_at is not None
+        discard_after_kill = time.monotonic() - killer.killed_at
 
-            await cluster.start_pod("pod-b")  # back, to be killed again
-            killer = Killer(cluster, "pod-b")
-            with modeller.subscribe(killer), pytest.raises(PodResponseError) as stopped:
-                await modeller.run(
-                    task,
-                    ["pod-a", "pod-b"],
-                    policy=RequestPolicy(timeout=TIMEOUT, on_timeout=OnTimeout.STOP),
-                )
-            assert killer.killed_at is not None
-            stop_after_kill = time.monotonic() - killer.killed_at
-            await modeller.close()
-            await asyncio.sleep(0.5)  # pod-a reads the TASK_ABORT and records it
-            await cluster.stop()
-        return run, discard_after_kill, stopped.value, stop_after_kill
-
-    # before the fix the stream waited forever for the killed pod: run_async's bound fails
-    run, discard_after_kill, error, stop_after_kill = run_async(main(), timeout=240)
+        await cluster.start_pod("pod-b")  # back, to be killed again
+        killer = Killer(cluster, "pod-b")
+        with modeller.subscribe(killer), pytest.raises(PodResponseError) as stopped:
+            await modeller.run(
+                task,
+                ["pod-a", "pod-b"],
+                policy=RequestPolicy(timeout=TIMEOUT, on_timeout=OnTimeout.STOP),
+            )
+        assert killer.killed_at is not None
+        stop_after_kill = time.monotonic() - killer.killed_at
+        await modeller.close()
+        # pod-a reads the TASK_ABORT and records it before it is stopped
+        await ended_task_runs(cluster.pod_config_path("pod-a").parent / "pod.sqlite", 2)
+        await cluster.stop()
+    error = stopped.value
+    # (before the fix the stream waited forever for the killed pod: the async_timeout fails)
 
     # discard: pod-b is dropped as the other requests drop a silent pod; pod-a finishes
     assert run.dropped == ["pod-b"]

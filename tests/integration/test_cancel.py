@@ -24,7 +24,6 @@ from fedloom.modeller._modeller import TELL_PODS_SECONDS
 from fedloom.pod import SqlitePodStore
 from fedloom.testing._faults import Fault
 
-from .conftest import run_async
 from .pod_events import said
 
 CANCELLED = AbortReason.CANCELLED_BY_MODELLER.value
@@ -119,77 +118,71 @@ async def _cancel(modeller: Modeller, run: asyncio.Task[Any]) -> tuple[TaskCance
     return cancellation, seconds
 
 
-def test_cancel_mid_task_stops_the_child_and_frees_the_slot(tmp_path: Path) -> None:
-    async def main() -> None:
-        async with LocalCluster(tmp_path / "cluster", _specs(tmp_path, ("pod-a",))) as cluster:
-            modeller = Modeller(await cluster.connect_modeller())
-            progress = Progress(modeller)
-            run = asyncio.create_task(
-                modeller.run(Fault("sleep", seconds=120, timeout=300), ["pod-a"])
-            )
-            # NUM_BATCHES comes once the pod started the child; the modeller has sent
-            # TASK_START by then: the task is running
-            await asyncio.wait_for(progress.event("pod-a", "batch_count").wait(), 60)
-            children = await _task_children(cluster.pid("pod-a"))
-            await asyncio.sleep(2)  # the child gets to the task's long sleep
-            assert [child.is_running() for child in children] == [True] * len(children)
-            assert modeller.running_tasks() != []
+@pytest.mark.async_timeout(240)
+async def test_cancel_mid_task_stops_the_child_and_frees_the_slot(tmp_path: Path) -> None:
+    async with LocalCluster(tmp_path / "cluster", _specs(tmp_path, ("pod-a",))) as cluster:
+        modeller = Modeller(await cluster.connect_modeller())
+        progress = Progress(modeller)
+        run = asyncio.create_task(modeller.run(Fault("sleep", seconds=120, timeout=300), ["pod-a"]))
+        # NUM_BATCHES comes once the pod started the child; the modeller has sent
+        # TASK_START by then: the task is running
+        await asyncio.wait_for(progress.event("pod-a", "batch_count").wait(), 60)
+        children = await _task_children(cluster.pid("pod-a"))
+        await asyncio.sleep(2)  # the child gets to the task's long sleep
+        assert [child.is_running() for child in children] == [True] * len(children)
+        assert modeller.running_tasks() != []
 
-            cancellation, seconds = await _cancel(modeller, run)
+        cancellation, seconds = await _cancel(modeller, run)
 
-            # the pod answered TASK_ABORT(CANCELLED_BY_MODELLER) once the child was gone
-            assert list(cancellation.acknowledged) == ["pod-a"], cancellation
-            assert cancellation.acknowledged["pod-a"].reason is AbortReason.CANCELLED_BY_MODELLER
-            assert cancellation.unanswered == []
-            assert seconds < TELL_PODS_SECONDS
-            _, alive = psutil.wait_procs(children, timeout=2)
-            assert alive == [], "the task's child outlived the cancel"
-            assert await _task_runs(cluster, "pod-a", 1) == [("aborted", CANCELLED)]
+        # the pod answered TASK_ABORT(CANCELLED_BY_MODELLER) once the child was gone
+        assert list(cancellation.acknowledged) == ["pod-a"], cancellation
+        assert cancellation.acknowledged["pod-a"].reason is AbortReason.CANCELLED_BY_MODELLER
+        assert cancellation.unanswered == []
+        assert seconds < TELL_PODS_SECONDS
+        _, alive = psutil.wait_procs(children, timeout=2)
+        assert alive == [], "the task's child outlived the cancel"
+        assert await _task_runs(cluster, "pod-a", 1) == [("aborted", CANCELLED)]
 
-            # the slot is free: the next task starts at once
-            result = await _next_task_is_not_queued(modeller)
-            assert set(result) == {"pod-a"}
-            assert await _task_runs(cluster, "pod-a", 2) == [
-                ("aborted", CANCELLED),
-                ("completed", None),
-            ]
-            await modeller.close()
-            await cluster.stop()
-
-    run_async(main(), timeout=240)
+        # the slot is free: the next task starts at once
+        result = await _next_task_is_not_queued(modeller)
+        assert set(result) == {"pod-a"}
+        assert await _task_runs(cluster, "pod-a", 2) == [
+            ("aborted", CANCELLED),
+            ("completed", None),
+        ]
+        await modeller.close()
+        await cluster.stop()
 
 
-def test_cancel_in_the_accept_phase_frees_the_slot_at_once(tmp_path: Path) -> None:
+@pytest.mark.async_timeout(240)
+async def test_cancel_in_the_accept_phase_frees_the_slot_at_once(tmp_path: Path) -> None:
     """pod-b is offline, so the modeller still waits for accepts when it is cancelled;
     pod-a accepted and holds its only slot until it hears of the cancel (otherwise until its
     start_timeout, 300 s)."""
 
-    async def main() -> None:
-        specs = _specs(tmp_path, ("pod-a", "pod-b"))
-        async with LocalCluster(tmp_path / "cluster", specs) as cluster:
-            await cluster.stop_process("pod-b")
-            modeller = Modeller(await cluster.connect_modeller())
-            progress = Progress(modeller)
-            run = asyncio.create_task(modeller.run(Fault("ok"), ["pod-a", "pod-b"]))
-            # PREPARING_DATA follows pod-a's JOB_ACCEPT: pod-a holds the task and its slot
-            await asyncio.wait_for(progress.event("pod-a", "preparing_data").wait(), 60)
-            children = await _task_children(cluster.pid("pod-a"))
+    specs = _specs(tmp_path, ("pod-a", "pod-b"))
+    async with LocalCluster(tmp_path / "cluster", specs) as cluster:
+        await cluster.stop_process("pod-b")
+        modeller = Modeller(await cluster.connect_modeller())
+        progress = Progress(modeller)
+        run = asyncio.create_task(modeller.run(Fault("ok"), ["pod-a", "pod-b"]))
+        # PREPARING_DATA follows pod-a's JOB_ACCEPT: pod-a holds the task and its slot
+        await asyncio.wait_for(progress.event("pod-a", "preparing_data").wait(), 60)
+        children = await _task_children(cluster.pid("pod-a"))
 
-            started = time.monotonic()
-            cancellation, seconds = await _cancel(modeller, run)
+        started = time.monotonic()
+        cancellation, seconds = await _cancel(modeller, run)
 
-            assert list(cancellation.acknowledged) == ["pod-a"], cancellation
-            assert cancellation.acknowledged["pod-a"].reason is AbortReason.CANCELLED_BY_MODELLER
-            assert cancellation.unanswered == ["pod-b"]  # offline: told, but no answer yet
-            assert seconds < TELL_PODS_SECONDS + 2, "waiting for the offline pod is bounded"
-            _, alive = psutil.wait_procs(children, timeout=2)
-            assert alive == []
-            assert await _task_runs(cluster, "pod-a", 1) == [("aborted", CANCELLED)]
+        assert list(cancellation.acknowledged) == ["pod-a"], cancellation
+        assert cancellation.acknowledged["pod-a"].reason is AbortReason.CANCELLED_BY_MODELLER
+        assert cancellation.unanswered == ["pod-b"]  # offline: told, but no answer yet
+        assert seconds < TELL_PODS_SECONDS + 2, "waiting for the offline pod is bounded"
+        _, alive = psutil.wait_procs(children, timeout=2)
+        assert alive == []
+        assert await _task_runs(cluster, "pod-a", 1) == [("aborted", CANCELLED)]
 
-            result = await _next_task_is_not_queued(modeller)
-            assert set(result) == {"pod-a"}
-            assert time.monotonic() - started < 60, "the slot waited for the start time-out"
-            await modeller.close()
-            await cluster.stop()
-
-    run_async(main(), timeout=240)
+        result = await _next_task_is_not_queued(modeller)
+        assert set(result) == {"pod-a"}
+        assert time.monotonic() - started < 60, "the slot waited for the start time-out"
+        await modeller.close()
+        await cluster.stop()

@@ -33,7 +33,6 @@ from fedloom.errors import PodResponseError
 from fedloom.pod import SqlitePodStore
 
 from .cli_kit import wait_for_rows
-from .conftest import run_async
 
 PODS = ("pod-a", "pod-b", "pod-c")
 
@@ -92,187 +91,178 @@ def _no_tracebacks(cluster: LocalCluster, names: Mapping[str, Any]) -> None:
         assert "Traceback" not in cluster.log_text(name), cluster.log_text(name)[-3000:]
 
 
-def test_analytics_over_tls_and_pod_records(tmp_path: Path) -> None:
+@pytest.mark.async_timeout(240)
+async def test_analytics_over_tls_and_pod_records(tmp_path: Path) -> None:
     specs = _write_pod_data(tmp_path)
 
-    async def main() -> None:
-        async with LocalCluster(tmp_path / "cluster", specs) as cluster:
-            mailbox = await cluster.connect_modeller()
-            modeller = Modeller(mailbox)
-            run = await modeller.run(
-                Analytics(AnalyticsRequest(statistics=("count", "mean"), columns=("f0",))),
-                list(PODS),
-            )
-            assert run.result.statistics["f0"]["count"] == 360
-            assert sorted(run.accepted) == list(PODS)
-            await modeller.close()
-            statuses = await _pod_statuses(cluster, PODS)
-            codes = await cluster.stop()
-        assert statuses == {pod: ["completed"] for pod in PODS}
-        assert codes == dict.fromkeys([*PODS, "hub"], 0), codes
-        _no_tracebacks(cluster, codes)
-
-    run_async(main(), timeout=240)
+    async with LocalCluster(tmp_path / "cluster", specs) as cluster:
+        mailbox = await cluster.connect_modeller()
+        modeller = Modeller(mailbox)
+        run = await modeller.run(
+            Analytics(AnalyticsRequest(statistics=("count", "mean"), columns=("f0",))),
+            list(PODS),
+        )
+        assert run.result.statistics["f0"]["count"] == 360
+        assert sorted(run.accepted) == list(PODS)
+        await modeller.close()
+        statuses = await _pod_statuses(cluster, PODS)
+        codes = await cluster.stop()
+    assert statuses == {pod: ["completed"] for pod in PODS}
+    assert codes == dict.fromkeys([*PODS, "hub"], 0), codes
+    _no_tracebacks(cluster, codes)
 
 
-def test_pod_killed_mid_round_is_reported_and_the_round_completes(tmp_path: Path) -> None:
+@pytest.mark.async_timeout(240)
+async def test_pod_killed_mid_round_is_reported_and_the_round_completes(tmp_path: Path) -> None:
     specs = _write_pod_data(tmp_path)
 
-    async def main() -> None:
-        async with LocalCluster(tmp_path / "cluster", specs) as cluster:
-            modeller = Modeller(await cluster.connect_modeller())
-            killed: list[int] = []
+    async with LocalCluster(tmp_path / "cluster", specs) as cluster:
+        modeller = Modeller(await cluster.connect_modeller())
+        killed: list[int] = []
 
-            def on_round(event: Event) -> None:
-                if event.kind is EventKind.ROUND_FINISHED and not killed:
-                    killed.append(int(event.fields["round"]))
-                    os.kill(cluster.pid("pod-c"), signal.SIGKILL)
+        def on_round(event: Event) -> None:
+            if event.kind is EventKind.ROUND_FINISHED and not killed:
+                killed.append(int(event.fields["round"]))
+                os.kill(cluster.pid("pod-c"), signal.SIGKILL)
 
-            modeller.subscribe(on_round)
+        modeller.subscribe(on_round)
 
-            run = await modeller.run(
-                _fedavg(rounds=3),
-                list(PODS),
-                # Round 0 spawns each pod's task child (torch import): on a loaded 2-core
-                # machine 8 s was too short for it and dropped healthy pods.
-                policy=RequestPolicy(timeout=20.0, on_timeout="discard"),
-            )
-            assert "pod-c" in run.aborted, run.aborted
-            history = run.result.history
-            assert len(history) == 3
-            assert sorted(history[0].pods) == list(PODS)
-            for later in history[1:]:
-                assert sorted(later.pods) == ["pod-a", "pod-b"]
-            await modeller.close()
-            codes = await cluster.stop()
-        assert codes["pod-c"] == -signal.SIGKILL
-        assert all(code == 0 for name, code in codes.items() if name != "pod-c"), codes
-
-    run_async(main(), timeout=240)
+        run = await modeller.run(
+            _fedavg(rounds=3),
+            list(PODS),
+            # Round 0 spawns each pod's task child (torch import): on a loaded 2-core
+            # machine 8 s was too short for it and dropped healthy pods.
+            policy=RequestPolicy(timeout=20.0, on_timeout="discard"),
+        )
+        assert "pod-c" in run.aborted, run.aborted
+        history = run.result.history
+        assert len(history) == 3
+        assert sorted(history[0].pods) == list(PODS)
+        for later in history[1:]:
+            assert sorted(later.pods) == ["pod-a", "pod-b"]
+        await modeller.close()
+        codes = await cluster.stop()
+    assert codes["pod-c"] == -signal.SIGKILL
+    assert all(code == 0 for name, code in codes.items() if name != "pod-c"), codes
 
 
-def test_hub_killed_and_restarted_mid_task(tmp_path: Path) -> None:
+@pytest.mark.async_timeout(240)
+async def test_hub_killed_and_restarted_mid_task(tmp_path: Path) -> None:
     specs = _write_pod_data(tmp_path)
 
-    async def main() -> None:
-        async with LocalCluster(tmp_path / "cluster", specs) as cluster:
-            modeller = Modeller(await cluster.connect_modeller(backoff=(0.05, 0.5)))
-            restarted = asyncio.Event()
-            restarts: list[asyncio.Task[None]] = []
+    async with LocalCluster(tmp_path / "cluster", specs) as cluster:
+        modeller = Modeller(await cluster.connect_modeller(backoff=(0.05, 0.5)))
+        restarted = asyncio.Event()
+        restarts: list[asyncio.Task[None]] = []
 
-            async def crash_and_restart() -> None:
-                await cluster.kill("hub")
-                await asyncio.sleep(0.5)
-                await cluster.start_hub()
-                restarted.set()
+        async def crash_and_restart() -> None:
+            await cluster.kill("hub")
+            await asyncio.sleep(0.5)
+            await cluster.start_hub()
+            restarted.set()
 
-            def on_round(event: Event) -> None:
-                if event.kind is EventKind.ROUND_FINISHED and not restarts:
-                    restarts.append(asyncio.ensure_future(crash_and_restart()))
+        def on_round(event: Event) -> None:
+            if event.kind is EventKind.ROUND_FINISHED and not restarts:
+                restarts.append(asyncio.ensure_future(crash_and_restart()))
 
-            modeller.subscribe(on_round)
+        modeller.subscribe(on_round)
 
-            run = await modeller.run(
-                _fedavg(rounds=4),
-                list(PODS),
-                policy=RequestPolicy(timeout=60.0, require_all=True),
-            )
-            assert restarted.is_set()
-            assert run.aborted == {}
-            assert [len(r.pods) for r in run.result.history] == [3, 3, 3, 3]
-            assert [r.round_index for r in run.result.history] == [0, 1, 2, 3]
-            await modeller.close()
-            statuses = await _pod_statuses(cluster, PODS)
-            codes = await cluster.stop()
-        assert statuses == {pod: ["completed"] for pod in PODS}
-        assert codes == dict.fromkeys([*PODS, "hub"], 0), codes
-        for pod in PODS:
-            assert "reconnected to the hub" in cluster.log_text(pod)
-
-    run_async(main(), timeout=240)
+        run = await modeller.run(
+            _fedavg(rounds=4),
+            list(PODS),
+            policy=RequestPolicy(timeout=60.0, require_all=True),
+        )
+        assert restarted.is_set()
+        assert run.aborted == {}
+        assert [len(r.pods) for r in run.result.history] == [3, 3, 3, 3]
+        assert [r.round_index for r in run.result.history] == [0, 1, 2, 3]
+        await modeller.close()
+        statuses = await _pod_statuses(cluster, PODS)
+        codes = await cluster.stop()
+    assert statuses == {pod: ["completed"] for pod in PODS}
+    assert codes == dict.fromkeys([*PODS, "hub"], 0), codes
+    for pod in PODS:
+        assert "reconnected to the hub" in cluster.log_text(pod)
 
 
-def test_modeller_not_allowed_by_the_pods_is_refused(tmp_path: Path) -> None:
+@pytest.mark.async_timeout(240)
+async def test_modeller_not_allowed_by_the_pods_is_refused(tmp_path: Path) -> None:
     specs = _write_pod_data(tmp_path, ("pod-a",))
 
-    async def main() -> None:
-        # "eve" is registered with the hub as a modeller, but pod-a does not accept her
-        async with LocalCluster(tmp_path / "cluster", specs, other_modellers=("eve",)) as cluster:
-            modeller = Modeller(await cluster.connect_modeller("eve"))
-            with pytest.raises(PodResponseError) as info:
-                await modeller.run(
-                    Analytics(AnalyticsRequest(statistics=("count",), columns=("f0",))),
-                    ["pod-a"],
-                    policy=RequestPolicy(timeout=3.0),
-                )
-            assert "NO_ACCESS" in info.value.failed_pods["pod-a"]
-            await modeller.close()
-        with SqlitePodStore(cluster.pod_config_path("pod-a").parent / "pod.sqlite") as store:
-            assert store.task_runs() == [], "nothing from eve may reach the pod"
-
-    run_async(main(), timeout=240)
+    # "eve" is registered with the hub as a modeller, but pod-a does not accept her
+    async with LocalCluster(tmp_path / "cluster", specs, other_modellers=("eve",)) as cluster:
+        modeller = Modeller(await cluster.connect_modeller("eve"))
+        with pytest.raises(PodResponseError) as info:
+            await modeller.run(
+                Analytics(AnalyticsRequest(statistics=("count",), columns=("f0",))),
+                ["pod-a"],
+                policy=RequestPolicy(timeout=3.0),
+            )
+        assert "NO_ACCESS" in info.value.failed_pods["pod-a"]
+        await modeller.close()
+    with SqlitePodStore(cluster.pod_config_path("pod-a").parent / "pod.sqlite") as store:
+        assert store.task_runs() == [], "nothing from eve may reach the pod"
 
 
-def test_signals_stop_every_process_cleanly(tmp_path: Path) -> None:
+@pytest.mark.async_timeout(240)
+async def test_signals_stop_every_process_cleanly(tmp_path: Path) -> None:
     """SIGTERM/SIGINT to the hub, a pod and the modeller CLI: exit within 20 s, no traceback."""
     specs = _write_pod_data(tmp_path, ("pod-a", "pod-b"))
     task_file = tmp_path / "task.toml"
     store = tmp_path / "modeller.sqlite"
 
-    async def main() -> None:
-        async with LocalCluster(tmp_path / "cluster", specs) as cluster:
-            task_file.write_text(
-                "\n".join(
-                    [
-                        f'hub = "{cluster.address}"',
-                        f'identity = "{cluster.keys_dir / "modeller.key"}"',
-                        'pods = ["pod-a", "pod-b"]',
-                        f'store = "{store}"',
-                        "[tls]",
-                        f'ca = "{cluster.hub_dir / "tls" / "ca.crt"}"',
-                        "[policy]",
-                        "timeout = 60",
-                        "[task]",
-                        'protocol = "fedavg"',
-                        "[task.config]",
-                        "rounds = 100000",  # never done: the signal comes first
-                        'model = {name = "mlp", config = {in_features = 4, hidden = [8], '
-                        "out_features = 2}}",
-                    ]
-                )
-                + "\n"
+    async with LocalCluster(tmp_path / "cluster", specs) as cluster:
+        task_file.write_text(
+            "\n".join(
+                [
+                    f'hub = "{cluster.address}"',
+                    f'identity = "{cluster.keys_dir / "modeller.key"}"',
+                    'pods = ["pod-a", "pod-b"]',
+                    f'store = "{store}"',
+                    "[tls]",
+                    f'ca = "{cluster.hub_dir / "tls" / "ca.crt"}"',
+                    "[policy]",
+                    "timeout = 60",
+                    "[task]",
+                    'protocol = "fedavg"',
+                    "[task.config]",
+                    "rounds = 100000",  # never done: the signal comes first
+                    'model = {name = "mlp", config = {in_features = 4, hidden = [8], '
+                    "out_features = 2}}",
+                ]
             )
-            modeller = subprocess.Popen(
-                [sys.executable, "-m", "fedloom", "run", str(task_file)],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            try:
-                # the task is going once its first round is recorded
-                await asyncio.to_thread(wait_for_rows, store, "rounds", 1, modeller)
-                started = time.monotonic()
-                modeller.send_signal(signal.SIGTERM)
-                _, stderr = await asyncio.to_thread(modeller.communicate, timeout=20)
-                assert time.monotonic() - started < 20
-            finally:
-                if modeller.poll() is None:
-                    modeller.kill()
-            assert modeller.returncode == 130, stderr
-            assert "Traceback" not in stderr, stderr
-            # a pod with SIGINT, then the rest with SIGTERM
-            os.kill(cluster.pid("pod-a"), signal.SIGINT)
+            + "\n"
+        )
+        modeller = subprocess.Popen(
+            [sys.executable, "-m", "fedloom", "run", str(task_file)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            # the task is going once its first round is recorded
+            await asyncio.to_thread(wait_for_rows, store, "rounds", 1, modeller)
             started = time.monotonic()
-            code = await cluster.stop_process("pod-a")
-            assert code == 0 and time.monotonic() - started < 20
-            codes = await cluster.stop()
-        assert all(code == 0 for code in codes.values()), codes
-        _no_tracebacks(cluster, codes)
+            modeller.send_signal(signal.SIGTERM)
+            _, stderr = await asyncio.to_thread(modeller.communicate, timeout=20)
+            assert time.monotonic() - started < 20
+        finally:
+            if modeller.poll() is None:
+                modeller.kill()
+        assert modeller.returncode == 130, stderr
+        assert "Traceback" not in stderr, stderr
+        # a pod with SIGINT, then the rest with SIGTERM
+        os.kill(cluster.pid("pod-a"), signal.SIGINT)
+        started = time.monotonic()
+        code = await cluster.stop_process("pod-a")
+        assert code == 0 and time.monotonic() - started < 20
+        codes = await cluster.stop()
+    assert all(code == 0 for code in codes.values()), codes
+    _no_tracebacks(cluster, codes)
 
-    run_async(main(), timeout=240)
 
-
-def test_pod_daemon_isolates_each_task_in_a_child(tmp_path: Path) -> None:
+@pytest.mark.async_timeout(240)
+async def test_pod_daemon_isolates_each_task_in_a_child(tmp_path: Path) -> None:
     """A task that kills its own process ends with TASK_ABORT; the pod daemon goes on, and
     its children hold no hub connection of their own."""
     import fedloom.testing._faults  # noqa: F401 - the modeller needs the protocol's name
@@ -286,26 +276,24 @@ def test_pod_daemon_isolates_each_task_in_a_child(tmp_path: Path) -> None:
         worker={"heartbeat_interval": 1.0, "heartbeat_patience": 2},
     )
 
-    async def main() -> None:
-        async with LocalCluster(tmp_path / "cluster", specs) as cluster:
-            modeller = Modeller(await cluster.connect_modeller())
-            crashed = await modeller.run(Fault("kill"), ["pod-a"])
-            assert crashed.aborted["pod-a"].reason is AbortReason.WORKER_CRASHED
-            ok = await modeller.run(Fault("ok"), ["pod-a"])
-            facts = ok.result["pod-a"]
-            assert facts["pid"] != cluster.pid("pod-a")
-            assert facts["inet_connections"] == 0 and facts["grpc_loaded"] is False
-            await modeller.close()
-            statuses = await _pod_statuses(cluster, ("pod-a",), settled=2)
-            codes = await cluster.stop()
-        assert statuses == {"pod-a": ["aborted", "completed"]}
-        assert codes == {"pod-a": 0, "hub": 0}
-        _no_tracebacks(cluster, codes)
-
-    run_async(main(), timeout=240)
+    async with LocalCluster(tmp_path / "cluster", specs) as cluster:
+        modeller = Modeller(await cluster.connect_modeller())
+        crashed = await modeller.run(Fault("kill"), ["pod-a"])
+        assert crashed.aborted["pod-a"].reason is AbortReason.WORKER_CRASHED
+        ok = await modeller.run(Fault("ok"), ["pod-a"])
+        facts = ok.result["pod-a"]
+        assert facts["pid"] != cluster.pid("pod-a")
+        assert facts["inet_connections"] == 0 and facts["grpc_loaded"] is False
+        await modeller.close()
+        statuses = await _pod_statuses(cluster, ("pod-a",), settled=2)
+        codes = await cluster.stop()
+    assert statuses == {"pod-a": ["aborted", "completed"]}
+    assert codes == {"pod-a": 0, "hub": 0}
+    _no_tracebacks(cluster, codes)
 
 
-def test_pod_killed_during_a_batched_task_loses_and_repeats_nothing(tmp_path: Path) -> None:
+@pytest.mark.async_timeout(240)
+async def test_pod_killed_during_a_batched_task_loses_and_repeats_nothing(tmp_path: Path) -> None:
     """SIGKILL the pod mid-way through a batched inference, restart it, run again on new
     data only: every file is processed exactly once across both runs."""
     from PIL import Image
@@ -328,48 +316,46 @@ def test_pod_killed_during_a_batched_task_loses_and_repeats_nothing(tmp_path: Pa
     model = ModelSpec("mlp", {"in_features": 8 * 8 * 3, "hidden": [4], "out_features": 2})
     store_path = tmp_path / "cluster" / "pods" / "pod-a" / "pod.sqlite"
 
-    async def main() -> tuple[set[str], set[str]]:
-        async with LocalCluster(tmp_path / "cluster", specs) as cluster:
-            modeller = Modeller(await cluster.connect_modeller())
-            killed = asyncio.Event()
-            children: list[psutil.Process] = []
+    async with LocalCluster(tmp_path / "cluster", specs) as cluster:
+        modeller = Modeller(await cluster.connect_modeller())
+        killed = asyncio.Event()
+        children: list[psutil.Process] = []
 
-            def on_progress(event: Event) -> None:
-                batch_six = event.kind is EventKind.BATCH_STARTED and event.fields["batch"] == 6
-                if batch_six and not killed.is_set():
-                    killed.set()
-                    children.extend(psutil.Process(cluster.pid("pod-a")).children())
-                    os.kill(cluster.pid("pod-a"), signal.SIGKILL)
+        def on_progress(event: Event) -> None:
+            batch_six = event.kind is EventKind.BATCH_STARTED and event.fields["batch"] == 6
+            if batch_six and not killed.is_set():
+                killed.set()
+                children.extend(psutil.Process(cluster.pid("pod-a")).children())
+                os.kill(cluster.pid("pod-a"), signal.SIGKILL)
 
-            subscription = modeller.subscribe(on_progress)
-            first = await modeller.run(
-                BatchedInference(model, batch_size=10, timeout=5.0),
-                ["pod-a"],
-                policy=RequestPolicy(timeout=30.0),
-            )
-            subscription.cancel()
-            assert killed.is_set()
-            assert "pod-a" in first.aborted
-            # the task's child process does not outlive its pod
-            assert children, "the batched task ran in a child of the pod"
-            _, alive = psutil.wait_procs(children, timeout=10)
-            assert alive == []
-            with SqlitePodStore(store_path) as store:
-                (task_hash,) = _hashes(store_path)  # one task definition so far
-                processed_at_kill = set(store.processed_files(task_hash))
-            assert 0 < len(processed_at_kill) < len(names)
-            await cluster.start_pod("pod-a")  # restart the pod process
-            second = await modeller.run(
-                BatchedInference(model, batch_size=10, run_on_new_data_only=True),
-                ["pod-a"],
-                policy=RequestPolicy(timeout=60.0),
-            )
-            await modeller.close()
-            await _pod_statuses(cluster, ("pod-a",), settled=2)
-            await cluster.stop()
-            return processed_at_kill, {row["file"] for row in second.result.rows["pod-a"]}
+        subscription = modeller.subscribe(on_progress)
+        first = await modeller.run(
+            BatchedInference(model, batch_size=10, timeout=5.0),
+            ["pod-a"],
+            policy=RequestPolicy(timeout=30.0),
+        )
+        subscription.cancel()
+        assert killed.is_set()
+        assert "pod-a" in first.aborted
+        # the task's child process does not outlive its pod
+        assert children, "the batched task ran in a child of the pod"
+        _, alive = psutil.wait_procs(children, timeout=10)
+        assert alive == []
+        with SqlitePodStore(store_path) as store:
+            (task_hash,) = _hashes(store_path)  # one task definition so far
+            processed_at_kill = set(store.processed_files(task_hash))
+        assert 0 < len(processed_at_kill) < len(names)
+        await cluster.start_pod("pod-a")  # restart the pod process
+        second = await modeller.run(
+            BatchedInference(model, batch_size=10, run_on_new_data_only=True),
+            ["pod-a"],
+            policy=RequestPolicy(timeout=60.0),
+        )
+        await modeller.close()
+        await _pod_statuses(cluster, ("pod-a",), settled=2)
+        await cluster.stop()
+        second_files = {row["file"] for row in second.result.rows["pod-a"]}
 
-    processed_at_kill, second_files = run_async(main(), timeout=240)
     assert processed_at_kill.isdisjoint(second_files), "a processed file was processed again"
     assert processed_at_kill | second_files == set(names), "a file was lost"
 

@@ -33,7 +33,6 @@ from .conftest import (
     FakePod,
     RawClient,
     labelled_arrays,
-    run_async,
     until_idle,
 )
 
@@ -205,7 +204,9 @@ def clean_run() -> FedAvgResult:
 
 
 @pytest.mark.parametrize("case", sorted(BAD_UPDATES))
-def test_a_bad_update_is_rejected_and_changes_nothing(case: str, clean_run: FedAvgResult) -> None:
+async def test_a_bad_update_is_rejected_and_changes_nothing(
+    case: str, clean_run: FedAvgResult
+) -> None:
     tamper, reason = BAD_UPDATES[case]
 
     async def answer(message: Message) -> tuple[MessageType, Any, dict[str, np.ndarray]] | None:
@@ -215,14 +216,12 @@ def test_a_bad_update_is_rejected_and_changes_nothing(case: str, clean_run: FedA
         tamper(body, tensors)
         return MessageType.TRAINING_UPDATE, body, tensors
 
-    async def main() -> tuple[Any, list[MessageType]]:
-        async with LocalFederation(honest_pods()) as federation:
-            evil = FakePod(federation.hub.connect("pod-evil", "pod", accepts=["modeller"]), answer)
-            evil_task = asyncio.create_task(evil.run())
-            run = await federation.modeller.run(fedavg(rounds=2), [*sorted(SIZES), "pod-evil"])
-            return run, await evil_task
+    async with LocalFederation(honest_pods()) as federation:
+        evil = FakePod(federation.hub.connect("pod-evil", "pod", accepts=["modeller"]), answer)
+        evil_task = asyncio.create_task(evil.run())
+        run = await federation.modeller.run(fedavg(rounds=2), [*sorted(SIZES), "pod-evil"])
+        evil_saw = await evil_task
 
-    run, evil_saw = run_async(main())
     assert evil_saw.count(MessageType.MODEL_PARAMETERS) == 2
     assert evil_saw[-1] is MessageType.TASK_COMPLETE
     assert "pod-evil" in run.accepted and not run.aborted
@@ -328,7 +327,7 @@ BROKEN_SOURCES = {
 
 
 @pytest.mark.parametrize("case", sorted(BROKEN_SOURCES))
-def test_a_failing_pod_aborts_cleanly_and_keeps_serving(case: str, tmp_path: Path) -> None:
+async def test_a_failing_pod_aborts_cleanly_and_keeps_serving(case: str, tmp_path: Path) -> None:
     make_source, reason, hint = BROKEN_SOURCES[case]
     good_x, good_y = labelled_arrays(48, seed=5)
     pods: dict[str, Any] = honest_pods()
@@ -339,7 +338,7 @@ def test_a_failing_pod_aborts_cleanly_and_keeps_serving(case: str, tmp_path: Pat
     }
     bad_store = SqlitePodStore(tmp_path / "pod-bad.sqlite")
 
-    async def main() -> None:
+    try:
         async with LocalFederation(pods, pod_stores={"pod-bad": bad_store}) as federation:
             # 1. with other pods: the round goes on without it; the abort is reported
             mixed = await federation.run(fedavg(rounds=2))
@@ -363,9 +362,6 @@ def test_a_failing_pod_aborts_cleanly_and_keeps_serving(case: str, tmp_path: Pat
             await until_idle(federation.pods["pod-bad"])
             assert bad_store.get_task_run(good.task_id).status == "completed"
             assert federation.pods["pod-bad"].running_tasks() == []
-
-    try:
-        run_async(main())
         statuses = [(r.status, r.reason) for r in bad_store.task_runs()]
     finally:
         bad_store.close()
@@ -401,23 +397,20 @@ def test_a_negative_learning_rate_is_a_config_error() -> None:
         load_protocol(spec)
 
 
-def test_a_pod_rejects_a_job_with_a_negative_learning_rate() -> None:
+async def test_a_pod_rejects_a_job_with_a_negative_learning_rate() -> None:
     store = MemoryPodStore()
     spec = fedavg().dump()
     spec["config"]["training"]["learning_rate"] = -0.1
 
-    async def main() -> tuple[Message, Message]:
-        async with LocalFederation(
-            {"pod-a": honest_pods()["pod-a"]}, pod_stores={"pod-a": store}, guests=[RAW]
-        ) as fed:
-            client = RawClient(fed.hub)
-            rejected = await client.request("pod-a", {"task": spec, "dataset": "default"})
-            # the same request with a valid rate is accepted: the rejection was about the rate
-            spec["config"]["training"]["learning_rate"] = 0.1
-            accepted = await client.request("pod-a", {"task": spec, "dataset": "default"})
-            return rejected, accepted
+    async with LocalFederation(
+        {"pod-a": honest_pods()["pod-a"]}, pod_stores={"pod-a": store}, guests=[RAW]
+    ) as fed:
+        client = RawClient(fed.hub)
+        rejected = await client.request("pod-a", {"task": spec, "dataset": "default"})
+        # the same request with a valid rate is accepted: the rejection was about the rate
+        spec["config"]["training"]["learning_rate"] = 0.1
+        accepted = await client.request("pod-a", {"task": spec, "dataset": "default"})
 
-    rejected, accepted = run_async(main())
     assert rejected.type is MessageType.JOB_REJECT
     assert rejected.body["reason"] == AbortReason.INVALID_TASK.value
     assert "learning_rate" in rejected.body["message"]

@@ -17,7 +17,7 @@ from fedloom.pod import PodPolicy, SqlitePodStore
 from fedloom.protocols import ChannelStatistics, FileStatistics, FileStatisticsResult
 from fedloom.worker import IsolationSettings
 
-from .conftest import run_async, until_idle
+from .conftest import until_idle
 from .pod_events import PodEvents
 
 
@@ -87,14 +87,16 @@ async def _run(
 
 
 @pytest.mark.parametrize("isolated", [False, True], ids=["in-process", "child-process"])
-def test_pooled_statistics_equal_numpy_on_every_good_file(tmp_path: Path, isolated: bool) -> None:
+@pytest.mark.async_timeout(120)
+async def test_pooled_statistics_equal_numpy_on_every_good_file(
+    tmp_path: Path, isolated: bool
+) -> None:
     good_a = _images(tmp_path / "a", 12, corrupt=2)
     good_b = _images(tmp_path / "b", 11, corrupt=1, start=50)
     isolation = IsolationSettings(heartbeat_interval=1.0) if isolated else None
     task = FileStatistics(batch_size=4)
-    run, seen = run_async(
-        _run({"pod-a": tmp_path / "a", "pod-b": tmp_path / "b"}, task, isolation=isolation),
-        timeout=120,
+    run, seen = await _run(
+        {"pod-a": tmp_path / "a", "pod-b": tmp_path / "b"}, task, isolation=isolation
     )
     result = run.result
     assert isinstance(result, FileStatisticsResult) and run.aborted == {}
@@ -110,7 +112,8 @@ def test_pooled_statistics_equal_numpy_on_every_good_file(tmp_path: Path, isolat
     assert run.task_id and task.summarise(result)["failed"] == {"pod-a": 2, "pod-b": 1}
 
 
-def test_new_data_only_and_the_privacy_threshold(tmp_path: Path) -> None:
+@pytest.mark.async_timeout(120)
+async def test_new_data_only_and_the_privacy_threshold(tmp_path: Path) -> None:
     folder = tmp_path / "images"
     first = _images(folder, 6, corrupt=1)
     stores = {"pod-a": tmp_path / "pod.sqlite"}
@@ -118,27 +121,27 @@ def test_new_data_only_and_the_privacy_threshold(tmp_path: Path) -> None:
 
     # 6 usable files under a threshold of 10: nothing is released, nothing recorded
     with pytest.raises(PodResponseError) as info:
-        run_async(_run({"pod-a": folder}, new_only, stores), timeout=120)
+        await _run({"pod-a": folder}, new_only, stores)
     assert info.value.failed_pods["pod-a"].startswith("PRIVACY_THRESHOLD")
 
     # so once enough files are there, a run on new data only covers all of them
     second = _images(folder, 5, start=100)
-    run, _ = run_async(_run({"pod-a": folder}, new_only, stores), timeout=120)
+    run, _ = await _run({"pod-a": folder}, new_only, stores)
     _check(run.result.pooled, first + second)
 
     # and after that, only the files added since (here: under a lower threshold)
     third = _images(folder, 3, start=200)
     policy = PodPolicy(min_rows=3)
-    run, _ = run_async(_run({"pod-a": folder}, new_only, stores, policy=policy), timeout=120)
+    run, _ = await _run({"pod-a": folder}, new_only, stores, policy=policy)
     _check(run.result.pooled, third)
 
     # nothing new (the corrupt file is not retried without a forced re-run): 0 files
-    run, _ = run_async(_run({"pod-a": folder}, new_only, stores, policy=policy), timeout=120)
+    run, _ = await _run({"pod-a": folder}, new_only, stores, policy=policy)
     assert run.result.no_new_data == ("pod-a",) and run.result.pooled.files == 0
     # or, if the task asks for it, NO_NEW_DATA
     strict = FileStatistics(batch_size=4, run_on_new_data_only=True, fail_on_no_new_data=True)
     with pytest.raises(PodResponseError) as info:
-        run_async(_run({"pod-a": folder}, strict, stores, policy=policy), timeout=120)
+        await _run({"pod-a": folder}, strict, stores, policy=policy)
     assert info.value.failed_pods["pod-a"].startswith("NO_NEW_DATA")
 
     with SqlitePodStore(stores["pod-a"]) as store:
@@ -152,12 +155,12 @@ def test_new_data_only_and_the_privacy_threshold(tmp_path: Path) -> None:
     ]
 
 
-def test_one_pod_below_its_threshold_leaves_the_others_pooled(tmp_path: Path) -> None:
+@pytest.mark.async_timeout(120)
+async def test_one_pod_below_its_threshold_leaves_the_others_pooled(tmp_path: Path) -> None:
     good = _images(tmp_path / "a", 10)
     _images(tmp_path / "b", 2, corrupt=3, start=70)
-    run, _ = run_async(
-        _run({"pod-a": tmp_path / "a", "pod-b": tmp_path / "b"}, FileStatistics(batch_size=3)),
-        timeout=120,
+    run, _ = await _run(
+        {"pod-a": tmp_path / "a", "pod-b": tmp_path / "b"}, FileStatistics(batch_size=3)
     )
     assert set(run.result.pods) == {"pod-a"}
     assert run.aborted["pod-b"].reason is AbortReason.PRIVACY_THRESHOLD

@@ -30,7 +30,7 @@ from fedloom.session import ModellerMailbox, WorkerMailbox
 from fedloom.testing import connect_federation
 from fedloom.transport import TaskRouter
 
-from .conftest import TINY_MLP, labelled_arrays, run_async
+from .conftest import TINY_MLP, labelled_arrays
 from .pod_events import PodEvents
 
 SIZES = {"pod-a": 40, "pod-b": 57}
@@ -104,15 +104,13 @@ async def run_both_sides(
     return result, dict(zip(workers, released, strict=True))
 
 
-def test_fedavg_with_the_default_hooks_shows_epochs_and_batches_on_the_modeller() -> None:
+async def test_fedavg_with_the_default_hooks_shows_epochs_and_batches_on_the_modeller() -> None:
     events = PodEvents()
 
-    async def main() -> None:
-        async with LocalFederation(pods()) as federation:
-            federation.modeller.subscribe(events)
-            await federation.run(fedavg())
+    async with LocalFederation(pods()) as federation:
+        federation.modeller.subscribe(events)
+        await federation.run(fedavg())
 
-    run_async(main())
     seen = events.of("progress")
     for pod, batches in BATCHES.items():
         bodies = [body for sender, body in seen if sender == pod]
@@ -130,21 +128,19 @@ def test_fedavg_with_the_default_hooks_shows_epochs_and_batches_on_the_modeller(
         assert not any("train_samples" in b or "released" in b for b in bodies)
 
 
-def test_analytics_with_the_default_hooks_reports_each_released_stage() -> None:
+async def test_analytics_with_the_default_hooks_reports_each_released_stage() -> None:
     frames = {
         pod: pd.DataFrame({"value": np.arange(rows, dtype=float)}) for pod, rows in SIZES.items()
     }
     events = PodEvents()
 
-    async def main() -> None:
-        request = AnalyticsRequest(statistics=("mean", "histogram"), columns=("value",))
-        async with LocalFederation(
-            {pod: TableSource(frame) for pod, frame in frames.items()}
-        ) as federation:
-            federation.modeller.subscribe(events)
-            await federation.run(Analytics(request=request))
+    request = AnalyticsRequest(statistics=("mean", "histogram"), columns=("value",))
+    async with LocalFederation(
+        {pod: TableSource(frame) for pod, frame in frames.items()}
+    ) as federation:
+        federation.modeller.subscribe(events)
+        await federation.run(Analytics(request=request))
 
-    run_async(main())
     seen = events.of("progress")
     # each stage is reported before its results, so the modeller sees both before it ends
     for pod in SIZES:
@@ -154,10 +150,10 @@ def test_analytics_with_the_default_hooks_reports_each_released_stage() -> None:
         ]
 
 
-def test_a_registered_hook_sees_the_life_cycle_in_order_with_its_info() -> None:
+async def test_a_registered_hook_sees_the_life_cycle_in_order_with_its_info() -> None:
     EVENTS.clear()
-    _, released = run_async(
-        run_both_sides(fedavg(), pods(), lambda: build_hooks(["test-recorder", "log"]))
+    _, released = await run_both_sides(
+        fedavg(), pods(), lambda: build_hooks(["test-recorder", "log"])
     )
     assert len(EVENTS) == len(SIZES)
     for log in EVENTS.values():
@@ -193,18 +189,18 @@ def test_a_registered_hook_sees_the_life_cycle_in_order_with_its_info() -> None:
         assert all(0.0 <= end["accuracy"] <= 1.0 and end["loss"] > 0 for end in ends)
 
 
-def test_hooks_do_not_change_what_fedavg_learns() -> None:
+async def test_hooks_do_not_change_what_fedavg_learns() -> None:
     async def through_the_pods() -> FedAvgResult:
         async with LocalFederation(pods()) as federation:
             result = (await federation.run(fedavg())).result
             assert isinstance(result, FedAvgResult)
             return result
 
-    plain, _ = run_async(run_both_sides(fedavg(), pods(), HookSet))
-    hooked, _ = run_async(
-        run_both_sides(fedavg(), pods(), lambda: build_hooks(["test-recorder", "log", "progress"]))
+    plain, _ = await run_both_sides(fedavg(), pods(), HookSet)
+    hooked, _ = await run_both_sides(
+        fedavg(), pods(), lambda: build_hooks(["test-recorder", "log", "progress"])
     )
-    default = run_async(through_the_pods())
+    default = await through_the_pods()
     for result in (hooked, default):
         assert result.parameters.keys() == plain.parameters.keys()
         for name, values in plain.parameters.items():

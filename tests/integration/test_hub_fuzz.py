@@ -19,7 +19,6 @@ from fedloom.transport._frames import Kind
 from fedloom.transport._grpc_options import grpc_options
 from fedloom.wire import Message, MessageType
 
-from .conftest import run_async
 from .hub_kit import RawSession, connect, register, start_hub
 
 SEED = 20261123
@@ -93,7 +92,8 @@ def _raw_tcp_garbage(port: int, rng: random.Random) -> None:
                 sock.recv(1024)
 
 
-def test_fuzzing_clients_never_crash_the_hub(tmp_path: Path) -> None:
+@pytest.mark.async_timeout(180)
+async def test_fuzzing_clients_never_crash_the_hub(tmp_path: Path) -> None:
     ids = register(tmp_path, {"alice": "modeller", "mallory": "modeller", "bob": "pod"})
     rng = random.Random(SEED)
 
@@ -108,54 +108,48 @@ def test_fuzzing_clients_never_crash_the_hub(tmp_path: Path) -> None:
             await asyncio.sleep(0.01)
         return got
 
-    async def main() -> None:
-        hub = await start_hub(tmp_path)
-        try:
-            alice = await connect(hub.port, ids["alice"])
-            bob = await connect(hub.port, ids["bob"], accepts=["alice"])
-            honest_run = asyncio.ensure_future(honest(alice, bob, 60))
-            for round_index in range(30):
-                logged_in = ids["mallory"] if round_index % 2 else None
-                await _fuzz_session(hub.port, _garbage_items(rng, 12), logged_in)
-                if round_index % 10 == 0:
-                    await asyncio.to_thread(_raw_tcp_garbage, hub.port, rng)
-            assert await asyncio.wait_for(honest_run, 60) == list(range(60))
-            refused = hub.statistics().refused
-            assert sum(refused.values()) >= 20, refused
-            assert hub.store.queued("bob") == 0, "nothing from the fuzzing client was stored"
-            await alice.close()
-            await bob.close()
-        finally:
-            await hub.stop()
-
-    run_async(main(), timeout=180)
+    hub = await start_hub(tmp_path)
+    try:
+        alice = await connect(hub.port, ids["alice"])
+        bob = await connect(hub.port, ids["bob"], accepts=["alice"])
+        honest_run = asyncio.ensure_future(honest(alice, bob, 60))
+        for round_index in range(30):
+            logged_in = ids["mallory"] if round_index % 2 else None
+            await _fuzz_session(hub.port, _garbage_items(rng, 12), logged_in)
+            if round_index % 10 == 0:
+                await asyncio.to_thread(_raw_tcp_garbage, hub.port, rng)
+        assert await asyncio.wait_for(honest_run, 60) == list(range(60))
+        refused = hub.statistics().refused
+        assert sum(refused.values()) >= 20, refused
+        assert hub.store.queued("bob") == 0, "nothing from the fuzzing client was stored"
+        await alice.close()
+        await bob.close()
+    finally:
+        await hub.stop()
 
 
 @pytest.mark.parametrize("hostile", ["hello-as-other-kind", "no-auth", "slow-handshake"])
-def test_handshake_abuse(tmp_path: Path, hostile: str) -> None:
+async def test_handshake_abuse(tmp_path: Path, hostile: str) -> None:
     ids = register(tmp_path, {"alice": "modeller", "bob": "pod"})
 
-    async def main() -> None:
-        hub = await start_hub(tmp_path)
-        try:
-            channel = grpc.aio.insecure_channel(f"127.0.0.1:{hub.port}", options=grpc_options())
-            call = channel.stream_stream(frames.SERVICE_METHOD)()
-            if hostile == "hello-as-other-kind":
-                await call.write(frames.control(Kind.ACK, {"id": 1}))
-            elif hostile == "no-auth":
-                await call.write(frames.control(Kind.HELLO, {"identity": "alice", "version": 1}))
-                await call.read()  # the challenge
-                await call.write(frames.control(Kind.LOOKUP, {"ref": 1, "name": "bob"}))
-            if hostile != "slow-handshake":
-                item = await asyncio.wait_for(call.read(), 10)
-                kind, payload = frames.parse(item)
-                assert kind is Kind.FAIL
-                assert frames.fields_of(kind, payload, {})["code"] == errors.ProtocolError.code
-            await channel.close(grace=None)
-            alice = await connect(hub.port, ids["alice"])
-            assert hub.statistics().connected == ("alice",)
-            await alice.close()
-        finally:
-            await hub.stop()
-
-    run_async(main(), timeout=60)
+    hub = await start_hub(tmp_path)
+    try:
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{hub.port}", options=grpc_options())
+        call = channel.stream_stream(frames.SERVICE_METHOD)()
+        if hostile == "hello-as-other-kind":
+            await call.write(frames.control(Kind.ACK, {"id": 1}))
+        elif hostile == "no-auth":
+            await call.write(frames.control(Kind.HELLO, {"identity": "alice", "version": 1}))
+            await call.read()  # the challenge
+            await call.write(frames.control(Kind.LOOKUP, {"ref": 1, "name": "bob"}))
+        if hostile != "slow-handshake":
+            item = await asyncio.wait_for(call.read(), 10)
+            kind, payload = frames.parse(item)
+            assert kind is Kind.FAIL
+            assert frames.fields_of(kind, payload, {})["code"] == errors.ProtocolError.code
+        await channel.close(grace=None)
+        alice = await connect(hub.port, ids["alice"])
+        assert hub.statistics().connected == ("alice",)
+        await alice.close()
+    finally:
+        await hub.stop()

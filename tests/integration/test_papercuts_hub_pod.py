@@ -149,21 +149,19 @@ async def test_a_stopping_hub_ends_its_connections_instead_of_waiting_out_the_gr
 # --- items 2d and 6: a hub that is down -----------------------------------------------------
 
 
-def test_a_connect_that_times_out_leaves_no_unretrieved_future() -> None:
+async def test_a_connect_that_times_out_leaves_no_unretrieved_future() -> None:
     problems: list[dict[str, Any]] = []
 
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        loop.set_exception_handler(lambda _, context: problems.append(context))
-        address = f"127.0.0.1:{free_port()}"
-        mailbox = GrpcMailbox(Identity.generate("alice"), address, insecure=True)
-        with pytest.raises(HubUnavailableError):
-            await mailbox.connect(timeout=0.5)
-        del mailbox
-        gc.collect()
-        await asyncio.sleep(0)
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _, context: problems.append(context))
+    address = f"127.0.0.1:{free_port()}"
+    mailbox = GrpcMailbox(Identity.generate("alice"), address, insecure=True)
+    with pytest.raises(HubUnavailableError):
+        await mailbox.connect(timeout=0.5)
+    del mailbox
+    gc.collect()
+    await asyncio.sleep(0)
 
-    asyncio.run(main())
     assert problems == []
 
 

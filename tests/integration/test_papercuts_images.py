@@ -15,7 +15,7 @@ from fedloom import LocalFederation, ModelSpec
 from fedloom.datasources import datasource_from_config
 from fedloom.protocols import BatchedInference
 
-from .conftest import run_async, until_idle
+from .conftest import until_idle
 
 CNN = {"in_channels": 3, "image_size": 8, "channels": [4], "hidden": 8, "out_features": 2}
 SCANS = [f"scan-{i:03d}.png" for i in range(1, 4)]
@@ -28,7 +28,7 @@ def _scans(folder: Path) -> None:
         Image.fromarray(rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)).save(folder / name)
 
 
-def _run(folder: Path, task: BatchedInference, outputs: Path | None, **options: Any) -> Any:
+async def _run(folder: Path, task: BatchedInference, outputs: Path | None, **options: Any) -> Any:
     # the pod's [datasets.scans] table: kind = "folder" with the image loader
     source = datasource_from_config(
         {
@@ -39,26 +39,23 @@ def _run(folder: Path, task: BatchedInference, outputs: Path | None, **options: 
             "loader_options": options,
         }
     )
-
-    async def main() -> Any:
-        async with LocalFederation({"pod-a": {"default": source}}) as federation:
-            federation.pods["pod-a"].outputs = outputs
-            run = await federation.run(task)
-            await until_idle(federation.pods["pod-a"])
-            return run
-
-    return run_async(main(), timeout=120)
+    async with LocalFederation({"pod-a": {"default": source}}) as federation:
+        federation.pods["pod-a"].outputs = outputs
+        run = await federation.run(task)
+        await until_idle(federation.pods["pod-a"])
+        return run
 
 
 @pytest.mark.parametrize("channels_first", [False, True], ids=["hwc", "chw"])
-def test_the_builtin_cnn_predicts_every_png_of_a_folder(
+@pytest.mark.async_timeout(120)
+async def test_the_builtin_cnn_predicts_every_png_of_a_folder(
     tmp_path: Path, channels_first: bool
 ) -> None:
     _scans(tmp_path / "scans")
     outputs = tmp_path / "outputs"
     task = BatchedInference(ModelSpec("cnn", CNN), batch_size=2, output_images="overlay")
     options = {"channels_first": True} if channels_first else {}  # default: (h, w, c)
-    run = _run(tmp_path / "scans", task, outputs, **options)
+    run = await _run(tmp_path / "scans", task, outputs, **options)
     assert run.aborted == {}
     rows = run.result.rows["pod-a"]
     assert [row["file"] for row in rows] == SCANS
@@ -69,10 +66,11 @@ def test_the_builtin_cnn_predicts_every_png_of_a_folder(
             assert image.size == (8, 8)
 
 
-def test_when_every_file_fails_the_modeller_hears_the_first_reason(tmp_path: Path) -> None:
+@pytest.mark.async_timeout(120)
+async def test_when_every_file_fails_the_modeller_hears_the_first_reason(tmp_path: Path) -> None:
     _scans(tmp_path / "scans")
     grey = ModelSpec("cnn", {**CNN, "in_channels": 1})  # the images are RGB
-    run = _run(tmp_path / "scans", BatchedInference(grey, batch_size=2), None)
+    run = await _run(tmp_path / "scans", BatchedInference(grey, batch_size=2), None)
     assert run.result.rows == {}
     message = run.aborted["pod-a"].message
     assert message.startswith(

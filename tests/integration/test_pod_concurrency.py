@@ -9,14 +9,14 @@ from typing import Any
 
 import numpy as np
 
-from fedloom import LocalFederation, ResultsOnly, TaskResult
+from fedloom import LocalFederation, ResultsOnly
 from fedloom._events import Event, EventKind
 from fedloom.errors import AbortReason, ErrorReport, ReceiveTimeoutError
 from fedloom.plugins import Message, MessageType
 from fedloom.pod import ArraySource, MemoryPodStore, PodPolicy
 from fedloom.transport import Mailbox
 
-from .conftest import REPLY_TIMEOUT, run_async, until_idle
+from .conftest import REPLY_TIMEOUT, until_idle
 from .pod_events import said
 
 ROWS = 24
@@ -29,7 +29,7 @@ def source() -> ArraySource:
     return ArraySource(rng.normal(size=(ROWS, 3)).astype(np.float32))
 
 
-def test_a_task_beyond_the_limit_is_queued_and_never_runs_alongside_the_first() -> None:
+async def test_a_task_beyond_the_limit_is_queued_and_never_runs_alongside_the_first() -> None:
     # the store's clock is the one the progress events are stamped with, so the pod's
     # record of the first task's end can be compared with the second task's start
     store = MemoryPodStore(clock=time.monotonic)
@@ -43,33 +43,30 @@ def test_a_task_beyond_the_limit_is_queued_and_never_runs_alongside_the_first() 
         elif event.participant == "pod-a":
             events[tasks[event.task]].append((time.monotonic(), said(event), dict(event.fields)))
 
-    async def main() -> tuple[TaskResult, TaskResult, int]:
-        policy = PodPolicy(max_concurrent_tasks=1, start_timeout=REPLY_TIMEOUT)
-        async with LocalFederation(
-            {"pod-a": source()}, policy=policy, guests=["raw"], pod_stores={"pod-a": store}
-        ) as federation:
-            pod = federation.pods["pod-a"]
-            most = 0
-            done = asyncio.Event()
+    policy = PodPolicy(max_concurrent_tasks=1, start_timeout=REPLY_TIMEOUT)
+    async with LocalFederation(
+        {"pod-a": source()}, policy=policy, guests=["raw"], pod_stores={"pod-a": store}
+    ) as federation:
+        pod = federation.pods["pod-a"]
+        most = 0
+        done = asyncio.Event()
 
-            async def watch() -> None:
-                nonlocal most
-                while not done.is_set():
-                    most = max(most, len(pod.running_tasks()))
-                    await asyncio.sleep(0)
+        async def watch() -> None:
+            nonlocal most
+            while not done.is_set():
+                most = max(most, len(pod.running_tasks()))
+                await asyncio.sleep(0)
 
-            watcher = asyncio.create_task(watch())
-            task = ResultsOnly("dataset_summary")
-            federation.modeller.subscribe(recorder)
-            one, two = await asyncio.gather(federation.run(task), federation.run(task))
-            assert [tasks[one.task_id], tasks[two.task_id]] == ["one", "two"]
-            await until_idle(pod)
-            done.set()
-            await watcher
-            assert pod.queued_tasks() == []
-            return one, two, most
+        watcher = asyncio.create_task(watch())
+        task = ResultsOnly("dataset_summary")
+        federation.modeller.subscribe(recorder)
+        one, two = await asyncio.gather(federation.run(task), federation.run(task))
+        assert [tasks[one.task_id], tasks[two.task_id]] == ["one", "two"]
+        await until_idle(pod)
+        done.set()
+        await watcher
+        assert pod.queued_tasks() == []
 
-    one, two, most = run_async(main())
     assert most == 1
     for run in (one, two):
         assert run.result["pod-a"].body["rows"] == ROWS
@@ -145,66 +142,64 @@ async def settle(condition: Any, timeout: float = REPLY_TIMEOUT) -> None:
         await asyncio.sleep(0.005)
 
 
-def test_positions_move_up_when_queued_tasks_leave_and_the_slot_goes_to_the_next() -> None:
+async def test_positions_move_up_when_queued_tasks_leave_and_the_slot_goes_to_the_next() -> None:
     store = MemoryPodStore()
     policy = PodPolicy(max_concurrent_tasks=1, start_timeout=60)
 
-    async def main() -> dict[str, str]:
-        async with LocalFederation(
-            {"pod-a": source()}, policy=policy, guests=["raw"], pod_stores={"pod-a": store}
-        ) as federation:
-            pod = federation.pods["pod-a"]
-            script = Script(federation.hub.connect("raw", "modeller"), "pod-a")
-            holder = await script.request()  # runs, and waits for a TASK_START that is late
-            await script.expect_start(holder)
-            queue = []
-            for position in (1, 2, 3):
-                queue.append(await script.request())
-                assert await script.queued_at(queue[-1]) == position
-            first, second, third = queue
-            assert pod.running_tasks() == [holder]
-            assert pod.queued_tasks() == [first, second, third]
+    async with LocalFederation(
+        {"pod-a": source()}, policy=policy, guests=["raw"], pod_stores={"pod-a": store}
+    ) as federation:
+        pod = federation.pods["pod-a"]
+        script = Script(federation.hub.connect("raw", "modeller"), "pod-a")
+        holder = await script.request()  # runs, and waits for a TASK_START that is late
+        await script.expect_start(holder)
+        queue = []
+        for position in (1, 2, 3):
+            queue.append(await script.request())
+            assert await script.queued_at(queue[-1]) == position
+        first, second, third = queue
+        assert pod.running_tasks() == [holder]
+        assert pod.queued_tasks() == [first, second, third]
 
-            # what the modeller sends a queued task is kept for it, in order
-            await script.send(MessageType.TASK_START, second)
-            await script.send(MessageType.INSTRUCTION, second, {"step": "run"})
+        # what the modeller sends a queued task is kept for it, in order
+        await script.send(MessageType.TASK_START, second)
+        await script.send(MessageType.INSTRUCTION, second, {"step": "run"})
 
-            # the head leaves (the pod answers the cancel with TASK_ABORT): everyone behind
-            # it moves up, and is told so
-            await script.send(MessageType.TASK_CANCEL, first)
-            moved = {}
-            answered = []
-            for _ in range(3):
-                message = await script.mailbox.receive(timeout=REPLY_TIMEOUT)
-                if message.type is MessageType.TASK_ABORT:
-                    answered.append((message.task_id, message.body["reason"]))
-                    continue
-                assert message.type is MessageType.PROGRESS, message
-                moved[message.task_id] = message.body["position"]
-            assert moved == {second: 1, third: 2}
-            assert answered == [(first, AbortReason.CANCELLED_BY_MODELLER.value)]
-            assert pod.queued_tasks() == [second, third]
+        # the head leaves (the pod answers the cancel with TASK_ABORT): everyone behind
+        # it moves up, and is told so
+        await script.send(MessageType.TASK_CANCEL, first)
+        moved = {}
+        answered = []
+        for _ in range(3):
+            message = await script.mailbox.receive(timeout=REPLY_TIMEOUT)
+            if message.type is MessageType.TASK_ABORT:
+                answered.append((message.task_id, message.body["reason"]))
+                continue
+            assert message.type is MessageType.PROGRESS, message
+            moved[message.task_id] = message.body["position"]
+        assert moved == {second: 1, third: 2}
+        assert answered == [(first, AbortReason.CANCELLED_BY_MODELLER.value)]
+        assert pod.queued_tasks() == [second, third]
 
-            # the tail leaves: nobody moves, so nobody is told anything
-            report = ErrorReport(AbortReason.MODELLER_TIMEOUT, "gave up waiting", "", "")
-            await script.send(MessageType.TASK_ABORT, third, report.to_body())
-            await settle(lambda: pod.queued_tasks() == [second])
-            await script.silence()
+        # the tail leaves: nobody moves, so nobody is told anything
+        report = ErrorReport(AbortReason.MODELLER_TIMEOUT, "gave up waiting", "", "")
+        await script.send(MessageType.TASK_ABORT, third, report.to_body())
+        await settle(lambda: pod.queued_tasks() == [second])
+        await script.silence()
 
-            # the running task ends: the slot goes to the queue's head, which starts and
-            # answers the instruction it was sent while it waited
-            await script.send(MessageType.TASK_CANCEL, holder)
-            await script.expect(MessageType.TASK_ABORT, holder)
-            await script.expect_start(second)
-            results = await script.expect(MessageType.RESULTS, second)
-            assert results["rows"] == ROWS
-            assert pod.running_tasks() == [second] and pod.queued_tasks() == []
-            await script.send(MessageType.TASK_COMPLETE, second)
-            await until_idle(pod)
-            await script.silence()
-            return {"holder": holder, "first": first, "second": second, "third": third}
+        # the running task ends: the slot goes to the queue's head, which starts and
+        # answers the instruction it was sent while it waited
+        await script.send(MessageType.TASK_CANCEL, holder)
+        await script.expect(MessageType.TASK_ABORT, holder)
+        await script.expect_start(second)
+        results = await script.expect(MessageType.RESULTS, second)
+        assert results["rows"] == ROWS
+        assert pod.running_tasks() == [second] and pod.queued_tasks() == []
+        await script.send(MessageType.TASK_COMPLETE, second)
+        await until_idle(pod)
+        await script.silence()
+        ids = {"holder": holder, "first": first, "second": second, "third": third}
 
-    ids = run_async(main())
     runs = {label: store.get_task_run(task_id) for label, task_id in ids.items()}
     assert (runs["holder"].status, runs["holder"].reason) == (
         "aborted",
@@ -221,44 +216,40 @@ def test_positions_move_up_when_queued_tasks_leave_and_the_slot_goes_to_the_next
     assert runs["second"].status == "completed"
 
 
-def test_a_pod_that_stops_ends_its_running_and_queued_tasks() -> None:
+async def test_a_pod_that_stops_ends_its_running_and_queued_tasks() -> None:
     store = MemoryPodStore()
     policy = PodPolicy(max_concurrent_tasks=1, start_timeout=60)
 
-    async def main() -> tuple[list[str], Any]:
-        federation = LocalFederation(
-            {"pod-a": source()}, policy=policy, guests=["raw"], pod_stores={"pod-a": store}
-        )
-        async with federation:
-            script = Script(federation.hub.connect("raw", "modeller"), "pod-a")
-            holder = await script.request()
-            await script.expect_start(holder)
-            waiting = await script.request()
-            assert await script.queued_at(waiting) == 1
-        return [holder, waiting], federation.pods["pod-a"]
+    federation = LocalFederation(
+        {"pod-a": source()}, policy=policy, guests=["raw"], pod_stores={"pod-a": store}
+    )
+    async with federation:
+        script = Script(federation.hub.connect("raw", "modeller"), "pod-a")
+        holder = await script.request()
+        await script.expect_start(holder)
+        waiting = await script.request()
+        assert await script.queued_at(waiting) == 1
+    task_ids = [holder, waiting]
+    pod = federation.pods["pod-a"]
 
-    task_ids, pod = run_async(main())
     assert pod.running_tasks() == [] and pod.queued_tasks() == []
     for task_id in task_ids:
         assert store.get_task_run(task_id).status == "aborted"
 
 
-def test_tasks_within_the_limit_start_at_once() -> None:
-    async def main() -> tuple[list[str], list[str]]:
-        policy = PodPolicy(max_concurrent_tasks=2, start_timeout=60)
-        async with LocalFederation(
-            {"pod-a": source()}, policy=policy, guests=["raw"]
-        ) as federation:
-            pod = federation.pods["pod-a"]
-            script = Script(federation.hub.connect("raw", "modeller"), "pod-a")
-            started = []
-            for _ in range(2):
-                task_id = await script.request()
-                await script.expect_start(task_id)
-                started.append(task_id)
-            third = await script.request()
-            assert await script.queued_at(third) == 1
-            return sorted(started), pod.running_tasks()
+async def test_tasks_within_the_limit_start_at_once() -> None:
+    policy = PodPolicy(max_concurrent_tasks=2, start_timeout=60)
+    async with LocalFederation({"pod-a": source()}, policy=policy, guests=["raw"]) as federation:
+        pod = federation.pods["pod-a"]
+        script = Script(federation.hub.connect("raw", "modeller"), "pod-a")
+        started = []
+        for _ in range(2):
+            task_id = await script.request()
+            await script.expect_start(task_id)
+            started.append(task_id)
+        third = await script.request()
+        assert await script.queued_at(third) == 1
+        started.sort()
+        running = pod.running_tasks()
 
-    started, running = run_async(main())
     assert running == started

@@ -22,7 +22,7 @@ from fedloom.errors import AbortReason, PodResponseError
 from fedloom.plugins import Message, MessageType, build_model
 from fedloom.pod import ArraySource, MemoryPodStore, PodPolicy
 
-from .conftest import RAW, TINY_MLP, RawClient, labelled_arrays, run_async, until_idle
+from .conftest import RAW, TINY_MLP, RawClient, labelled_arrays, until_idle
 
 SIZES = {"pod-a": 30, "pod-b": 45}
 
@@ -78,27 +78,24 @@ DANGEROUS_NAMES: list[Any] = [
 ]
 
 
-def test_unknown_and_dangerous_protocol_names_are_rejected_without_imports() -> None:
+async def test_unknown_and_dangerous_protocol_names_are_rejected_without_imports() -> None:
     store = MemoryPodStore()
     pods = sources()
 
-    async def main() -> tuple[list[Message], set[str], Any]:
-        async with LocalFederation(pods, pod_stores={"pod-a": store}, guests=[RAW]) as federation:
-            client = RawClient(federation.hub)
-            before = set(sys.modules)
-            replies = [
-                await client.request(
-                    "pod-a", {"task": {"protocol": name, "config": {}}, "dataset": "default"}
-                )
-                for name in DANGEROUS_NAMES
-            ]
-            imported = set(sys.modules) - before
-            # the pod is still there and serves a valid task, from the real modeller
-            after = await federation.run(summary_task())
-            await until_idle(federation.pods["pod-a"])
-            return replies, imported, after
+    async with LocalFederation(pods, pod_stores={"pod-a": store}, guests=[RAW]) as federation:
+        client = RawClient(federation.hub)
+        before = set(sys.modules)
+        replies = [
+            await client.request(
+                "pod-a", {"task": {"protocol": name, "config": {}}, "dataset": "default"}
+            )
+            for name in DANGEROUS_NAMES
+        ]
+        imported = set(sys.modules) - before
+        # the pod is still there and serves a valid task, from the real modeller
+        after = await federation.run(summary_task())
+        await until_idle(federation.pods["pod-a"])
 
-    replies, imported, after = run_async(main())
     assert imported == set()
     assert "this" not in sys.modules
     for name, reply in zip(DANGEROUS_NAMES, replies, strict=True):
@@ -113,18 +110,14 @@ def test_unknown_and_dangerous_protocol_names_are_rejected_without_imports() -> 
     assert runs[after.task_id].status == "completed"
 
 
-def test_an_empty_protocol_name_is_rejected_and_recorded() -> None:
+async def test_an_empty_protocol_name_is_rejected_and_recorded() -> None:
     store = MemoryPodStore()
 
-    async def main() -> Message:
-        async with LocalFederation(
-            sources(), pod_stores={"pod-a": store}, guests=[RAW]
-        ) as federation:
-            client = RawClient(federation.hub)
-            body = {"task": {"protocol": "", "config": {}}, "dataset": "default"}
-            return await client.request("pod-a", body)
+    async with LocalFederation(sources(), pod_stores={"pod-a": store}, guests=[RAW]) as federation:
+        client = RawClient(federation.hub)
+        body = {"task": {"protocol": "", "config": {}}, "dataset": "default"}
+        reply = await client.request("pod-a", body)
 
-    reply = run_async(main())
     assert reason_of(reply) == AbortReason.INVALID_TASK.value
     # the pod's own record of the rejection must not depend on what the modeller sent
     run = store.get_task_run(reply.task_id)
@@ -159,21 +152,16 @@ MALFORMED_BODIES: dict[str, Any] = {
 }
 
 
-def test_malformed_job_requests_are_rejected_as_invalid_tasks() -> None:
+async def test_malformed_job_requests_are_rejected_as_invalid_tasks() -> None:
     store = MemoryPodStore()
 
-    async def main() -> tuple[dict[str, Message], Message]:
-        async with LocalFederation(
-            sources(), pod_stores={"pod-a": store}, guests=[RAW]
-        ) as federation:
-            client = RawClient(federation.hub)
-            replies = {
-                case: await client.request("pod-a", body) for case, body in MALFORMED_BODIES.items()
-            }
-            valid = await client.request("pod-a", {"task": VALID_TASK, "dataset": "default"})
-            return replies, valid
+    async with LocalFederation(sources(), pod_stores={"pod-a": store}, guests=[RAW]) as federation:
+        client = RawClient(federation.hub)
+        replies = {
+            case: await client.request("pod-a", body) for case, body in MALFORMED_BODIES.items()
+        }
+        valid = await client.request("pod-a", {"task": VALID_TASK, "dataset": "default"})
 
-    replies, valid = run_async(main())
     for case, reply in replies.items():
         assert reason_of(reply) == AbortReason.INVALID_TASK.value, case
         assert store.get_task_run(reply.task_id).status == "rejected", case
@@ -181,21 +169,19 @@ def test_malformed_job_requests_are_rejected_as_invalid_tasks() -> None:
     assert valid.type is MessageType.JOB_ACCEPT
 
 
-def test_an_unknown_dataset_is_rejected_with_no_data() -> None:
+async def test_an_unknown_dataset_is_rejected_with_no_data() -> None:
     store = MemoryPodStore()
 
-    async def main() -> Message:
-        async with LocalFederation(
-            sources(), pod_stores={"pod-a": store}, guests=[RAW]
-        ) as federation:
-            client = RawClient(federation.hub)
-            return await client.request("pod-a", {"task": VALID_TASK, "dataset": "nope"})
+    async with LocalFederation(sources(), pod_stores={"pod-a": store}, guests=[RAW]) as federation:
+        client = RawClient(federation.hub)
+        reply = await client.request("pod-a", {"task": VALID_TASK, "dataset": "nope"})
 
-    reply = run_async(main())
     assert reason_of(reply) == AbortReason.NO_DATA.value
     assert "nope" in reply.body["message"]
     assert store.get_task_run(reply.task_id).reason == AbortReason.NO_DATA.value
 
+
+def test_run_local_on_an_unknown_dataset_fails_with_no_data() -> None:
     with pytest.raises(PodResponseError) as caught:
         run_local(summary_task(), sources(), dataset="nope")
     assert reasons(caught.value) == {pod: AbortReason.NO_DATA.value for pod in SIZES}

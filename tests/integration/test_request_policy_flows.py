@@ -32,7 +32,7 @@ from fedloom.errors import AbortReason, ConfigError, ErrorReport, PodResponseErr
 from fedloom.plugins import Message, MessageType
 from fedloom.pod import ArraySource, MemoryPodStore, PodPolicy, TableSource
 
-from .conftest import TINY_MLP, FakePod, labelled_arrays, labelled_pods, run_async, until_idle
+from .conftest import TINY_MLP, FakePod, labelled_arrays, labelled_pods, until_idle
 
 SIZES = {"pod-a": 30, "pod-b": 45, "pod-c": 60}
 HONEST = sorted(SIZES)
@@ -103,21 +103,17 @@ async def with_scripted(
 # --- on_timeout -------------------------------------------------------------------------
 
 
-def test_discard_finishes_fedavg_with_the_others_and_reports_the_silent_pod() -> None:
+async def test_discard_finishes_fedavg_with_the_others_and_reports_the_silent_pod() -> None:
     policy = RequestPolicy(timeout=PATIENCE)
 
-    async def main() -> tuple[TaskResult, list[MessageType]]:
-        async with LocalFederation(honest_pods()) as federation:
+    async with LocalFederation(honest_pods()) as federation:
 
-            async def body(tasks: dict[str, asyncio.Task[list[MessageType]]]) -> Any:
-                run = await federation.modeller.run(
-                    fedavg(), [*HONEST, "pod-silent"], policy=policy
-                )
-                return run, await tasks["pod-silent"]
+        async def body(tasks: dict[str, asyncio.Task[list[MessageType]]]) -> Any:
+            run = await federation.modeller.run(fedavg(), [*HONEST, "pod-silent"], policy=policy)
+            return run, await tasks["pod-silent"]
 
-            return await with_scripted(federation, {"pod-silent": silent}, body)
+        run, silent_saw = await with_scripted(federation, {"pod-silent": silent}, body)
 
-    run, silent_saw = run_async(main())
     assert run.accepted == sorted([*HONEST, "pod-silent"])
     assert run.dropped == ["pod-silent"]
     assert run.aborted["pod-silent"].reason is AbortReason.WORKER_UNRESPONSIVE
@@ -129,23 +125,21 @@ def test_discard_finishes_fedavg_with_the_others_and_reports_the_silent_pod() ->
     assert set(run.timings["pod-silent"]) == {"accept"}
 
 
-def test_stop_raises_naming_the_silent_pod_and_tells_every_pod() -> None:
+async def test_stop_raises_naming_the_silent_pod_and_tells_every_pod() -> None:
     stores = {pod: MemoryPodStore() for pod in HONEST}
     policy = RequestPolicy(timeout=PATIENCE, on_timeout=OnTimeout.STOP)
 
-    async def main() -> tuple[PodResponseError, list[MessageType]]:
-        async with LocalFederation(honest_pods(), pod_stores=stores) as federation:
+    async with LocalFederation(honest_pods(), pod_stores=stores) as federation:
 
-            async def body(tasks: dict[str, asyncio.Task[list[MessageType]]]) -> Any:
-                with pytest.raises(PodResponseError) as caught:
-                    await federation.modeller.run(fedavg(), [*HONEST, "pod-silent"], policy=policy)
-                for pod in HONEST:
-                    await until_idle(federation.pods[pod])
-                return caught.value, await tasks["pod-silent"]
+        async def body(tasks: dict[str, asyncio.Task[list[MessageType]]]) -> Any:
+            with pytest.raises(PodResponseError) as caught:
+                await federation.modeller.run(fedavg(), [*HONEST, "pod-silent"], policy=policy)
+            for pod in HONEST:
+                await until_idle(federation.pods[pod])
+            return caught.value, await tasks["pod-silent"]
 
-            return await with_scripted(federation, {"pod-silent": silent}, body)
+        error, silent_saw = await with_scripted(federation, {"pod-silent": silent}, body)
 
-    error, silent_saw = run_async(main())
     assert error.failed_pods == {"pod-silent": f"no answer within {PATIENCE:g} s"}
     assert "round-0" in str(error) and "pod-silent" in str(error)
     assert silent_saw[-1] is MessageType.TASK_ABORT
@@ -157,44 +151,40 @@ def test_stop_raises_naming_the_silent_pod_and_tells_every_pod() -> None:
         ), pod
 
 
-def test_a_protocols_own_round_timeout_wins_over_the_policy() -> None:
+async def test_a_protocols_own_round_timeout_wins_over_the_policy() -> None:
     """The policy waits forever; FedAvg's round_timeout still drops the silent pod."""
 
-    async def main() -> TaskResult:
-        async with LocalFederation(honest_pods()) as federation:
+    async with LocalFederation(honest_pods()) as federation:
 
-            async def body(tasks: dict[str, asyncio.Task[list[MessageType]]]) -> Any:
-                return await federation.modeller.run(
-                    fedavg(rounds=1, round_timeout=PATIENCE),
-                    [*HONEST, "pod-silent"],
-                    policy=RequestPolicy(timeout=None),
-                )
+        async def body(tasks: dict[str, asyncio.Task[list[MessageType]]]) -> Any:
+            return await federation.modeller.run(
+                fedavg(rounds=1, round_timeout=PATIENCE),
+                [*HONEST, "pod-silent"],
+                policy=RequestPolicy(timeout=None),
+            )
 
-            return await with_scripted(federation, {"pod-silent": silent}, body)
+        run = await with_scripted(federation, {"pod-silent": silent}, body)
 
-    run = run_async(main())
     assert run.dropped == ["pod-silent"]
     assert run.result.history[0].pods == HONEST
 
 
-def test_discard_in_analytics_leaves_the_silent_pod_out_of_the_statistics() -> None:
+async def test_discard_in_analytics_leaves_the_silent_pod_out_of_the_statistics() -> None:
     frames = {pod: pd.DataFrame({"x": np.arange(rows, dtype=float)}) for pod, rows in SIZES.items()}
     request = AnalyticsRequest(statistics=("count", "mean"), columns=("x",))
 
-    async def main() -> TaskResult:
-        pods = {pod: TableSource(frame) for pod, frame in frames.items()}
-        async with LocalFederation(pods) as federation:
+    pods = {pod: TableSource(frame) for pod, frame in frames.items()}
+    async with LocalFederation(pods) as federation:
 
-            async def body(tasks: dict[str, asyncio.Task[list[MessageType]]]) -> Any:
-                return await federation.modeller.run(
-                    Analytics(request=request),
-                    [*HONEST, "pod-silent"],
-                    policy=RequestPolicy(timeout=PATIENCE),
-                )
+        async def body(tasks: dict[str, asyncio.Task[list[MessageType]]]) -> Any:
+            return await federation.modeller.run(
+                Analytics(request=request),
+                [*HONEST, "pod-silent"],
+                policy=RequestPolicy(timeout=PATIENCE),
+            )
 
-            return await with_scripted(federation, {"pod-silent": silent}, body)
+        run = await with_scripted(federation, {"pod-silent": silent}, body)
 
-    run = run_async(main())
     assert run.dropped == ["pod-silent"]
     assert run.result.pods == HONEST
     assert run.result.excluded == {"pod-silent": "no answer in time"}
@@ -205,21 +195,19 @@ def test_discard_in_analytics_leaves_the_silent_pod_out_of_the_statistics() -> N
 # --- require_all and min_replies --------------------------------------------------------
 
 
-def test_require_all_names_the_pod_that_rejects() -> None:
+async def test_require_all_names_the_pod_that_rejects() -> None:
     locked = {"pod-a": PodPolicy(allowed_protocols=frozenset({"analytics"}))}
     stores = {pod: MemoryPodStore() for pod in HONEST}
 
-    async def main() -> tuple[PodResponseError, TaskResult]:
-        async with LocalFederation(honest_pods(), policies=locked, pod_stores=stores) as fed:
-            with pytest.raises(PodResponseError) as caught:
-                await fed.run(fedavg(), policy=RequestPolicy(require_all=True))
-            for pod in HONEST:
-                await until_idle(fed.pods[pod])
-            # the old keyword still wins over the policy's flag
-            run = await fed.run(fedavg(), policy=RequestPolicy(require_all=True), require_all=False)
-            return caught.value, run
+    async with LocalFederation(honest_pods(), policies=locked, pod_stores=stores) as fed:
+        with pytest.raises(PodResponseError) as caught:
+            await fed.run(fedavg(), policy=RequestPolicy(require_all=True))
+        for pod in HONEST:
+            await until_idle(fed.pods[pod])
+        # the old keyword still wins over the policy's flag
+        run = await fed.run(fedavg(), policy=RequestPolicy(require_all=True), require_all=False)
+        error = caught.value
 
-    error, run = run_async(main())
     assert set(error.failed_pods) == {"pod-a"}
     assert error.failed_pods["pod-a"].startswith(AbortReason.NO_ACCESS.value)
     assert "require_all" in str(error)
@@ -232,10 +220,10 @@ def test_require_all_names_the_pod_that_rejects() -> None:
 
 
 @pytest.mark.parametrize("require_all", [False, True], ids=["best-effort", "require-all"])
-def test_a_pod_that_aborts_mid_task(require_all: bool) -> None:
+async def test_a_pod_that_aborts_mid_task(require_all: bool) -> None:
     policy = RequestPolicy(timeout=5.0, require_all=require_all)
 
-    async def main() -> TaskResult:
+    async def with_a_failing_pod() -> TaskResult:
         async with LocalFederation(honest_pods()) as federation:
 
             async def body(tasks: dict[str, asyncio.Task[list[MessageType]]]) -> Any:
@@ -247,17 +235,17 @@ def test_a_pod_that_aborts_mid_task(require_all: bool) -> None:
 
     if require_all:
         with pytest.raises(PodResponseError) as caught:
-            run_async(main())
+            await with_a_failing_pod()
         assert caught.value.failed_pods == {"pod-failing": "WORKER_ERROR: out of disk"}
         return
-    run = run_async(main())
+    run = await with_a_failing_pod()
     assert run.aborted["pod-failing"].reason is AbortReason.WORKER_ERROR
     assert run.dropped == []
     assert [summary.pods for summary in run.result.history] == [HONEST, HONEST]
 
 
-def test_min_replies() -> None:
-    async def main(min_replies: int) -> TaskResult:
+async def test_min_replies() -> None:
+    async def with_a_silent_pod(min_replies: int) -> TaskResult:
         async with LocalFederation(honest_pods()) as federation:
 
             async def body(tasks: dict[str, asyncio.Task[list[MessageType]]]) -> Any:
@@ -270,15 +258,15 @@ def test_min_replies() -> None:
             return await with_scripted(federation, {"pod-silent": silent}, body)
 
     with pytest.raises(PodResponseError, match=r"3 usable replies; .* at least 4") as caught:
-        run_async(main(4))
+        await with_a_silent_pod(4)
     assert caught.value.failed_pods == {"pod-silent": f"no answer within {PATIENCE:g} s"}
-    assert run_async(main(3)).result.history[0].pods == HONEST
+    assert (await with_a_silent_pod(3)).result.history[0].pods == HONEST
 
 
 # --- stop_on_error ----------------------------------------------------------------------
 
 
-def test_stop_on_error_does_not_wait_for_a_slow_pod() -> None:
+async def test_stop_on_error_does_not_wait_for_a_slow_pod() -> None:
     policy = RequestPolicy(timeout=30.0, stop_on_error=True)
     scripted = {
         "pod-failing": failing,
@@ -286,20 +274,16 @@ def test_stop_on_error_does_not_wait_for_a_slow_pod() -> None:
         "pod-slow": slow(120.0, MessageType.TRAINING_UPDATE),
     }
 
-    async def main() -> tuple[PodResponseError, float]:
-        async with LocalFederation(honest_pods()) as federation:
+    async with LocalFederation(honest_pods()) as federation:
 
-            async def body(tasks: dict[str, asyncio.Task[list[MessageType]]]) -> Any:
-                started = time.monotonic()
-                with pytest.raises(PodResponseError) as caught:
-                    await federation.modeller.run(
-                        fedavg(), [*HONEST, *sorted(scripted)], policy=policy
-                    )
-                return caught.value, time.monotonic() - started
+        async def body(tasks: dict[str, asyncio.Task[list[MessageType]]]) -> Any:
+            started = time.monotonic()
+            with pytest.raises(PodResponseError) as caught:
+                await federation.modeller.run(fedavg(), [*HONEST, *sorted(scripted)], policy=policy)
+            return caught.value, time.monotonic() - started
 
-            return await with_scripted(federation, scripted, body)
+        error, seconds = await with_scripted(federation, scripted, body)
 
-    error, seconds = run_async(main())
     assert error.failed_pods == {"pod-failing": "WORKER_ERROR: out of disk"}
     assert "stop_on_error" in str(error)
     assert seconds < 20, "it waited for the slow pod"
@@ -320,26 +304,23 @@ def test_timings_are_recorded_per_pod_and_per_request() -> None:
             assert summary.per_pod[pod]["seconds"] == run.timings[pod][name]
 
 
-def test_timings_measure_a_late_pod() -> None:
+async def test_timings_measure_a_late_pod() -> None:
     data = {pod: ArraySource(*labelled_arrays(rows, seed=1)) for pod, rows in SIZES.items()}
 
-    async def main() -> TaskResult:
-        async with LocalFederation(data) as federation:
-            late = FakePod(
-                federation.hub.connect("pod-late", "pod", accepts=["modeller"]),
-                slow(0.3, MessageType.RESULTS, {"rows": 12}),
-                accept_delay=0.2,
-            )
-            late_task = asyncio.create_task(late.run())
-            run = await federation.modeller.run(
-                ResultsOnly("dataset_summary"),
-                [*HONEST, "pod-late"],
-                policy=RequestPolicy(timeout=10.0, require_all=True),
-            )
-            await late_task
-            return run
+    async with LocalFederation(data) as federation:
+        late = FakePod(
+            federation.hub.connect("pod-late", "pod", accepts=["modeller"]),
+            slow(0.3, MessageType.RESULTS, {"rows": 12}),
+            accept_delay=0.2,
+        )
+        late_task = asyncio.create_task(late.run())
+        run = await federation.modeller.run(
+            ResultsOnly("dataset_summary"),
+            [*HONEST, "pod-late"],
+            policy=RequestPolicy(timeout=10.0, require_all=True),
+        )
+        await late_task
 
-    run = run_async(main())
     assert run.timings["pod-late"]["accept"] >= 0.15
     assert run.timings["pod-late"]["results"] >= 0.25
     assert run.result["pod-late"].seconds == run.timings["pod-late"]["results"]

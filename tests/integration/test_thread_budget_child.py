@@ -13,23 +13,17 @@ from fedloom.pod import ArraySource, PodPolicy
 from fedloom.testing._faults import Fault
 from fedloom.worker import IsolationSettings
 
-from .conftest import run_async
-
 PLUGINS = ("fedloom.testing._faults",)
 
 
-def _facts(isolation: IsolationSettings, policy: PodPolicy) -> dict[str, Any]:
+async def _facts(isolation: IsolationSettings, policy: PodPolicy) -> dict[str, Any]:
     pods = {"pod-a": ArraySource(np.zeros((20, 2), dtype=np.float32))}
-
-    async def main() -> dict[str, Any]:
-        async with LocalFederation(
-            pods, policy=policy, isolation=isolation, plugins=PLUGINS
-        ) as federation:
-            run = await federation.run(Fault("ok"))
-        facts: dict[str, Any] = run.result["pod-a"]
-        return facts
-
-    return run_async(main(), timeout=120)
+    async with LocalFederation(
+        pods, policy=policy, isolation=isolation, plugins=PLUGINS
+    ) as federation:
+        run = await federation.run(Fault("ok"))
+    facts: dict[str, Any] = run.result["pod-a"]
+    return facts
 
 
 @pytest.mark.parametrize(
@@ -41,10 +35,13 @@ def _facts(isolation: IsolationSettings, policy: PodPolicy) -> dict[str, Any]:
     ],
     ids=["threads", "cores-over-slots", "at-least-one"],
 )
-def test_the_child_computes_with_its_budget(
+@pytest.mark.async_timeout(120)
+async def test_the_child_computes_with_its_budget(
     isolation: IsolationSettings, concurrent: int, threads: int
 ) -> None:
-    facts = _facts(isolation, PodPolicy(allowed_modellers=None, max_concurrent_tasks=concurrent))
+    facts = await _facts(
+        isolation, PodPolicy(allowed_modellers=None, max_concurrent_tasks=concurrent)
+    )
     assert facts["torch_threads"] == threads
     assert facts["torch_interop_threads"] == threads
     assert facts["omp_num_threads"] == str(threads)

@@ -13,31 +13,28 @@ from fedloom.pod import ArraySource, MemoryPodStore
 from fedloom.worker import IsolationSettings
 
 from . import worker_plugins
-from .conftest import run_async, until_idle
+from .conftest import until_idle
 
 PLUGINS = (worker_plugins.__name__,)  # imported by the children (they share this sys.path)
 FAST = IsolationSettings(heartbeat_interval=0.5, heartbeat_patience=4, stop_grace=2.0)
 
 
-def _abort_of(error: str) -> tuple[object, MemoryPodStore]:
+async def _abort_of(error: str) -> tuple[object, MemoryPodStore]:
     store = MemoryPodStore()
     # 16 rows: above the pod's default release threshold, which every protocol passes
     pods = {"pod-a": ArraySource(np.zeros((16, 2), dtype=np.float32))}
-
-    async def main() -> object:
-        async with LocalFederation(
-            pods, pod_stores={"pod-a": store}, isolation=FAST, plugins=PLUGINS
-        ) as federation:
-            run = await federation.run(worker_plugins.Failing(error=error))
-            await until_idle(federation.pods["pod-a"])
-        assert run.result == {}
-        return run.aborted["pod-a"]
-
-    return run_async(main(), timeout=120), store
+    async with LocalFederation(
+        pods, pod_stores={"pod-a": store}, isolation=FAST, plugins=PLUGINS
+    ) as federation:
+        run = await federation.run(worker_plugins.Failing(error=error))
+        await until_idle(federation.pods["pod-a"])
+    assert run.result == {}
+    return run.aborted["pod-a"], store
 
 
-def test_the_modeller_gets_the_childs_traceback_summary() -> None:
-    report, store = _abort_of("runtime")
+@pytest.mark.async_timeout(120)
+async def test_the_modeller_gets_the_childs_traceback_summary() -> None:
+    report, store = await _abort_of("runtime")
     assert report.reason is AbortReason.WORKER_ERROR, report
     assert report.exception_type == "RuntimeError"
     assert "the named helper failed" in report.message
@@ -50,10 +47,11 @@ def test_the_modeller_gets_the_childs_traceback_summary() -> None:
     ("error", "exception_type"),
     [("torch-oom", "OutOfMemoryError"), ("cuda-text", "RuntimeError")],
 )
-def test_torch_out_of_memory_in_a_child_is_worker_out_of_memory(
+@pytest.mark.async_timeout(120)
+async def test_torch_out_of_memory_in_a_child_is_worker_out_of_memory(
     error: str, exception_type: str
 ) -> None:
-    report, store = _abort_of(error)
+    report, store = await _abort_of(error)
     assert report.reason is AbortReason.WORKER_OUT_OF_MEMORY, report
     assert report.exception_type == exception_type
     assert "out of memory" in report.message

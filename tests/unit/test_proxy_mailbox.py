@@ -65,30 +65,24 @@ class ProxyPairs:
 
 
 @pytest.mark.parametrize("proxy", ["alice", "bob"])
-def test_the_proxy_mailbox_passes_the_conformance_suite(tmp_path: Path, proxy: str) -> None:
-    async def main() -> None:
-        pairs = ProxyPairs(tmp_path, proxy)
-        try:
-            await check_mailbox(pairs)
-        finally:
-            await pairs.close()
-
-    asyncio.run(main())
+async def test_the_proxy_mailbox_passes_the_conformance_suite(tmp_path: Path, proxy: str) -> None:
+    pairs = ProxyPairs(tmp_path, proxy)
+    try:
+        await check_mailbox(pairs)
+    finally:
+        await pairs.close()
 
 
-def test_the_child_writes_only_to_its_modeller_under_its_task(tmp_path: Path) -> None:
-    async def main() -> None:
-        pairs = ProxyPairs(tmp_path, "alice")
-        try:
-            child, modeller = await pairs()
-            other = Message(MessageType.PROGRESS, "", "bob", "another-task")
-            with pytest.raises(RouteRefusedError):
-                await child.send(other)
-            with pytest.raises(UnknownRecipientError):
-                await child.send(other.with_updates(recipient="carol", task_id=TASK))
-            await child.send(other.with_updates(task_id=TASK))
-            assert (await modeller.receive(timeout=5)).task_id == TASK
-        finally:
-            await pairs.close()
-
-    asyncio.run(main())
+async def test_the_child_writes_only_to_its_modeller_under_its_task(tmp_path: Path) -> None:
+    pairs = ProxyPairs(tmp_path, "alice")
+    try:
+        child, modeller = await pairs()
+        other = Message(MessageType.PROGRESS, "", "bob", "another-task")
+        with pytest.raises(RouteRefusedError):
+            await child.send(other)
+        with pytest.raises(UnknownRecipientError):
+            await child.send(other.with_updates(recipient="carol", task_id=TASK))
+        await child.send(other.with_updates(task_id=TASK))
+        assert (await modeller.receive(timeout=5)).task_id == TASK
+    finally:
+        await pairs.close()

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from fedloom.errors import AbortReason
-from fedloom.testing import FakeClock, run_in_virtual_time, virtual_loop
+from fedloom.testing import FakeClock, virtual_loop
 from fedloom.worker._heartbeat import NO_BEAT, Liveness, tick
 
 
@@ -49,19 +49,16 @@ def test_no_task_start_within_the_timeout_is_the_modellers_fault() -> None:
 
 
 @pytest.mark.parametrize("interval", [1.0, 8.0])
-def test_the_child_ticks_four_times_per_interval_on_its_loop(interval: float) -> None:
+@pytest.mark.virtual_time(start=50.0)
+async def test_the_child_ticks_four_times_per_interval_on_its_loop(interval: float) -> None:
     class Beat:
         value = NO_BEAT
 
-    async def main() -> list[float]:
-        loop, beat, seen = virtual_loop(), Beat(), []
-        ticking = asyncio.ensure_future(tick(beat, interval, clock=loop.time))
-        await asyncio.sleep(interval / 8)  # read between ticks, never on one
-        for _ in range(5):
-            seen.append(beat.value)
-            await asyncio.sleep(interval / 4)
-        ticking.cancel()
-        return seen
-
-    seen = run_in_virtual_time(main(), start=50.0)
+    loop, beat, seen = virtual_loop(), Beat(), []
+    ticking = asyncio.ensure_future(tick(beat, interval, clock=loop.time))
+    await asyncio.sleep(interval / 8)  # read between ticks, never on one
+    for _ in range(5):
+        seen.append(beat.value)
+        await asyncio.sleep(interval / 4)
+    ticking.cancel()
     assert seen == [50.0 + i * interval / 4 for i in range(5)]
