@@ -292,7 +292,7 @@ def test_pod_start_logs_one_line_per_task_and_a_task_file_takes_a_model_file_pat
         stop(hub)
     tasks = [line for line in _lines(pod_err) if ": task " in line]
     assert len(tasks) == 3, pod_err
-    task = r"INFO fedloom\.pod\.pod: pod-a: task [0-9a-f]{8} from alice: "
+    task = r"INFO fedloom\.pod: pod-a: task [0-9a-f]{8} from alice: "
     assert re.fullmatch(task + r"analytics on dataset default: completed in \d+\.\d s", tasks[0])
     assert re.fullmatch(
         task + r"analytics on dataset nope: rejected \(NO_DATA: pod 'pod-a' has no dataset "

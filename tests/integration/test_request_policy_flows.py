@@ -21,7 +21,6 @@ from fedloom import (
     AnalyticsRequest,
     FedAvg,
     LocalFederation,
-    OnTimeout,
     RequestPolicy,
     ResultsOnly,
     TaskResult,
@@ -31,6 +30,7 @@ from fedloom import (
 from fedloom.errors import AbortReason, ConfigError, ErrorReport, PodResponseError
 from fedloom.plugins import Message, MessageType
 from fedloom.pod import ArraySource, MemoryPodStore, PodPolicy, TableSource
+from fedloom.session import OnTimeout
 
 from .conftest import TINY_MLP, FakePod, labelled_arrays, labelled_pods, until_idle
 

@@ -30,14 +30,26 @@ app.add_typer(pod_app, name="pod")
 app.add_typer(keys_app, name="keys")
 
 
+class _PublicNames(logging.Formatter):
+    """Log lines name the public package (``fedloom.pod``), not the private module.
+
+    ``fedloom.pod._pod`` is where the code lives; ``fedloom.pod`` is what a user filters by.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The record, under its logger's name without private parts."""
+        shown = logging.makeLogRecord(record.__dict__)
+        shown.name = ".".join(part for part in record.name.split(".") if not part.startswith("_"))
+        return super().format(shown)
+
+
 @app.callback()
 def _root(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at INFO level.")] = False,
 ) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    handler = logging.StreamHandler()
+    handler.setFormatter(_PublicNames("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler])
 
 
 @app.command()

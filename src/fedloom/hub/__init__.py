@@ -23,7 +23,6 @@ from fedloom.hub._tls import HubTlsFiles as HubTlsFiles
 from fedloom.hub._tls import init_hub_tls as init_hub_tls
 from fedloom.hub._tls import issue_client_certificate as issue_client_certificate
 from fedloom.hub._tls import load_hub_tls as load_hub_tls
-from fedloom.transport import GrpcMailbox as GrpcMailbox
 from fedloom.transport import Hub as Hub
 from fedloom.transport import HubAddress as HubAddress
 from fedloom.transport import HubStatistics as HubStatistics
@@ -31,5 +30,6 @@ from fedloom.transport import Mailbox as Mailbox
 from fedloom.transport import MailboxStatistics as MailboxStatistics
 from fedloom.transport import MemoryHub as MemoryHub
 from fedloom.transport import TlsClientConfig as TlsClientConfig
+from fedloom.transport._grpc_mailbox import GrpcMailbox as GrpcMailbox
 
 __all__ = _public_names(globals())

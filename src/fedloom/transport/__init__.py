@@ -4,7 +4,6 @@ Also the gRPC client of the hub daemon (:class:`GrpcMailbox`) with its frames.
 """
 
 from fedloom.transport._base import Hub, Mailbox, MailboxStatistics
-from fedloom.transport._grpc_mailbox import ConnectionEvent, GrpcMailbox
 from fedloom.transport._hub_config import HubAddress, TlsClientConfig
 from fedloom.transport._memory import HubStatistics, MemoryHub, MemoryMailbox
 from fedloom.transport._router import Channel, TaskRouter
@@ -13,9 +12,7 @@ from fedloom.transport._routing import ROLES, Endpoint, Role, check_route
 __all__ = [
     "ROLES",
     "Channel",
-    "ConnectionEvent",
     "Endpoint",
-    "GrpcMailbox",
     "Hub",
     "HubAddress",
     "HubStatistics",
