@@ -272,12 +272,19 @@ class EventStream:
         participant: str,
         kind: EventKind,
         fields: Mapping[str, Any] | None = None,
-    ) -> Event:
+    ) -> Event | None:
         """Stamp an event with the clock, deliver it to every subscriber, and return it.
+
+        An event nobody subscribed to is counted but not built (None): a simulation
+        publishes one per virtual client, and freezing its fields would cost each round.
 
         Raises:
             ConfigError: as :class:`Event` (nothing is delivered then).
         """
+        if not self._subscriptions:
+            with self._lock:
+                self._published += 1
+            return None
         event = Event(task, participant, kind, fields or {}, self._clock())
         self.deliver(event)
         return event

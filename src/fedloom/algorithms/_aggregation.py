@@ -33,7 +33,7 @@ Array = npt.NDArray[Any]
 #: dtype kinds that can be averaged: floats, signed/unsigned integers and booleans.
 SUPPORTED_KINDS = frozenset("fiub")
 _MAX_KEYS_IN_DETAIL = 5
-_CHUNK = 1 << 20  # elements converted to float64 at a time (8 MiB of scratch)
+_CHUNK = 1 << 16  # elements converted to float64 at a time: 512 KiB of scratch stays in L2
 
 _Spec = tuple[np.dtype[Any], tuple[int, ...]]
 
@@ -166,13 +166,12 @@ def _flat(value: Any) -> Array:
     return np.asarray(value).reshape(-1)
 
 
-def _magnitude(flat: Array, scratch: npt.NDArray[np.float64]) -> float:
-    """An upper bound of ``|value|`` over ``flat``.
+def _dtype_range(dtype: np.dtype[Any]) -> float | None:
+    """An upper bound of ``|value|`` for every value of ``dtype``; None for float64.
 
-    The dtype's range, or for float64 the largest magnitude present (float64 is the sum's
-    own range).
+    float64 is the sum's own range, so its bound is the largest magnitude present
+    (:func:`_largest`).
     """
-    dtype = flat.dtype
     if dtype.kind == "b":
         return 1.0
     if dtype.kind in "iu":
@@ -180,6 +179,11 @@ def _magnitude(flat: Array, scratch: npt.NDArray[np.float64]) -> float:
         return float(max(-int(limits.min), int(limits.max)))
     if dtype.itemsize < 8:
         return float(np.finfo(dtype).max)
+    return None
+
+
+def _largest(flat: Array, scratch: npt.NDArray[np.float64]) -> float:
+    """The largest ``|value|`` in the float64 array ``flat``."""
     largest = 0.0
     for start in range(0, flat.size, len(scratch)):
         part = flat[start : start + len(scratch)]
@@ -193,7 +197,7 @@ class WeightedSum:
 
     Names map to (dtype, shape); updates are numpy arrays or CPU tensors of those sizes
     (unchecked here: see :func:`validate_update`). Memory: one float64 array per name and
-    a scratch of at most 8 MiB, reused by :meth:`reset` from round to round.
+    a scratch of at most 512 KiB, reused by :meth:`reset` from round to round.
 
     Attributes:
         total_weight: sum of the added weights.
@@ -206,6 +210,7 @@ class WeightedSum:
         self._sums = {name: np.empty(size, dtype=np.float64) for name, size in sizes.items()}
         self._scratch = np.empty(max(1, min(_CHUNK, max(sizes.values(), default=1))))
         self._bounds = dict.fromkeys(self._specs, 0.0)
+        self._ranges = {name: _dtype_range(np.dtype(dtype)) for name, (dtype, _) in specs.items()}
         self.total_weight = 0.0
         self.count = 0
 
@@ -237,7 +242,10 @@ class WeightedSum:
         flats = {name: _flat(update[name]) for name in self._sums}
         bounds: dict[str, float] = {}
         for name, flat in flats.items():
-            bounds[name] = self._bounds[name] + weight * _magnitude(flat, self._scratch)
+            magnitude = self._ranges[name]
+            if magnitude is None:
+                magnitude = _largest(flat, self._scratch)
+            bounds[name] = self._bounds[name] + weight * magnitude
             if not math.isfinite(bounds[name]):
                 raise _reject(
                     UpdateRejectionReason.NON_FINITE,
