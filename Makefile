@@ -18,8 +18,10 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/fedloom demo --out fedloom-report
 
+# The suite runs in two (or up to four) processes, a test file each at a time: the
+# integration tests mostly wait on the processes and servers they start.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist loadfile
 
 # The lane to run while editing: no processes or servers (tests/integration is marked
 # `process` by tests/conftest.py) and nothing slow; under 2 minutes on 2 cores.
