@@ -13,14 +13,18 @@ check. :func:`~fedloom.testing.check_pod_store` runs these checks too::
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 from fedloom.errors import ConfigError, NotFoundError, StoreError
 from fedloom.store import MAX_FILE_NAME_LENGTH, FailedFile, task_hash
-from fedloom.testing._store_check_kit import expect, raises, run_check
+from fedloom.testing._store_check_kit import (
+    expect,
+    expect_concurrent_calls_succeed,
+    raises,
+    run_check,
+)
 
 __all__ = ["FileLedger", "LEDGER_CHECKS", "check_ledger"]
 
@@ -143,22 +147,12 @@ def _bad_file_records_refused(store: FileLedger) -> None:
 
 
 def _threads(store: FileLedger) -> None:
-    errors: list[BaseException] = []
-
     def work(worker: int) -> None:
-        try:
-            for step in range(25):
-                store.record_processed_files(_HASH_A, [(f"w{worker}-{step}", step)])
-                store.record_failed_files(_HASH_B, [_fail(f"w{worker}-{step}")])
-        except BaseException as exc:  # reported below
-            errors.append(exc)
+        for step in range(25):
+            store.record_processed_files(_HASH_A, [(f"w{worker}-{step}", step)])
+            store.record_failed_files(_HASH_B, [_fail(f"w{worker}-{step}")])
 
-    threads = [threading.Thread(target=work, args=(worker,)) for worker in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    expect(not errors, f"concurrent calls failed: {errors[:3]}")
+    expect_concurrent_calls_succeed(work)
     expect(len(store.processed_files(_HASH_A)) == 150, "processed files were lost")
     expect(len(store.failed_files(_HASH_B)) == 150, "failed files were lost")
 

@@ -8,6 +8,7 @@ store and read back.
 from __future__ import annotations
 
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,6 +40,28 @@ def run_check(check: Callable[[S], None], factory: Callable[[Path], S]) -> None:
             ) from exc
         finally:
             store.close()
+
+
+def expect_concurrent_calls_succeed(work: Callable[[int], None], workers: int = 6) -> None:
+    """Run ``work(0)`` .. ``work(workers - 1)`` in threads at once; fail naming what they raised.
+
+    The store's own lock is what is under test: every call must succeed and none may be
+    lost, whatever the interleaving.
+    """
+    errors: list[BaseException] = []
+
+    def guarded(worker: int) -> None:
+        try:
+            work(worker)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=guarded, args=(worker,)) for worker in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    expect(not errors, f"concurrent calls failed: {errors[:3]}")
 
 
 def expect(condition: bool, message: str) -> None:

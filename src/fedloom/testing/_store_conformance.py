@@ -22,6 +22,7 @@ from fedloom.store import (
     TaskRunRecord,
 )
 from fedloom.testing._ledger_conformance import LEDGER_CHECKS
+from fedloom.testing._store_check_kit import expect_concurrent_calls_succeed
 from fedloom.testing._store_experiment_checks import (
     BAD_JSON,
     EXPERIMENT_CHECKS,
@@ -134,24 +135,14 @@ def _pod_statistics(store: PodStore) -> None:
 
 
 def _pod_threads(store: PodStore) -> None:
-    errors: list[BaseException] = []
-
     def work(worker: int) -> None:
-        try:
-            for step in range(25):
-                task_id = f"w{worker}-{step}"
-                store.record_task_run(task_id, "alice", "fedavg", "accepted")
-                store.record_task_run(task_id, "alice", "fedavg", "completed", result={"s": step})
-                store.task_runs()
-        except BaseException as exc:  # reported below
-            errors.append(exc)
+        for step in range(25):
+            task_id = f"w{worker}-{step}"
+            store.record_task_run(task_id, "alice", "fedavg", "accepted")
+            store.record_task_run(task_id, "alice", "fedavg", "completed", result={"s": step})
+            store.task_runs()
 
-    threads = [threading.Thread(target=work, args=(worker,)) for worker in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    expect(not errors, f"concurrent calls failed: {errors[:3]}")
+    expect_concurrent_calls_succeed(work)
     runs = store.task_runs()
     expect(len(runs) == 150 and all(r.status == "completed" for r in runs), "writes were lost")
 

@@ -6,7 +6,6 @@ also passes on to the conformance suite.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +23,7 @@ from fedloom.testing._store_check_kit import (
     BAD_JSON,
     _same_arrays,
     expect,
+    expect_concurrent_calls_succeed,
     raises,
     run_check,
 )
@@ -380,25 +380,16 @@ def _experiment_statistics(store: ExperimentStore) -> None:
 
 def _experiment_threads(store: ExperimentStore) -> None:
     experiment_id = store.create_experiment("e", _TASK)
-    errors: list[BaseException] = []
 
     def work(worker: int) -> None:
-        try:
-            for step in range(20):
-                index = worker * 100 + step
-                store.record_round(experiment_id, index, {"loss": float(index)}, {})
-                if step % 5 == 0:
-                    store.save_checkpoint(experiment_id, index, {"w": np.full(3, index)})
-                    store.get_experiment(experiment_id)
-        except BaseException as exc:  # reported below
-            errors.append(exc)
+        for step in range(20):
+            index = worker * 100 + step
+            store.record_round(experiment_id, index, {"loss": float(index)}, {})
+            if step % 5 == 0:
+                store.save_checkpoint(experiment_id, index, {"w": np.full(3, index)})
+                store.get_experiment(experiment_id)
 
-    threads = [threading.Thread(target=work, args=(worker,)) for worker in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    expect(not errors, f"concurrent calls failed: {errors[:3]}")
+    expect_concurrent_calls_succeed(work)
     record = store.get_experiment(experiment_id)
     expect(len(record.rounds) == 120 and len(record.checkpoints) == 24, "writes were lost")
     _same_arrays(store.load_checkpoint(experiment_id), {"w": np.full(3, 515)}, "latest")
