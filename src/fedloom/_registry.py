@@ -135,6 +135,28 @@ class ArgsRegistry(Generic[N]):
         """The registered names, sorted."""
         return sorted(self._classes)
 
+    def read_spec(self, config: object) -> tuple[str, dict[str, Any]]:
+        """``(name, args)`` of ``"name"`` or ``{"name": ..., "args": {...}}``, built once to check.
+
+        That is how a task file or a simulation file names a strategy or a transform.
+
+        Raises:
+            ConfigError: another shape, or a name or args :meth:`build` refuses.
+        """
+        if isinstance(config, str):
+            config = {"name": config}
+        if (
+            not isinstance(config, Mapping)
+            or set(config) - {"name", "args"}
+            or "name" not in config
+        ):
+            raise ConfigError(
+                f'{self.kind} must be a name or {{"name": ..., "args": {{...}}}}, got {config!r}'
+            )
+        args = config.get("args") or {}
+        self.build(config["name"], args)
+        return config["name"], dict(args)
+
     def items(self) -> list[tuple[str, type[N]]]:
         """``(name, class)`` pairs, sorted by name."""
         return sorted(self._classes.items(), key=lambda item: item[0])

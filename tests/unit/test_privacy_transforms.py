@@ -64,7 +64,7 @@ def test_a_bad_transform_is_a_one_line_config_error(name: Any, args: Any, messag
     ("config", "message"),
     [
         ({"name": "clip"}, r"privacy must be a list"),
-        ([{"max_norm": 1}], r"privacy\[0\]: a privacy transform must be a name or"),
+        ([{"max_norm": 1}], r"privacy\[0\]: privacy transform must be a name or"),
         ([{"name": "clip", "args": 1}], r"privacy\[0\]: privacy transform 'clip' args must be"),
         ([CLIP.to_config(), "blur"], r"privacy\[1\]: unknown privacy transform 'blur'"),
     ],

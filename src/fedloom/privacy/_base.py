@@ -176,25 +176,7 @@ class TransformSpec:
         Raises:
             ConfigError: another shape, or a transform :func:`get_transform` refuses.
         """
-        if isinstance(config, str):
-            config = {"name": config}
-        if (
-            not isinstance(config, Mapping)
-            or set(config) - {"name", "args"}
-            or "name" not in config
-        ):
-            raise ConfigError(
-                'a privacy transform must be a name or {"name": ..., "args": {...}}, '
-                f"got {config!r}"
-            )
-        args = config.get("args") or {}
-        if not isinstance(args, Mapping):
-            raise ConfigError(
-                f"privacy transform {config['name']!r} args must be a mapping, got {args!r}"
-            )
-        spec = cls(config["name"], dict(args))
-        spec.build()
-        return spec
+        return cls(*TRANSFORMS.read_spec(config))
 
     @classmethod
     def list_from_config(cls, config: object) -> tuple[Self, ...]:

@@ -188,19 +188,7 @@ class StrategySpec:
         Raises:
             ConfigError: another shape, or a strategy :func:`get_strategy` refuses.
         """
-        if isinstance(config, str):
-            config = {"name": config}
-        if (
-            not isinstance(config, Mapping)
-            or set(config) - {"name", "args"}
-            or "name" not in config
-        ):
-            raise ConfigError(
-                f'strategy must be a name or {{"name": ..., "args": {{...}}}}, got {config!r}'
-            )
-        spec = cls(config["name"], dict(config.get("args") or {}))
-        spec.build()
-        return spec
+        return cls(*STRATEGIES.read_spec(config))
 
 
 def split_state(arrays: Mapping[str, Array]) -> tuple[dict[str, Array], dict[str, Array]]:
