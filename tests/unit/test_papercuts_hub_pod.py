@@ -16,7 +16,7 @@ from fedloom.datasources import (
     DATASOURCE_KINDS,
     FileSource,
     TableSource,
-    check_datasource,
+    check_usable,
     datasource_from_config,
 )
 from fedloom.errors import (
@@ -121,7 +121,7 @@ def test_frame_array_and_folder_sources_check(tmp_path: Path) -> None:
     TableSource(pd.DataFrame({"x": [1.0], "label": [0]}), label_column="label").check()
     with pytest.raises(MissingColumnError):
         TableSource(pd.DataFrame({"x": [1.0]}), label_column="label").check()
-    check_datasource(ArraySource(np.zeros((2, 2), np.float32)))
+    check_usable(ArraySource(np.zeros((2, 2), np.float32)))
     (tmp_path / "images").mkdir()
     FileSource(tmp_path / "images").check()
     with pytest.raises(DatasetNotFoundError, match="does not exist"):

@@ -4,7 +4,7 @@ The data are tables, arrays or folders of files.
 """
 
 from fedloom.datasources._arrays import ArraySource
-from fedloom.datasources._base import Datasource, check_datasource
+from fedloom.datasources._base import Datasource, check_usable
 from fedloom.datasources._file_listing import FileCount, FileRecord
 from fedloom.datasources._file_loaders import LOADERS, Loader
 from fedloom.datasources._files import FileSource
@@ -21,7 +21,7 @@ __all__ = [
     "LOADERS",
     "Loader",
     "TableSource",
-    "check_datasource",
+    "check_usable",
     "datasource_from_config",
     "dirichlet_partition",
     "iid_partition",

@@ -30,7 +30,7 @@ class Datasource(Protocol):
 
     A datasource may also offer ``check()``: a cheap look (a file's header, a folder's
     existence) that raises the errors of this list a first use would, without loading
-    the data; :func:`check_datasource` calls it. The built-in sources all have one.
+    the data; :func:`check_usable` calls it. The built-in sources all have one.
 
     Raises:
         DatasetNotFoundError: the file behind the source does not exist.
@@ -61,7 +61,7 @@ class Datasource(Protocol):
         ...
 
 
-def check_datasource(source: Datasource) -> None:
+def check_usable(source: Datasource) -> None:
     """Check that ``source`` can be used, without loading it.
 
     Runs its ``check()`` if it has one (a pod runs this for each dataset before it goes

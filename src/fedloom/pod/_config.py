@@ -53,7 +53,7 @@ from pathlib import Path
 from fedloom._config_file import TomlTable, read_toml
 from fedloom._hooks import DEFAULT_WORKER_HOOKS
 from fedloom._registry import NAME_PATTERN
-from fedloom.datasources import Datasource, check_datasource, datasource_from_config
+from fedloom.datasources import Datasource, check_usable, datasource_from_config
 from fedloom.errors import ConfigError, DataError
 from fedloom.pod._policy import (
     DEFAULT_MAX_CONCURRENT_TASKS,
@@ -193,7 +193,7 @@ class PodConfig:
         problems: list[str] = []
         for name, source in built.items():
             try:
-                check_datasource(source)
+                check_usable(source)
             except DataError as exc:
                 problems.append(f"datasets.{name}: {exc}")
         where = f"{self.config_path}: " if self.config_path else ""

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from fedloom.datasources import Datasource
-from fedloom.datasources import check_datasource as look_before_use
+from fedloom.datasources import check_usable as look_before_use
 from fedloom.errors import DatasetNotFoundError, EmptyDatasetError, MissingColumnError
 
 __all__ = ["DatasourceCase", "check_datasource"]
