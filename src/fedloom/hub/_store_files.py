@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from fedloom.errors import FedloomError, SchemaVersionError, StoreError
+from fedloom.store._schema import migrate
 
 if sys.platform != "win32":
     import fcntl
@@ -141,20 +142,7 @@ def _connect(path: Path, synchronous_pragma: str) -> sqlite3.Connection:
 
 
 def _prepare_schema(conn: sqlite3.Connection, path: Path) -> None:
-    version = _check_version(conn, path)
-    while version < HUB_SCHEMA_VERSION:
-        with conn:
-            conn.execute("BEGIN IMMEDIATE")
-            version = _check_version(conn, path)
-            if version >= HUB_SCHEMA_VERSION:
-                break
-            for statement in HUB_MIGRATIONS[version]:
-                conn.execute(statement)
-            # PRAGMA takes no parameters; both values are integers defined in this module.
-            conn.execute(f"PRAGMA application_id = {int(HUB_APPLICATION_ID)}")
-            conn.execute(f"PRAGMA user_version = {int(version + 1)}")
-        logger.info("migrated hub database %s to schema version %d", path, version + 1)
-        version += 1
+    migrate(conn, path, HUB_MIGRATIONS, HUB_APPLICATION_ID, _check_version, what="hub database")
 
 
 def _check_version(conn: sqlite3.Connection, path: Path) -> int:

@@ -13,7 +13,7 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -123,19 +123,37 @@ def prepare_schema(conn: sqlite3.Connection, path: Path) -> None:
         StoreError: the file is another program's SQLite database.
         sqlite3.Error: the file could not be read or written (the caller translates it).
     """
-    version = _check_version(conn, path)
-    while version < SCHEMA_VERSION:
+    migrate(conn, path, MIGRATIONS, APPLICATION_ID, _check_version, what="store")
+
+
+def migrate(
+    conn: sqlite3.Connection,
+    path: Path,
+    migrations: tuple[tuple[str, ...], ...],
+    application_id: int,
+    check_version: Callable[[sqlite3.Connection, Path], int],
+    *,
+    what: str,
+) -> None:
+    """Run the ``migrations`` from the file's schema version on, one transaction each.
+
+    ``check_version`` reads the file's version and raises when this fedloom must not
+    open it; it runs again inside each transaction, as another process may have
+    migrated the file meanwhile. Used by the pod and modeller stores and the hub's.
+    """
+    version = check_version(conn, path)
+    while version < len(migrations):
         with conn:
             conn.execute("BEGIN IMMEDIATE")
-            version = _check_version(conn, path)  # another process may have migrated it
-            if version >= SCHEMA_VERSION:
+            version = check_version(conn, path)  # another process may have migrated it
+            if version >= len(migrations):
                 break
-            for statement in MIGRATIONS[version]:
+            for statement in migrations[version]:
                 conn.execute(statement)
-            # PRAGMA takes no parameters; both values are integers defined in this module.
-            conn.execute(f"PRAGMA application_id = {int(APPLICATION_ID)}")
+            # PRAGMA takes no parameters; both values are integers.
+            conn.execute(f"PRAGMA application_id = {int(application_id)}")
             conn.execute(f"PRAGMA user_version = {int(version + 1)}")
-        logger.info("migrated store %s to schema version %d", path, version + 1)
+        logger.info("migrated %s %s to schema version %d", what, path, version + 1)
         version += 1
 
 
